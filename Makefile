@@ -1,0 +1,32 @@
+# `make train` and `make test` set up .venv on first use, then run. ARGS passes Hydra overrides:
+#   make train ARGS="experiment=seed_tutorial"
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: install train test test-all ui clean
+
+install: $(VENV)/.installed
+
+# torch/torchvision are pinned in pyproject.toml to the builds pip finds on local disk here.
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+train: install
+	$(VENV)/bin/mnist-cnn-train $(ARGS)
+
+test: install
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+ui: install
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+clean:
+	rm -rf outputs multirun .pytest_cache

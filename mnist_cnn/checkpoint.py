@@ -1,0 +1,52 @@
+"""Checkpoints: written atomically, read back without unpickling arbitrary objects."""
+
+import os
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be used; the message names the file and what to do."""
+
+
+def save_checkpoint(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Optional[Any],
+    epoch: int,
+) -> Path:
+    """Write model, optimizer, scheduler and epoch to `path` via a temporary file and a rename.
+
+    A crash or kill during the write leaves the previous checkpoint intact, never a truncated one.
+    """
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "epoch": epoch,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: Path) -> Dict[str, Any]:
+    """Read a checkpoint with `weights_only=True`: tensors and plain containers, no arbitrary code."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as e:
+        raise CheckpointError(f"checkpoint {path} does not exist; check the path or run id.") from e
+    except Exception as e:  # truncated zip, tampered pickle, disallowed global, ...
+        raise CheckpointError(
+            f"checkpoint {path} cannot be loaded safely ({type(e).__name__}: {str(e).splitlines()[0][:300]}). "
+            "It is truncated, corrupt or holds objects other than tensors; use another checkpoint."
+        ) from e
+    missing = {"model", "optimizer", "epoch"} - set(state if isinstance(state, dict) else ())
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {', '.join(sorted(missing))}; it was not written by mnist_cnn.")
+    return state

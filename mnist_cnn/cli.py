@@ -1,0 +1,43 @@
+"""`mnist-cnn-train`: compose the config with Hydra, then train (see train.run)."""
+
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from mnist_cnn.builder import ConfigError
+from mnist_cnn.checkpoint import CheckpointError
+from mnist_cnn.config import register_configs
+from mnist_cnn.data import DataError
+from mnist_cnn.tracking import TrackingError
+from mnist_cnn.train import DivergedError, run
+
+log = logging.getLogger("mnist_cnn")
+USER_ERRORS = (ConfigError, DataError, TrackingError, CheckpointError, DivergedError)
+
+CONF_DIR = Path(__file__).parent / "conf"  # a link to ../conf in a checkout; a copy once installed
+register_configs()
+
+
+def _interrupt(signum, frame):
+    """SIGTERM ends a run like Ctrl-C does: the MLflow run is closed as KILLED."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def main(cfg: DictConfig) -> float:
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        metrics = run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except USER_ERRORS as e:
+        log.error("%s", e)
+        sys.exit(2)
+    return metrics["test_acc"]
+
+
+if __name__ == "__main__":
+    main()

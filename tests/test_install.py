@@ -1,0 +1,23 @@
+"""A regular (non-editable) install carries its configs and presets and runs from any folder."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).parents[1]
+
+
+def test_installed_package_finds_configs_and_presets_from_any_folder(tmp_path):
+    site = tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(REPO)]
+    built = subprocess.run(pip, capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stderr[-2000:]
+    assert (site / "mnist_cnn" / "conf" / "experiment" / "seed_tutorial.yaml").is_file()
+
+    code = "import mnist_cnn, sys; print(mnist_cnn.__file__); sys.argv[1:] = ['--cfg', 'job', 'experiment=seed_tutorial']; " \
+           "from mnist_cnn.cli import main; main()"
+    env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith(str(site))  # the installed copy ran, not the checkout
+    assert "seed: 777" in out.stdout and "name: seed_cnn" in out.stdout
