@@ -6,8 +6,8 @@ Each entry of `model.layers` is one layer (`conv`, `relu`, `maxpool`, `avgpool`,
 never types them. Every error names the layer index and key, e.g.
 `model.layers[5] maxpool: input is 1x1, kernel_size 2 does not fit`.
 
-The result is a plain `nn.Sequential` of torch and torchvision modules (normalisation included),
-so the model logged to MLflow loads without this package installed.
+The result is an `nn.Sequential` that normalises its own input, so the model logged to MLflow
+(exported with torch.export) takes raw [0, 1] pixels and loads without this package installed.
 """
 
 from collections import OrderedDict
@@ -15,7 +15,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
-from torchvision.transforms import Normalize
+
+from mnist_cnn.errors import ConfigError
 
 Shape = Tuple[int, ...]  # one sample: (channels, height, width), or (features,) once flat
 
@@ -34,8 +35,16 @@ LAYER_KEYS: Dict[str, set] = {
 INITS = ("default", "xavier_uniform", "kaiming_normal")
 
 
-class ConfigError(ValueError):
-    """A config that cannot describe a working model; the message names the offending key."""
+class Normalize(nn.Module):
+    """(x - mean) / std, with the constants kept as buffers so they follow the model to any device."""
+
+    def __init__(self, mean: float, std: float):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean))
+        self.register_buffer("std", torch.tensor(std))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
 
 
 def build_model(
@@ -48,7 +57,7 @@ def build_model(
     """Assemble `layers` for inputs of `in_shape`; with `mean`/`std` the model normalises first."""
     modules: Dict[str, nn.Module] = {}
     if mean is not None and std is not None:
-        modules["normalize"] = Normalize([mean] * in_shape[0], [std] * in_shape[0])
+        modules["normalize"] = Normalize(mean, std)
     shape = in_shape
     for i, raw in enumerate(layers):
         spec = {k: v for k, v in dict(raw).items() if v is not None}

@@ -6,9 +6,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file that cannot be used; the message names the file and what to do."""
+from mnist_cnn.errors import CheckpointError
 
 
 def save_checkpoint(

@@ -9,15 +9,11 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from mnist_cnn.builder import ConfigError
-from mnist_cnn.checkpoint import CheckpointError
 from mnist_cnn.config import register_configs
-from mnist_cnn.data import DataError
-from mnist_cnn.tracking import TrackingError
-from mnist_cnn.train import DivergedError, run
+from mnist_cnn.errors import UserError
+from mnist_cnn.train import run
 
 log = logging.getLogger("mnist_cnn")
-USER_ERRORS = (ConfigError, DataError, TrackingError, CheckpointError, DivergedError)
 
 CONF_DIR = Path(__file__).parent / "conf"  # a link to ../conf in a checkout; a copy once installed
 register_configs()
@@ -33,7 +29,7 @@ def main(cfg: DictConfig) -> float:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         metrics = run(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except USER_ERRORS as e:
+    except UserError as e:
         log.error("%s", e)
         sys.exit(2)
     return metrics["test_acc"]

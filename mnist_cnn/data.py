@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Dict, Iterator, Optional, Tuple
 
 import torch
-from torchvision import datasets
+
+from mnist_cnn.errors import DataError
 
 FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -36,32 +37,25 @@ MNIST_SHA256 = {
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What differs between the MNIST-format datasets; `source` is torchvision's class for it."""
+    """What differs between the MNIST-format datasets; `folder` is also torchvision's class name."""
 
-    source: type
-    mean: float
+    folder: str
+    classes: Tuple[str, ...]
+    mean: float  # of the training pixels scaled to [0, 1]
     std: float
     sha256: Optional[Dict[str, str]] = None  # known digests of the decompressed files
 
-    @property
-    def folder(self) -> str:
-        return self.source.__name__
-
-    @property
-    def classes(self) -> list:
-        return list(self.source.classes)
-
 
 DATASETS = {
-    "mnist": DatasetInfo(datasets.MNIST, 0.1307, 0.3081, MNIST_SHA256),
-    "fashion_mnist": DatasetInfo(datasets.FashionMNIST, 0.2860, 0.3530),
-    "kmnist": DatasetInfo(datasets.KMNIST, 0.1918, 0.3483),
+    "mnist": DatasetInfo("MNIST", tuple("0123456789"), 0.1307, 0.3081, MNIST_SHA256),
+    "fashion_mnist": DatasetInfo(
+        "FashionMNIST",
+        ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+        0.2860,
+        0.3530,
+    ),
+    "kmnist": DatasetInfo("KMNIST", ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"), 0.1918, 0.3483),
 }
-
-
-class DataError(ValueError):
-    """A data file that is missing, corrupt or not what the config says; the message says how to fix it."""
-
 
 @dataclass
 class Split:
@@ -155,13 +149,15 @@ def _download(info: DatasetInfo, raw: Path, timeout_s: float = 10.0) -> None:
     Nothing partial is left behind when the download fails, and a socket timeout makes an offline
     machine fail within seconds instead of hanging.
     """
+    from torchvision import datasets  # imported only here: it takes seconds
+
     raw.mkdir(parents=True, exist_ok=True)
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(timeout_s)
     try:
         with tempfile.TemporaryDirectory(dir=raw.parent) as tmp:
             try:
-                info.source(tmp, train=True, download=True)
+                getattr(datasets, info.folder)(tmp, train=True, download=True)
             except Exception as e:  # torchvision raises RuntimeError/URLError/OSError; all mean "no files"
                 raise DataError(
                     f"could not download {info.folder} into {raw} ({type(e).__name__}: {e}). Copy the four "

@@ -17,9 +17,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 from omegaconf import DictConfig, OmegaConf
 
-
-class TrackingError(RuntimeError):
-    """The MLflow store named by tracking.uri cannot be used; the message says how to fix it."""
+from mnist_cnn.errors import TrackingError
 
 
 def flatten(tree: Any, prefix: str = "") -> Dict[str, Any]:

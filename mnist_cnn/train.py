@@ -19,16 +19,12 @@ from omegaconf import DictConfig
 from torch import nn
 from tqdm import tqdm
 
-from mnist_cnn import builder, data, tracking
-from mnist_cnn.builder import ConfigError
+from mnist_cnn import builder, data
+from mnist_cnn.errors import ConfigError, DivergedError
 from mnist_cnn.checkpoint import save_checkpoint
 
 log = logging.getLogger(__name__)
 IN_SHAPE = (1, data.SIDE, data.SIDE)
-
-
-class DivergedError(RuntimeError):
-    """The training loss stopped being a finite number: the learning rate is too high for this model."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -146,6 +142,8 @@ def run(cfg: DictConfig, output_dir: Path) -> Dict[str, float]:
     scheduler = build_scheduler(cfg.scheduler, optimizer, steps, cfg.trainer.epochs)
     generator = torch.Generator().manual_seed(cfg.seed)  # epoch permutations, apart from the global RNG
     n_params = builder.count_params(model)
+    from mnist_cnn import tracking  # MLflow takes seconds to import: only once every check has passed
+
     with tracking.tracked_run(cfg, {"n_params": n_params}, {"device": str(device)}) as tracker:
         for epoch in range(1, cfg.trainer.epochs + 1):
             start = time.perf_counter()

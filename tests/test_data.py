@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torchvision
 
 from mnist_cnn import data
 from mnist_cnn.data import DataError, load_split
@@ -73,16 +74,13 @@ def test_checksums_refuse_files_that_are_not_the_published_mnist(tmp_path):
 def test_offline_download_fails_fast_and_leaves_nothing_behind(tmp_path, monkeypatch):
     """torchvision's download raising (as it does offline) becomes a DataError naming the folder."""
 
-    class MNIST:  # stands in for torchvision.datasets.MNIST on a machine without internet
-        classes = data.datasets.MNIST.classes
+    def offline_mnist(root, train, download):  # what torchvision.datasets.MNIST does without internet
+        partial = Path(root) / "MNIST" / "raw" / IMAGES
+        partial.parent.mkdir(parents=True)
+        partial.write_bytes(b"half a file")
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz: Name or service not known")
 
-        def __init__(self, root, train, download):
-            partial = Path(root) / "MNIST" / "raw" / IMAGES
-            partial.parent.mkdir(parents=True)
-            partial.write_bytes(b"half a file")
-            raise RuntimeError("Error downloading train-images-idx3-ubyte.gz: Name or service not known")
-
-    monkeypatch.setitem(data.DATASETS, "mnist", data.DatasetInfo(MNIST, 0.1, 0.3))
+    monkeypatch.setattr(torchvision.datasets, "MNIST", offline_mnist)
     start = time.perf_counter()
     with pytest.raises(DataError) as e:
         load_split(str(tmp_path), "mnist", "train", download=True)
