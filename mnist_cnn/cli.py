@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from mnist_cnn.config import register_configs
 from mnist_cnn.errors import UserError
-from mnist_cnn.train import run
+from mnist_cnn.spec import check_config
 
 log = logging.getLogger("mnist_cnn")
 
@@ -28,6 +28,9 @@ def _interrupt(signum, frame):
 def main(cfg: DictConfig) -> float:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
+        check_config(cfg)  # plain Python: a bad config fails in about a second, before torch loads
+        from mnist_cnn.train import run
+
         metrics = run(cfg, Path(HydraConfig.get().runtime.output_dir))
     except UserError as e:
         log.error("%s", e)

@@ -75,6 +75,7 @@ class Tracker:
             signature=signature,
             input_example=example,
             serialization_format="pt2",
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],  # skips MLflow's slow inference
         )
 
 

@@ -20,20 +20,20 @@ from torch import nn
 from tqdm import tqdm
 
 from mnist_cnn import builder, data
+from mnist_cnn.datasets import dataset_info
 from mnist_cnn.errors import ConfigError, DivergedError
+from mnist_cnn.spec import IN_SHAPE, check_config
 from mnist_cnn.checkpoint import save_checkpoint
 
 log = logging.getLogger(__name__)
-IN_SHAPE = (1, data.SIDE, data.SIDE)
 
 
 def resolve_device(name: str) -> torch.device:
+    """`auto` picks cuda when a GPU is visible; asking for cuda without one is an error, not a fallback."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("trainer.device=cuda but no CUDA GPU is visible; use trainer.device=auto or cpu.")
-    if name not in ("cpu", "cuda"):
-        raise ConfigError(f"trainer.device must be auto, cpu or cuda, got {name!r}.")
     return torch.device(name)
 
 
@@ -48,19 +48,15 @@ def build_optimizer(cfg: DictConfig, params: Iterable[nn.Parameter]) -> torch.op
     try:
         if cfg.name == "sgd":
             return torch.optim.SGD(params, momentum=cfg.momentum, nesterov=cfg.nesterov, **common)
-        if cfg.name in ("adam", "adamw"):
-            cls = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
-            return cls(params, betas=tuple(cfg.betas), **common)
+        cls = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
+        return cls(params, betas=tuple(cfg.betas), **common)
     except ValueError as e:  # torch's own checks: negative lr, nesterov without momentum, ...
         raise ConfigError(f"optimizer ({cfg.name}): {e}; fix the optimizer.* values.") from e
-    raise ConfigError(f"optimizer.name must be adam, adamw or sgd, got {cfg.name!r}.")
 
 
 def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int):
     """A scheduler stepped after every optimizer step (step_size is counted in epochs), or None."""
     total = steps_per_epoch * epochs
-    if cfg.name == "none":
-        return None
     if cfg.name == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, cfg.step_size * steps_per_epoch, cfg.gamma)
     if cfg.name == "cosine":
@@ -68,7 +64,7 @@ def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per
     if cfg.name == "onecycle":
         max_lr = cfg.max_lr if cfg.max_lr is not None else optimizer.defaults["lr"]
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr, total_steps=total, pct_start=cfg.pct_start)
-    raise ConfigError(f"scheduler.name must be none, step, cosine or onecycle, got {cfg.name!r}.")
+    return None
 
 
 def train_epoch(model, split, cfg: DictConfig, optimizer, scheduler, generator, epoch: int) -> Dict[str, float]:
@@ -115,17 +111,12 @@ def evaluate(model: nn.Module, split: data.Split, batch_size: int) -> Dict[str, 
 
 def prepare(cfg: DictConfig):
     """Every check that can fail on a bad config or bad data, done before tracking starts."""
+    plan = check_config(cfg)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.trainer.device)
-    info = data.dataset_info(cfg.data.name)
-    for key in ("batch_size", "eval_batch_size"):
-        if cfg.data[key] <= 0:
-            raise ConfigError(f"data.{key} must be a positive integer, got {cfg.data[key]}.")
-    if cfg.trainer.epochs <= 0:
-        raise ConfigError(f"trainer.epochs must be a positive integer, got {cfg.trainer.epochs}.")
-    norm = (info.mean, info.std) if cfg.data.normalize else (None, None)
-    model = builder.build_model(cfg.model.layers, IN_SHAPE, len(info.classes), *norm)
-    log.info("model %s on %s:\n%s", cfg.model.name, device, builder.summary(model, IN_SHAPE))
+    info = dataset_info(cfg.data.name)
+    model = builder.build_model(plan, *((info.mean, info.std) if cfg.data.normalize else ()))
+    log.info("model %s on %s:\n%s", cfg.model.name, device, builder.summary(model, plan, IN_SHAPE))
     load = dict(root=cfg.data.root, name=cfg.data.name, download=cfg.data.download, verify=cfg.data.verify_checksums)
     train, val = data.split_validation(data.load_split(split="train", **load), cfg.data.val_size, cfg.seed)
     test = data.load_split(split="test", **load)

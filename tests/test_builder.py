@@ -4,10 +4,14 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from mnist_cnn.builder import ConfigError, build_model, count_params, summary
+from mnist_cnn.builder import build_model, count_params, summary
 from mnist_cnn.cli import CONF_DIR
+from mnist_cnn.errors import ConfigError
+from mnist_cnn.spec import IN_SHAPE, plan_layers
 
-IN_SHAPE = (1, 28, 28)
+
+def build(layers, mean=None, std=None):
+    return build_model(plan_layers(layers, IN_SHAPE, 10), mean, std)
 
 
 def model_layers(name: str):
@@ -15,19 +19,20 @@ def model_layers(name: str):
 
 
 def test_seed_cnn_is_the_tutorial_network():
-    model = build_model(model_layers("seed_cnn"), IN_SHAPE, 10)
+    plan = plan_layers(model_layers("seed_cnn"), IN_SHAPE, 10)
+    model = build_model(plan)
     assert count_params(model) == 50_186
     assert model.linear3.in_features == 3136  # inferred, never typed in the config
     assert model(torch.zeros(5, *IN_SHAPE)).shape == (5, 10)
-    table = summary(model, IN_SHAPE)
+    table = summary(model, plan, IN_SHAPE)
     assert "64x7x7" in table and "3136" in table and "50,186" in table
 
 
 def test_block_notation_equals_one_layer_per_entry():
     torch.manual_seed(0)
-    blocks = build_model(model_layers("seed_cnn"), IN_SHAPE, 10)
+    blocks = build(model_layers("seed_cnn"))
     torch.manual_seed(0)
-    flat = build_model(model_layers("seed_cnn_flat"), IN_SHAPE, 10)
+    flat = build(model_layers("seed_cnn_flat"))
     x = torch.rand(3, *IN_SHAPE)
     assert count_params(blocks) == count_params(flat)
     assert torch.equal(blocks(x), flat(x))  # same modules, same init order, same output
@@ -35,13 +40,13 @@ def test_block_notation_equals_one_layer_per_entry():
 
 def test_every_shipped_model_builds_and_runs():
     for path in (CONF_DIR / "model").glob("*.yaml"):
-        model = build_model(OmegaConf.load(path).layers, IN_SHAPE, 10, 0.13, 0.31).eval()
+        model = build(OmegaConf.load(path).layers, 0.13, 0.31).eval()
         assert model(torch.rand(2, *IN_SHAPE)).shape == (2, 10), path.name
 
 
 def test_normalisation_lives_in_the_model():
     layers = [{"type": "flatten"}, {"type": "linear", "out_features": 10}]
-    model = build_model(layers, IN_SHAPE, 10, mean=0.5, std=0.25)
+    model = build(layers, mean=0.5, std=0.25)
     x = torch.rand(4, *IN_SHAPE)
     expected = model.linear1((x.flatten(1) - 0.5) / 0.25)
     assert torch.allclose(model(x), expected)
@@ -56,7 +61,7 @@ def test_strides_and_padding_change_the_inferred_flatten_size():
         {"type": "flatten"},
         {"type": "linear", "out_features": 10},
     ]
-    model = build_model(layers, IN_SHAPE, 10)
+    model = build(layers)
     assert model.linear5.in_features == 8 * 10 * 10
 
 
@@ -84,7 +89,7 @@ BAD = [
 @pytest.mark.parametrize("layers, message", BAD, ids=[m.split(":")[0] + "|" + m[-25:] for _, m in BAD])
 def test_impossible_configs_name_the_layer_and_key(layers, message):
     with pytest.raises(ConfigError) as e:
-        build_model(layers, IN_SHAPE, 10)
+        build(layers)
     assert message in str(e.value)
 
 
@@ -93,10 +98,10 @@ def test_spatial_size_reaching_zero_names_the_pool():
     layers = [{"type": "maxpool", "kernel_size": 2}] * 5 + [{"type": "flatten"}, {"type": "linear", "out_features": 10}]
     layers.insert(0, {"type": "relu"})
     with pytest.raises(ConfigError, match=r"model\.layers\[5\] maxpool: input is 1x1, kernel_size 2 does not fit"):
-        build_model(layers, IN_SHAPE, 10)
+        build(layers)
 
 
 def test_a_block_pool_that_does_not_fit_names_pool_size():
     layers = [{"type": "block", "out_channels": 4, "kernel_size": 3, "pool_size": 30}]
     with pytest.raises(ConfigError, match=r"model\.layers\[0\] block: input is 26x26, pool_size 30 does not fit"):
-        build_model(layers, IN_SHAPE, 10)
+        build(layers)

@@ -9,6 +9,8 @@ import pytest
 from mlflow import MlflowClient
 
 from mnist_cnn import train
+from mnist_cnn.errors import UserError
+from mnist_cnn.spec import check_config
 from tests.conftest import make_cfg
 
 
@@ -132,6 +134,32 @@ def test_cli_rejects_a_bad_tracking_uri(tiny_root, tmp_path):
     out = cli(tmp_path, "tracking.uri=nosuchscheme://x", "data.verify_checksums=false", "data.val_size=100", data_root=tiny_root)
     assert out.returncode == 2
     assert "tracking.uri='nosuchscheme://x': cannot open the MLflow store" in out.stderr + out.stdout
+
+
+def test_config_checks_run_before_torch_is_imported(tmp_path):
+    """A bad config is reported within about a second: the checks need neither torch nor MLflow."""
+    code = "import sys, mnist_cnn.cli; print(sorted({'torch', 'mlflow', 'torchvision'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.stdout.strip() == "[]", out.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optimizer.name=rmsprop", "optimizer.name must be one of adam, adamw, sgd, got 'rmsprop'."),
+        ("scheduler.name=exp", "scheduler.name must be one of none, step, cosine, onecycle"),
+        ("trainer.device=tpu", "trainer.device must be one of auto, cpu, cuda"),
+        ("data.batch_size=0", "data.batch_size must be a positive integer, got 0."),
+        ("trainer.epochs=-1", "trainer.epochs must be a positive integer, got -1."),
+        ("data.val_size=-5", "data.val_size must be 0 or more, got -5."),
+        ("data.name=cifar", "data.name: unknown dataset 'cifar'"),
+        ("model.layers.0.pool_size=15", "model.layers[1] block: input is 1x1, pool_size 2 does not fit."),
+    ],
+)
+def test_check_config_names_the_bad_key(override, message):
+    with pytest.raises(UserError) as e:
+        check_config(make_cfg([override]))
+    assert message in str(e.value)
 
 
 @pytest.mark.parametrize(
