@@ -86,6 +86,12 @@ class TrackingConfig:
 
 
 @dataclass
+class ObjectiveConfig:
+    metric: str = "val_acc"  # the metric a run returns to a sweeper (Optuna) and a sweep ranks by
+    direction: str = "maximize"  # maximize | minimize
+
+
+@dataclass
 class Config:
     seed: int = 0
     model: ModelConfig = MISSING
@@ -94,6 +100,7 @@ class Config:
     data: DataConfig = MISSING
     trainer: TrainerConfig = MISSING
     tracking: TrackingConfig = MISSING
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
 
 
 def register_configs() -> None:

@@ -34,6 +34,7 @@ CHOICES = {
     "optimizer.name": ("adam", "adamw", "sgd"),
     "scheduler.name": ("none", "step", "cosine", "onecycle"),
     "trainer.device": ("auto", "cpu", "cuda"),
+    "objective.direction": ("maximize", "minimize"),
 }
 
 
