@@ -15,16 +15,20 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: Optional[Any],
     epoch: int,
+    global_step: int,
+    rng: Dict[str, Any],
 ) -> Path:
-    """Write model, optimizer, scheduler and epoch to `path` via a temporary file and a rename.
-
-    A crash or kill during the write leaves the previous checkpoint intact, never a truncated one.
+    """Write everything a run needs to continue exactly after `epoch` (model, optimizer, scheduler,
+    step count, every RNG state) via a temporary file and a rename: a crash or kill during the
+    write leaves the previous checkpoint intact, never a truncated one.
     """
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "epoch": epoch,
+        "global_step": global_step,
+        "rng": rng,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -44,7 +48,7 @@ def load_checkpoint(path: Path) -> Dict[str, Any]:
             f"checkpoint {path} cannot be loaded safely ({type(e).__name__}: {str(e).splitlines()[0][:300]}). "
             "It is truncated, corrupt or holds objects other than tensors; use another checkpoint."
         ) from e
-    missing = {"model", "optimizer", "epoch"} - set(state if isinstance(state, dict) else ())
+    missing = {"model", "optimizer", "scheduler", "epoch", "global_step", "rng"} - set(state if isinstance(state, dict) else ())
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {', '.join(sorted(missing))}; it was not written by mnist_cnn.")
     return state

@@ -21,20 +21,19 @@ CONF_DIR = Path(__file__).parent / "conf"  # a link to ../conf in a checkout; a 
 register_configs()
 
 
-def _interrupt(signum, frame):
-    """SIGTERM ends a run like Ctrl-C does: the MLflow run is closed as KILLED."""
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float:
     """Train one run; return `objective.metric` for a sweeper such as Optuna."""
-    signal.signal(signal.SIGTERM, _interrupt)
     try:
         check_config(cfg)  # plain Python: a bad config fails in about a second, before torch loads
-        from mnist_cnn.train import run
+        from mnist_cnn.train import request_stop, run
+
+        for signum in (signal.SIGINT, signal.SIGTERM):  # stop between steps, keep the last epoch
+            signal.signal(signum, request_stop)
 
         value = run(cfg, Path(HydraConfig.get().runtime.output_dir)).get(cfg.objective.metric, math.nan)
+    except KeyboardInterrupt:  # the run is KILLED; tracking logged how to resume it
+        sys.exit(130)
     except Exception as e:
         if in_multirun():  # one failed job must not end the sweep: record it as FAILED and go on
             log.error("job failed, the sweep goes on: %s: %s", type(e).__name__, e)

@@ -74,6 +74,7 @@ class TrainerConfig:
     device: str = "auto"  # auto | cpu | cuda
     limit_batches: Optional[int] = None  # stop each epoch after this many batches (smoke runs)
     progress: bool = True  # progress bar per epoch (shown only on a terminal)
+    deterministic: Optional[bool] = None  # deterministic kernels; null: on for cpu, off for cuda
 
 
 @dataclass
@@ -101,6 +102,7 @@ class Config:
     trainer: TrainerConfig = MISSING
     tracking: TrackingConfig = MISSING
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    resume: Optional[str] = None  # an MLflow run id: continue that run from its last checkpoint
 
 
 def register_configs() -> None:

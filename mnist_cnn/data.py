@@ -27,6 +27,7 @@ class Split:
 
     images: torch.Tensor
     labels: torch.Tensor
+    sha256: str = ""  # of the decompressed image and label files, as read
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -53,8 +54,9 @@ def load_split(root: str, name: str, split: str, download: bool = False, verify:
             f"Copy them there, point data.root (or MNIST_CNN_DATA_DIR) at the folder that holds "
             f"{info.folder}/raw, or set data.download=true on a machine with internet access."
         )
-    images = _read_idx(paths[0], IMAGE_MAGIC, info if verify else None)
-    labels = _read_idx(paths[1], LABEL_MAGIC, info if verify else None).long()
+    images, images_sha = _read_idx(paths[0], IMAGE_MAGIC, info if verify else None)
+    labels, labels_sha = _read_idx(paths[1], LABEL_MAGIC, info if verify else None)
+    labels = labels.long()
     if len(images) != len(labels):
         raise DataError(f"{paths[0]} holds {len(images)} images but {paths[1]} holds {len(labels)} labels.")
     bad = labels >= len(info.classes)
@@ -63,7 +65,7 @@ def load_split(root: str, name: str, split: str, download: bool = False, verify:
             f"{paths[1]}: label {int(labels[bad][0])} is out of range for {name} "
             f"({len(info.classes)} classes); the file is corrupt or belongs to another dataset."
         )
-    return Split(images, labels)
+    return Split(images, labels, hashlib.sha256((images_sha + labels_sha).encode()).hexdigest())
 
 
 def _find(raw: Path, base: str) -> Optional[Path]:
@@ -73,8 +75,8 @@ def _find(raw: Path, base: str) -> Optional[Path]:
     return None
 
 
-def _read_idx(path: Path, magic: int, info: Optional[DatasetInfo]) -> torch.Tensor:
-    """Parse an IDX file of unsigned bytes: 28x28 images (3 dims) or labels (1 dim)."""
+def _read_idx(path: Path, magic: int, info: Optional[DatasetInfo]) -> Tuple[torch.Tensor, str]:
+    """Parse an IDX file of unsigned bytes, 28x28 images (3 dims) or labels (1 dim); also its SHA-256."""
     try:
         data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     except (OSError, EOFError, gzip.BadGzipFile) as e:
@@ -93,12 +95,13 @@ def _read_idx(path: Path, magic: int, info: Optional[DatasetInfo]) -> torch.Tens
     if len(data) != expected:
         raise DataError(f"{path}: header promises {dims[0]} items ({expected} bytes) but the file has {len(data)} bytes; {fix}.")
     base = path.name.removesuffix(".gz")
-    if info is not None and info.sha256 and info.sha256.get(base) != hashlib.sha256(data).hexdigest():
+    digest = hashlib.sha256(data).hexdigest()
+    if info is not None and info.sha256 and info.sha256.get(base) != digest:
         raise DataError(
             f"{path}: SHA-256 of its decompressed contents does not match the published {info.folder} file; "
             f"{fix} (or set data.verify_checksums=false for a deliberately modified copy)."
         )
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8, offset=header).view(*dims)
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8, offset=header).view(*dims), digest
 
 
 def _download(info: DatasetInfo, raw: Path, timeout_s: float = 10.0) -> None:

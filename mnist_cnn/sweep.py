@@ -58,8 +58,16 @@ def run_name(overrides: List[str], only: Optional[List[str]] = None) -> Optional
         if (key in only) if only else not key.startswith(NOT_IN_NAMES):
             *path, leaf = key.split(".")
             layer = f"l{path[-1]}." if path and path[-1].isdigit() else ""
-            parts.append(f"{layer}{ALIASES.get(leaf, leaf)}={value}")
+            parts.append(f"{layer}{ALIASES.get(leaf, leaf)}={_short(value)}")
     return ",".join(parts) or None
+
+
+def _short(value: str) -> str:
+    """0.0024713734184878826 -> 0.002471: Optuna's samples, readable in a run list."""
+    try:
+        return value if "." not in value and "e" not in value.lower() else f"{float(value):.4g}"
+    except ValueError:
+        return value
 
 
 class MlflowSweepCallback(Callback):

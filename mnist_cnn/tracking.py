@@ -5,23 +5,30 @@ final status: FINISHED, KILLED (Ctrl-C or SIGTERM) or FAILED (any other error, k
 run is ever left RUNNING.
 """
 
-import subprocess
+import logging
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import mlflow
 import numpy as np
 import torch
 from mlflow import MlflowClient
 from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_cnn.errors import TrackingError
+from mnist_cnn import repro
+from mnist_cnn.checkpoint import load_checkpoint
+from mnist_cnn.config import Config
+from mnist_cnn.errors import CheckpointError, ConfigError, TrackingError
 from mnist_cnn.sweep import job_overrides, run_name, sweep_info
+
+log = logging.getLogger(__name__)
 
 
 def flatten(tree: Any, prefix: str = "") -> Dict[str, Any]:
@@ -75,17 +82,6 @@ def close_parent_run(tcfg: DictConfig, run_id: str, objective: DictConfig, statu
     return summary
 
 
-def git_commit() -> str:
-    """The commit of the checkout this package runs from, or "unknown" outside a git checkout."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 else "unknown"
-
-
 class Tracker:
     """Logs to the active MLflow run; with tracking disabled every call does nothing."""
 
@@ -95,6 +91,10 @@ class Tracker:
     def log_metrics(self, metrics: Dict[str, float], step: int) -> None:
         if self.enabled:
             mlflow.log_metrics(metrics, step=step)
+
+    def set_tags(self, tags: Dict[str, str]) -> None:
+        if self.enabled:
+            mlflow.set_tags(tags)
 
     def log_artifact(self, path: Path, artifact_dir: Optional[str] = None) -> None:
         if self.enabled:
@@ -122,24 +122,32 @@ class Tracker:
 
 @contextmanager
 def tracked_run(cfg: DictConfig, extra_params: Dict[str, Any], tags: Dict[str, str]) -> Iterator[Tracker]:
-    """Open an MLflow run for `cfg` (or nothing when tracking.enabled is false) and close it properly."""
+    """Open an MLflow run for `cfg`, or reopen run `cfg.resume` (nothing when tracking.enabled is
+    false), and always close it: FINISHED, KILLED with the command that resumes it, or FAILED."""
     if not cfg.tracking.enabled:
         yield Tracker(enabled=False)
         return
     _connect(cfg.tracking.uri, cfg.tracking.experiment)
     overrides, sweep = job_overrides(), sweep_info()
-    name = cfg.tracking.run_name or run_name(overrides, only=sweep.get("swept"))
-    run = mlflow.start_run(run_name=name, parent_run_id=sweep.get("parent_run_id"))
+    if cfg.resume:
+        run = mlflow.start_run(run_id=cfg.resume)  # back to RUNNING; params and config.yaml are already there
+    else:
+        name = cfg.tracking.run_name or run_name(overrides, only=sweep.get("swept"))
+        run = mlflow.start_run(run_name=name, parent_run_id=sweep.get("parent_run_id"))
     try:
-        params = flatten(OmegaConf.to_container(cfg, resolve=True))
-        mlflow.log_params({**params, **extra_params})
-        tags = {**tags, "git_commit": git_commit(), "torch_version": torch.__version__, "hydra_overrides": " ".join(overrides)}
-        mlflow.set_tags(tags)
-        mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        if not cfg.resume:
+            mlflow.log_params({**flatten(OmegaConf.to_container(cfg, resolve=True)), **extra_params})
+            mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        commit, dirty = repro.git_state()
+        versions = {f"version.{k}": v for k, v in repro.package_versions().items()}
+        mlflow.set_tags({**tags, **versions, "git_commit": commit, "git_dirty": str(dirty),
+                         "torch_version": torch.__version__, "hydra_overrides": " ".join(overrides)})
         yield Tracker(enabled=True)
     except KeyboardInterrupt:
-        mlflow.set_tag("interrupted", "stopped by Ctrl-C or SIGTERM")
+        command = f"mnist-cnn-train resume={run.info.run_id} tracking.uri={cfg.tracking.uri}"
+        mlflow.set_tags({"interrupted": "stopped by Ctrl-C or SIGTERM", "resume_command": command})
         mlflow.end_run("KILLED")
+        log.warning("run %s KILLED after its last complete epoch; continue it with: %s", run.info.run_id, command)
         raise
     except BaseException as e:
         mlflow.set_tag("error", f"{type(e).__name__}: {e}"[:5000])
@@ -148,6 +156,51 @@ def tracked_run(cfg: DictConfig, extra_params: Dict[str, Any], tags: Dict[str, s
         raise
     mlflow.end_run("FINISHED")
     print(f"MLflow run {run.info.run_id} in experiment {cfg.tracking.experiment!r} at {cfg.tracking.uri}")
+
+
+# What a resume command may change: where the run reads and logs, not what it computes.
+ALLOWED_ON_RESUME = ("resume", "tracking.", "data.root", "data.download", "trainer.progress", "trainer.device")
+
+
+def resume_point(cfg: DictConfig) -> Tuple[DictConfig, Dict[str, Any]]:
+    """The own config and last checkpoint of run `cfg.resume`, for `mnist-cnn-train resume=RUN_ID`."""
+    _connect(cfg.tracking.uri, cfg.tracking.experiment)
+    where = f"resume={cfg.resume}"
+    try:
+        run = MlflowClient().get_run(cfg.resume)
+    except MlflowException as e:
+        raise CheckpointError(f"{where}: no such run in {cfg.tracking.uri}; check the run id and tracking.uri.") from e
+    if run.info.status == "FINISHED":
+        raise CheckpointError(f"{where}: the run already FINISHED; there is nothing to resume.")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            config_path = mlflow.artifacts.download_artifacts(run_id=cfg.resume, artifact_path="config.yaml", dst_path=tmp)
+            ckpt_path = mlflow.artifacts.download_artifacts(run_id=cfg.resume, artifact_path="checkpoints/last.pt", dst_path=tmp)
+        except (MlflowException, OSError) as e:
+            raise CheckpointError(
+                f"{where}: the run has no config.yaml or checkpoints/last.pt artifact (it stopped before its first "
+                "epoch ended, or was not made by mnist-cnn-train); start a new run instead."
+            ) from e
+        checkpoint = load_checkpoint(Path(ckpt_path))
+        run_cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(config_path))
+    refused = [o for o in job_overrides() if _changes_result(o, cfg, run_cfg)]
+    if refused:
+        raise ConfigError(
+            f"{where}: {' '.join(refused)} would change the result of the run being resumed, which keeps its own "
+            "config. Drop these overrides, or start a new run with them."
+        )
+    for key in ("tracking", "data.root", "data.download", "trainer.progress", "trainer.device", "resume"):
+        OmegaConf.update(run_cfg, key, OmegaConf.select(cfg, key), merge=False)
+    return run_cfg, checkpoint
+
+
+def _changes_result(override: str, cfg: DictConfig, run_cfg: DictConfig) -> bool:
+    key = override.lstrip("+~").partition("=")[0]
+    if key.startswith(ALLOWED_ON_RESUME):
+        return False
+    missing = object()
+    ours = OmegaConf.select(cfg, key, default=missing)
+    return ours is missing or ours != OmegaConf.select(run_cfg, key, default=missing)
 
 
 def _connect(uri: str, experiment: str) -> None:

@@ -2,30 +2,43 @@
 
 `run(cfg, output_dir)` is what `mnist-cnn-train` calls after Hydra has composed the config. All
 checks (model shapes, data files, tracking store) happen before an MLflow run is opened, so a bad
-config never leaves a run behind.
+config never leaves a run behind. With `resume=RUN_ID` it continues that run from its last
+checkpoint, exactly where the uninterrupted run would have been.
 """
 
+import hashlib
 import logging
 import math
-import random
 import time
 from pathlib import Path
-from typing import Dict, Iterable
+from typing import Any, Dict, Iterable, Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 from tqdm import tqdm
 
-from mnist_cnn import builder, data
+from mnist_cnn import builder, data, repro
+from mnist_cnn.checkpoint import save_checkpoint
 from mnist_cnn.datasets import dataset_info
 from mnist_cnn.errors import ConfigError, DivergedError
 from mnist_cnn.spec import IN_SHAPE, check_config
-from mnist_cnn.checkpoint import save_checkpoint
 
 log = logging.getLogger(__name__)
+
+
+class Stop:
+    """Set by Ctrl-C or SIGTERM (see request_stop); the step loop then stops before its next step,
+    so an epoch either completes with its checkpoint and metrics or leaves no trace."""
+
+    requested = False
+
+
+def request_stop(signum: int, frame: Any) -> None:
+    if Stop.requested:  # a second signal: the user insists, stop right here
+        raise KeyboardInterrupt(f"signal {signum}")
+    Stop.requested = True
 
 
 def resolve_device(name: str) -> torch.device:
@@ -35,12 +48,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("trainer.device=cuda but no CUDA GPU is visible; use trainer.device=auto or cpu.")
     return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def build_optimizer(cfg: DictConfig, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
@@ -77,6 +84,8 @@ def train_epoch(model, split, cfg: DictConfig, optimizer, scheduler, generator, 
     total = data.num_batches(len(split), cfg.data.batch_size, cfg.data.drop_last, cfg.trainer.limit_batches)
     quiet = None if cfg.trainer.progress else True  # None: tqdm shows the bar only on a terminal
     for images, labels in tqdm(loader, total=total, desc=f"epoch {epoch}", leave=False, disable=quiet):
+        if Stop.requested:
+            raise KeyboardInterrupt(f"stopped during epoch {epoch}")
         logits = model(images)
         loss = F.cross_entropy(logits, labels)
         optimizer.zero_grad(set_to_none=True)
@@ -112,31 +121,50 @@ def evaluate(model: nn.Module, split: data.Split, batch_size: int) -> Dict[str, 
 def prepare(cfg: DictConfig):
     """Every check that can fail on a bad config or bad data, done before tracking starts."""
     plan = check_config(cfg)
-    seed_everything(cfg.seed)
+    repro.seed_everything(cfg.seed)
     device = resolve_device(cfg.trainer.device)
+    deterministic = cfg.trainer.deterministic if cfg.trainer.deterministic is not None else device.type == "cpu"
+    repro.set_deterministic(deterministic)
     info = dataset_info(cfg.data.name)
     model = builder.build_model(plan, *((info.mean, info.std) if cfg.data.normalize else ()))
     log.info("model %s on %s:\n%s", cfg.model.name, device, builder.summary(model, plan, IN_SHAPE))
     load = dict(root=cfg.data.root, name=cfg.data.name, download=cfg.data.download, verify=cfg.data.verify_checksums)
-    train, val = data.split_validation(data.load_split(split="train", **load), cfg.data.val_size, cfg.seed)
-    test = data.load_split(split="test", **load)
+    full_train, test = data.load_split(split="train", **load), data.load_split(split="test", **load)
+    train, val = data.split_validation(full_train, cfg.data.val_size, cfg.seed)
     log.info("data %s: %d train, %d val, %d test images", cfg.data.name, len(train), len(val or []), len(test))
     splits = {"train": train.to(device), "val": val.to(device) if val else None, "test": test.to(device)}
-    return model.to(device), splits, device
+    tags = {
+        "device": str(device),
+        "deterministic": str(deterministic),
+        "seed": str(cfg.seed),
+        "data_sha256": hashlib.sha256((full_train.sha256 + test.sha256).encode()).hexdigest(),
+        "config_sha256": repro.config_sha256(cfg),
+    }
+    return model.to(device), splits, tags
 
 
 def run(cfg: DictConfig, output_dir: Path) -> Dict[str, float]:
-    """Train `cfg` to the end; returns the final metrics (also logged to MLflow)."""
-    model, splits, device = prepare(cfg)
+    """Train `cfg` (or continue run `cfg.resume`) to the end; returns the final metrics (also logged)."""
+    Stop.requested = False
+    checkpoint: Optional[Dict[str, Any]] = None
+    if cfg.resume:
+        from mnist_cnn import tracking
+
+        cfg, checkpoint = tracking.resume_point(cfg)
+    model, splits, tags = prepare(cfg)
     optimizer = build_optimizer(cfg.optimizer, model.parameters())
     steps = data.num_batches(len(splits["train"]), cfg.data.batch_size, cfg.data.drop_last, cfg.trainer.limit_batches)
     scheduler = build_scheduler(cfg.scheduler, optimizer, steps, cfg.trainer.epochs)
     generator = torch.Generator().manual_seed(cfg.seed)  # epoch permutations, apart from the global RNG
-    n_params = builder.count_params(model)
+    first_epoch = 1
+    if checkpoint is not None:
+        first_epoch = restore(checkpoint, model, optimizer, scheduler, generator) + 1
+        tags["resumed_at_epoch"] = str(first_epoch)
     from mnist_cnn import tracking  # MLflow takes seconds to import: only once every check has passed
 
-    with tracking.tracked_run(cfg, {"n_params": n_params}, {"device": str(device)}) as tracker:
-        for epoch in range(1, cfg.trainer.epochs + 1):
+    metrics: Dict[str, float] = {}
+    with tracking.tracked_run(cfg, {"n_params": builder.count_params(model)}, tags) as tracker:
+        for epoch in range(first_epoch, cfg.trainer.epochs + 1):
             start = time.perf_counter()
             metrics = train_epoch(model, splits["train"], cfg, optimizer, scheduler, generator, epoch)
             seconds = time.perf_counter() - start
@@ -145,17 +173,30 @@ def run(cfg: DictConfig, output_dir: Path) -> Dict[str, float]:
             if splits["val"] is not None:
                 val = evaluate(model, splits["val"], cfg.data.eval_batch_size)
                 metrics.update(val_loss=val["loss"], val_acc=val["acc"])
-            tracker.log_metrics(metrics, step=epoch)
-            ckpt = save_checkpoint(output_dir / "checkpoints" / "last.pt", model, optimizer, scheduler, epoch)
+            rng = repro.rng_state(generator)
+            ckpt = save_checkpoint(output_dir / "checkpoints" / "last.pt", model, optimizer, scheduler, epoch, epoch * steps, rng)
             tracker.log_artifact(ckpt, "checkpoints")
+            tracker.log_metrics(metrics, step=epoch)
             log.info("epoch %d/%d  %s", epoch, cfg.trainer.epochs, _fmt(metrics))
         test = evaluate(model, splits["test"], cfg.data.eval_batch_size)
         final = {"test_loss": test["loss"], "test_acc": test["acc"]}
         tracker.log_metrics(final, step=cfg.trainer.epochs)
+        tracker.set_tags({"weights_sha256": repro.weights_sha256(model)})
         log.info("test  %s", _fmt(final))
         if cfg.tracking.log_model:
             tracker.log_model(model, IN_SHAPE, model[-1].out_features)
     return {**metrics, **final}
+
+
+def restore(checkpoint: Dict[str, Any], model, optimizer, scheduler, generator: torch.Generator) -> int:
+    """Load a checkpoint's states into the freshly built objects; returns the epoch it completed."""
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(checkpoint["scheduler"])
+    repro.restore_rng_state(checkpoint["rng"], generator)
+    log.info("resuming after epoch %d (step %d)", checkpoint["epoch"], checkpoint["global_step"])
+    return checkpoint["epoch"]
 
 
 def _fmt(metrics: Dict[str, float]) -> str:

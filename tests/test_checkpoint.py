@@ -1,10 +1,13 @@
 """Checkpoints round-trip, and anything truncated, tampered or foreign is refused with a clear error."""
 
 import pickle
+import random
 
+import numpy as np
 import pytest
 import torch
 
+from mnist_cnn import repro
 from mnist_cnn.checkpoint import load_checkpoint, save_checkpoint
 from mnist_cnn.errors import CheckpointError
 
@@ -18,20 +21,37 @@ def small_state():
     return model, optimizer, scheduler
 
 
-def test_round_trip_restores_model_optimizer_scheduler_and_epoch(tmp_path):
+def save(path, epoch=1):
     model, optimizer, scheduler = small_state()
-    path = save_checkpoint(tmp_path / "ckpt" / "last.pt", model, optimizer, scheduler, epoch=3)
+    rng = repro.rng_state(torch.Generator().manual_seed(0))
+    return save_checkpoint(path, model, optimizer, scheduler, epoch, 10 * epoch, rng), (model, scheduler)
+
+
+def test_round_trip_restores_model_optimizer_scheduler_and_epoch(tmp_path):
+    path, (model, scheduler) = save(tmp_path / "ckpt" / "last.pt", epoch=3)
     state = load_checkpoint(path)
-    assert state["epoch"] == 3
+    assert state["epoch"] == 3 and state["global_step"] == 30
     assert torch.equal(state["model"]["weight"], model.weight)
     assert state["optimizer"]["state"][0]["exp_avg"].shape == (2, 4)
     assert state["scheduler"]["last_epoch"] == scheduler.last_epoch
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temporary file left behind
 
 
+def test_every_rng_continues_where_it_was_saved(tmp_path):
+    """After a restore, Python, NumPy, torch and the data generator draw what they would have drawn."""
+    repro.seed_everything(5)
+    generator = torch.Generator().manual_seed(5)
+    state = repro.rng_state(generator)
+    expected = (random.random(), np.random.rand(), torch.rand(1).item(), torch.randperm(9, generator=generator).tolist())
+    path = save_checkpoint(tmp_path / "last.pt", *small_state(), 1, 1, state)
+    repro.seed_everything(99)
+    other = torch.Generator().manual_seed(99)
+    repro.restore_rng_state(load_checkpoint(path)["rng"], other)
+    assert (random.random(), np.random.rand(), torch.rand(1).item(), torch.randperm(9, generator=other).tolist()) == expected
+
+
 def test_a_truncated_checkpoint_is_refused(tmp_path):
-    model, optimizer, scheduler = small_state()
-    path = save_checkpoint(tmp_path / "last.pt", model, optimizer, scheduler, epoch=1)
+    path, _ = save(tmp_path / "last.pt")
     path.write_bytes(path.read_bytes()[:200])
     with pytest.raises(CheckpointError, match=f"checkpoint {path} cannot be loaded safely"):
         load_checkpoint(path)
@@ -52,7 +72,7 @@ def test_a_pickled_object_outside_the_allow_list_is_refused(tmp_path):
 def test_a_foreign_file_and_a_missing_file_are_named(tmp_path):
     foreign = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(2)}, foreign)
-    with pytest.raises(CheckpointError, match="lacks epoch, model, optimizer; it was not written by mnist_cnn"):
+    with pytest.raises(CheckpointError, match="lacks epoch, global_step, model, optimizer, rng, scheduler; it was not written"):
         load_checkpoint(foreign)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "nope.pt")

@@ -123,3 +123,4 @@ def test_run_names_come_from_the_overrides_that_matter():
     assert run_name(overrides) == "lr=0.003,bs=256,l0.ch=16"
     assert run_name(overrides, only=["data.batch_size"]) == "bs=256"
     assert run_name(["data.root=/x"]) is None
+    assert run_name(["optimizer.lr=0.0024713734184878826", "optimizer=sgd", "seed=1"]) == "lr=0.002471,optimizer=sgd,seed=1"
