@@ -1,5 +1,7 @@
-"""Checkpoints: written atomically, read back without unpickling arbitrary objects."""
+"""Checkpoints: written atomically, checked against their own SHA-256, read without unpickling code."""
 
+import hashlib
+import io
 import os
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -7,6 +9,8 @@ from typing import Any, Dict, Optional
 import torch
 
 from mnist_cnn.errors import CheckpointError
+
+REQUIRED = {"model", "optimizer", "scheduler", "epoch", "global_step", "rng"}
 
 
 def save_checkpoint(
@@ -20,7 +24,8 @@ def save_checkpoint(
 ) -> Path:
     """Write everything a run needs to continue exactly after `epoch` (model, optimizer, scheduler,
     step count, every RNG state) via a temporary file and a rename: a crash or kill during the
-    write leaves the previous checkpoint intact, never a truncated one.
+    write leaves the previous checkpoint intact, never a truncated one. The state is stored with
+    its SHA-256, so a file changed afterwards is refused instead of silently loaded.
     """
     state = {
         "model": model.state_dict(),
@@ -30,25 +35,41 @@ def save_checkpoint(
         "global_step": global_step,
         "rng": rng,
     }
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getvalue()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
+    torch.save({"sha256": hashlib.sha256(payload).hexdigest(), "state": torch.frombuffer(bytearray(payload), dtype=torch.uint8)}, tmp)
     os.replace(tmp, path)
     return path
 
 
 def load_checkpoint(path: Path) -> Dict[str, Any]:
-    """Read a checkpoint with `weights_only=True`: tensors and plain containers, no arbitrary code."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as e:
-        raise CheckpointError(f"checkpoint {path} does not exist; check the path or run id.") from e
-    except Exception as e:  # truncated zip, tampered pickle, disallowed global, ...
-        raise CheckpointError(
-            f"checkpoint {path} cannot be loaded safely ({type(e).__name__}: {str(e).splitlines()[0][:300]}). "
-            "It is truncated, corrupt or holds objects other than tensors; use another checkpoint."
-        ) from e
-    missing = {"model", "optimizer", "scheduler", "epoch", "global_step", "rng"} - set(state if isinstance(state, dict) else ())
+    """Read a checkpoint with `weights_only=True` (tensors and plain containers, no arbitrary code)
+    and check it against the SHA-256 stored with it."""
+    fix = "use another checkpoint, or start the run afresh"
+    outer = _load(path, path.read_bytes() if path.is_file() else None, fix)
+    if not isinstance(outer, dict) or not {"sha256", "state"} <= set(outer):
+        raise CheckpointError(f"checkpoint {path} was not written by mnist_cnn (no checksummed state); {fix}.")
+    payload = outer["state"].numpy().tobytes()
+    if hashlib.sha256(payload).hexdigest() != outer["sha256"]:
+        raise CheckpointError(f"checkpoint {path} does not match its own SHA-256: it was modified or damaged; {fix}.")
+    state = _load(path, payload, fix)
+    missing = REQUIRED - set(state if isinstance(state, dict) else ())
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {', '.join(sorted(missing))}; it was not written by mnist_cnn.")
     return state
+
+
+def _load(path: Path, data: Optional[bytes], fix: str) -> Any:
+    if data is None:
+        raise CheckpointError(f"checkpoint {path} does not exist; check the path or run id.")
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, disallowed global, ...
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+        raise CheckpointError(
+            f"checkpoint {path} cannot be loaded safely ({reason}): it is truncated, corrupt or holds objects "
+            f"other than tensors; {fix}."
+        ) from e

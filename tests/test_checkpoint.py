@@ -1,5 +1,7 @@
 """Checkpoints round-trip, and anything truncated, tampered or foreign is refused with a clear error."""
 
+import hashlib
+import io
 import pickle
 import random
 
@@ -57,14 +59,31 @@ def test_a_truncated_checkpoint_is_refused(tmp_path):
         load_checkpoint(path)
 
 
+def test_a_tampered_checkpoint_is_refused(tmp_path):
+    """One changed byte inside the stored state (e.g. a weight) no longer matches the stored SHA-256."""
+    path, _ = save(tmp_path / "last.pt")
+    outer = torch.load(path, weights_only=True)
+    outer["state"][-300] ^= 0xFF
+    torch.save(outer, path)
+    with pytest.raises(CheckpointError, match="does not match its own SHA-256: it was modified or damaged"):
+        load_checkpoint(path)
+
+
 class Payload:
     def __reduce__(self):
         return (print, ("this would have run arbitrary code",))
 
 
-def test_a_pickled_object_outside_the_allow_list_is_refused(tmp_path):
+@pytest.mark.parametrize("wrapped", [False, True], ids=["bare", "inside-a-valid-checksum"])
+def test_a_pickled_object_outside_the_allow_list_is_refused(tmp_path, wrapped):
     path = tmp_path / "evil.pt"
-    torch.save({"model": {}, "optimizer": {}, "epoch": 1, "extra": Payload()}, path, pickle_module=pickle)
+    evil = {"model": {}, "optimizer": {}, "epoch": 1, "extra": Payload()}
+    if wrapped:  # a correct SHA-256 does not make arbitrary objects loadable
+        buffer = io.BytesIO()
+        torch.save(evil, buffer, pickle_module=pickle)
+        data = buffer.getvalue()
+        evil = {"sha256": hashlib.sha256(data).hexdigest(), "state": torch.frombuffer(bytearray(data), dtype=torch.uint8)}
+    torch.save(evil, path, pickle_module=pickle)
     with pytest.raises(CheckpointError, match="holds objects other than tensors"):
         load_checkpoint(path)
 
@@ -72,7 +91,7 @@ def test_a_pickled_object_outside_the_allow_list_is_refused(tmp_path):
 def test_a_foreign_file_and_a_missing_file_are_named(tmp_path):
     foreign = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(2)}, foreign)
-    with pytest.raises(CheckpointError, match="lacks epoch, global_step, model, optimizer, rng, scheduler; it was not written"):
+    with pytest.raises(CheckpointError, match="was not written by mnist_cnn"):
         load_checkpoint(foreign)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "nope.pt")
