@@ -75,6 +75,9 @@ class TrainerConfig:
     limit_batches: Optional[int] = None  # stop each epoch after this many batches (smoke runs)
     progress: bool = True  # progress bar per epoch (shown only on a terminal)
     deterministic: Optional[bool] = None  # deterministic kernels; null: on for cpu, off for cuda
+    precision: Optional[str] = None  # "32" | "bf16" (autocast); null: bf16 where the hardware has it
+    channels_last: bool = True  # NHWC memory layout: faster convolutions on CPU and GPU
+    compile: bool = False  # torch.compile the model (slower than eager on small CPU models)
 
 
 @dataclass

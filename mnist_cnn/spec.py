@@ -35,6 +35,7 @@ CHOICES = {
     "scheduler.name": ("none", "step", "cosine", "onecycle"),
     "trainer.device": ("auto", "cpu", "cuda"),
     "objective.direction": ("maximize", "minimize"),
+    "trainer.precision": (None, "32", "bf16"),
 }
 
 
@@ -54,7 +55,7 @@ def check_config(cfg) -> List[Layer]:
     for key, allowed in CHOICES.items():
         group, name = key.split(".")
         if cfg[group][name] not in allowed:
-            raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {cfg[group][name]!r}.")
+            raise ConfigError(f"{key} must be one of {', '.join(map(str, allowed))}, got {cfg[group][name]!r}.")
     for key in ("data.batch_size", "data.eval_batch_size", "trainer.epochs"):
         group, name = key.split(".")
         if cfg[group][name] <= 0:

@@ -1,8 +1,9 @@
-"""Everything the framework records in MLflow, behind one small `Tracker`.
+"""Everything the framework records in MLflow: runs (behind one small `Tracker`), sweep parent
+runs, and the config and checkpoint a resumed run continues from.
 
 A run is opened only after the config, model and data have been checked, and always ends with a
-final status: FINISHED, KILLED (Ctrl-C or SIGTERM) or FAILED (any other error, kept as a tag), so no
-run is ever left RUNNING.
+final status: FINISHED, KILLED (Ctrl-C or SIGTERM, with the command that resumes it) or FAILED (any
+other error, kept as a tag), so no run is ever left RUNNING.
 """
 
 import logging

@@ -6,10 +6,11 @@ import textwrap
 
 import mlflow
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from mnist_cnn import train
-from mnist_cnn.errors import UserError
+from mnist_cnn.errors import ConfigError, UserError
 from mnist_cnn.spec import check_config
 from tests.conftest import make_cfg
 
@@ -71,8 +72,9 @@ def test_logged_model_loads_without_this_package_and_reproduces_test_acc(tiny_cf
         ["optimizer=adamw", "scheduler=cosine"],
         ["optimizer=sgd", "optimizer.nesterov=true", "scheduler=onecycle"],
         ["model=bn_cnn", "data.drop_last=true", "data.val_size=0"],
+        ["trainer.precision=bf16", "trainer.channels_last=false", "trainer.deterministic=false"],
     ],
-    ids=["sgd-step", "adamw-cosine", "nesterov-onecycle", "bn_cnn-no-val"],
+    ids=["sgd-step", "adamw-cosine", "nesterov-onecycle", "bn_cnn-no-val", "bf16-nchw"],
 )
 def test_optimizers_schedulers_and_models_train(tiny_cfg, tmp_path, overrides):
     final = train.run(tiny_cfg("tracking.enabled=false", "trainer.epochs=2", *overrides), tmp_path / "out")
@@ -80,6 +82,23 @@ def test_optimizers_schedulers_and_models_train(tiny_cfg, tmp_path, overrides):
     assert 0 <= final["test_acc"] <= 1
     assert ("val_acc" in final) == ("data.val_size=0" not in overrides)
     assert not (tmp_path / "mlflow.db").exists()  # tracking disabled: nothing written
+
+
+def test_precision_is_resolved_for_the_hardware_and_logged(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("trainer.limit_batches=2", "tracking.log_model=false")
+    train.run(cfg, tmp_path / "out")
+    expected = train.resolve_precision(None, torch.device("cpu"))
+    assert only_run(tmp_path).data.params["trainer.precision"] == expected
+    assert train.resolve_precision("bf16", torch.device("cpu")) == "bf16"  # an explicit choice is kept
+
+
+def test_resolve_device_refuses_cuda_without_a_gpu():
+    if torch.cuda.is_available():
+        assert train.resolve_device("cuda").type == "cuda"
+    else:
+        with pytest.raises(ConfigError, match="trainer.device=cuda but no CUDA GPU is visible"):
+            train.resolve_device("cuda")
+    assert train.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def test_a_crash_ends_the_run_failed_with_the_error(tiny_cfg, tmp_path, monkeypatch):
