@@ -1,12 +1,18 @@
 """Training speed: the tutorial's own loop against mnist_cnn's, side by side in one process.
 
     python benchmarks/train_speed.py [--steps 200] [--data-root ../shared/data] [--precision 32|bf16]
+    python benchmarks/train_speed.py --tracking-overhead [--steps 200]
 
 (a) is the tutorial exactly as written (shared/reference/tutorial.md): torchvision's MNIST with
 `transforms.ToTensor()`, `DataLoader(batch_size=100, shuffle=True, drop_last=True)`, fp32, its CNN
 class, Adam 1e-3. (b) is `mnist_cnn.train.train_epoch` on the same network (experiment=seed_tutorial),
 same batch size and data, with the trainer's defaults for this machine (precision, channels_last).
 Both run the same number of steps after a warm-up; the script prints steps/s of each and b/a.
+
+--tracking-overhead instead trains experiment=seed_tutorial for 3 epochs of --steps batches, in turn
+with MLflow tracking (a fresh sqlite store) and with tracking.enabled=false, twice each, and prints
+the training-loop times (`train_time_s`: epochs with validation, checkpoints and logging) and the
+overhead of tracking.
 """
 
 import argparse
@@ -87,12 +93,33 @@ def mnist_cnn_steps_per_s(data_root: Path, steps: int, precision: str) -> tuple:
     return steps / (time.perf_counter() - start), cfg.trainer.precision, cfg.trainer.channels_last
 
 
+def tracking_overhead(data_root: Path, steps: int) -> None:
+    register_configs()
+    times = {True: [], False: []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for repeat in range(2):
+            for tracked in (True, False):
+                with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+                    cfg = compose(config_name="config", overrides=[
+                        "experiment=seed_tutorial", f"data.root={data_root}", "trainer.progress=false", "trainer.epochs=3",
+                        f"trainer.limit_batches={steps}", f"tracking.enabled={tracked}", "tracking.log_model=false",
+                        f"tracking.uri=sqlite:///{tmp}/mlflow{repeat}.db", f"tracking.run_name=overhead{repeat}",
+                    ])
+                times[tracked].append(train.run(cfg, Path(tmp) / f"out{repeat}{tracked}")["train_time_s"])
+    on, off = min(times[True]), min(times[False])
+    print(f"train_time_s with tracking: {', '.join(f'{t:.2f}' for t in times[True])}; without: {', '.join(f'{t:.2f}' for t in times[False])}")
+    print(f"tracking overhead (best of 2 each): {100 * (on - off) / off:+.1f}% of training time")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--data-root", type=Path, default=Path(__file__).parents[2] / "shared" / "data")
     parser.add_argument("--precision", choices=["32", "bf16"], help="for (b); default: the trainer's choice for this machine")
+    parser.add_argument("--tracking-overhead", action="store_true", help="measure MLflow tracking against none")
     args = parser.parse_args()
+    if args.tracking_overhead:
+        return tracking_overhead(args.data_root, args.steps)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
           f"cuda {torch.cuda.is_available()}; {args.steps} steps of batch 100 after {WARMUP} warm-up steps")
     a = tutorial_steps_per_s(args.data_root, args.steps)

@@ -90,8 +90,9 @@ class Tracker:
         self.enabled = enabled
 
     def log_metrics(self, metrics: Dict[str, float], step: int) -> None:
+        """One batched, asynchronous call; ending the run waits until everything is written."""
         if self.enabled:
-            mlflow.log_metrics(metrics, step=step)
+            mlflow.log_metrics(metrics, step=step, synchronous=False)
 
     def set_tags(self, tags: Dict[str, str]) -> None:
         if self.enabled:

@@ -189,6 +189,7 @@ def run(cfg: DictConfig, output_dir: Path) -> Dict[str, float]:
 
     metrics: Dict[str, float] = {}
     with tracking.tracked_run(cfg, {"n_params": builder.count_params(model)}, tags) as tracker:
+        loop_start = time.perf_counter()
         for epoch in range(first_epoch, cfg.trainer.epochs + 1):
             start = time.perf_counter()
             metrics = train_epoch(forward, splits["train"], cfg, optimizer, scheduler, generator, epoch)
@@ -203,8 +204,9 @@ def run(cfg: DictConfig, output_dir: Path) -> Dict[str, float]:
             tracker.log_artifact(ckpt, "checkpoints")
             tracker.log_metrics(metrics, step=epoch)
             log.info("epoch %d/%d  %s", epoch, cfg.trainer.epochs, _fmt(metrics))
+        train_time = time.perf_counter() - loop_start  # epochs with their validation, checkpoints and logging
         test = evaluate(forward, splits["test"], cfg.data.eval_batch_size, precision)
-        final = {"test_loss": test["loss"], "test_acc": test["acc"]}
+        final = {"test_loss": test["loss"], "test_acc": test["acc"], "train_time_s": train_time}
         tracker.log_metrics(final, step=cfg.trainer.epochs)
         tracker.set_tags({"weights_sha256": repro.weights_sha256(model)})
         log.info("test  %s", _fmt(final))
