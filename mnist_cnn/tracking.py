@@ -7,6 +7,7 @@ other error, kept as a tag), so no run is ever left RUNNING.
 """
 
 import logging
+import os
 import tempfile
 import time
 from contextlib import contextmanager
@@ -205,8 +206,15 @@ def _changes_result(override: str, cfg: DictConfig, run_cfg: DictConfig) -> bool
     return ours is missing or ours != OmegaConf.select(run_cfg, key, default=missing)
 
 
+# For the first request only: MLflow's defaults retry an unreachable server for minutes.
+FIRST_CONTACT = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+
+
 def _connect(uri: str, experiment: str) -> None:
-    """Point MLflow at `uri` and select `experiment`, turning any failure into a TrackingError."""
+    """Point MLflow at `uri` and select `experiment`, turning any failure into a TrackingError
+    within seconds (later requests keep MLflow's retries)."""
+    saved = {key: os.environ.get(key) for key in FIRST_CONTACT}
+    os.environ.update(FIRST_CONTACT)
     try:
         mlflow.set_tracking_uri(uri)
         mlflow.set_experiment(experiment)
@@ -216,3 +224,9 @@ def _connect(uri: str, experiment: str) -> None:
             "Use sqlite:///PATH.db for a local store (the default is sqlite:///mlflow.db), or the "
             "http(s):// address of a running MLflow server; tracking.enabled=false trains without tracking."
         ) from e
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

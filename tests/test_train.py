@@ -129,9 +129,12 @@ def test_an_interrupt_ends_the_run_killed(tiny_cfg, tmp_path, monkeypatch):
     assert only_run(tmp_path).info.status == "KILLED"
 
 
+def cli_command(tmp_path, data_root):
+    return [sys.executable, "-m", "mnist_cnn.train", f"data.root={data_root}", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"]
+
+
 def cli(tmp_path, *overrides, data_root):
-    command = [sys.executable, "-m", "mnist_cnn.train", f"data.root={data_root}", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"]
-    return subprocess.run([*command, *overrides], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    return subprocess.run([*cli_command(tmp_path, data_root), *overrides], capture_output=True, text=True, cwd=tmp_path, timeout=600)
 
 
 def test_cli_rejects_an_impossible_model_before_any_run(tiny_root, tmp_path):
@@ -179,6 +182,14 @@ def test_check_config_names_the_bad_key(override, message):
     with pytest.raises(UserError) as e:
         check_config(make_cfg([override]))
     assert message in str(e.value)
+
+
+def test_an_unreachable_tracking_server_fails_within_seconds_not_minutes(tiny_root, tmp_path):
+    """Nothing listens on port 9; MLflow's own retries would take minutes, the first contact does not."""
+    overrides = ("tracking.uri=http://127.0.0.1:9", "data.verify_checksums=false", "data.val_size=100")
+    out = subprocess.run([*cli_command(tmp_path, tiny_root), *overrides], capture_output=True, text=True, cwd=tmp_path, timeout=90)
+    assert out.returncode == 2
+    assert "tracking.uri='http://127.0.0.1:9': cannot open the MLflow store" in out.stdout + out.stderr
 
 
 @pytest.mark.parametrize(
