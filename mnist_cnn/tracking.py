@@ -52,9 +52,13 @@ def record_failed_job(cfg: DictConfig, error: Exception) -> None:
     _connect(cfg.tracking.uri, cfg.tracking.experiment)
     sweep = sweep_info()
     name = run_name(job_overrides(), only=sweep.get("swept"))
-    with mlflow.start_run(run_name=name, parent_run_id=sweep.get("parent_run_id")):
-        mlflow.set_tags({"error": f"{type(error).__name__}: {error}"[:5000], "hydra_overrides": " ".join(job_overrides())})
-        mlflow.end_run("FAILED")
+    mlflow.start_run(run_name=name, parent_run_id=sweep.get("parent_run_id"))
+    mlflow.set_tags({"error": _error_tag(error), "hydra_overrides": " ".join(job_overrides())})
+    mlflow.end_run("FAILED")
+
+
+def _error_tag(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"[:5000]  # MLflow caps tag values
 
 
 def open_parent_run(tcfg: DictConfig, name: str, tags: Dict[str, str]) -> str:
@@ -153,7 +157,7 @@ def tracked_run(cfg: DictConfig, extra_params: Dict[str, Any], tags: Dict[str, s
         log.warning("run %s KILLED after its last complete epoch; continue it with: %s", run.info.run_id, command)
         raise
     except BaseException as e:
-        mlflow.set_tag("error", f"{type(e).__name__}: {e}"[:5000])
+        mlflow.set_tag("error", _error_tag(e))
         mlflow.end_run("FAILED")
         e.mlflow_run_id = run.info.run_id  # lets a sweep job know its failure is already recorded
         raise

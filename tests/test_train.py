@@ -1,5 +1,6 @@
 """End to end: train on tiny IDX files (and briefly on the real MNIST), then read back what MLflow holds."""
 
+import math
 import subprocess
 import sys
 import textwrap
@@ -78,8 +79,8 @@ def test_logged_model_loads_without_this_package_and_reproduces_test_acc(tiny_cf
 )
 def test_optimizers_schedulers_and_models_train(tiny_cfg, tmp_path, overrides):
     final = train.run(tiny_cfg("tracking.enabled=false", "trainer.epochs=2", *overrides), tmp_path / "out")
-    assert final["train_loss"] == final["train_loss"]  # not NaN
-    assert 0 <= final["test_acc"] <= 1
+    assert math.isfinite(final["train_loss"])
+    assert final["test_acc"] > 0.2  # clearly above chance (0.1) after two epochs on the squares
     assert ("val_acc" in final) == ("data.val_size=0" not in overrides)
     assert not (tmp_path / "mlflow.db").exists()  # tracking disabled: nothing written
 
