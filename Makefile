@@ -19,9 +19,11 @@ $(VENV)/.installed: pyproject.toml
 train: install
 	$(VENV)/bin/mnist-cnn-train $(ARGS)
 
+# The quick tier, for every edit: everything not marked slow (minutes).
 test: install
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
+# Everything: sweeps across launchers, real servers that die, processes killed mid-run, install.
 test-all: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 

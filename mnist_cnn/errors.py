@@ -1,11 +1,20 @@
-"""Errors that mean "the input is wrong", each with a message that names it and says how to fix it.
+"""Errors that mean "the input is wrong" or "a service is gone", each with a message that names
+what was wrong and how to fix it, and the exit codes every command uses.
 
-`mnist-cnn-train` prints these as one paragraph and exits with status 2, without a traceback.
+The commands print these as one paragraph, without a traceback, and exit with `exit_code(error)`.
 """
+
+EXIT_OK = 0
+EXIT_CRASH = 1  # an unexpected error: a bug, printed with its traceback
+EXIT_BAD_INPUT = 2  # a config, data file, checkpoint, tracking URI or flag is wrong; the message says which
+EXIT_UNAVAILABLE = 3  # the tracking store stopped answering; the message says how to continue later
+EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM; the run was recorded as KILLED with its resume command
 
 
 class UserError(Exception):
     """Base class: a bad config, data file, checkpoint or tracking store."""
+
+    exit_code = EXIT_BAD_INPUT
 
 
 class ConfigError(UserError, ValueError):
@@ -20,9 +29,15 @@ class TrackingError(UserError, RuntimeError):
     """The MLflow store named by tracking.uri cannot be used."""
 
 
+class TrackingLostError(TrackingError):
+    """The MLflow store stopped answering during a run; the message says where the checkpoint is."""
+
+    exit_code = EXIT_UNAVAILABLE
+
+
 class CheckpointError(UserError, RuntimeError):
-    """A checkpoint file that cannot be used."""
+    """A checkpoint, or a run to resume, that cannot be used."""
 
 
 class DivergedError(UserError, RuntimeError):
-    """The training loss stopped being a finite number: the learning rate is too high for this model."""
+    """The training loss exploded: the learning rate is too high for this model."""

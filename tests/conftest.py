@@ -1,80 +1,44 @@
-"""Shared fixtures: tiny MNIST-format IDX files written on the fly, and Hydra config composition."""
+"""Fixtures: tiny data written once, a pre-migrated MLflow store copied per test, composed configs.
 
-import gzip
+Helpers live in tests/helpers; what is expensive (writing data, migrating a store) is paid once
+per test run.
+"""
+
 import os
 from pathlib import Path
-from typing import List, Optional
 
-import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 
-from mnist_cnn.cli import CONF_DIR
-from mnist_cnn.data import FILES, IMAGE_MAGIC, LABEL_MAGIC
-
-REAL_DATA = Path(os.environ.get("MNIST_CNN_DATA_DIR", Path(__file__).parents[2] / "shared" / "data"))
+from tests.helpers.config import TINY, make_cfg
+from tests.helpers.data import REAL_DATA, write_tiny_mnist
+from tests.helpers.mlflow_store import copy_store, migrated_store
 
 
-def idx_bytes(array: np.ndarray, magic: int) -> bytes:
-    """Serialise a uint8 array in the IDX format: magic, one big-endian int32 per dimension, data."""
-    header = magic.to_bytes(4, "big") + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
-    return header + array.astype(np.uint8).tobytes()
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> Path:
+    """600 training and 200 test images of squares whose position is the class: read, never changed."""
+    return write_tiny_mnist(tmp_path_factory.mktemp("tiny"))
 
 
-def synthetic_split(n: int, seed: int) -> tuple:
-    """Images whose class is the position of a bright 7x7 square, plus noise: learnable in one epoch."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 10, n)
-    images = rng.integers(0, 60, (n, 28, 28))
-    for image, label in zip(images, labels):
-        row, col = 3 + 11 * (label // 5), 1 + 5 * (label % 5)
-        image[row : row + 7, col : col + 7] = 255
-    return images.astype(np.uint8), labels.astype(np.uint8)
-
-
-def write_tiny_mnist(root: Path, n_train: int = 600, n_test: int = 200, gz: bool = True) -> Path:
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    for split, n, seed in (("train", n_train, 0), ("test", n_test, 1)):
-        images, labels = synthetic_split(n, seed)
-        for base, array, magic in zip(FILES[split], (images, labels), (IMAGE_MAGIC, LABEL_MAGIC)):
-            payload = idx_bytes(array, magic)
-            if gz:
-                (raw / f"{base}.gz").write_bytes(gzip.compress(payload))
-            else:
-                (raw / base).write_bytes(payload)
-    return root
+@pytest.fixture(scope="session")
+def store_template(tmp_path_factory) -> Path:
+    return migrated_store(tmp_path_factory.mktemp("store"))
 
 
 @pytest.fixture
-def tiny_root(tmp_path: Path) -> Path:
-    return write_tiny_mnist(tmp_path / "data")
-
-
-def make_cfg(overrides: Optional[List[str]] = None):
-    """Compose the real config tree, as `mnist-cnn-train OVERRIDES` would."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides or [])
+def store_uri(store_template, tmp_path, monkeypatch) -> str:
+    """A fresh copy of the migrated sqlite store in tmp_path, which is also the working folder
+    (MLflow puts artifacts under ./mlruns)."""
+    monkeypatch.chdir(tmp_path)
+    return copy_store(store_template, tmp_path)
 
 
 @pytest.fixture
-def tiny_cfg(tiny_root: Path, tmp_path: Path, monkeypatch):
-    """A config factory for fast runs on the tiny data, tracked in a fresh sqlite store in tmp_path."""
-    monkeypatch.chdir(tmp_path)  # MLflow puts artifacts under ./mlruns
+def tiny_cfg(tiny_root, store_uri):
+    """A config factory for fast runs on the tiny data, tracked in this test's own store."""
 
     def factory(*overrides: str):
-        return make_cfg(
-            [
-                f"data.root={tiny_root}",
-                "data.verify_checksums=false",
-                "data.val_size=100",
-                "data.batch_size=50",
-                "trainer.epochs=1",
-                "trainer.progress=false",
-                f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
-                *overrides,
-            ]
-        )
+        return make_cfg([f"data.root={tiny_root}", *TINY, f"tracking.uri={store_uri}", *overrides])
 
     return factory
 

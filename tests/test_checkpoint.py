@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from mnist_cnn import repro
-from mnist_cnn.checkpoint import load_checkpoint, save_checkpoint
+from mnist_cnn.engine import repro
+from mnist_cnn.engine.checkpoint import load_checkpoint, save_checkpoint
 from mnist_cnn.errors import CheckpointError
 
 
@@ -23,19 +23,25 @@ def small_state():
     return model, optimizer, scheduler
 
 
-def save(path, epoch=1):
+def state(model, optimizer, scheduler, epoch, rng, **extra):
+    return dict(model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                epoch=epoch, global_step=10 * epoch, rng=rng, **extra)
+
+
+def save(path, epoch=1, **extra):
     model, optimizer, scheduler = small_state()
     rng = repro.rng_state(torch.Generator().manual_seed(0))
-    return save_checkpoint(path, model, optimizer, scheduler, epoch, 10 * epoch, rng), (model, scheduler)
+    return save_checkpoint(path, state(model, optimizer, scheduler, epoch, rng, **extra)), (model, scheduler)
 
 
-def test_round_trip_restores_model_optimizer_scheduler_and_epoch(tmp_path):
-    path, (model, scheduler) = save(tmp_path / "ckpt" / "last.pt", epoch=3)
-    state = load_checkpoint(path)
-    assert state["epoch"] == 3 and state["global_step"] == 30
-    assert torch.equal(state["model"]["weight"], model.weight)
-    assert state["optimizer"]["state"][0]["exp_avg"].shape == (2, 4)
-    assert state["scheduler"]["last_epoch"] == scheduler.last_epoch
+def test_round_trip_restores_model_optimizer_scheduler_epoch_and_the_config(tmp_path):
+    path, (model, scheduler) = save(tmp_path / "ckpt" / "last.pt", epoch=3, config="seed: 3\n", run_id="abc", metrics={"val_acc": 0.5})
+    loaded = load_checkpoint(path)
+    assert loaded["epoch"] == 3 and loaded["global_step"] == 30
+    assert torch.equal(loaded["model"]["weight"], model.weight)
+    assert loaded["optimizer"]["state"][0]["exp_avg"].shape == (2, 4)
+    assert loaded["scheduler"]["last_epoch"] == scheduler.last_epoch
+    assert (loaded["config"], loaded["run_id"], loaded["metrics"]) == ("seed: 3\n", "abc", {"val_acc": 0.5})
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temporary file left behind
 
 
@@ -43,9 +49,9 @@ def test_every_rng_continues_where_it_was_saved(tmp_path):
     """After a restore, Python, NumPy, torch and the data generator draw what they would have drawn."""
     repro.seed_everything(5)
     generator = torch.Generator().manual_seed(5)
-    state = repro.rng_state(generator)
+    rng = repro.rng_state(generator)
     expected = (random.random(), np.random.rand(), torch.rand(1).item(), torch.randperm(9, generator=generator).tolist())
-    path = save_checkpoint(tmp_path / "last.pt", *small_state(), 1, 1, state)
+    path = save_checkpoint(tmp_path / "last.pt", state(*small_state(), 1, rng))
     repro.seed_everything(99)
     other = torch.Generator().manual_seed(99)
     repro.restore_rng_state(load_checkpoint(path)["rng"], other)
@@ -55,8 +61,10 @@ def test_every_rng_continues_where_it_was_saved(tmp_path):
 def test_a_truncated_checkpoint_is_refused(tmp_path):
     path, _ = save(tmp_path / "last.pt")
     path.write_bytes(path.read_bytes()[:200])
-    with pytest.raises(CheckpointError, match=f"checkpoint {path} cannot be loaded safely"):
+    with pytest.raises(CheckpointError, match=f"checkpoint {path} cannot be read .*: it is truncated or corrupt"):
         load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="run 0123 artifact checkpoints/last.pt cannot be read"):
+        load_checkpoint(path, label="run 0123 artifact checkpoints/last.pt")  # named as the user knows it
 
 
 def test_a_tampered_checkpoint_is_refused(tmp_path):
@@ -84,8 +92,9 @@ def test_a_pickled_object_outside_the_allow_list_is_refused(tmp_path, wrapped):
         data = buffer.getvalue()
         evil = {"sha256": hashlib.sha256(data).hexdigest(), "state": torch.frombuffer(bytearray(data), dtype=torch.uint8)}
     torch.save(evil, path, pickle_module=pickle)
-    with pytest.raises(CheckpointError, match="holds objects other than tensors"):
+    with pytest.raises(CheckpointError, match="holds objects other than tensors") as e:
         load_checkpoint(path)
+    assert "weights_only" not in str(e.value)  # never the advice to unpickle an untrusted file
 
 
 def test_a_foreign_file_and_a_missing_file_are_named(tmp_path):

@@ -1,6 +1,10 @@
-"""Reading and checking IDX files, and the seeded in-memory batches."""
+"""Reading and checking IDX files, fetching missing ones, and the seeded in-memory batches."""
 
+import functools
 import gzip
+import hashlib
+import http.server
+import threading
 import time
 from pathlib import Path
 
@@ -9,9 +13,12 @@ import pytest
 import torch
 import torchvision
 
-from mnist_cnn import data
-from mnist_cnn.data import DataError, load_split
-from tests.conftest import idx_bytes, write_tiny_mnist
+from mnist_cnn.data import download
+from mnist_cnn.data.datasets import FILES, IMAGE_MAGIC, LABEL_MAGIC, dataset_info
+from mnist_cnn.data.idx import load_split
+from mnist_cnn.data.splits import Split, batches, num_batches, split_validation
+from mnist_cnn.errors import ConfigError, DataError
+from tests.helpers.data import idx_bytes, write_tiny_mnist
 
 IMAGES = "train-images-idx3-ubyte.gz"
 LABELS = "train-labels-idx1-ubyte.gz"
@@ -34,26 +41,40 @@ def test_reads_gzipped_and_plain_idx(tmp_path, gz):
     assert len(load_split(str(root), "mnist", "test", verify=False)) == 20
 
 
-def test_missing_files_name_the_folder_and_all_four_files(tmp_path):
+def test_a_missing_folder_names_it_and_all_four_files(tmp_path):
     with pytest.raises(DataError) as e:
         load_split(str(tmp_path), "mnist", "train")
     message = str(e.value)
-    assert str(tmp_path / "MNIST" / "raw") in message
-    for pair in data.FILES.values():
-        for base in pair:
-            assert f"{base}.gz" in message
+    assert f"{raw_dir(tmp_path)} does not exist" in message
+    for base in (b for pair in FILES.values() for b in pair):
+        assert f"{base}.gz" in message
+
+
+def test_one_missing_file_is_named(tmp_path):
+    root = write_tiny_mnist(tmp_path, n_train=30, n_test=20)
+    (raw_dir(root) / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataError, match=r"MNIST/raw lacks t10k-labels-idx1-ubyte\(\.gz\)\. It needs the four"):
+        load_split(str(root), "mnist", "test")
+
+
+def test_a_folder_in_place_of_a_file_is_named(tmp_path):
+    root = write_tiny_mnist(tmp_path, n_train=30, n_test=20)
+    (raw_dir(root) / IMAGES).unlink()
+    (raw_dir(root) / IMAGES).mkdir()
+    with pytest.raises(DataError, match=f"{raw_dir(root) / IMAGES} is a folder, not a file"):
+        load_split(str(root), "mnist", "train")
 
 
 @pytest.mark.parametrize(
     "corrupt, message",
     [
         (lambda raw: rewrite(raw / IMAGES, idx_bytes(np.zeros((5, 28, 28)), 0x00000802)), "IDX magic number is 0x00000802, expected 0x00000803"),
-        (lambda raw: rewrite(raw / IMAGES, idx_bytes(np.zeros((5, 32, 32)), data.IMAGE_MAGIC)), "images are 32x32, expected 28x28"),
-        (lambda raw: rewrite(raw / IMAGES, idx_bytes(np.zeros((30, 28, 28)), data.IMAGE_MAGIC)[:-100]), "header promises 30 items"),
+        (lambda raw: rewrite(raw / IMAGES, idx_bytes(np.zeros((5, 32, 32)), IMAGE_MAGIC)), "images are 32x32, expected 28x28"),
+        (lambda raw: rewrite(raw / IMAGES, idx_bytes(np.zeros((30, 28, 28)), IMAGE_MAGIC)[:-100]), "header promises 30 items"),
         (lambda raw: rewrite(raw / IMAGES, b""), "IDX magic number is missing"),
         (lambda raw: (raw / IMAGES).write_bytes(b"not gzip at all"), "cannot be read"),
-        (lambda raw: rewrite(raw / LABELS, idx_bytes(np.full(30, 10), data.LABEL_MAGIC)), "label 10 is out of range for mnist (10 classes)"),
-        (lambda raw: rewrite(raw / LABELS, idx_bytes(np.zeros(29), data.LABEL_MAGIC)), "holds 30 images but"),
+        (lambda raw: rewrite(raw / LABELS, idx_bytes(np.full(30, 10), LABEL_MAGIC)), "label 10 is out of range for mnist (10 classes)"),
+        (lambda raw: rewrite(raw / LABELS, idx_bytes(np.zeros(29), LABEL_MAGIC)), "holds 30 images but"),
     ],
     ids=["magic", "size", "truncated", "empty", "not-gzip", "label-range", "count-mismatch"],
 )
@@ -71,56 +92,99 @@ def test_checksums_refuse_files_that_are_not_the_published_mnist(tmp_path):
         load_split(str(root), "mnist", "train", verify=True)
 
 
-def test_offline_download_fails_fast_and_leaves_nothing_behind(tmp_path, monkeypatch):
-    """torchvision's download raising (as it does offline) becomes a DataError naming the folder."""
+@pytest.fixture
+def mirror(tmp_path, monkeypatch):
+    """A real HTTP server holding tiny MNIST files, standing in for torchvision's mirrors (with
+    their MD5 sums): the download path runs for real, offline. Returns the list of files served."""
+    served = write_tiny_mnist(tmp_path / "mirror", n_train=40, n_test=20)
+    folder = raw_dir(served)
+    requested = []
 
-    def offline_mnist(root, train, download):  # what torchvision.datasets.MNIST does without internet
-        partial = Path(root) / "MNIST" / "raw" / IMAGES
-        partial.parent.mkdir(parents=True)
-        partial.write_bytes(b"half a file")
-        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz: Name or service not known")
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            if self.headers.get("Method") != "HEAD":  # torchvision probes redirects with a GET so marked
+                requested.append(self.path.rsplit("/", 1)[-1])
 
-    monkeypatch.setattr(torchvision.datasets, "MNIST", offline_mnist)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    md5 = [(p.name, hashlib.md5(p.read_bytes()).hexdigest()) for p in sorted(folder.glob("*.gz"))]
+    monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", [f"http://127.0.0.1:{server.server_port}/"])
+    monkeypatch.setattr(torchvision.datasets.MNIST, "resources", md5)
+    yield requested
+    server.shutdown()
+
+
+def test_download_auto_fetches_only_the_missing_files(tmp_path, mirror):
+    root = write_tiny_mnist(tmp_path / "data", n_train=40, n_test=20)
+    (raw_dir(root) / "t10k-labels-idx1-ubyte.gz").unlink()
+    assert len(load_split(str(root), "mnist", "test", download="auto", verify=False)) == 20
+    assert [p for p in mirror if p.endswith(".gz")] == ["t10k-labels-idx1-ubyte.gz"]
+    files = sorted(p.name for p in raw_dir(root).iterdir() if not p.name.startswith("."))  # .download.lock stays
+    assert files == sorted(f"{b}.gz" for pair in FILES.values() for b in pair)
+
+
+def test_download_auto_fills_an_empty_folder_and_never_does_not(tmp_path, mirror):
+    with pytest.raises(DataError, match="data not found"):
+        load_split(str(tmp_path / "never"), "mnist", "train", download="never")
+    assert mirror == []
+    train = load_split(str(tmp_path / "auto"), "mnist", "train", download="auto", verify=False)
+    assert len(train) == 40 and sorted(mirror) == [IMAGES, LABELS]  # the test split is fetched when it is read
+
+
+def test_a_download_that_does_not_match_its_md5_leaves_nothing(tmp_path, mirror, monkeypatch):
+    monkeypatch.setattr(torchvision.datasets.MNIST, "resources", [(IMAGES, "0" * 32), (LABELS, "0" * 32)])
+    with pytest.raises(DataError, match=f"could not download {IMAGES} into .*File not found or corrupted"):
+        load_split(str(tmp_path), "mnist", "train", download="auto")
+    assert [p.name for p in raw_dir(tmp_path).iterdir()] == [".download.lock"]  # no partial or bad file
+
+
+def test_offline_download_fails_within_seconds_naming_the_folder(tmp_path, monkeypatch):
+    """An address that cannot be reached (nothing listens on port 9) stands in for no internet."""
+    monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", ["http://127.0.0.1:9/"])
     start = time.perf_counter()
     with pytest.raises(DataError) as e:
-        load_split(str(tmp_path), "mnist", "train", download=True)
-    assert time.perf_counter() - start < 5
-    assert f"could not download MNIST into {raw_dir(tmp_path)}" in str(e.value)
-    assert "t10k-labels-idx1-ubyte.gz" in str(e.value)
-    assert list(raw_dir(tmp_path).iterdir()) == []  # no partial file in the data folder
+        load_split(str(tmp_path), "mnist", "train", download="auto")
+    assert time.perf_counter() - start < download.TIMEOUT_S
+    assert f"could not download {IMAGES} into {raw_dir(tmp_path)}" in str(e.value)
+    assert "t10k-labels-idx1-ubyte.gz" in str(e.value) and "Connection refused" in str(e.value)
 
 
 def test_unknown_dataset_lists_the_known_ones():
     with pytest.raises(DataError, match="data.name: unknown dataset 'cifar'; use one of mnist, fashion_mnist, kmnist"):
-        data.dataset_info("cifar")
+        dataset_info("cifar")
 
 
 def test_validation_split_is_deterministic_and_disjoint(tmp_path):
     root = write_tiny_mnist(tmp_path, n_train=100, n_test=10)
     full = load_split(str(root), "mnist", "train", verify=False)
-    train_a, val_a = data.split_validation(full, 20, seed=3)
-    train_b, val_b = data.split_validation(full, 20, seed=3)
-    _, val_c = data.split_validation(full, 20, seed=4)
+    train_a, val_a = split_validation(full, 20, seed=3)
+    train_b, val_b = split_validation(full, 20, seed=3)
+    _, val_c = split_validation(full, 20, seed=4)
     assert len(train_a) == 80 and len(val_a) == 20
     assert torch.equal(val_a.images, val_b.images) and not torch.equal(val_a.images, val_c.images)
-    assert data.split_validation(full, 0, seed=3) == (full, None)
-    with pytest.raises(DataError, match="data.val_size must be between 0 and 99"):
-        data.split_validation(full, 100, seed=3)
+    assert split_validation(full, 0, seed=3) == (full, None)
+    with pytest.raises(ConfigError, match="data.val_size must be between 0 and 99"):
+        split_validation(full, 100, seed=3)
 
 
 def test_batches_cover_the_split_once_in_seeded_order():
-    split = data.Split(torch.arange(10, dtype=torch.uint8).view(10, 1, 1).expand(10, 28, 28).clone(), torch.arange(10))
-    seen = [y for _, y in data.batches(split, 4, torch.Generator().manual_seed(0))]
+    split = Split(torch.arange(10, dtype=torch.uint8).view(10, 1, 1).expand(10, 28, 28).clone(), torch.arange(10))
+    seen = [y for _, y in batches(split, 4, torch.Generator().manual_seed(0))]
     assert [len(y) for y in seen] == [4, 4, 2]
     assert sorted(torch.cat(seen).tolist()) == list(range(10))
-    again = [y for _, y in data.batches(split, 4, torch.Generator().manual_seed(0))]
+    again = [y for _, y in batches(split, 4, torch.Generator().manual_seed(0))]
     assert all(torch.equal(a, b) for a, b in zip(seen, again))
-    images, labels = next(data.batches(split, 4))
+    images, labels = next(batches(split, 4))
     assert images.shape == (4, 1, 28, 28) and images.dtype == torch.float32
     assert torch.allclose(images[:, 0, 0, 0] * 255, labels.float())  # pixels scaled to [0, 1], paired with labels
-    assert [len(y) for _, y in data.batches(split, 4, drop_last=True)] == [4, 4]
-    assert [len(y) for _, y in data.batches(split, 4, limit=1)] == [4]
-    assert data.num_batches(10, 4, drop_last=False, limit=None) == 3
+    assert [len(y) for _, y in batches(split, 4, drop_last=True)] == [4, 4]
+    assert [len(y) for _, y in batches(split, 4, limit=1)] == [4]
+    assert num_batches(10, 4, drop_last=False, limit=None) == 3
+
+
+def test_drop_last_with_a_batch_larger_than_the_split_is_a_config_error():
+    with pytest.raises(ConfigError, match="data.batch_size=64 with data.drop_last=true leaves no batch of the 10"):
+        num_batches(10, 64, drop_last=True, limit=None)
 
 
 def test_real_mnist_passes_its_checksums(real_root):

@@ -4,9 +4,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).parents[1]
 
 
+@pytest.mark.slow
 def test_installed_package_finds_configs_and_presets_from_any_folder(tmp_path):
     site = tmp_path / "site"
     pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(REPO)]
@@ -15,7 +18,7 @@ def test_installed_package_finds_configs_and_presets_from_any_folder(tmp_path):
     assert (site / "mnist_cnn" / "conf" / "experiment" / "seed_tutorial.yaml").is_file()
 
     code = "import mnist_cnn, sys; print(mnist_cnn.__file__); sys.argv[1:] = ['--cfg', 'job', 'experiment=seed_tutorial']; " \
-           "from mnist_cnn.cli import main; main()"
+           "from mnist_cnn.cli.train import main; main()"
     env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]

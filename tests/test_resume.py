@@ -1,116 +1,177 @@
-"""Bit-for-bit reproducibility: same seed, same weights; a run killed mid-epoch resumes exactly."""
+"""Bit-for-bit reproducibility, and resuming: from a run id in any experiment or from a checkpoint
+file, from any point (before the first epoch ended, mid-run, after the last epoch), never two
+processes on one run."""
 
 import os
 import signal
-import subprocess
-import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
-import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from mnist_cnn import train
+from mnist_cnn.engine import train
 from mnist_cnn.errors import CheckpointError, ConfigError
-from tests.conftest import write_tiny_mnist
+from mnist_cnn.tracking.heartbeat import HEARTBEAT, PID
+from tests.helpers import processes
+from tests.helpers.data import write_tiny_mnist
+from tests.helpers.mlflow_store import all_runs, history, only_run, runs_by_name
 
-HISTORY = ("train_loss", "train_acc", "val_loss", "val_acc")
-
-
-def history(run_id):
-    client = MlflowClient()
-    return {key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)] for key in HISTORY}
+FAST = ("trainer.epochs=2", "tracking.log_model=false")
 
 
-def runs_by_name(folder):
-    mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
-    return {r.info.run_name: r for r in mlflow.search_runs(experiment_names=["mnist"], output_format="list")}
+def interrupt_at(monkeypatch, epoch: int) -> None:
+    """Make training stop as Ctrl-C would, at the start of `epoch`."""
+    real = train.train_epoch
+
+    def train_epoch(*args, **kwargs):
+        if args[-1] == epoch:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_epoch", train_epoch)
 
 
-def test_same_seed_gives_the_same_weights_and_metrics_and_another_seed_does_not(tiny_cfg, tmp_path):
+def resume(monkeypatch, cfg, target, *overrides):
+    """`mnist-cnn-train resume=TARGET OVERRIDES`, in process, from the test's folder."""
+    monkeypatch.setattr(train, "job_overrides", lambda: [f"resume={target}", *overrides])
+    cfg.resume = target
+    return train.run(cfg, Path.cwd() / "resumed")
+
+
+def test_same_seed_gives_the_same_weights_and_metrics_and_another_seed_does_not(tiny_cfg, store_uri, tmp_path):
     """bn_cnn has dropout and batchnorm, so weight init, shuffling and dropout all have to repeat."""
-    common = ("model=bn_cnn", "trainer.epochs=2", "tracking.log_model=false")
     for name, seed in (("a", 1), ("b", 1), ("c", 2)):
-        train.run(tiny_cfg(*common, f"seed={seed}", f"tracking.run_name={name}"), tmp_path / name)
-    runs = runs_by_name(tmp_path)
+        train.run(tiny_cfg("model=bn_cnn", *FAST, f"seed={seed}", f"tracking.run_name={name}"), tmp_path / name)
+    runs = runs_by_name(store_uri)
     a, b, c = runs["a"], runs["b"], runs["c"]
-    assert a.data.tags["weights_sha256"] == b.data.tags["weights_sha256"]
-    assert history(a.info.run_id) == history(b.info.run_id)
-    assert a.data.tags["weights_sha256"] != c.data.tags["weights_sha256"]
-    assert history(a.info.run_id)["train_loss"] != history(c.info.run_id)["train_loss"]
+    assert a.data.tags["weights_sha256"] == b.data.tags["weights_sha256"] != c.data.tags["weights_sha256"]
+    assert history(store_uri, a.info.run_id) == history(store_uri, b.info.run_id)
+    assert history(store_uri, a.info.run_id)["train_loss"] != history(store_uri, c.info.run_id)["train_loss"]
     for tag in ("seed", "data_sha256", "config_sha256", "git_commit", "git_dirty", "version.torch", "deterministic"):
         assert tag in a.data.tags, tag
     assert a.data.tags["config_sha256"] == b.data.tags["config_sha256"] != c.data.tags["config_sha256"]
     assert a.data.tags["data_sha256"] == c.data.tags["data_sha256"]
 
 
-def command(folder, root, *overrides):
-    return [
-        sys.executable, "-m", "mnist_cnn.train", f"data.root={root}", "data.verify_checksums=false",
-        "data.val_size=200", "data.batch_size=50", "trainer.epochs=3", "seed=3", "model=bn_cnn",
-        f"tracking.uri=sqlite:///{folder}/mlflow.db", "tracking.log_model=false", *overrides,
-    ]
-
-
-def test_a_run_killed_in_epoch_2_resumes_to_the_uninterrupted_result(tmp_path):
-    root = write_tiny_mnist(tmp_path / "data", n_train=1200, n_test=200)
-    full = subprocess.run(command(tmp_path, root, "tracking.run_name=full"), capture_output=True, text=True, cwd=tmp_path, timeout=600)
-    assert full.returncode == 0, full.stderr[-2000:]
-
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cut = subprocess.Popen(command(tmp_path, root, "tracking.run_name=cut"), stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True, cwd=tmp_path, env=env)
-    for line in cut.stdout:
-        if "epoch 1/3" in line:  # epoch 2 has begun: stop it half-way
-            cut.send_signal(signal.SIGTERM)
-            break
-    output = line + cut.communicate(timeout=60)[0]
-    assert cut.returncode != 0
-    killed = runs_by_name(tmp_path)["cut"]
-    assert killed.info.status == "KILLED"
-    assert killed.data.tags["resume_command"].startswith(f"mnist-cnn-train resume={killed.info.run_id}")
-    assert [step for step, _ in history(killed.info.run_id)["val_acc"]] == [1], output[-2000:]  # epoch 2 left no trace
-
-    resumed = subprocess.run(command(tmp_path, root, f"resume={killed.info.run_id}"), capture_output=True, text=True, cwd=tmp_path, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    runs = runs_by_name(tmp_path)
-    assert set(runs) == {"full", "cut"}  # the same run continued, no new one
-    assert runs["cut"].info.status == "FINISHED" and runs["cut"].data.tags["resumed_at_epoch"] == "2"
-    assert runs["cut"].data.tags["weights_sha256"] == runs["full"].data.tags["weights_sha256"]
-    assert history(runs["cut"].info.run_id) == history(runs["full"].info.run_id)
-    assert runs["cut"].data.metrics["test_acc"] == runs["full"].data.metrics["test_acc"]
-
-    refused = subprocess.run(command(tmp_path, root, f"resume={killed.info.run_id}", "optimizer.lr=0.5"), capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    assert refused.returncode == 2
-    assert "the run already FINISHED; there is nothing to resume" in refused.stdout + refused.stderr
-
-
-def test_resume_refuses_overrides_that_change_the_result(tiny_cfg, tmp_path, monkeypatch):
-    real_epoch = train.train_epoch
-
-    def interrupted_in_epoch_2(*args, **kwargs):
-        if args[-1] == 2:  # the epoch number
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(train, "train_epoch", interrupted_in_epoch_2)
+@pytest.mark.parametrize("stop_epoch", [1, 2], ids=["before-the-first-epoch-ended", "in-epoch-2"])
+def test_a_run_in_a_named_experiment_resumes_to_the_uninterrupted_result(tiny_cfg, store_uri, tmp_path, monkeypatch, stop_epoch):
+    """The printed resume command works outside the default experiment, keeps the run's own tracking
+    settings (log_model=false), and a run stopped before any checkpoint starts again in the same run."""
+    common = ("model=bn_cnn", *FAST, "tracking.experiment=foo")
+    train.run(tiny_cfg(*common, "tracking.run_name=full"), tmp_path / "full")
+    interrupt_at(monkeypatch, stop_epoch)
     with pytest.raises(KeyboardInterrupt):
-        train.run(tiny_cfg("trainer.epochs=2", "tracking.log_model=false"), tmp_path / "out")
-    (killed,) = runs_by_name(tmp_path).values()
+        train.run(tiny_cfg(*common, "tracking.run_name=cut"), tmp_path / "cut")
+    killed = runs_by_name(store_uri, "foo")["cut"]
     assert killed.info.status == "KILLED"
+    assert [step for step, _ in history(store_uri, killed.info.run_id)["val_acc"]] == list(range(1, stop_epoch))
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
 
-    from mnist_cnn import tracking
+    resume(monkeypatch, tiny_cfg(), killed.info.run_id)  # default experiment and tracking settings on the command line
+    runs = runs_by_name(store_uri, "foo")
+    assert set(runs) == {"full", "cut"}  # the same run continued, no new one
+    full, cut = runs["full"], runs["cut"]
+    assert cut.info.status == "FINISHED" and cut.data.tags["resumed_at_epoch"] == str(stop_epoch)
+    assert cut.data.tags["weights_sha256"] == full.data.tags["weights_sha256"]
+    assert history(store_uri, cut.info.run_id) == history(store_uri, full.info.run_id)
+    artifacts = {a.path for a in MlflowClient(store_uri).list_artifacts(cut.info.run_id)}
+    assert "model" not in artifacts and cut.data.params["tracking.log_model"] == "False"
 
-    resume = f"resume={killed.info.run_id}"
-    monkeypatch.setattr(tracking, "job_overrides", lambda: [resume, "optimizer.lr=0.5", "data.root=/elsewhere"])
+
+def test_an_untracked_run_resumes_from_its_checkpoint_file(tiny_cfg, store_uri, tmp_path, monkeypatch):
+    common = ("model=bn_cnn", *FAST, "tracking.enabled=false")
+    full = train.run(tiny_cfg(*common), tmp_path / "full")
+    interrupt_at(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(tiny_cfg(*common), tmp_path / "cut")
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    checkpoint = tmp_path / "cut" / "checkpoints" / "last.pt"
+    resumed = resume(monkeypatch, tiny_cfg(), str(checkpoint))  # the file carries the config: tracking stays off
+    for key in ("train_loss", "val_loss", "test_loss", "test_acc"):
+        assert resumed[key] == full[key], key
+    assert all_runs(store_uri) == []
+
+
+def test_resume_refuses_overrides_that_change_the_result_and_accepts_run_settings(tiny_cfg, store_uri, tmp_path, monkeypatch):
+    interrupt_at(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(tiny_cfg(*FAST), tmp_path / "out")
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    run_id = only_run(store_uri).info.run_id
     with pytest.raises(ConfigError, match=r"optimizer.lr=0.5 would change the result of the run being resumed"):
-        tracking.resume_point(tiny_cfg(resume, "optimizer.lr=0.5"))
-    monkeypatch.setattr(tracking, "job_overrides", lambda: [resume, "optimizer.lr=0.001", "trainer.progress=false"])
-    run_cfg, checkpoint = tracking.resume_point(tiny_cfg(resume, "optimizer.lr=0.001"))  # same value: allowed
-    assert checkpoint["epoch"] == 1 and run_cfg.trainer.epochs == 2 and run_cfg.resume == killed.info.run_id
+        resume(monkeypatch, tiny_cfg("optimizer.lr=0.5"), run_id, "optimizer.lr=0.5", "data.root=/elsewhere")
+    final = resume(monkeypatch, tiny_cfg("optimizer.lr=0.001", "trainer.progress=false"), run_id, "optimizer.lr=0.001", "trainer.progress=false")
+    assert final["test_acc"] > 0.5 and only_run(store_uri).info.status == "FINISHED"
+    with pytest.raises(CheckpointError, match=f"run {run_id} already FINISHED; there is nothing to resume"):
+        resume(monkeypatch, tiny_cfg(), run_id)
 
 
-def test_resume_of_an_unknown_run_says_so(tiny_cfg):
-    from mnist_cnn import tracking
-
+def test_resume_of_an_unknown_run_says_so(tiny_cfg, monkeypatch):
     with pytest.raises(CheckpointError, match="resume=0123456789abcdef: no such run"):
-        tracking.resume_point(tiny_cfg("resume=0123456789abcdef"))
+        resume(monkeypatch, tiny_cfg(), "0123456789abcdef")
+
+
+def test_a_run_with_a_fresh_heartbeat_is_refused_and_a_stale_one_resumed(tiny_cfg, store_uri, tmp_path, monkeypatch):
+    """Two processes must never write one run: RUNNING with a live heartbeat is refused."""
+    interrupt_at(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(tiny_cfg(*FAST), tmp_path / "out")
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    run_id = only_run(store_uri).info.run_id
+    client = MlflowClient(store_uri)
+    client.update_run(run_id, status="RUNNING")  # as if another process (our parent, alive) trained it now
+    client.set_tag(run_id, PID, str(os.getppid()))
+    client.set_tag(run_id, HEARTBEAT, datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    with pytest.raises(CheckpointError, match=r"is RUNNING and its heartbeat is \d+ s old: a process \(pid \d+ on .*\) may still"):
+        resume(monkeypatch, tiny_cfg(), run_id)
+    old = datetime.now(timezone.utc) - timedelta(minutes=10)
+    client.set_tag(run_id, HEARTBEAT, old.isoformat(timespec="seconds"))  # silent for 10 min: stale
+    assert resume(monkeypatch, tiny_cfg(), run_id)["test_acc"] > 0.5
+    assert only_run(store_uri).info.status == "FINISHED"
+
+
+def train_in_subprocess(tmp_path, root, uri, *overrides):
+    base = ("model=bn_cnn", "data.val_size=200", "trainer.epochs=3", "seed=3", "tracking.log_model=false", "tracking.heartbeat_s=1")
+    return processes.train_command(root, uri, *base, *overrides)
+
+
+@pytest.mark.slow
+def test_a_process_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path, store_uri):
+    """SIGTERM stops a real process at a step boundary (KILLED); SIGKILL leaves a RUNNING run that the
+    runs table shows as STALE with its resume command. Both resume to the uninterrupted weights."""
+    root = write_tiny_mnist(tmp_path / "data", n_train=1200, n_test=200)
+    full = processes.run(train_in_subprocess(tmp_path, root, store_uri, "tracking.run_name=full"), tmp_path)
+    assert full.returncode == 0, full.stderr[-2000:]
+    for name, sig in (("term", signal.SIGTERM), ("kill", signal.SIGKILL)):
+        cut = processes.start(train_in_subprocess(tmp_path, root, store_uri, f"tracking.run_name={name}"), tmp_path)
+        for line in cut.stdout:
+            if "epoch 1/3" in line:  # epoch 2 has begun: stop it half-way
+                time.sleep(0.3)
+                cut.send_signal(sig)
+                break
+        output = line + cut.communicate(timeout=60)[0]
+        assert cut.returncode == (130 if sig == signal.SIGTERM else -9), output[-2000:]
+    runs = runs_by_name(store_uri)
+    assert runs["term"].info.status == "KILLED" and runs["kill"].info.status == "RUNNING"
+    table = processes.run([processes.TRAIN[0], "-m", "mnist_cnn.cli.runs", "--tracking-uri", store_uri], tmp_path)
+    kill_id = runs["kill"].info.run_id
+    assert "STALE" in next(line for line in table.stdout.splitlines() if line.startswith(kill_id)), table.stdout
+    assert f"mnist-cnn-train resume={kill_id} tracking.uri={store_uri}" in table.stdout
+
+    for name in ("term", "kill"):
+        run_id = runs[name].info.run_id
+        assert [s for s, _ in history(store_uri, run_id)["val_acc"]] == [1]  # epoch 2 left no trace
+        resumed = processes.run(train_in_subprocess(tmp_path, root, store_uri, f"resume={run_id}"), tmp_path)
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+    runs = runs_by_name(store_uri)
+    assert set(runs) == {"full", "term", "kill"}
+    for name in ("term", "kill"):
+        assert runs[name].info.status == "FINISHED" and runs[name].data.tags["resumed_at_epoch"] == "2"
+        assert runs[name].data.tags["weights_sha256"] == runs["full"].data.tags["weights_sha256"]
+        assert history(store_uri, runs[name].info.run_id) == history(store_uri, runs["full"].info.run_id)

@@ -1,31 +1,29 @@
-"""Multirun sweeps: one MLflow parent per sweep, every job a child, across processes; the runs table."""
+"""Multirun sweeps: one MLflow parent per sweep, every job a child, across launchers and processes;
+the runs table."""
 
 import json
-import subprocess
-import sys
 
-import mlflow
 import pytest
 
-from mnist_cnn import runs
-from mnist_cnn.sweep import run_name
-from tests.conftest import write_tiny_mnist
+from mnist_cnn.cli import runs
+from mnist_cnn.engine import train
+from mnist_cnn.tracking.sweep import run_name
+from tests.helpers import processes
+from tests.helpers.mlflow_store import only_run
+from tests.helpers.mlflow_store import runs as runs_in
 
-TINY = ["data.verify_checksums=false", "data.val_size=100", "trainer.epochs=1", "trainer.limit_batches=3"]
+FAST = ("trainer.limit_batches=3", "tracking.log_model=false")
 
 
-def sweep(folder, *overrides):
-    """Run `mnist-cnn-train -m OVERRIDES` on tiny data in `folder`, with a fresh sqlite store there."""
-    root = write_tiny_mnist(folder / "data")
-    command = [sys.executable, "-m", "mnist_cnn.train", "-m", f"data.root={root}", *TINY, *overrides]
-    out = subprocess.run(command, capture_output=True, text=True, cwd=folder, timeout=600)
+def sweep(folder, root, uri, *overrides):
+    """Run `mnist-cnn-train -m OVERRIDES` on tiny data from `folder`; returns (parent, children)."""
+    out = processes.run(processes.train_command(root, uri, *FAST, *overrides, multirun=True), folder)
     assert out.returncode == 0, out.stderr[-3000:]
-    mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
-    all_runs = mlflow.search_runs(experiment_names=["mnist"], output_format="list")
-    parents = [r for r in all_runs if "mlflow.parentRunId" not in r.data.tags]
+    found = runs_in(uri)
+    parents = [r for r in found if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1
-    children = [r for r in all_runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    assert len(children) == len(all_runs) - 1  # no stray run outside the sweep
+    children = [r for r in found if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(children) == len(found) - 1  # no stray run outside the sweep
     return parents[0], children
 
 
@@ -42,29 +40,32 @@ def assert_four_good_children(parent, children):
     assert parent.data.tags["best_run_id"] in {c.info.run_id for c in children if c.data.metrics["val_acc"] == best.data.metrics["val_acc"]}
 
 
-@pytest.fixture(scope="module")
-def joblib_sweep(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("joblib")
-    return folder, *sweep(folder, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "optimizer.lr=1e-3,3e-3", "seed=1,2")
-
-
-def test_parallel_joblib_sweep_is_one_parent_with_four_children(joblib_sweep):
-    _, parent, children = joblib_sweep
+@pytest.mark.slow
+def test_parallel_joblib_sweep_is_one_parent_with_four_children(tiny_root, store_uri, tmp_path, capsys):
+    parent, children = sweep(tmp_path, tiny_root, store_uri, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "optimizer.lr=1e-3,3e-3", "seed=1,2")
     assert_four_good_children(parent, children)
     assert parent.data.tags["launcher"] == "JoblibLauncher" and parent.data.tags["sweeper"] == "BasicSweeper"
     assert "optimizer.lr=1e-3,3e-3 seed=1,2" in parent.data.tags["sweep_overrides"]
     assert all("optimizer.lr=" in c.data.tags["hydra_overrides"] for c in children)
 
+    runs.main(["--tracking-uri", store_uri, "--sweep", parent.info.run_id, "--format", "json"])
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["run_id"] for r in rows} == {c.info.run_id for c in children}  # the parent is left out
 
-def test_submitit_local_sweep_is_one_parent_with_four_children(tmp_path):
-    parent, children = sweep(tmp_path, "hydra/launcher=submitit_local", "optimizer.lr=1e-3,3e-3", "seed=1,2")
+
+@pytest.mark.slow
+def test_submitit_local_sweep_is_one_parent_with_four_children(tiny_root, store_uri, tmp_path):
+    parent, children = sweep(tmp_path, tiny_root, store_uri, "hydra/launcher=submitit_local", "optimizer.lr=1e-3,3e-3", "seed=1,2")
     assert_four_good_children(parent, children)
 
 
-def test_optuna_search_survives_failed_trials_and_names_the_best(tmp_path):
+@pytest.mark.slow
+def test_optuna_search_survives_failed_trials_and_names_the_best(tiny_root, store_uri, tmp_path):
     """Width 0 is an impossible config and lr 1e6 diverges: both trials are FAILED runs, the study goes on."""
     parent, children = sweep(
         tmp_path,
+        tiny_root,
+        store_uri,
         "hparams_search=lr_batch",
         "hydra.sweeper.n_trials=6",
         "optimizer=sgd",
@@ -81,41 +82,38 @@ def test_optuna_search_survives_failed_trials_and_names_the_best(tmp_path):
     assert parent.data.tags["sweeper"] == "OptunaSweeper"
 
 
-def test_a_single_run_has_no_parent(tiny_cfg, tmp_path):
-    from mnist_cnn import train
-
-    train.run(tiny_cfg("trainer.limit_batches=2"), tmp_path / "out")
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
-    (run,) = mlflow.search_runs(experiment_names=["mnist"], output_format="list")
-    assert "mlflow.parentRunId" not in run.data.tags
+def test_a_single_run_has_no_parent(tiny_cfg, store_uri, tmp_path):
+    train.run(tiny_cfg(*FAST), tmp_path / "out")
+    assert "mlflow.parentRunId" not in only_run(store_uri).data.tags
 
 
-def test_runs_table_lists_a_sweep_sorted(joblib_sweep, capsys):
-    folder, parent, children = joblib_sweep
-    uri = f"sqlite:///{folder}/mlflow.db"
-    runs.main(["--tracking-uri", uri, "--sweep", parent.info.run_id, "--format", "json"])
+def test_runs_table_sorts_and_formats_runs(tiny_cfg, store_uri, tmp_path, capsys):
+    for lr in ("0.001", "0.003", "0.0001"):
+        train.run(tiny_cfg(*FAST, f"optimizer.lr={lr}", f"tracking.run_name=run{lr}"), tmp_path / lr)
+    made = {r.info.run_name: r for r in runs_in(store_uri)}
+    capsys.readouterr()  # what training printed
+
+    runs.main(["--tracking-uri", store_uri, "--format", "json"])
     rows = json.loads(capsys.readouterr().out)
-    assert len(rows) == 4 and {r["run_id"] for r in rows} == {c.info.run_id for c in children}
     accs = [r["val_acc"] for r in rows]
-    assert accs == sorted(accs, reverse=True)
+    assert len(rows) == 3 and accs == sorted(accs, reverse=True)
     assert set(rows[0]) >= {"name", "status", "overrides", "val_acc", "test_acc", "epochs", "wall_s"}
 
-    runs.main(["--tracking-uri", uri, "--sort", "train_loss", "--ascending", "--top", "2", "--format", "csv"])
+    runs.main(["--tracking-uri", store_uri, "--sort", "train_loss", "--ascending", "--top", "2", "--format", "csv"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("run_id,name,status,overrides,val_acc,test_acc,epochs,wall_s,train_loss")
-    assert len(lines) == 3
     losses = [float(line.rsplit(",", 1)[1]) for line in lines[1:]]
-    assert losses == sorted(losses) and losses[0] == min(c.data.metrics["train_loss"] for c in children)
+    assert len(losses) == 2 and losses == sorted(losses) and losses[0] == min(r.data.metrics["train_loss"] for r in made.values())
 
-    runs.main(["--tracking-uri", uri])
+    runs.main(["--tracking-uri", store_uri])
     table = capsys.readouterr().out
-    assert parent.info.run_id in table and "lr=0.003,seed=1" in table
+    assert all(r.info.run_id in table for r in made.values()) and "FINISHED" in table and "STALE" not in table
 
 
-def test_runs_table_rejects_an_unknown_experiment(joblib_sweep):
-    folder, _, _ = joblib_sweep
-    with pytest.raises(SystemExit, match="no experiment 'nope'"):
-        runs.main(["--tracking-uri", f"sqlite:///{folder}/mlflow.db", "--experiment", "nope"])
+def test_runs_table_rejects_an_unknown_experiment_with_exit_code_2(store_uri, capsys):
+    with pytest.raises(SystemExit) as e:
+        runs.main(["--tracking-uri", store_uri, "--experiment", "nope"])
+    assert e.value.code == 2 and "no experiment 'nope'" in capsys.readouterr().err
 
 
 def test_run_names_come_from_the_overrides_that_matter():

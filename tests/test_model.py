@@ -1,13 +1,18 @@
-"""The builder turns `model.layers` into a working network, or says exactly which key is wrong."""
+"""`model.layers` becomes a working network, or an error that says exactly which key is wrong."""
+
+import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from mnist_cnn.builder import build_model, count_params, summary
-from mnist_cnn.cli import CONF_DIR
+from mnist_cnn.cli.train import CONF_DIR
+from mnist_cnn.config.schema import LayerSpec
+from mnist_cnn.data.datasets import IMAGE_SHAPE as IN_SHAPE
 from mnist_cnn.errors import ConfigError
-from mnist_cnn.spec import IN_SHAPE, plan_layers
+from mnist_cnn.model.build import build_model, count_params, summary
+from mnist_cnn.model.layers import KINDS, PARAMS, Layer, kind, plan_layers
 
 
 def build(layers, mean=None, std=None):
@@ -76,7 +81,7 @@ BAD = [
     ([{"type": "flatten"}, {"type": "linear", "out_features": 0}], "model.layers[1] linear: out_features must be a positive integer"),
     ([{"type": "conv3d"}], "model.layers[0]: unknown type 'conv3d'"),
     ([{"type": "relu", "kernel_size": 2}], "model.layers[0] relu: key 'kernel_size' does not apply to relu"),
-    ([{"type": "block", "out_channels": 4, "kernel_size": 3, "pool": "median"}], "model.layers[0] block: pool must be max, avg or none"),
+    ([{"type": "block", "out_channels": 4, "kernel_size": 3, "pool": "median"}], "model.layers[0] block: pool must be one of max, avg, none, got 'median'"),
     ([{"type": "conv", "out_channels": 4, "kernel_size": 3, "init": "zeros"}], "model.layers[0] conv: init must be one of"),
     ([{"type": "linear", "out_features": 10}], "model.layers[0] linear: input is 1x28x28; add a layer {type: flatten} before it"),
     ([{"type": "flatten"}, {"type": "conv", "out_channels": 4, "kernel_size": 3}], "model.layers[1] conv: input is already flat (784 features)"),
@@ -105,3 +110,23 @@ def test_a_block_pool_that_does_not_fit_names_pool_size():
     layers = [{"type": "block", "out_channels": 4, "kernel_size": 3, "pool_size": 30}]
     with pytest.raises(ConfigError, match=r"model\.layers\[0\] block: input is 26x26, pool_size 30 does not fit"):
         build(layers)
+
+
+def test_one_registry_of_layer_kinds_drives_schema_planner_builder_and_docs():
+    """LayerSpec is generated from PARAMS, the README documents every kind, and a new kind is one
+    registered function: planning and building need no other change."""
+    assert [f.name for f in dataclasses.fields(LayerSpec)] == ["type", *PARAMS]
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for name in KINDS:
+        assert f"`{name}`" in readme, name
+
+    @kind("gelu")
+    def gelu(spec, shape, where):
+        return [Layer("", "GELU", shape)]
+
+    try:
+        layers = [{"type": "flatten"}, {"type": "linear", "out_features": 32}, {"type": "gelu"}, {"type": "linear", "out_features": 10}]
+        model = build(layers)
+        assert isinstance(model.gelu2, torch.nn.GELU) and model(torch.rand(2, *IN_SHAPE)).shape == (2, 10)
+    finally:
+        del KINDS["gelu"]

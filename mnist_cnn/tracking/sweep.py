@@ -1,11 +1,11 @@
-"""Hydra multirun -> one MLflow parent run with every job as its child.
+"""Hydra multirun -> one MLflow parent run with every job as its child, and the names of runs.
 
-`MlflowSweepCallback` runs in the launching process (registered in conf/config.yaml under
-hydra.callbacks). Before any job starts it initialises the tracking store once, so parallel workers
-never race on a fresh sqlite schema, and opens the parent run; its id is written into the sweep
-folder with the swept keys, where every job finds them whatever launcher started it (local, joblib,
-submitit). When the sweep ends it records the number of jobs, the failures and the best child, then
-closes the parent.
+`MlflowSweepCallback` (registered in conf/config.yaml under hydra.callbacks) runs in the launching
+process. Before any job starts it opens the tracking store once and the parent run; its id is
+written into the sweep folder with the swept keys, where every job finds them whatever launcher
+started it (local, joblib, submitit, Slurm). When the sweep ends it records the number of jobs,
+the failures and the best child, then closes the parent. In every job it also masks credentials
+in the files Hydra wrote (`.hydra/*.yaml`). MLflow is imported only where a method needs it.
 """
 
 import atexit
@@ -14,29 +14,16 @@ import logging
 from pathlib import Path
 from typing import Any, List, Optional
 
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.types import RunMode
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from mnist_cnn.config.job import SWEEP_FILE
+from mnist_cnn.config.keys import is_run_setting, override_key
+from mnist_cnn.tracking.redact import redact
+
 log = logging.getLogger(__name__)
-SWEEP_FILE = "mlflow_sweep.json"  # {"parent_run_id": ..., "swept": [keys the sweep varies]}
-
-# Overrides that say where or how a run is recorded, not what it trains: left out of run names.
-NOT_IN_NAMES = ("data.root", "data.download", "data.verify_checksums", "tracking.", "trainer.progress",
-                "trainer.device", "trainer.limit_batches", "hparams_search", "hydra")
 ALIASES = {"batch_size": "bs", "out_channels": "ch", "kernel_size": "k", "weight_decay": "wd", "out_features": "out"}
-
-
-def in_multirun() -> bool:
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def sweep_info() -> dict:
-    """What the launching process wrote for this job's sweep; empty outside a tracked multirun."""
-    path = Path(HydraConfig.get().sweep.dir) / SWEEP_FILE if in_multirun() else None
-    return json.loads(path.read_text()) if path is not None and path.is_file() else {}
 
 
 def worst(objective: DictConfig) -> float:
@@ -44,18 +31,13 @@ def worst(objective: DictConfig) -> float:
     return float("-inf") if objective.direction == "maximize" else float("inf")
 
 
-def job_overrides() -> List[str]:
-    """The command-line overrides of this run or job (`optimizer.lr=0.003`, ...)."""
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-
-
 def run_name(overrides: List[str], only: Optional[List[str]] = None) -> Optional[str]:
     """A short name from the overrides that change what is trained (or just the keys in `only`),
     e.g. `lr=0.003,bs=256`."""
     parts = []
     for override in overrides:
-        key, _, value = override.lstrip("+~").partition("=")
-        if (key in only) if only else not key.startswith(NOT_IN_NAMES):
+        key, value = override_key(override), override.partition("=")[2]
+        if (key in only) if only else not is_run_setting(key):
             *path, leaf = key.split(".")
             layer = f"l{path[-1]}." if path and path[-1].isdigit() else ""
             parts.append(f"{layer}{ALIASES.get(leaf, leaf)}={_short(value)}")
@@ -75,20 +57,37 @@ class MlflowSweepCallback(Callback):
 
     def __init__(self) -> None:
         self.run_id: Optional[str] = None
+        self.heartbeat: Any = None
+
+    def __getstate__(self) -> dict:
+        """Launchers pickle the callbacks into every job; the parent run and its heartbeat stay here."""
+        return {"run_id": None, "heartbeat": None}
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Hydra has just written .hydra/{config,hydra,overrides}.yaml: mask any credentials in them."""
+        if config.hydra.output_subdir is None:
+            return
+        for path in (Path(config.hydra.runtime.output_dir) / config.hydra.output_subdir).glob("*.yaml"):
+            text = path.read_text()
+            if redact(text) != text:
+                path.write_text(redact(text))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not config.tracking.enabled:
             return
-        from mnist_cnn import tracking  # MLflow is slow to import; only sweeps that track need it
+        from mnist_cnn.tracking.run import open_parent_run  # MLflow is slow to import
 
         sweep_dir = Path(config.hydra.sweep.dir)
-        sweeper = config.hydra.sweeper._target_.rsplit(".", 1)[-1]
-        launcher = config.hydra.launcher._target_.rsplit(".", 1)[-1]
         grid = list(config.hydra.overrides.task)
         swept = [o.get_key_element() for o in OverridesParser.create().parse_overrides(grid) if o.is_sweep_override()]
         swept += list(config.hydra.sweeper.get("params") or {})  # Optuna's search space
-        tags = {"sweeper": sweeper, "launcher": launcher, "sweep_overrides": " ".join(grid), "sweep_dir": str(sweep_dir)}
-        self.run_id = tracking.open_parent_run(config.tracking, name=run_name(grid) or sweep_dir.name, tags=tags)
+        tags = {
+            "sweeper": config.hydra.sweeper._target_.rsplit(".", 1)[-1],
+            "launcher": config.hydra.launcher._target_.rsplit(".", 1)[-1],
+            "sweep_overrides": redact(" ".join(grid)),
+            "sweep_dir": str(sweep_dir),
+        }
+        self.run_id, self.heartbeat = open_parent_run(config, name=run_name(grid) or sweep_dir.name, tags=tags)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / SWEEP_FILE).write_text(json.dumps({"parent_run_id": self.run_id, "swept": swept}))
         atexit.register(self._close, config, "KILLED")  # a sweep stopped by Ctrl-C never leaves it RUNNING
@@ -99,8 +98,9 @@ class MlflowSweepCallback(Callback):
     def _close(self, config: DictConfig, status: str) -> None:
         if self.run_id is None:
             return
-        from mnist_cnn import tracking
+        from mnist_cnn.tracking.run import close_parent_run
 
         run_id, self.run_id = self.run_id, None
-        summary = tracking.close_parent_run(config.tracking, run_id, config.objective, status)
+        self.heartbeat.stop()
+        summary = close_parent_run(config, run_id, status)
         log.info("sweep parent run %s: %s", run_id, summary)

@@ -1,27 +1,16 @@
-"""Assemble the `nn.Sequential` that spec.plan_layers describes.
+"""Assemble the `nn.Sequential` that `layers.plan_layers` describes, and print its summary.
 
-The model normalises its own input, so the model logged to MLflow (exported with torch.export) takes
-raw [0, 1] pixels and loads without this package installed.
+The model normalises its own input, so the logged model takes raw [0, 1] pixels and needs no
+preprocessing code from this package.
 """
 
 from collections import OrderedDict
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import torch
 from torch import nn
 
-from mnist_cnn.spec import Layer, Shape, fmt
-
-MODULES: Dict[str, Callable[..., nn.Module]] = {
-    "conv": nn.Conv2d,
-    "batchnorm": nn.BatchNorm2d,
-    "relu": nn.ReLU,
-    "maxpool": nn.MaxPool2d,
-    "avgpool": nn.AvgPool2d,
-    "dropout": nn.Dropout,
-    "flatten": nn.Flatten,
-    "linear": nn.Linear,
-}
+from mnist_cnn.model.layers import Layer, Shape, fmt
 
 
 class Normalize(nn.Module):
@@ -42,8 +31,8 @@ def build_model(plan: List[Layer], mean: Optional[float] = None, std: Optional[f
     if mean is not None and std is not None:
         modules["normalize"] = Normalize(mean, std)
     for layer in plan:
-        module = MODULES[layer.kind](**layer.args)
-        if layer.init == "xavier_uniform":  # "default" keeps PyTorch's own init; biases always do
+        module = getattr(nn, layer.module)(**layer.args)
+        if layer.init == "xavier_uniform":
             nn.init.xavier_uniform_(module.weight)
         elif layer.init == "kaiming_normal":
             nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
@@ -60,8 +49,7 @@ def summary(model: nn.Sequential, plan: List[Layer], in_shape: Shape) -> str:
     shapes = {"normalize": in_shape, **{layer.name: layer.out_shape for layer in plan}}
     rows = [("layer", "module", "output", "params")]
     for name, module in model.named_children():
-        params = sum(p.numel() for p in module.parameters())
-        rows.append((name, type(module).__name__, fmt(shapes[name]), f"{params:,}"))
+        rows.append((name, type(module).__name__, fmt(shapes[name]), f"{count_params(module):,}"))
     rows.append(("total", "", "", f"{count_params(model):,}"))
     widths = [max(len(row[c]) for row in rows) for c in range(4)]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)

@@ -1,21 +1,17 @@
-"""Reproducibility: one seed for every RNG, their states for exact resumes, and run fingerprints."""
+"""Reproducibility: one seed for every RNG, their states for exact resumes, and the fingerprints of
+what a run computes (its resolved config and its final weights)."""
 
 import hashlib
 import os
-import platform
 import random
-import subprocess
-from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-# Keys that say where a run reads and writes, not what it computes: left out of config_sha256.
-NOT_IN_FINGERPRINT = ("tracking", "resume")
-PACKAGES = ("torch", "torchvision", "numpy", "mlflow", "hydra-core", "omegaconf")
+from mnist_cnn.config.keys import RUN_SETTINGS
+
 
 
 def seed_everything(seed: int) -> None:
@@ -68,31 +64,13 @@ def weights_sha256(model: torch.nn.Module) -> str:
 
 
 def config_sha256(cfg: DictConfig) -> str:
-    """SHA-256 of the resolved config without `tracking` and `resume` (where it logs, not what it computes)."""
-    tree = OmegaConf.to_container(cfg, resolve=True)
-    for key in NOT_IN_FINGERPRINT:
-        tree.pop(key, None)
+    """SHA-256 of the resolved config without the RUN_SETTINGS (where a run reads and logs, not what it
+    computes): two runs with the same fingerprints are the same experiment."""
+    tree = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    for key in RUN_SETTINGS:
+        *parents, leaf = key.split(".")
+        node = tree
+        for parent in parents:
+            node = node.get(parent, {})
+        node.pop(leaf, None)
     return hashlib.sha256(OmegaConf.to_yaml(OmegaConf.create(tree), sort_keys=True).encode()).hexdigest()
-
-
-def git_state() -> Tuple[str, bool]:
-    """(commit, dirty) of the checkout this package runs from; ("unknown", False) outside one."""
-    here = Path(__file__).parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-        status = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown", False
-    if commit.returncode != 0:
-        return "unknown", False
-    return commit.stdout.strip(), bool(status.stdout.strip())
-
-
-def package_versions() -> Dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions

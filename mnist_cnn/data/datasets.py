@@ -1,6 +1,6 @@
 """What each MNIST-format dataset is: folder, files, classes, normalisation constants, checksums.
 
-Plain data, no torch, so configs can be checked before the heavy imports (see spec.py).
+Plain data, no torch, so configs can be checked before the heavy imports (see config.checks).
 """
 
 from dataclasses import dataclass
@@ -12,8 +12,10 @@ FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
+ALL_FILES = ", ".join(f"{base}.gz" for pair in FILES.values() for base in pair)
 IMAGE_MAGIC, LABEL_MAGIC = 0x00000803, 0x00000801  # unsigned bytes, 3 dims / 1 dim
 SIDE = 28
+IMAGE_SHAPE = (1, SIDE, SIDE)  # one sample as the model sees it: channels, height, width
 
 # SHA-256 of the decompressed files, as in shared/data/MNIST/raw/SHA256SUMS.uncompressed.
 MNIST_SHA256 = {

@@ -1,0 +1,100 @@
+"""`mnist-cnn-runs`: the runs of an experiment (or of one sweep) as a table, best first.
+
+Reads through MLflow's search API, so it works the same on the local sqlite store and on a server;
+an unreachable server fails within seconds. A RUNNING run whose heartbeat stopped (its process was
+killed, or lost the server) is shown as STALE, with the command that resumes it.
+"""
+
+import argparse
+import os
+import sys
+from typing import List, Optional
+
+import pandas as pd
+
+from mnist_cnn.errors import UserError
+from mnist_cnn.tracking.redact import redact
+from mnist_cnn.tracking.sweep import run_name
+
+COLUMNS = ["run_id", "name", "status", "overrides", "val_acc", "test_acc", "epochs", "wall_s"]
+
+
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="mnist-cnn-runs", description=__doc__.splitlines()[0])
+    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
+    parser.add_argument("--experiment", default="mnist", help="MLflow experiment name (default: mnist)")
+    parser.add_argument("--sweep", metavar="PARENT_RUN_ID", help="only the jobs of this sweep's parent run")
+    parser.add_argument("--sort", default="val_acc", metavar="METRIC", help="metric to sort by (default: val_acc)")
+    parser.add_argument("--ascending", action="store_true", help="smallest first (for losses)")
+    parser.add_argument("--top", type=int, metavar="N", help="show only the first N runs")
+    parser.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    return parser.parse_args(argv)
+
+
+def runs_table(args: argparse.Namespace) -> pd.DataFrame:
+    """One row per run with the COLUMNS above plus the sort metric, sorted; UserError on bad input."""
+    from mnist_cnn.tracking import store  # MLflow is slow to import: after the arguments are parsed
+    from mnist_cnn.tracking.heartbeat import is_stale
+
+    client = store.connect(args.tracking_uri)
+    experiment = client.get_experiment_by_name(args.experiment)
+    if experiment is None:
+        raise UserError(f"no experiment {args.experiment!r} at {redact(args.tracking_uri)}; check --experiment.")
+    where = f"tags.mlflow.parentRunId = '{args.sweep}'" if args.sweep else ""
+    runs = client.search_runs([experiment.experiment_id], where, max_results=50_000)
+    if not runs:
+        raise UserError(f"no runs in {args.experiment!r}" + (f" under parent run {args.sweep}" if args.sweep else "") + ".")
+    rows = [_row(run, args.sort, is_stale(run)) for run in runs]
+    table = pd.DataFrame(rows).loc[:, lambda df: ~df.columns.duplicated()]
+    if table[args.sort].isna().all():  # e.g. a sweep whose jobs all failed: still show them, unsorted
+        known = sorted({key for run in runs for key in run.data.metrics})
+        print(f"mnist-cnn-runs: no run has the metric {args.sort!r} (these do: {', '.join(known)}).", file=sys.stderr)
+    table = table.sort_values(args.sort, ascending=args.ascending, na_position="last")
+    return table.head(args.top) if args.top else table
+
+
+def _row(run, sort: str, stale: bool) -> dict:
+    info, data = run.info, run.data
+    overrides = data.tags.get("hydra_overrides", "")
+    wall = (info.end_time - info.start_time) / 1000 if info.end_time else float("nan")
+    return {
+        "run_id": info.run_id,
+        "name": info.run_name,
+        "status": "STALE" if stale else info.status,
+        "overrides": run_name(overrides.split()) or "",
+        "val_acc": data.metrics.get("val_acc"),
+        "test_acc": data.metrics.get("test_acc"),
+        "epochs": data.params.get("trainer.epochs"),
+        "wall_s": round(wall, 1),
+        sort: data.metrics.get(sort),
+    }
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    args = parse_args(argv)
+    try:
+        table = runs_table(args)
+    except UserError as e:
+        print(f"mnist-cnn-runs: {redact(str(e))}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    if args.format == "csv":
+        print(table.to_csv(index=False), end="")
+    elif args.format == "json":
+        print(table.to_json(orient="records", indent=2))
+    else:
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}", formatters={"wall_s": "{:.1f}".format}, na_rep="-"))
+        _stale_hints(table, args.tracking_uri)
+
+
+def _stale_hints(table: pd.DataFrame, uri: str) -> None:
+    stale = table[table["status"] == "STALE"]
+    if len(stale):
+        from mnist_cnn.tracking.run import resume_command
+
+        print(f"\n{len(stale)} STALE run(s): RUNNING, but no process has sent a heartbeat lately. Continue with:")
+        for run_id in stale["run_id"]:
+            print(f"  {resume_command(run_id, uri)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""`mnist-cnn-train` (also `python -m mnist_cnn`): compose the config with Hydra, check it, train.
+
+Before Hydra reads the command line, credentials in a `tracking.uri=` override move into the
+environment (so Hydra's own files and console never hold them) and every YAML file of the config
+tree is parsed, so a typo is one line naming the file and line rather than a long traceback.
+The config checks are plain Python: a bad config fails in about a second, before torch loads.
+"""
+
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Iterator, List
+
+import hydra
+import yaml
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from mnist_cnn import interrupts
+from mnist_cnn.config.checks import check_config
+from mnist_cnn.config.job import in_multirun
+from mnist_cnn.config.paths import make_paths_absolute
+from mnist_cnn.config.schema import register_configs
+from mnist_cnn.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, UserError
+from mnist_cnn.tracking.redact import move_credentials, redact
+from mnist_cnn.tracking.sweep import worst
+
+log = logging.getLogger("mnist_cnn")
+
+CONF_DIR = Path(__file__).parents[1] / "conf"  # links to the top-level conf/ in a checkout; a copy once installed
+register_configs()
+
+
+def main() -> None:
+    """The console entry point: prepare the command line, then hand it to Hydra."""
+    sys.argv = move_credentials(sys.argv)
+    for problem in yaml_problems(config_dirs(sys.argv[1:])):
+        print(f"mnist-cnn-train: {problem}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    train()
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def train(cfg: DictConfig) -> float:
+    """Train one run; return `objective.metric` for a sweeper such as Optuna."""
+    interrupts.install()  # SIGTERM, like Ctrl-C, now ends the run with a status instead of killing it
+    try:
+        make_paths_absolute(cfg, Path(HydraConfig.get().runtime.cwd))
+        check_config(cfg)  # plain Python: a bad config fails in about a second, before torch loads
+        from mnist_cnn.engine.train import run
+
+        value = run(cfg, Path(HydraConfig.get().runtime.output_dir)).get(str(cfg.objective.metric), math.nan)
+    except KeyboardInterrupt:  # the run is KILLED; tracking logged how to resume it
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as e:
+        if in_multirun():  # one failed job must not end the sweep: record it as FAILED and go on
+            log.error("job failed, the sweep goes on: %s", redact(f"{type(e).__name__}: {e}"))
+            _record_failed_job(cfg, e)
+            return worst(cfg.objective)
+        if isinstance(e, UserError):
+            log.error("%s", redact(str(e)))
+            sys.exit(e.exit_code)
+        raise
+    return worst(cfg.objective) if math.isnan(value) else value
+
+
+def _record_failed_job(cfg: DictConfig, error: Exception) -> None:
+    """Give a job that failed before its run opened (bad config or data) a FAILED run in the sweep."""
+    if not cfg.tracking.enabled or hasattr(error, "mlflow_run_id"):
+        return
+    from mnist_cnn.tracking.run import record_failed_job
+
+    try:
+        record_failed_job(cfg, error)
+    except Exception as e:  # noqa: BLE001 - the store itself may be what failed
+        log.warning("could not record the failed job in MLflow: %s", redact(str(e))[:300])
+
+
+def config_dirs(args: List[str]) -> List[Path]:
+    """The package's config tree plus any `--config-dir DIR` (`-cd DIR`) on the command line."""
+    dirs = [CONF_DIR]
+    for i, arg in enumerate(args):
+        if arg in ("--config-dir", "-cd") and i + 1 < len(args):
+            dirs.append(Path(args[i + 1]))
+        elif arg.startswith("--config-dir="):
+            dirs.append(Path(arg.partition("=")[2]))
+    return dirs
+
+
+def yaml_problems(dirs: List[Path]) -> Iterator[str]:
+    """`FILE line L, column C: what is wrong` for each YAML file that does not parse."""
+    for folder in dirs:
+        for parent, _, names in os.walk(folder, followlinks=True):  # conf/experiment links to experiments/
+            for name in sorted(n for n in names if n.endswith((".yaml", ".yml"))):
+                path = Path(parent) / name
+                try:
+                    yaml.safe_load(path.read_text())
+                except yaml.YAMLError as e:
+                    mark = getattr(e, "problem_mark", None)
+                    where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+                    yield f"{path}{where}: {getattr(e, 'problem', None) or e}; fix the YAML there."
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Every check that needs neither data nor torch, run on the composed config before anything else.
+
+Hydra and OmegaConf already reject unknown keys and wrong types while composing; this adds what
+they let through (keys added with `+`, an option's `name` changed by hand), the valid range of
+every number (declared next to each field in config.schema), cross-key rules, and the layer plan.
+Each error names the key and how to fix it.
+"""
+
+import dataclasses
+import difflib
+from typing import Iterator, List, Tuple
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from mnist_cnn.config.schema import OPTIONS
+from mnist_cnn.data.datasets import IMAGE_SHAPE, dataset_info
+from mnist_cnn.errors import ConfigError
+from mnist_cnn.model.layers import Layer, plan_layers
+
+
+def check_config(cfg: DictConfig) -> List[Layer]:
+    """Raise ConfigError for the first thing wrong with `cfg`; returns the layer plan of `cfg.model`."""
+    for path, node in _typed_nodes(cfg):
+        _check_keys(path, node)
+        _check_ranges(path, node)
+    for group, options in OPTIONS.items():
+        expected = OmegaConf.get_type(cfg[group]).name
+        if cfg[group].name != expected:
+            raise ConfigError(
+                f"{group}.name is {cfg[group].name!r} but the {group} keys are those of {expected!r}; "
+                f"choose the option with {group}={cfg[group].name} instead of {group}.name "
+                f"(options: {', '.join(o.name for o in options)})."
+            )
+    if cfg.objective.metric.startswith("val_") and cfg.data.val_size == 0:
+        raise ConfigError(f"objective.metric={cfg.objective.metric} needs a validation split; set data.val_size > 0.")
+    if cfg.optimizer.name == "sgd" and cfg.optimizer.nesterov and cfg.optimizer.momentum == 0:
+        raise ConfigError("optimizer.nesterov=true needs optimizer.momentum > 0.")
+    return plan_layers(cfg.model.layers, IMAGE_SHAPE, len(dataset_info(cfg.data.name).classes))
+
+
+def _typed_nodes(node, path: str = "") -> Iterator[Tuple[str, DictConfig]]:
+    """Every dict node typed by a dataclass, with its dotted path (`model.layers.0`)."""
+    if isinstance(node, DictConfig) and dataclasses.is_dataclass(OmegaConf.get_type(node)):
+        yield path, node
+    if isinstance(node, (DictConfig, ListConfig)):
+        keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
+        for key in keys:
+            child = node._get_node(key)
+            if isinstance(child, (DictConfig, ListConfig)) and not child._is_missing() and not child._is_none():
+                yield from _typed_nodes(child, f"{path}.{key}" if path else str(key))
+
+
+def _check_keys(path: str, node: DictConfig) -> None:
+    """Keys the schema does not have: Hydra lets `+key=value` add them, which would be logged and ignored."""
+    schema = OmegaConf.get_type(node)
+    known = [f.name for f in dataclasses.fields(schema)]
+    for key in node.keys():
+        if key not in known:
+            where = f"{path}.{key}" if path else key
+            close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ConfigError(
+                f"{where}: not a key of {schema.__name__} ({hint}its keys: {', '.join(known)}); "
+                "`+` cannot add keys to the schema."
+            )
+
+
+def _check_ranges(path: str, node: DictConfig) -> None:
+    for f in dataclasses.fields(OmegaConf.get_type(node)):
+        valid = f.metadata.get("range")
+        value = node[f.name]
+        if valid is None or value is None:
+            continue
+        where = f"{path}.{f.name}" if path else f.name
+        values = list(value) if isinstance(value, ListConfig) else [value]
+        if "length" in f.metadata and len(values) != f.metadata["length"]:
+            raise ConfigError(f"{where} must hold {f.metadata['length']} numbers, got {len(values)}.")
+        for v in values:
+            if not valid.holds(v):
+                raise ConfigError(f"{where} must be {valid} (and finite), got {v}.")

@@ -1,0 +1,227 @@
+"""Typed schema of every config group, registered in Hydra's ConfigStore.
+
+`conf/config.yaml` starts its defaults list with `config_schema` (the `Config` below), so each
+group merges into a typed node: an unknown key or a value of the wrong type fails as soon as Hydra
+composes the config. Groups with several options (optimizer, scheduler) have one dataclass per
+option, stored as `<group>/base_<option>` and named first in that option's YAML (Hydra's
+structured-config pattern), so `optimizer=adam optimizer.momentum=0.9` is an error: AdamConfig has
+no momentum. Choices are enums; numbers carry their valid range in `metadata["range"]`, which
+`config.checks` enforces before anything runs. The YAML files repeat these defaults with a comment
+on each key; a test keeps the two equal.
+"""
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Dict, List, Optional, Tuple, Type
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from mnist_cnn.data.datasets import DATASETS
+from mnist_cnn.model.layers import KINDS, PARAMS
+
+
+@dataclass(frozen=True)
+class Range:
+    """The valid values of a number: `low`..`high`, each end open or closed; always finite."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+
+    def holds(self, x: float) -> bool:
+        above = x > self.low if self.low_open else x >= self.low
+        below = x < self.high if self.high_open else x <= self.high
+        return math.isfinite(x) and above and below
+
+    def __str__(self) -> str:
+        if self.high == math.inf:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+POSITIVE = Range(0, low_open=True)
+NON_NEGATIVE = Range(0)
+AT_LEAST_ONE = Range(1)
+FRACTION = Range(0, 1, high_open=True)  # [0, 1)
+OPEN_UNIT = Range(0, 1, low_open=True, high_open=True)  # (0, 1)
+
+
+def ranged(default: Any, valid: Range, **kwargs: Any) -> Any:
+    """A dataclass field whose value (or each element of its list) must lie in `valid`."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"range": valid, **kwargs})
+    return field(default=default, metadata={"range": valid, **kwargs})
+
+
+def _choices(name: str, values) -> Type[StrEnum]:
+    return StrEnum(name, [(v, v) for v in values], module=__name__)  # module: picklable for sweep workers
+
+
+Dataset = _choices("Dataset", DATASETS)
+LayerType = _choices("LayerType", KINDS)
+Device = _choices("Device", ("auto", "cpu", "cuda"))
+Precision = _choices("Precision", ("fp32", "bf16"))
+Download = _choices("Download", ("auto", "never"))
+Direction = _choices("Direction", ("maximize", "minimize"))
+# The metrics a sweep can rank runs by (every run logs them; val_* need a validation split).
+Metric = _choices("Metric", ("val_acc", "val_loss", "test_acc", "test_loss", "train_acc", "train_loss", "train_time_s"))
+
+# One entry of `model.layers`: `type` plus every key some layer kind takes (model.layers.PARAMS).
+# Which keys apply depends on the type; config.checks rejects the others, naming the layer.
+LayerSpec = dataclasses.make_dataclass(
+    "LayerSpec",
+    [("type", LayerType, MISSING)] + [(key, Optional[kind], None) for key, kind in PARAMS.items()],
+)
+LayerSpec.__module__ = __name__  # picklable for sweep workers
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    layers: List[LayerSpec] = MISSING
+
+
+@dataclass
+class OptimizerConfig:
+    """Keys every optimizer takes; `name` says which option's schema applies."""
+
+    name: str = MISSING
+    lr: float = ranged(1e-3, POSITIVE)
+    weight_decay: float = ranged(0.0, NON_NEGATIVE)
+
+
+@dataclass
+class AdamConfig(OptimizerConfig):
+    name: str = "adam"
+    betas: List[float] = ranged([0.9, 0.999], FRACTION, length=2)
+
+
+@dataclass
+class AdamWConfig(AdamConfig):
+    name: str = "adamw"
+    weight_decay: float = ranged(0.01, NON_NEGATIVE)  # decoupled from the gradient
+
+
+@dataclass
+class SGDConfig(OptimizerConfig):
+    name: str = "sgd"
+    lr: float = ranged(0.05, POSITIVE)
+    momentum: float = ranged(0.9, FRACTION)
+    nesterov: bool = False  # needs momentum > 0
+
+
+@dataclass
+class SchedulerConfig:
+    name: str = MISSING
+
+
+@dataclass
+class NoSchedulerConfig(SchedulerConfig):
+    name: str = "none"
+
+
+@dataclass
+class StepSchedulerConfig(SchedulerConfig):
+    name: str = "step"
+    step_size: int = ranged(5, AT_LEAST_ONE)  # epochs between decays
+    gamma: float = ranged(0.1, POSITIVE)
+
+
+@dataclass
+class CosineSchedulerConfig(SchedulerConfig):
+    name: str = "cosine"
+    min_lr: float = ranged(0.0, NON_NEGATIVE)
+
+
+@dataclass
+class OneCycleSchedulerConfig(SchedulerConfig):
+    name: str = "onecycle"
+    max_lr: Optional[float] = ranged(None, POSITIVE)  # null: optimizer.lr
+    pct_start: float = ranged(0.3, OPEN_UNIT)
+
+
+# The options of each group with several: the ConfigStore entries, the YAML files and
+# `typed_config` all follow this table.
+OPTIONS: Dict[str, Tuple[type, ...]] = {
+    "optimizer": (AdamConfig, AdamWConfig, SGDConfig),
+    "scheduler": (NoSchedulerConfig, StepSchedulerConfig, CosineSchedulerConfig, OneCycleSchedulerConfig),
+}
+
+
+@dataclass
+class DataConfig:
+    name: Dataset = Dataset.mnist
+    root: str = "${oc.env:MNIST_CNN_DATA_DIR,./data}"  # relative paths mean the folder the command started in
+    download: Download = Download.auto
+    verify_checksums: bool = True
+    normalize: bool = True
+    batch_size: int = ranged(64, AT_LEAST_ONE)
+    eval_batch_size: int = ranged(1000, AT_LEAST_ONE)
+    val_size: int = ranged(5000, NON_NEGATIVE)
+    drop_last: bool = False
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = ranged(3, AT_LEAST_ONE)
+    device: Device = Device.auto
+    limit_batches: Optional[int] = ranged(None, AT_LEAST_ONE)
+    progress: bool = True
+    deterministic: Optional[bool] = None  # null: on for cpu, off for cuda
+    precision: Optional[Precision] = None  # null: bf16 where the hardware has it, else fp32
+    channels_last: bool = True
+    compile: bool = False
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    uri: str = "${oc.env:MLFLOW_TRACKING_URI,sqlite:///mlflow.db}"
+    experiment: str = "mnist"
+    run_name: Optional[str] = None
+    log_model: bool = True
+    heartbeat_s: float = ranged(30.0, POSITIVE)  # a RUNNING run silent for 3 heartbeats is STALE
+
+
+@dataclass
+class ObjectiveConfig:
+    metric: Metric = Metric.val_acc
+    direction: Direction = Direction.maximize
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    model: ModelConfig = MISSING
+    optimizer: OptimizerConfig = MISSING
+    scheduler: SchedulerConfig = MISSING
+    data: DataConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    tracking: TrackingConfig = MISSING
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    resume: Optional[str] = None  # an MLflow run id, or a checkpoint file: continue from there
+
+
+def register_configs() -> None:
+    """Register `config_schema` and every `<group>/base_<option>` that the YAML files name."""
+    store = ConfigStore.instance()
+    store.store(name="config_schema", node=Config)
+    for group, options in OPTIONS.items():
+        for option in options:
+            store.store(group=group, name=f"base_{option.name}", node=option)
+
+
+def typed_config(tree: Dict[str, Any]) -> DictConfig:
+    """A plain config tree (e.g. a run's config.yaml) back in its typed schema, each group with
+    several options typed by its `name`; keys the schema does not know are an error."""
+    cfg = OmegaConf.structured(Config)
+    for group, options in OPTIONS.items():
+        by_name = {option.name: option for option in options}
+        name = (tree.get(group) or {}).get("name")
+        if name in by_name:
+            cfg[group] = OmegaConf.structured(by_name[name])
+    return OmegaConf.merge(cfg, tree)

@@ -1,0 +1,67 @@
+"""Splits held in memory, the seeded validation hold-out, and batches drawn by permutation.
+
+No per-sample PIL conversion and no workers: a batch is one index into a uint8 tensor that lives
+on the training device.
+"""
+
+from dataclasses import dataclass
+from typing import Iterator, Optional, Tuple
+
+import torch
+
+from mnist_cnn.errors import ConfigError
+
+
+@dataclass
+class Split:
+    """One split held in memory: uint8 images (N, 28, 28) and int64 labels (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    sha256: str = ""  # of the decompressed image and label files, as read
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def to(self, device: torch.device) -> "Split":
+        return Split(self.images.to(device), self.labels.to(device), self.sha256)
+
+    def subset(self, index: torch.Tensor) -> "Split":
+        return Split(self.images[index], self.labels[index])
+
+
+def split_validation(train: Split, val_size: int, seed: int) -> Tuple[Split, Optional[Split]]:
+    """Hold out `val_size` training images, chosen by a permutation seeded with `seed`."""
+    if val_size == 0:
+        return train, None
+    if not 0 < val_size < len(train):
+        raise ConfigError(f"data.val_size must be between 0 and {len(train) - 1} (the training set size), got {val_size}.")
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+    return train.subset(order[val_size:]), train.subset(order[:val_size])
+
+
+def batches(
+    split: Split,
+    batch_size: int,
+    generator: Optional[torch.Generator] = None,
+    drop_last: bool = False,
+    limit: Optional[int] = None,
+) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (images as float in [0, 1] with shape (B, 1, 28, 28), labels); shuffled when given a generator."""
+    n = len(split)
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    order = order.to(split.images.device)
+    for start in range(0, num_batches(n, batch_size, drop_last, limit) * batch_size, batch_size):
+        index = order[start : start + batch_size]
+        yield split.images[index].unsqueeze(1).float().div_(255), split.labels[index]
+
+
+def num_batches(n: int, batch_size: int, drop_last: bool, limit: Optional[int]) -> int:
+    """Batches in one epoch over `n` images; an epoch with none is an error, never a division by zero."""
+    full = n // batch_size if drop_last else -(-n // batch_size)
+    if full == 0:
+        raise ConfigError(
+            f"data.batch_size={batch_size} with data.drop_last=true leaves no batch of the {n} training images; "
+            "lower data.batch_size or set data.drop_last=false."
+        )
+    return full if limit is None else min(full, limit)

@@ -1,0 +1,1 @@
+"""Training one run: the loop and evaluation, optimizers, checkpoints, reproducibility, signals."""

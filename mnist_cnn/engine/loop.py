@@ -1,0 +1,102 @@
+"""One epoch of training and one pass of evaluation, on the device and precision the run resolved.
+
+The step loop never reads a value back to the host: loss and accuracy are summed on the device and
+read once per epoch.
+"""
+
+import math
+from typing import Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+from tqdm import tqdm
+
+from mnist_cnn.data.splits import Split, batches, num_batches
+from mnist_cnn import interrupts
+from mnist_cnn.errors import ConfigError, DivergedError
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks cuda when a GPU is visible; asking for cuda without one is an error, not a fallback."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("trainer.device=cuda but no CUDA GPU is visible; use trainer.device=auto or cpu.")
+    return torch.device(name)
+
+
+def resolve_precision(name: Optional[str], device: torch.device) -> str:
+    """`null` picks bf16 where it is fast (GPUs that support it, CPUs with AMX or AVX512-BF16), else fp32.
+
+    On CPUs without those (AVX2 only) bf16 autocast runs several times slower than fp32.
+    """
+    if name is not None:
+        return str(name)
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    fast_bf16 = getattr(torch.cpu, "_is_amx_tile_supported", bool)() or getattr(torch.cpu, "_is_avx512_bf16_supported", bool)()
+    return "bf16" if fast_bf16 else "fp32"
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast for the forward pass and loss; weights, gradients and metric sums stay fp32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def train_epoch(model, split: Split, cfg: DictConfig, optimizer, scheduler, generator, epoch: int) -> Dict[str, float]:
+    """One pass over the shuffled training split; stops before a step once a stop was requested."""
+    model.train()
+    loss_sum = torch.zeros((), device=split.labels.device)
+    correct = torch.zeros((), dtype=torch.long, device=split.labels.device)
+    seen = 0
+    d = cfg.data
+    loader = batches(split, d.batch_size, generator, d.drop_last, cfg.trainer.limit_batches)
+    total = num_batches(len(split), d.batch_size, d.drop_last, cfg.trainer.limit_batches)
+    quiet = None if cfg.trainer.progress else True  # None: tqdm shows the bar only on a terminal
+    for images, labels in tqdm(loader, total=total, desc=f"epoch {epoch}", leave=False, disable=quiet):
+        interrupts.check()
+        with autocast(images.device, cfg.trainer.precision):
+            logits = model(images)
+            loss = F.cross_entropy(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        loss_sum += loss.detach().float() * len(labels)
+        correct += (logits.argmax(1) == labels).sum()
+        seen += len(labels)
+    return {"train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen}
+
+
+def check_divergence(metrics: Dict[str, float], num_classes: int, epoch: int) -> None:
+    """A loss that is not finite, or far above chance while accuracy stays at chance, has diverged.
+
+    Adam at lr=1 or 100 on MNIST keeps a finite loss (hundreds to millions) and ends at 10% accuracy;
+    a working run of any length is below 2x the chance loss or above 2x the chance accuracy.
+    """
+    loss, acc = metrics["train_loss"], metrics["train_acc"]
+    chance_loss, chance_acc = math.log(num_classes), 1 / num_classes
+    if math.isfinite(loss) and not (loss > 2 * chance_loss and acc < 2 * chance_acc):
+        return
+    raise DivergedError(
+        f"train_loss became {loss:.4g} in epoch {epoch} (chance level {chance_loss:.2f}) with train_acc "
+        f"{acc:.3f} (chance {chance_acc:.2f}): training diverged. Lower optimizer.lr (or scheduler.max_lr), "
+        "or add batchnorm to the model."
+    )
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, split: Split, batch_size: int, precision: str = "fp32") -> Dict[str, float]:
+    """Mean cross-entropy and accuracy over a whole split, in large batches."""
+    model.eval()
+    loss_sum = torch.zeros((), device=split.labels.device)
+    correct = torch.zeros((), dtype=torch.long, device=split.labels.device)
+    for images, labels in batches(split, batch_size):
+        with autocast(images.device, precision):
+            logits = model(images)
+            loss_sum += F.cross_entropy(logits, labels, reduction="sum").float()
+        correct += (logits.argmax(1) == labels).sum()
+    return {"loss": loss_sum.item() / len(split), "acc": correct.item() / len(split)}

@@ -1,0 +1,82 @@
+"""Where a resumed run starts: its own config and last checkpoint, from a run id or a checkpoint file.
+
+`resume=RUN_ID` finds the run in `tracking.uri`, whatever experiment it is in. `resume=path/last.pt`
+needs only the file (runs trained with tracking.enabled=false, or while the server was down): a
+checkpoint carries its config and run id. A run stopped before its first epoch ended has no
+checkpoint and starts again at epoch 1, in the same run.
+
+The run keeps its own config, tracking settings included. Overrides on the resume command may
+change the RUN_SETTINGS (where it reads and logs: data.root, tracking.*, ...); any other change is
+refused, because the result would no longer be the run's. `tracking.uri` always comes from the
+command: it is where the run is found and continued.
+"""
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from mnist_cnn.config.keys import is_run_setting, override_key
+from mnist_cnn.config.schema import typed_config
+from mnist_cnn.engine.checkpoint import load_checkpoint
+from mnist_cnn.errors import CheckpointError, ConfigError
+
+
+@dataclass
+class StartPoint:
+    cfg: DictConfig
+    checkpoint: Optional[Dict[str, Any]]  # None: start at epoch 1
+    run_id: Optional[str]  # the MLflow run to continue; None for a new run or an untracked one
+
+
+def start_point(cfg: DictConfig, overrides: List[str]) -> StartPoint:
+    """The config, checkpoint and run that `cfg.resume` continues, with `overrides` checked."""
+    target = str(cfg.resume)
+    if _is_path(target):
+        checkpoint = load_checkpoint(Path(target).expanduser())
+        if "config" not in checkpoint:
+            raise CheckpointError(f"checkpoint {target} carries no config (an older mnist_cnn wrote it); resume its run id instead.")
+        tree, run_id = yaml.safe_load(checkpoint["config"]), checkpoint.get("run_id")
+    else:
+        from mnist_cnn.tracking.resume import CHECKPOINT, fetch_run  # MLflow takes seconds to import
+
+        with tempfile.TemporaryDirectory() as tmp:
+            tree, path = fetch_run(cfg.tracking.uri, target, tmp)
+            label = f"run {target} artifact {CHECKPOINT}"
+            checkpoint, run_id = (load_checkpoint(path, label) if path else None), target
+    run_cfg = typed_config(tree)
+    refused = [o for o in overrides if not is_run_setting(override_key(o)) and _differs(override_key(o), cfg, run_cfg)]
+    if refused:
+        raise ConfigError(
+            f"resume={target}: {' '.join(refused)} would change the result of the run being resumed, which keeps "
+            "its own config. Drop these overrides, or start a new run with them."
+        )
+    settings = [override_key(o) for o in overrides if is_run_setting(override_key(o))]
+    for key in settings + ["tracking.uri", "resume"]:
+        if _has(cfg, key):  # hydra.* overrides configure the launcher, not the run
+            OmegaConf.update(run_cfg, key, OmegaConf.select(cfg, key), merge=False)
+    if run_id is not None and run_cfg.tracking.enabled:
+        from mnist_cnn.tracking.resume import check_resumable
+
+        check_resumable(run_cfg.tracking.uri, run_id, f"resume={target}")
+    return StartPoint(run_cfg, checkpoint, run_id if run_cfg.tracking.enabled else None)
+
+
+def _is_path(target: str) -> bool:
+    """A checkpoint file rather than an MLflow run id (32 hex digits)."""
+    return target.endswith(".pt") or "/" in target or Path(target).expanduser().exists()
+
+
+_MISSING = object()
+
+
+def _has(cfg: DictConfig, key: str) -> bool:
+    return OmegaConf.select(cfg, key, default=_MISSING) is not _MISSING
+
+
+def _differs(key: str, cfg: DictConfig, run_cfg: DictConfig) -> bool:
+    ours = OmegaConf.select(cfg, key, default=_MISSING)
+    return ours is _MISSING or ours != OmegaConf.select(run_cfg, key, default=_MISSING)

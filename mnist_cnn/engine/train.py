@@ -1,0 +1,148 @@
+"""The training story: check everything, then train, evaluate and record one run.
+
+`run(cfg, output_dir)` is what `mnist-cnn-train` calls after Hydra has composed the config. Every
+check that can fail on a bad config or bad data happens before an MLflow run is opened, so a bad
+config never leaves a run behind. Each epoch ends with a checkpoint on local disk, then its metrics
+and the checkpoint in MLflow. With `resume=RUN_ID` or `resume=path/last.pt` it continues that run
+where the uninterrupted run would have been, bit for bit.
+"""
+
+import hashlib
+import logging
+import time
+from pathlib import Path
+from typing import Any, Dict
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from mnist_cnn import interrupts
+from mnist_cnn.config.checks import check_config
+from mnist_cnn.config.job import job_overrides
+from mnist_cnn.data.datasets import IMAGE_SHAPE, dataset_info
+from mnist_cnn.data.idx import load_split
+from mnist_cnn.data.splits import num_batches, split_validation
+from mnist_cnn.engine import repro
+from mnist_cnn.engine.checkpoint import save_checkpoint
+from mnist_cnn.engine.loop import check_divergence, evaluate, resolve_device, resolve_precision, train_epoch
+from mnist_cnn.engine.optim import build_optimizer, build_scheduler
+from mnist_cnn.engine.resume import StartPoint, start_point
+from mnist_cnn.model.build import build_model, count_params, summary
+from mnist_cnn.tracking.redact import redact
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig, output_dir: Path) -> Dict[str, float]:
+    """Train `cfg` (or continue run `cfg.resume`) to the end; returns the final metrics (also logged)."""
+    interrupts.reset()
+    start = start_point(cfg, job_overrides()) if cfg.resume else StartPoint(cfg, None, None)
+    cfg = start.cfg
+    model, splits, tags = prepare(cfg)
+    optimizer = build_optimizer(cfg.optimizer, model.parameters())
+    steps = num_batches(len(splits["train"]), cfg.data.batch_size, cfg.data.drop_last, cfg.trainer.limit_batches)
+    scheduler = build_scheduler(cfg.scheduler, optimizer, steps, cfg.trainer.epochs)
+    generator = torch.Generator().manual_seed(cfg.seed)  # epoch permutations, apart from the global RNG
+    first_epoch, metrics = 1, {}
+    if start.checkpoint is not None:
+        first_epoch = restore(start.checkpoint, model, optimizer, scheduler, generator) + 1
+        metrics = start.checkpoint.get("metrics", {})  # the last epoch's, should no epoch be left to train
+    if cfg.resume:
+        tags["resumed_at_epoch"] = str(first_epoch)
+    from mnist_cnn.tracking.run import tracked_run  # MLflow takes seconds to import: only once every check passed
+
+    checkpoint = output_dir / "checkpoints" / "last.pt"
+    with tracked_run(cfg, {"n_params": count_params(model)}, tags, start.run_id, checkpoint) as tracker, interrupts.graceful():
+        if start.checkpoint is not None:
+            tracker.backfill(metrics, first_epoch - 1)
+        forward = torch.compile(model) if cfg.trainer.compile else model  # shares weights with `model`
+        loop_start = time.perf_counter()
+        for epoch in range(first_epoch, cfg.trainer.epochs + 1):
+            metrics = train_and_validate(cfg, forward, splits, optimizer, scheduler, generator, epoch, steps)
+            state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch, global_step=epoch * steps)
+            state.update(scheduler=scheduler.state_dict() if scheduler else None, rng=repro.rng_state(generator), metrics=metrics)
+            save_checkpoint(checkpoint, {**state, "config": _config_text(cfg), "run_id": tracker.run_id})
+            tracker.log_epoch(metrics, epoch, checkpoint)
+            log.info("epoch %d/%d  %s", epoch, cfg.trainer.epochs, _fmt(metrics))
+            interrupts.check()
+        test = evaluate(forward, splits["test"], cfg.data.eval_batch_size, cfg.trainer.precision)
+        final = {"test_loss": test["loss"], "test_acc": test["acc"], "train_time_s": time.perf_counter() - loop_start}
+        tracker.log_metrics(final, step=cfg.trainer.epochs)
+        tracker.set_tags({"weights_sha256": repro.weights_sha256(model)})
+        log.info("test  %s", _fmt(final))
+        interrupts.check()
+        if cfg.tracking.log_model:
+            tracker.log_model(model, IMAGE_SHAPE, len(dataset_info(cfg.data.name).classes))
+        interrupts.check()  # a stop asked for while the model was logged: KILLED, resumable, not ignored
+    return {**metrics, **final}
+
+
+def train_and_validate(cfg: DictConfig, model, splits, optimizer, scheduler, generator, epoch: int, steps: int) -> Dict[str, float]:
+    """One epoch: train, stop on divergence, then time it and score the validation split."""
+    start = time.perf_counter()
+    metrics = train_epoch(model, splits["train"], cfg, optimizer, scheduler, generator, epoch)
+    check_divergence(metrics, len(dataset_info(cfg.data.name).classes), epoch)
+    seconds = time.perf_counter() - start
+    samples = min(len(splits["train"]), steps * cfg.data.batch_size)
+    metrics.update(lr=optimizer.param_groups[0]["lr"], epoch_time_s=seconds, samples_per_s=samples / seconds)
+    if splits["val"] is not None:
+        val = evaluate(model, splits["val"], cfg.data.eval_batch_size, cfg.trainer.precision)
+        metrics.update(val_loss=val["loss"], val_acc=val["acc"])
+    return metrics
+
+
+def prepare(cfg: DictConfig):
+    """Every check that can fail on a bad config or bad data, done before tracking starts; returns
+    the model on its device, the splits on that device and the run's fingerprint tags."""
+    plan = check_config(cfg)
+    repro.seed_everything(cfg.seed)
+    device = resolve_device(cfg.trainer.device)
+    deterministic = cfg.trainer.deterministic if cfg.trainer.deterministic is not None else device.type == "cpu"
+    repro.set_deterministic(deterministic)
+    cfg.trainer.precision = resolve_precision(cfg.trainer.precision, device)  # logged as resolved
+    info = dataset_info(cfg.data.name)
+    model = build_model(plan, *((info.mean, info.std) if cfg.data.normalize else ()))
+    log.info("model %s on %s:\n%s", cfg.model.name, device, summary(model, plan, IMAGE_SHAPE))
+    load = dict(root=cfg.data.root, name=cfg.data.name, download=cfg.data.download, verify=cfg.data.verify_checksums)
+    full_train, test = load_split(split="train", **load), load_split(split="test", **load)
+    train, val = split_validation(full_train, cfg.data.val_size, cfg.seed)
+    num_batches(len(train), cfg.data.batch_size, cfg.data.drop_last, cfg.trainer.limit_batches)  # an empty epoch fails here
+    log.info("data %s: %d train, %d val, %d test images", cfg.data.name, len(train), len(val or []), len(test))
+    splits = {"train": train.to(device), "val": val.to(device) if val else None, "test": test.to(device)}
+    tags = {
+        "device": str(device),
+        "deterministic": str(deterministic),
+        "seed": str(cfg.seed),
+        "data_sha256": hashlib.sha256((full_train.sha256 + test.sha256).encode()).hexdigest(),
+        "config_sha256": repro.config_sha256(cfg),
+    }
+    if cfg.trainer.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model.to(device), splits, tags
+
+
+def restore(checkpoint: Dict[str, Any], model, optimizer, scheduler, generator: torch.Generator) -> int:
+    """Load a checkpoint's states into the freshly built objects; returns the epoch it completed."""
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(checkpoint["scheduler"])
+    repro.restore_rng_state(checkpoint["rng"], generator)
+    log.info("resuming after epoch %d (step %d)", checkpoint["epoch"], checkpoint["global_step"])
+    return checkpoint["epoch"]
+
+
+def _config_text(cfg: DictConfig) -> str:
+    """The resolved config a checkpoint carries, credentials masked (resume takes tracking.uri anew)."""
+    return redact(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def _fmt(metrics: Dict[str, float]) -> str:
+    def one(key: str, value: float) -> str:
+        if key == "lr":
+            return f"lr {value:.2e}"
+        if key.endswith("_s"):
+            return f"{key} {value:.1f}"
+        return f"{key} {value:.4f}"
+
+    return "  ".join(one(k, v) for k, v in metrics.items())

@@ -1,0 +1,240 @@
+"""A run's life in MLflow: opened after every check has passed, written to through a `Tracker`,
+and always ended: FINISHED, KILLED (Ctrl-C or SIGTERM, with the command that resumes it) or
+FAILED (the error kept as a tag). While it trains, a heartbeat marks it alive; a run whose process
+vanished (SIGKILL, power loss, a server that went away) shows as STALE and can be resumed.
+
+Everything goes through `MlflowClient` with an explicit run id (no fluent "active run"), so the
+heartbeat thread and the training thread never share hidden state. Every value written passes
+through `redact` first.
+"""
+
+import logging
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Dict, Iterator, Optional, Tuple
+
+import mlflow
+import torch
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking.context.registry import resolve_tags
+from omegaconf import DictConfig, OmegaConf
+
+from mnist_cnn import interrupts
+from mnist_cnn.config.job import job_overrides, sweep_info
+from mnist_cnn.errors import TrackingLostError
+from mnist_cnn.tracking import store
+from mnist_cnn.tracking.fingerprint import environment_tags
+from mnist_cnn.tracking.heartbeat import HEARTBEAT, Heartbeat, alive_tags, now_tag
+from mnist_cnn.tracking.redact import redact
+from mnist_cnn.tracking.sweep import run_name
+
+log = logging.getLogger(__name__)
+
+
+class Tracker:
+    """Writes to one run; with tracking disabled (`run_id` None) every call does nothing. A store
+    that stops answering (after the bounded retries of tracking.store) raises TrackingLostError."""
+
+    def __init__(self, client: Optional[MlflowClient], run_id: Optional[str], uri: str = ""):
+        self.client, self.run_id, self.uri = client, run_id, uri
+
+    def log_epoch(self, metrics: Dict[str, float], epoch: int, checkpoint: Path) -> None:
+        """The epoch's metrics with a heartbeat in one request, then its checkpoint. If the upload is
+        cut short, a resume repeats this epoch and logs the same values at the same step again."""
+        self.log_metrics(metrics, epoch)
+        self._call(self.client.log_artifact if self.client else None, self.run_id, str(checkpoint), "checkpoints")
+
+    def log_metrics(self, metrics: Dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(key, float(value), now, step) for key, value in metrics.items()]
+        self._call(self.client.log_batch if self.client else None, self.run_id, metrics=batch, tags=[RunTag(HEARTBEAT, now_tag())])
+
+    def backfill(self, metrics: Dict[str, float], epoch: int) -> None:
+        """Log a resumed checkpoint's epoch if the store missed it (the store died right after the
+        checkpoint was saved), so the run's history has no gap."""
+        if self.client and metrics:
+            key = next(iter(metrics))
+            steps = {m.step for m in self._call(self.client.get_metric_history, self.run_id, key)}
+            if epoch not in steps:
+                self.log_metrics(metrics, epoch)
+
+    def set_tags(self, tags: Dict[str, str]) -> None:
+        batch = [RunTag(key, redact(str(value))) for key, value in tags.items()]
+        self._call(self.client.log_batch if self.client else None, self.run_id, tags=batch)
+
+    def log_model(self, model: torch.nn.Module, in_shape: tuple, num_classes: int) -> None:
+        from mnist_cnn.tracking.model import log_model
+
+        def log() -> None:
+            # MLflow files a model under the active experiment, not its run's: `runs:/ID/model` finds it only there.
+            mlflow.set_experiment(experiment_id=self.client.get_run(self.run_id).info.experiment_id)
+            log_model(self.run_id, model, in_shape, num_classes)
+
+        self._call(log if self.client else None)
+
+    def _call(self, fn, *args, **kwargs) -> Any:
+        if fn is None:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - whatever the store raised, the run cannot be recorded
+            if not store.is_store_failure(e):
+                raise
+            raise TrackingLostError(f"the MLflow store at {redact(self.uri)} stopped answering ({store.describe(e)})") from e
+
+
+@contextmanager
+def tracked_run(cfg: DictConfig, params: Dict[str, Any], tags: Dict[str, str], run_id: Optional[str], checkpoint: Path) -> Iterator[Tracker]:
+    """Open a run for `cfg` (or reopen run `run_id`), yield its Tracker, and always end it.
+
+    `checkpoint` is the local file the loop rewrites each epoch: the messages for a stopped run or a
+    lost store point at it. With tracking disabled nothing is recorded and a stop says how to
+    resume from that file.
+    """
+    if not cfg.tracking.enabled:
+        try:
+            yield Tracker(None, None)
+        except KeyboardInterrupt:
+            _stopped_untracked(checkpoint)
+            raise
+        return
+    client = store.connect(cfg.tracking.uri)
+    opened, heartbeat = None, None
+    try:
+        with interrupts.shielded(), store.quick():  # a signal now waits until the run is recorded
+            opened = _open(client, cfg, params, tags, run_id)
+        heartbeat = Heartbeat(client, opened, cfg.tracking.heartbeat_s).start()
+        yield Tracker(client, opened, cfg.tracking.uri)
+    except KeyboardInterrupt:
+        if opened:
+            command = resume_command(opened, cfg.tracking.uri)
+            _end(client, opened, "KILLED", {"interrupted": "stopped by Ctrl-C or SIGTERM", "resume_command": command})
+            log.warning("run %s KILLED after its last complete epoch; continue it with:\n  %s", opened, command)
+        raise
+    except TrackingLostError as e:
+        raise TrackingLostError(_lost_message(e, opened, checkpoint, cfg.tracking.uri)) from e
+    except BaseException as e:
+        if opened:
+            _end(client, opened, "FAILED", {"error": error_tag(e)})
+            e.mlflow_run_id = opened  # lets a sweep job know its failure is already recorded
+        raise
+    else:
+        _end(client, opened, "FINISHED", {})
+        print(f"MLflow run {opened} in experiment {cfg.tracking.experiment!r} at {redact(cfg.tracking.uri)}", flush=True)
+    finally:
+        if heartbeat is not None:
+            heartbeat.stop()
+
+
+def _open(client: MlflowClient, cfg: DictConfig, params: Dict[str, Any], tags: Dict[str, str], run_id: Optional[str]) -> str:
+    """Create the run (params, config.yaml) or set run `run_id` RUNNING again; tag it as alive here."""
+    if run_id is None:
+        sweep = sweep_info()
+        experiment_id = store.experiment_id(client, cfg.tracking.experiment)
+        name = cfg.tracking.run_name or run_name(job_overrides(), only=sweep.get("swept"))
+        parent = {"mlflow.parentRunId": sweep["parent_run_id"]} if sweep.get("parent_run_id") else {}
+        run_id = client.create_run(experiment_id, run_name=name, tags=resolve_tags(parent)).info.run_id
+        tree = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+        flat = {**flatten(tree), **params}
+        params_batch = [Param(k, redact(str(v))) for k, v in flat.items()]
+        for start in range(0, len(params_batch), 100):  # MLflow takes at most 100 params a request
+            client.log_batch(run_id, params=params_batch[start : start + 100])
+        client.log_text(run_id, redact(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
+    else:
+        client.update_run(run_id, status="RUNNING")
+    all_tags = {**tags, **environment_tags(), **alive_tags(cfg.tracking.heartbeat_s), "hydra_overrides": " ".join(job_overrides())}
+    client.log_batch(run_id, tags=[RunTag(k, redact(str(v))) for k, v in all_tags.items()])
+    return run_id
+
+
+def _end(client: MlflowClient, run_id: str, status: str, tags: Dict[str, str]) -> None:
+    """Record the final status, shielded from signals and with fast-failing requests (seconds)."""
+    with interrupts.shielded(then_stop=status == "FINISHED"), store.quick():
+        try:
+            if tags:
+                client.log_batch(run_id, tags=[RunTag(k, redact(str(v))) for k, v in tags.items()])
+            client.set_terminated(run_id, status)
+        except Exception as e:  # noqa: BLE001 - the store is gone: the heartbeat will show the run STALE
+            log.warning("could not mark run %s %s (%s); mnist-cnn-runs will show it as STALE", run_id, status, store.describe(e))
+
+
+def resume_command(target: str, uri: str) -> str:
+    """The command that continues run (or checkpoint) `target`; names the store unless it holds a secret."""
+    clean = redact(uri) == uri
+    return f"mnist-cnn-train resume={target}" + (f" tracking.uri={uri}" if clean else "  # with MLFLOW_TRACKING_URI set")
+
+
+def _lost_message(error: Exception, run_id: Optional[str], checkpoint: Path, uri: str) -> str:
+    saved = (
+        f"The last complete epoch is saved on this machine: {checkpoint}. When the store answers again, "
+        f"continue the same run with:\n  {resume_command(str(checkpoint), uri)}"
+        if checkpoint.is_file()
+        else "No epoch had completed; run the same command again when the store answers."
+    )
+    state = f" Run {run_id} stays RUNNING until then (mnist-cnn-runs shows it as STALE)." if run_id else ""
+    return f"{error}. Training stopped. {saved}{state}"
+
+
+def _stopped_untracked(checkpoint: Path) -> None:
+    if checkpoint.is_file():
+        log.warning("stopped after the last complete epoch; continue with:\n  mnist-cnn-train resume=%s", checkpoint)
+
+
+def error_tag(error: BaseException) -> str:
+    return redact(f"{type(error).__name__}: {error}")[:5000]  # MLflow caps tag values
+
+
+def flatten(tree: Any, prefix: str = "") -> Dict[str, Any]:
+    """{"model": {"layers": [{"type": "conv"}]}} -> {"model.layers.0.type": "conv"}; None values dropped."""
+    if isinstance(tree, dict):
+        items = tree.items()
+    elif isinstance(tree, list):
+        items = enumerate(tree)
+    else:
+        return {} if tree is None else {prefix: tree}
+    out: Dict[str, Any] = {}
+    for key, value in items:
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def record_failed_job(cfg: DictConfig, error: Exception) -> None:
+    """A sweep job that failed before its run was opened (bad config or data) still gets a FAILED run."""
+    client = store.connect(cfg.tracking.uri)
+    sweep = sweep_info()
+    parent = {"mlflow.parentRunId": sweep["parent_run_id"]} if sweep.get("parent_run_id") else {}
+    name = run_name(job_overrides(), only=sweep.get("swept"))
+    run_id = client.create_run(store.experiment_id(client, cfg.tracking.experiment), run_name=name, tags=resolve_tags(parent)).info.run_id
+    _end(client, run_id, "FAILED", {"error": error_tag(error), "hydra_overrides": " ".join(job_overrides())})
+
+
+def open_parent_run(cfg: DictConfig, name: str, tags: Dict[str, str]) -> Tuple[str, Heartbeat]:
+    """Create the RUNNING parent run of a sweep (and the store, if new); returns its id and its
+    running heartbeat (the launching process lives as long as the sweep)."""
+    client = store.connect(cfg.tracking.uri)
+    experiment_id = store.experiment_id(client, cfg.tracking.experiment)
+    alive = alive_tags(cfg.tracking.heartbeat_s)
+    run_id = client.create_run(experiment_id, run_name=name, tags=resolve_tags({**tags, **alive})).info.run_id
+    return run_id, Heartbeat(client, run_id, cfg.tracking.heartbeat_s).start()
+
+
+def close_parent_run(cfg: DictConfig, run_id: str, status: str) -> Dict[str, Any]:
+    """Record the sweep's job count, failures and best child on the parent run, then end it."""
+    client = store.connect(cfg.tracking.uri)
+    experiment_id = client.get_run(run_id).info.experiment_id
+    children = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{run_id}'", max_results=50_000)
+    key = str(cfg.objective.metric)
+    scored = [c for c in children if c.info.status == "FINISHED" and key in c.data.metrics]
+    summary: Dict[str, Any] = {"n_jobs": len(children), "n_failed": sum(c.info.status != "FINISHED" for c in children)}
+    tags = {}
+    if scored:
+        pick = max if cfg.objective.direction == "maximize" else min
+        best = pick(scored, key=lambda c: c.data.metrics[key])
+        summary[f"best_{key}"] = best.data.metrics[key]
+        tags = {"best_run_name": best.info.run_name, "best_run_id": best.info.run_id}
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in summary.items()])
+    _end(client, run_id, status, tags)
+    return {**summary, **tags}

@@ -1,0 +1,161 @@
+"""Opening the MLflow store named by `tracking.uri` so that it fails fast, never hangs, never breaks.
+
+- Every HTTP request is bounded (MLflow's own settings, unless the environment sets them): a 10 s
+  timeout and 3 retries with backoff end a request within about a minute, where MLflow's
+  defaults take 4 minutes against a dead server and 20 against a hung one. The first contact
+  and a run's final status use `quick()` (no retries): a wrong address fails in seconds.
+- Credentials in an http(s) URI move into MLFLOW_TRACKING_USERNAME / PASSWORD / TOKEN before
+  MLflow sees the URI (it would print it at the end of a run and in every error message).
+- sqlite: the folder must be writable before MLflow sees the path (its engine retries an
+  unopenable file for 100 s), and the schema is created under a file lock next to the database:
+  processes that open a new store at the same moment otherwise break it for good. A store left
+  half-migrated (by a kill during its creation, or an older mnist_cnn) gets a message saying what
+  to do.
+"""
+
+import os
+import sqlite3
+import tempfile
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Iterator, Optional
+
+import mlflow
+import requests
+from filelock import FileLock
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from mnist_cnn.errors import TrackingError
+from mnist_cnn.tracking.redact import redact, split_http_credentials
+
+BOUNDED = {
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",  # seconds to connect, and for each read
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",  # 4 attempts, sleeping 0, 4 and 8 s (+ jitter): ~55 s at most
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "1",
+    "MLFLOW_HTTP_RESPECT_RETRY_AFTER_HEADER": "false",  # a server's Retry-After is otherwise slept in full
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # our own message names the run; saves a request
+}
+QUICK = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+SQLITE = "sqlite:///"
+FIX = (
+    "Use sqlite:///PATH.db for a local store (the default is sqlite:///mlflow.db, or $MLFLOW_TRACKING_URI), or "
+    "the http(s):// address of a running MLflow server; tracking.enabled=false trains without tracking."
+)
+
+
+def connect(uri: str) -> MlflowClient:
+    """A client for the store at `uri` (created if new), after one quick request; TrackingError if unusable."""
+    for key, value in BOUNDED.items():
+        os.environ.setdefault(key, value)
+    uri, credentials = split_http_credentials(uri)
+    os.environ.update(credentials)
+    path = Path(uri[len(SQLITE) :]) if uri.startswith(SQLITE) and uri != SQLITE + ":memory:" else None
+    if path is not None:
+        _check_writable(uri, path)
+    try:
+        with quick(), FileLock(f"{path}.lock", timeout=300) if path else nullcontext():
+            mlflow.set_tracking_uri(uri)  # log_model finds the store through the global URI
+            client = MlflowClient(uri)
+            client.search_experiments(max_results=1)  # creates and migrates a new store's schema
+            if path is not None:
+                client.search_registered_models(max_results=1)  # the model registry's tables too
+    except Exception as e:  # noqa: BLE001 - MLflow raises MlflowException, OSError, SQLAlchemy and alembic errors
+        raise TrackingError(_diagnose(uri, path, e)) from e
+    return client
+
+
+def experiment_id(client: MlflowClient, name: str) -> str:
+    """The id of experiment `name`, created if missing (a parallel job may create it first)."""
+    for _ in range(2):
+        experiment = client.get_experiment_by_name(name)
+        if experiment is not None and experiment.lifecycle_stage == "deleted":
+            raise TrackingError(
+                f"tracking.experiment={name!r} was deleted; restore it (mlflow experiments restore) or pick another name."
+            )
+        if experiment is not None:
+            return experiment.experiment_id
+        try:
+            return client.create_experiment(name)
+        except MlflowException:  # created by another process in between: read it again
+            continue
+    raise TrackingError(f"tracking.experiment={name!r} could neither be found nor created.")
+
+
+@contextmanager
+def quick() -> Iterator[None]:
+    """HTTP requests without retries for the duration (first contact, a run's final status)."""
+    saved = {key: os.environ.get(key) for key in QUICK}
+    os.environ.update(QUICK)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def is_store_failure(error: BaseException) -> bool:
+    """True for what a failing store raises, as opposed to a bug in the caller."""
+    return isinstance(error, (MlflowException, requests.RequestException, OSError)) or type(error).__module__.startswith("sqlalchemy")
+
+
+def describe(error: BaseException) -> str:
+    """One short line for `error`: the network failure underneath MLflow's wrapper, credentials masked."""
+    cause: Optional[BaseException] = error
+    while cause is not None:
+        if isinstance(cause, requests.Timeout) or "timed out" in str(cause).lower():
+            return f"no answer within {os.environ.get('MLFLOW_HTTP_REQUEST_TIMEOUT', '120')} s"
+        if isinstance(cause, requests.ConnectionError):
+            return "connection refused" if "refused" in str(cause).lower() else "connection failed"
+        cause = cause.__cause__ or cause.__context__
+    return redact(f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")[:300]
+
+
+def _check_writable(uri: str, path: Path) -> None:
+    """Fail in milliseconds where MLflow would retry for 100 s: the folder must take new files."""
+    folder = path.expanduser().absolute().parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".mnist_cnn_write_test"):
+            pass
+    except OSError as e:
+        raise TrackingError(
+            f"tracking.uri={redact(uri)!r}: cannot create files in {folder} ({e.strerror or e}), which sqlite needs "
+            f"for the database and its journal. Choose a writable folder. {FIX}"
+        ) from e
+
+
+def _diagnose(uri: str, path: Optional[Path], error: BaseException) -> str:
+    """The message for a store that cannot be opened, with what to do about it."""
+    where = f"tracking.uri={redact(uri)!r}"
+    text = str(error)
+    if "out-of-date database schema" in text:
+        return (
+            f"{where}: the store was made by an older MLflow. Back it up, then upgrade it with: mlflow db upgrade "
+            f"{redact(uri)}"
+        )
+    if path is not None and path.is_file() and _half_migrated(path, text):
+        return (
+            f"{where}: the store was left half-migrated (its schema upgrade was interrupted, e.g. by a process "
+            f"killed while creating it, or by an older mnist_cnn opening it from several processes at once); "
+            f"MLflow cannot use it. Restore {path} from a backup, or if it holds no runs you need, move it "
+            f"away and start again (a new store is created on the next run)."
+        )
+    return f"{where}: cannot open the MLflow store ({describe(error)}). {FIX}"
+
+
+def _half_migrated(path: Path, error_text: str) -> bool:
+    """Alembic's temporary tables, or a schema step that finds its own work done, are left behind
+    only by an interrupted or concurrent migration."""
+    if any(sign in error_text for sign in ("already exists", "duplicate column", "alembic_version")):
+        return True
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            rows = db.execute("SELECT name FROM sqlite_master WHERE type='table' AND name LIKE '_alembic_tmp_%'").fetchall()
+    except sqlite3.Error:
+        return False
+    return bool(rows)

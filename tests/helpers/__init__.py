@@ -1,0 +1,1 @@
+"""What the tests share: tiny IDX data, composed configs, a pre-migrated MLflow store, processes."""

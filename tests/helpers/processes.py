@@ -1,0 +1,31 @@
+"""Running the commands as a user would: in a subprocess, from a folder of the test's own."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterable, Optional
+
+TRAIN = [sys.executable, "-m", "mnist_cnn"]
+
+
+def train_command(data_root: Path, uri: str, *overrides: str, multirun: bool = False) -> list:
+    """`python -m mnist_cnn [-m]` on tiny data, with the fast settings the in-process tests use."""
+    from tests.helpers.config import TINY
+
+    return [*TRAIN, *(["-m"] if multirun else []), f"data.root={data_root}", f"tracking.uri={uri}", *TINY, *overrides]
+
+
+def run(command: Iterable[str], cwd: Path, timeout: float = 600, env: Optional[dict] = None) -> subprocess.CompletedProcess:
+    return subprocess.run(list(command), capture_output=True, text=True, cwd=cwd, timeout=timeout, env=_env(env))
+
+
+def start(command: Iterable[str], cwd: Path, env: Optional[dict] = None) -> subprocess.Popen:
+    """A process whose combined output the test reads line by line."""
+    return subprocess.Popen(
+        list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd, env=_env(env)
+    )
+
+
+def _env(extra: Optional[dict]) -> dict:
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_DISABLE_TELEMETRY": "true", **(extra or {})}

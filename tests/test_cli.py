@@ -1,0 +1,83 @@
+"""The commands as a user runs them: `python -m mnist_cnn` is `mnist-cnn-train`; bad input is one
+clear line and exit code 2, before anything is recorded; configs are checked before torch loads."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mnist_cnn.cli.train import CONF_DIR, yaml_problems
+from tests.helpers import processes
+from tests.helpers.mlflow_store import all_runs
+
+
+def test_config_checks_run_before_torch_or_mlflow_is_imported(tmp_path):
+    """A bad config is reported within about a second: the checks need neither torch nor MLflow."""
+    code = (
+        "import sys, mnist_cnn.cli.train, mnist_cnn.config.checks, mnist_cnn.tracking.sweep; "
+        "print(sorted({'torch', 'mlflow', 'torchvision'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.stdout.strip() == "[]", out.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["model.layers.1.kernel_size=17"], "model.layers[1] block: input is 14x14 (padding 1), kernel_size 17 does not fit"),
+        (["+trainer.epoch=2"], "trainer.epoch: not a key of TrainerConfig (did you mean epochs?"),
+        (["optimizer.lr=inf"], "optimizer.lr must be > 0 (and finite), got inf."),
+    ],
+    ids=["impossible-model", "added-key", "infinite-lr"],
+)
+def test_a_bad_config_is_one_message_exit_2_and_no_run(tiny_root, store_uri, tmp_path, overrides, message):
+    out = processes.run(processes.train_command(tiny_root, store_uri, *overrides), tmp_path)
+    assert out.returncode == 2
+    assert message in out.stderr + out.stdout and "Traceback" not in out.stderr
+    assert all_runs(store_uri) == []  # the store was never written
+
+
+def test_missing_data_is_named_before_any_run(store_uri, tmp_path):
+    out = processes.run(processes.train_command(tmp_path / "nowhere", store_uri), tmp_path)
+    assert out.returncode == 2
+    assert f"mnist data not found: {tmp_path}/nowhere/MNIST/raw does not exist" in out.stderr + out.stdout
+    assert all_runs(store_uri) == []
+
+
+def test_a_malformed_yaml_file_is_one_line_with_file_and_line(tiny_root, store_uri, tmp_path):
+    configs = tmp_path / "conf"
+    (configs / "experiment").mkdir(parents=True)
+    (configs / "experiment" / "broken.yaml").write_text("# @package _global_\ntrainer:\n  epochs: 2\n   seed: 3\n")
+    out = processes.run(processes.train_command(tiny_root, store_uri, "--config-dir", str(configs), "experiment=broken"), tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        f"mnist-cnn-train: {configs}/experiment/broken.yaml line 4, column 8: mapping values are not allowed here; fix the YAML there."
+    ]
+
+
+def test_every_shipped_yaml_file_parses():
+    assert list(yaml_problems([CONF_DIR])) == []
+
+
+@pytest.mark.slow
+def test_a_relative_data_root_means_the_folder_the_command_started_in(tiny_root, store_uri, tmp_path):
+    """The README's `MNIST_CNN_DATA_DIR=../shared/data`, from another folder: still found."""
+    start = tmp_path / "project"
+    start.mkdir()
+    shutil.copytree(tiny_root, tmp_path / "shared")
+    command = processes.train_command("placeholder", store_uri, "trainer.limit_batches=2", "tracking.log_model=false")
+    command.remove("data.root=placeholder")
+    out = processes.run(command, start, env={"MNIST_CNN_DATA_DIR": "../shared"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    (run,) = all_runs(store_uri)
+    assert run.data.params["data.root"] == str(start / "../shared")
+
+
+def test_the_module_and_the_console_script_are_one_command(tmp_path):
+    script = Path(sys.executable).parent / "mnist-cnn-train"
+    by_module = subprocess.run([*processes.TRAIN, "--cfg", "job", "seed=5"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    by_script = subprocess.run([str(script), "--cfg", "job", "seed=5"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert by_module.returncode == by_script.returncode == 0
+    assert by_module.stdout == by_script.stdout and "seed: 5" in by_module.stdout

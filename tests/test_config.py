@@ -1,0 +1,161 @@
+"""The typed config: what composes, what the checks reject (naming the key), and the one list of
+keys that do not change a result."""
+
+import pytest
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from mnist_cnn.cli.train import CONF_DIR
+from mnist_cnn.config.checks import check_config
+from mnist_cnn.config.keys import RUN_SETTINGS, result_overrides
+from mnist_cnn.config.paths import make_paths_absolute
+from mnist_cnn.config.schema import OPTIONS, DataConfig, ObjectiveConfig, TrackingConfig, TrainerConfig, typed_config
+from mnist_cnn.engine.repro import config_sha256
+from mnist_cnn.errors import ConfigError, UserError
+from mnist_cnn.tracking.sweep import run_name
+from tests.helpers.config import make_cfg
+
+
+def compose_error(*overrides: str) -> str:
+    with pytest.raises((HydraException, OmegaConfBaseException)) as e:
+        make_cfg(overrides)
+    return str(e.value) + str(e.value.__cause__)
+
+
+def check_error(*overrides: str) -> str:
+    with pytest.raises(UserError) as e:
+        check_config(make_cfg(overrides))
+    return str(e.value)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["optimizer=adam", "optimizer.momentum=0.9"], "Key 'momentum' not in 'AdamConfig'"),
+        (["optimizer=sgd", "optimizer.betas=[0.9,0.99]"], "Key 'betas' not in 'SGDConfig'"),
+        (["scheduler=none", "scheduler.gamma=0.5"], "Key 'gamma' not in 'NoSchedulerConfig'"),
+        (["scheduler=step", "scheduler.max_lr=0.1"], "Key 'max_lr' not in 'StepSchedulerConfig'"),
+        (["optimizer=rmsprop"], "Could not find 'optimizer/rmsprop'"),
+        (["trainer.device=tpu"], "Invalid value 'tpu', expected one of [auto, cpu, cuda]"),
+        (["trainer.precision=32"], "expected one of [fp32, bf16]"),
+        (["data.name=cifar"], "Invalid value 'cifar', expected one of [mnist, fashion_mnist, kmnist]"),
+        (["data.download=true"], "expected one of [auto, never]"),
+        (["objective.metric=val_accuracy"], "Invalid value 'val_accuracy'"),
+        (["model.layers.0.type=conv3d"], "Invalid value 'conv3d'"),
+        (["model.layers.0.kernal_size=3"], "kernal_size"),
+        (["trainer.epochs=many"], "trainer.epochs"),
+        (["optimizer.lr=fast"], "optimizer.lr"),
+    ],
+)
+def test_keys_that_do_not_apply_and_unknown_choices_fail_at_compose(overrides, message):
+    assert message in compose_error(*overrides)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["+trainer.epoch=2"], "trainer.epoch: not a key of TrainerConfig (did you mean epochs?"),
+        (["+model.layers.0.kernal=3"], "model.layers.0.kernal: not a key of LayerSpec (did you mean kernel_size?"),
+        (["+seeds=3"], "seeds: not a key of Config (did you mean seed?"),
+        (["optimizer.name=adamw"], "optimizer.name is 'adamw' but the optimizer keys are those of 'adam'; choose the option with optimizer=adamw"),
+        (["optimizer.name=rmsprop"], "optimizer.name is 'rmsprop'"),
+        (["optimizer.lr=inf"], "optimizer.lr must be > 0 (and finite), got inf."),
+        (["optimizer.lr=nan"], "optimizer.lr must be > 0 (and finite), got nan."),
+        (["optimizer.lr=0"], "optimizer.lr must be > 0 (and finite), got 0.0."),
+        (["optimizer.weight_decay=-1"], "optimizer.weight_decay must be >= 0"),
+        (["optimizer.betas=[0.9,1.5]"], "optimizer.betas must be in [0, 1) (and finite), got 1.5."),
+        (["optimizer.betas=[0.9]"], "optimizer.betas must hold 2 numbers, got 1."),
+        (["optimizer=sgd", "optimizer.momentum=1.0"], "optimizer.momentum must be in [0, 1)"),
+        (["optimizer=sgd", "optimizer.momentum=0", "optimizer.nesterov=true"], "optimizer.nesterov=true needs optimizer.momentum > 0."),
+        (["scheduler=onecycle", "scheduler.pct_start=1"], "scheduler.pct_start must be in (0, 1)"),
+        (["scheduler=onecycle", "scheduler.max_lr=-inf"], "scheduler.max_lr must be > 0"),
+        (["scheduler=step", "scheduler.step_size=0"], "scheduler.step_size must be >= 1"),
+        (["data.batch_size=0"], "data.batch_size must be >= 1 (and finite), got 0."),
+        (["trainer.epochs=-1"], "trainer.epochs must be >= 1 (and finite), got -1."),
+        (["data.val_size=-5"], "data.val_size must be >= 0 (and finite), got -5."),
+        (["trainer.limit_batches=0"], "trainer.limit_batches must be >= 1"),
+        (["tracking.heartbeat_s=0"], "tracking.heartbeat_s must be > 0"),
+        (["data.val_size=0"], "objective.metric=val_acc needs a validation split; set data.val_size > 0."),
+        (["model.layers.0.pool_size=15"], "model.layers[1] block: input is 1x1, pool_size 2 does not fit."),
+    ],
+)
+def test_check_config_names_the_bad_key(overrides, message):
+    assert message in check_error(*overrides)
+
+
+def test_every_shipped_model_and_experiment_passes_the_checks():
+    for group in ("model", "experiment"):
+        for path in (CONF_DIR / group).glob("*.yaml"):
+            check_config(make_cfg([f"{group}={path.stem}"]))
+
+
+def test_every_option_has_its_schema_and_yaml_and_they_agree():
+    """One schema per option, registered under the group; the YAML restates its defaults exactly."""
+    for group, options in OPTIONS.items():
+        assert sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")) == sorted(o.name for o in options)
+        for option in options:
+            composed = make_cfg([f"{group}={option.name}"])[group]
+            assert OmegaConf.get_type(composed) is option
+            assert composed == OmegaConf.structured(option), f"{group}/{option.name}.yaml differs from {option.__name__}"
+
+
+def test_single_schema_groups_default_to_their_yaml():
+    cfg = make_cfg()
+    for key, schema in (("data", DataConfig), ("trainer", TrainerConfig), ("tracking", TrackingConfig), ("objective", ObjectiveConfig)):
+        yaml_node = OmegaConf.to_container(cfg[key], resolve=False)
+        schema_node = OmegaConf.to_container(OmegaConf.structured(schema), resolve=False)
+        assert yaml_node == schema_node, key
+
+
+def test_dataset_variants_inherit_mnists_settings():
+    mnist, fashion = make_cfg()["data"], make_cfg(["data=fashion_mnist", "data.batch_size=32"])["data"]
+    assert fashion.name == "fashion_mnist" and fashion.batch_size == 32
+    assert {k: v for k, v in fashion.items() if k not in ("name", "batch_size")} == {
+        k: v for k, v in mnist.items() if k not in ("name", "batch_size")
+    }
+
+
+def test_a_logged_config_comes_back_typed():
+    cfg = make_cfg(["optimizer=sgd", "scheduler=onecycle", "data.root=/data"])
+    back = typed_config(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    assert back == cfg and OmegaConf.get_type(back.optimizer).__name__ == "SGDConfig"
+    with pytest.raises(OmegaConfBaseException, match="Key 'momentum' not in 'AdamConfig'"):
+        typed_config({**OmegaConf.to_container(make_cfg(), resolve=True), "optimizer": {"name": "adam", "momentum": 0.5}})
+
+
+def test_run_settings_are_one_list_for_fingerprints_names_and_resume():
+    base = make_cfg(["data.root=/a"])
+    same = make_cfg(["data.root=/b", "trainer.progress=false", "tracking.experiment=x", "data.download=never"])
+    assert config_sha256(base) == config_sha256(same)  # where it reads and logs: the same experiment
+    assert config_sha256(base) != config_sha256(make_cfg(["data.root=/a", "optimizer.lr=0.01"]))
+    settings = ["data.root=/b", "trainer.progress=false", "tracking.uri=sqlite:///x.db", "hydra.launcher.n_jobs=2", "+resume=x"]
+    assert result_overrides(settings + ["optimizer.lr=0.01", "seed=2"]) == ["optimizer.lr=0.01", "seed=2"]
+    assert run_name(settings + ["optimizer.lr=0.01", "seed=2"]) == "lr=0.01,seed=2"
+    for key in RUN_SETTINGS:  # every entry names a real key
+        assert OmegaConf.select(base, key, default="missing") != "missing", key
+
+
+def test_relative_paths_mean_the_folder_the_command_started_in(tmp_path):
+    cfg = make_cfg(["data.root=../shared/data", "tracking.uri=sqlite:///runs/mlflow.db"])
+    make_paths_absolute(cfg, tmp_path / "project")
+    assert cfg.data.root == str(tmp_path / "project" / "../shared/data")
+    assert cfg.tracking.uri == f"sqlite:///{tmp_path}/project/runs/mlflow.db"
+    absolute = make_cfg(["data.root=/data", "tracking.uri=sqlite:////srv/mlflow.db"])
+    make_paths_absolute(absolute, tmp_path)
+    assert (absolute.data.root, absolute.tracking.uri) == ("/data", "sqlite:////srv/mlflow.db")
+
+
+def test_one_override_changes_one_layer():
+    base, changed = make_cfg(), make_cfg(["model.layers.0.out_channels=16"])
+    assert changed.model.layers[0].out_channels == 16
+    assert changed.model.layers[1] == base.model.layers[1] and len(changed.model.layers) == len(base.model.layers)
+
+
+def test_seed_tutorial_preset_is_the_tutorial_recipe():
+    cfg = make_cfg(["experiment=seed_tutorial"])
+    assert (cfg.seed, cfg.model.name, cfg.optimizer.name, cfg.optimizer.lr) == (777, "seed_cnn", "adam", 0.001)
+    assert (cfg.data.batch_size, cfg.data.val_size, cfg.data.normalize, cfg.data.drop_last) == (100, 0, False, True)
+    assert (cfg.trainer.epochs, cfg.scheduler.name) == (15, "none")
+    assert 60_000 // cfg.data.batch_size == 600
+

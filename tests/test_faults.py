@@ -1,0 +1,135 @@
+"""Tracking stores that misbehave: a new sqlite store opened by several processes at once, a store
+left half-migrated, a folder that takes no files, a server that is unreachable, hangs or dies
+mid-run. Each gets a clear message within seconds, and nothing is lost."""
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+from mlflow import MlflowClient
+
+from mnist_cnn.errors import TrackingError
+from mnist_cnn.tracking import store
+from tests.helpers import processes
+from tests.helpers.mlflow_store import Server, all_runs, free_port, runs_by_name
+
+RUNS = [processes.TRAIN[0], "-m", "mnist_cnn.cli.runs"]
+
+
+def test_processes_opening_a_new_sqlite_store_at_once_all_succeed(tmp_path):
+    """Unlocked, 4 processes on a new store fail with alembic errors and can break it for good."""
+    uri = f"sqlite:///{tmp_path}/new.db"
+    code = (
+        "import sys; from mnist_cnn.tracking import store; "
+        "client = store.connect(sys.argv[1]); "
+        "run = client.create_run(store.experiment_id(client, 'mnist')); client.set_terminated(run.info.run_id)"
+    )
+    workers = [subprocess.Popen([sys.executable, "-c", code, uri], stderr=subprocess.PIPE, text=True, cwd=tmp_path) for _ in range(4)]
+    errors = [w.communicate(timeout=300)[1] for w in workers]
+    assert [w.returncode for w in workers] == [0] * 4, errors
+    assert len(all_runs(uri)) == 4 and {r.info.status for r in all_runs(uri)} == {"FINISHED"}
+
+
+def test_a_half_migrated_store_says_what_to_do(store_template, tmp_path):
+    """What an interrupted first creation leaves: an old schema version, a missing table, and
+    alembic's temporary table."""
+    broken = tmp_path / "broken.db"
+    broken.write_bytes(store_template.read_bytes())
+    with sqlite3.connect(broken) as db:
+        db.execute("UPDATE alembic_version SET version_num = 'a8c4a736bde6'")
+        db.execute("DROP TABLE logged_models")
+        db.execute("CREATE TABLE _alembic_tmp_latest_metrics (x INTEGER)")
+    with pytest.raises(TrackingError, match=f"the store was left half-migrated .* Restore {broken} from a backup"):
+        store.connect(f"sqlite:///{broken}")
+
+
+def test_an_unwritable_sqlite_folder_fails_at_once(tmp_path):
+    start = time.perf_counter()
+    with pytest.raises(TrackingError, match=r"tracking.uri='sqlite:////proc/x.db': cannot create files in /proc"):
+        store.connect("sqlite:////proc/x.db")
+    assert time.perf_counter() - start < 10  # MLflow alone retries for about 100 s
+
+
+def test_an_unknown_scheme_is_named():
+    with pytest.raises(TrackingError, match="tracking.uri='nosuchscheme://x': cannot open the MLflow store"):
+        store.connect("nosuchscheme://x")
+
+
+def test_runs_against_a_closed_port_fails_fast(tmp_path):
+    start = time.perf_counter()
+    out = processes.run([*RUNS, "--tracking-uri", "http://127.0.0.1:9"], tmp_path)
+    assert out.returncode == 2 and "cannot open the MLflow store (connection refused)" in out.stderr
+    assert time.perf_counter() - start < 15
+
+
+@pytest.mark.slow
+def test_runs_against_a_server_that_never_answers_fails_within_15_s(tmp_path):
+    """A socket that accepts connections but never replies: what a hung or stopped server looks like."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        start = time.perf_counter()
+        out = processes.run([*RUNS, "--tracking-uri", f"http://127.0.0.1:{silent.getsockname()[1]}"], tmp_path, timeout=120)
+        seconds = time.perf_counter() - start
+    assert out.returncode == 2 and "cannot open the MLflow store (no answer within 10 s)" in out.stderr
+    assert seconds < 15
+
+
+@pytest.mark.slow
+def test_a_server_that_dies_mid_run_ends_training_with_the_way_back(tiny_root, tmp_path):
+    """The server is killed after epoch 1: training stops within about a minute, keeps its checkpoint,
+    says how to resume; once the server is back, that command finishes the same run."""
+    server = Server(tmp_path / "server", free_port()).start()
+    try:
+        command = processes.train_command(tiny_root, server.uri, "trainer.epochs=3", "tracking.log_model=false", "tracking.run_name=lost")
+        job = processes.start(command, tmp_path)
+        for line in job.stdout:
+            if "epoch 1/3" in line:
+                server.stop()
+                stopped = time.perf_counter()
+                break
+        output = line + job.communicate(timeout=180)[0]
+        seconds = time.perf_counter() - stopped
+        assert job.returncode == 3, output[-3000:]
+        assert seconds < 70, seconds
+        assert f"the MLflow store at {server.uri} stopped answering (connection refused)" in output
+        checkpoint = next(tmp_path.glob("outputs/*/*/checkpoints/last.pt"))
+        assert f"continue the same run with:\n  mnist-cnn-train resume={checkpoint} tracking.uri={server.uri}" in output
+
+        server.start()  # same port, same store: the server is back
+        resumed = processes.run([*processes.TRAIN, f"resume={checkpoint}", f"tracking.uri={server.uri}"], tmp_path)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        (run,) = runs_by_name(server.uri).values()
+        assert run.info.run_name == "lost" and run.info.status == "FINISHED" and "resumed_at_epoch" in run.data.tags
+        steps = [m.step for m in MlflowClient(server.uri).get_metric_history(run.info.run_id, "val_acc")]
+        assert sorted(steps) == [1, 2, 3]  # the epoch trained while the server was gone is there too, once
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_sigterm_stops_training_while_the_server_hangs(tiny_root, tmp_path):
+    """The server is frozen (SIGSTOP) mid-run: a second SIGTERM stops the process within seconds."""
+    server = Server(tmp_path / "server", free_port()).start()
+    try:
+        job = processes.start(processes.train_command(tiny_root, server.uri, "trainer.epochs=50", "tracking.log_model=false"), tmp_path)
+        for line in job.stdout:
+            if "epoch 1/50" in line:
+                os.killpg(server.process.pid, signal.SIGSTOP)
+                break
+        time.sleep(2)  # the next epoch's logging now hangs
+        job.send_signal(signal.SIGTERM)
+        time.sleep(1)
+        job.send_signal(signal.SIGTERM)
+        start = time.perf_counter()
+        job.communicate(timeout=120)
+        assert job.returncode == 130 and time.perf_counter() - start < 25
+    finally:
+        os.killpg(server.process.pid, signal.SIGCONT)
+        server.stop()
+

@@ -1,0 +1,69 @@
+"""Ctrl-C and SIGTERM: the first stops a run at the next step, a second at once, and none can leave
+a run RUNNING or half-recorded."""
+
+import signal
+
+import pytest
+from mlflow import MlflowClient
+
+from mnist_cnn import interrupts
+from mnist_cnn.engine import train
+from tests.helpers.mlflow_store import history, only_run
+
+SIGINT = int(signal.SIGINT)
+
+
+@pytest.fixture(autouse=True)
+def clean_state():
+    interrupts.reset()
+    yield
+    interrupts.reset()
+
+
+def test_outside_a_run_a_signal_stops_at_once():
+    with pytest.raises(KeyboardInterrupt):
+        interrupts._handle(SIGINT, None)
+
+
+def test_in_a_run_the_first_signal_waits_for_the_next_step_and_the_second_does_not():
+    with interrupts.graceful():
+        interrupts._handle(SIGINT, None)  # only asks
+        with pytest.raises(KeyboardInterrupt):
+            interrupts.check()  # ... and the step loop stops here
+        with pytest.raises(KeyboardInterrupt):
+            interrupts._handle(SIGINT, None)  # the user insists
+
+
+def test_while_a_run_is_recorded_signals_wait_then_stop():
+    with pytest.raises(KeyboardInterrupt, match="while the run was being recorded"):
+        with interrupts.shielded():
+            interrupts._handle(SIGINT, None)
+            interrupts._handle(SIGINT, None)  # neither interrupts the recording
+            recorded = True
+    assert recorded
+    with interrupts.shielded(then_stop=False):  # a final status being written: the stop is already under way
+        interrupts._handle(SIGINT, None)
+
+
+def test_ctrl_c_twice_ends_the_run_killed_even_during_its_final_write(tiny_cfg, store_uri, tmp_path, monkeypatch):
+    """Pressed twice in epoch 2 and again while KILLED is written: the run still ends KILLED, with
+    epoch 1 complete and a resume command."""
+    real_epoch, real_terminated = train.train_epoch, MlflowClient.set_terminated
+
+    def impatient(*args, **kwargs):
+        if args[-1] == 2:
+            interrupts._handle(SIGINT, None)
+            interrupts._handle(SIGINT, None)
+        return real_epoch(*args, **kwargs)
+
+    def terminated(self, *args, **kwargs):
+        interrupts._handle(SIGINT, None)  # a third Ctrl-C, while the status is being written
+        return real_terminated(self, *args, **kwargs)
+
+    monkeypatch.setattr(train, "train_epoch", impatient)
+    monkeypatch.setattr(MlflowClient, "set_terminated", terminated)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(tiny_cfg("trainer.epochs=3", "tracking.log_model=false"), tmp_path / "out")
+    run = only_run(store_uri)
+    assert run.info.status == "KILLED" and run.data.tags["resume_command"].startswith(f"mnist-cnn-train resume={run.info.run_id}")
+    assert [step for step, _ in history(store_uri, run.info.run_id)["train_loss"]] == [1]
