@@ -13,8 +13,10 @@ import time
 import torch
 from omegaconf import OmegaConf
 
-from mnist_cnn import builder, spec
-from mnist_cnn.cli import CONF_DIR
+from mnist_cnn.cli.train import CONF_DIR
+from mnist_cnn.data.datasets import IMAGE_SHAPE
+from mnist_cnn.model.build import build_model
+from mnist_cnn.model.layers import plan_layers
 
 
 def step_ms(model, optimizer, x, y, steps: int) -> float:
@@ -34,9 +36,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
     layers = OmegaConf.load(CONF_DIR / "model" / "seed_cnn.yaml").layers
-    model = builder.build_model(spec.plan_layers(layers, spec.IN_SHAPE, 10), 0.1307, 0.3081)
+    model = build_model(plan_layers(layers, IMAGE_SHAPE, 10), 0.1307, 0.3081)
     optimizer = torch.optim.Adam(model.parameters(), 1e-3)
-    x, y = torch.rand(args.batch_size, *spec.IN_SHAPE), torch.randint(0, 10, (args.batch_size,))
+    x, y = torch.rand(args.batch_size, *IMAGE_SHAPE), torch.randint(0, 10, (args.batch_size,))
     times = {False: [], True: []}
     for _ in range(args.rounds):
         for deterministic in (False, True):

@@ -5,7 +5,7 @@
 
 (a) is the tutorial exactly as written (shared/reference/tutorial.md): torchvision's MNIST with
 `transforms.ToTensor()`, `DataLoader(batch_size=100, shuffle=True, drop_last=True)`, fp32, its CNN
-class, Adam 1e-3. (b) is `mnist_cnn.train.train_epoch` on the same network (experiment=seed_tutorial),
+class, Adam 1e-3. (b) is `mnist_cnn.engine.loop.train_epoch` on the same network (experiment=seed_tutorial),
 same batch size and data, with the trainer's defaults for this machine (precision, channels_last).
 Both run the same number of steps after a warm-up; the script prints steps/s of each and b/a.
 
@@ -28,9 +28,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from mnist_cnn import train
-from mnist_cnn.cli import CONF_DIR
-from mnist_cnn.config import register_configs
+from mnist_cnn.cli.train import CONF_DIR
+from mnist_cnn.engine import loop, optim, train
 
 WARMUP = 10
 
@@ -77,24 +76,22 @@ def tutorial_steps_per_s(data_root: Path, steps: int) -> float:
 
 
 def mnist_cnn_steps_per_s(data_root: Path, steps: int, precision: str) -> tuple:
-    register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         overrides = ["experiment=seed_tutorial", f"data.root={data_root}", "trainer.progress=false", "tracking.enabled=false"]
         overrides += [f"trainer.precision={precision}"] if precision else []
         cfg = compose(config_name="config", overrides=overrides)
     model, splits, _ = train.prepare(cfg)
-    optimizer = train.build_optimizer(cfg.optimizer, model.parameters())
+    optimizer = optim.build_optimizer(cfg.optimizer, model.parameters())
     generator = torch.Generator().manual_seed(cfg.seed)
     cfg.trainer.limit_batches = WARMUP
-    train.train_epoch(model, splits["train"], cfg, optimizer, None, generator, 0)
+    loop.train_epoch(model, splits["train"], cfg, optimizer, None, generator, 0)
     cfg.trainer.limit_batches = steps
     start = time.perf_counter()
-    train.train_epoch(model, splits["train"], cfg, optimizer, None, generator, 1)
+    loop.train_epoch(model, splits["train"], cfg, optimizer, None, generator, 1)
     return steps / (time.perf_counter() - start), cfg.trainer.precision, cfg.trainer.channels_last
 
 
 def tracking_overhead(data_root: Path, steps: int) -> None:
-    register_configs()
     times = {True: [], False: []}
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(2):
@@ -115,7 +112,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--data-root", type=Path, default=Path(__file__).parents[2] / "shared" / "data")
-    parser.add_argument("--precision", choices=["32", "bf16"], help="for (b); default: the trainer's choice for this machine")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], help="for (b); default: the trainer's choice for this machine")
     parser.add_argument("--tracking-overhead", action="store_true", help="measure MLflow tracking against none")
     args = parser.parse_args()
     if args.tracking_overhead:
