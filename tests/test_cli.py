@@ -39,6 +39,11 @@ def test_a_bad_config_is_one_message_exit_2_and_no_run(tiny_root, store_uri, tmp
     assert all_runs(store_uri) == []  # the store was never written
 
 
+def test_an_override_hydra_cannot_compose_is_exit_2_too(tiny_root, store_uri, tmp_path):
+    out = processes.run(processes.train_command(tiny_root, store_uri, "optimizer=adam", "optimizer.momentum=0.9"), tmp_path)
+    assert out.returncode == 2 and "Key 'momentum' not in 'AdamConfig'" in out.stderr
+
+
 def test_missing_data_is_named_before_any_run(store_uri, tmp_path):
     out = processes.run(processes.train_command(tmp_path / "nowhere", store_uri), tmp_path)
     assert out.returncode == 2

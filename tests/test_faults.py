@@ -48,6 +48,22 @@ def test_a_half_migrated_store_says_what_to_do(store_template, tmp_path):
         store.connect(f"sqlite:///{broken}")
 
 
+def test_a_store_from_an_older_mlflow_says_how_to_upgrade_it(store_template, tmp_path):
+    old = tmp_path / "old.db"
+    old.write_bytes(store_template.read_bytes())
+    with sqlite3.connect(old) as db:
+        db.execute("UPDATE alembic_version SET version_num = 'a8c4a736bde6'")
+    with pytest.raises(TrackingError, match=f"made by an older MLflow. Back it up, then upgrade it with: mlflow db upgrade sqlite:///{old}"):
+        store.connect(f"sqlite:///{old}")
+
+
+def test_a_deleted_experiment_is_named(store_uri):
+    client = store.connect(store_uri)
+    client.delete_experiment(store.experiment_id(client, "gone"))
+    with pytest.raises(TrackingError, match="tracking.experiment='gone' was deleted; restore it"):
+        store.experiment_id(client, "gone")
+
+
 def test_an_unwritable_sqlite_folder_fails_at_once(tmp_path):
     start = time.perf_counter()
     with pytest.raises(TrackingError, match=r"tracking.uri='sqlite:////proc/x.db': cannot create files in /proc"):

@@ -8,7 +8,7 @@ from mlflow import MlflowClient
 
 from mnist_cnn import interrupts
 from mnist_cnn.engine import train
-from tests.helpers.mlflow_store import history, only_run
+from tests.helpers.mlflow_store import all_runs, history, only_run
 
 SIGINT = int(signal.SIGINT)
 
@@ -67,3 +67,36 @@ def test_ctrl_c_twice_ends_the_run_killed_even_during_its_final_write(tiny_cfg, 
     run = only_run(store_uri)
     assert run.info.status == "KILLED" and run.data.tags["resume_command"].startswith(f"mnist-cnn-train resume={run.info.run_id}")
     assert [step for step, _ in history(store_uri, run.info.run_id)["train_loss"]] == [1]
+
+
+def test_a_stop_during_start_up_leaves_no_run_at_all(tiny_cfg, store_uri, tmp_path, monkeypatch):
+    """Before a run is recorded there is nothing to resume, so nothing is recorded."""
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "load_split", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(tiny_cfg(), tmp_path / "out")
+    assert all_runs(store_uri) == []
+
+
+def test_a_stop_while_the_run_is_opened_waits_then_leaves_a_resumable_run(tiny_cfg, store_uri, tmp_path, monkeypatch):
+    """SIGTERM while the run's params and config are written: the run is recorded whole, then KILLED;
+    resuming it trains from epoch 1 in the same run."""
+    real = MlflowClient.log_text
+
+    def log_text(self, *args, **kwargs):
+        interrupts._handle(SIGINT, None)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_text", log_text)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(tiny_cfg("tracking.log_model=false"), tmp_path / "out")
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    run = only_run(store_uri)
+    assert run.info.status == "KILLED" and "config.yaml" in {a.path for a in MlflowClient(store_uri).list_artifacts(run.info.run_id)}
+    monkeypatch.setattr(train, "job_overrides", lambda: [f"resume={run.info.run_id}"])
+    train.run(tiny_cfg(f"resume={run.info.run_id}"), tmp_path / "again")
+    assert only_run(store_uri).info.status == "FINISHED"

@@ -88,3 +88,19 @@ def test_a_run_against_a_password_protected_server_writes_the_password_nowhere(t
         for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
             os.environ.pop(key, None)
         server.stop()
+
+
+def test_credentials_in_hydras_own_files_are_masked(tmp_path):
+    """A URI with a password written in an experiment file reaches Hydra's .hydra/*.yaml: masked there."""
+    from omegaconf import OmegaConf
+
+    from mnist_cnn.tracking.sweep import MlflowSweepCallback
+
+    written = tmp_path / ".hydra"
+    written.mkdir()
+    (written / "config.yaml").write_text(f"tracking:\n  uri: http://alice:{SECRET}@host:5000\n")
+    (written / "overrides.yaml").write_text("- seed=1\n")
+    config = OmegaConf.create({"hydra": {"output_subdir": ".hydra", "runtime": {"output_dir": str(tmp_path)}}})
+    MlflowSweepCallback().on_job_start(config)
+    assert (written / "config.yaml").read_text() == "tracking:\n  uri: http://alice:***@host:5000\n"
+    assert (written / "overrides.yaml").read_text() == "- seed=1\n"

@@ -33,18 +33,28 @@ CONF_DIR = Path(__file__).parents[1] / "conf"  # links to the top-level conf/ in
 register_configs()
 
 
+class _Task:
+    started = False  # Hydra exits with 1 for its own errors too: before the task, that is bad input
+
+
 def main() -> None:
     """The console entry point: prepare the command line, then hand it to Hydra."""
     sys.argv = move_credentials(sys.argv)
     for problem in yaml_problems(config_dirs(sys.argv[1:])):
         print(f"mnist-cnn-train: {problem}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
-    train()
+    try:
+        train()
+    except SystemExit as e:
+        if e.code == 1 and not _Task.started:  # an override or config Hydra could not compose
+            sys.exit(EXIT_BAD_INPUT)
+        raise
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def train(cfg: DictConfig) -> float:
     """Train one run; return `objective.metric` for a sweeper such as Optuna."""
+    _Task.started = True
     interrupts.install()  # SIGTERM, like Ctrl-C, now ends the run with a status instead of killing it
     try:
         make_paths_absolute(cfg, Path(HydraConfig.get().runtime.cwd))
