@@ -4,7 +4,6 @@ processes on one run."""
 
 import os
 import signal
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -31,6 +30,16 @@ def interrupt_at(monkeypatch, epoch: int) -> None:
         return real(*args, **kwargs)
 
     monkeypatch.setattr(train, "train_epoch", train_epoch)
+
+
+def killed_in_epoch_2(cfg, uri, out, monkeypatch) -> str:
+    """Train `cfg` until Ctrl-C in epoch 2; returns the KILLED run's id (monkeypatches undone)."""
+    interrupt_at(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(cfg, out)
+    monkeypatch.undo()
+    monkeypatch.chdir(out.parent)
+    return only_run(uri).info.run_id
 
 
 def resume(monkeypatch, cfg, target, *overrides):
@@ -75,6 +84,7 @@ def test_a_run_in_a_named_experiment_resumes_to_the_uninterrupted_result(tiny_cf
     assert set(runs) == {"full", "cut"}  # the same run continued, no new one
     full, cut = runs["full"], runs["cut"]
     assert cut.info.status == "FINISHED" and cut.data.tags["resumed_at_epoch"] == str(stop_epoch)
+    assert "resume_command" not in cut.data.tags and "resume_overrides" in cut.data.tags
     assert cut.data.tags["weights_sha256"] == full.data.tags["weights_sha256"]
     assert history(store_uri, cut.info.run_id) == history(store_uri, full.info.run_id)
     artifacts = {a.path for a in MlflowClient(store_uri).list_artifacts(cut.info.run_id)}
@@ -97,12 +107,7 @@ def test_an_untracked_run_resumes_from_its_checkpoint_file(tiny_cfg, store_uri, 
 
 
 def test_resume_refuses_overrides_that_change_the_result_and_accepts_run_settings(tiny_cfg, store_uri, tmp_path, monkeypatch):
-    interrupt_at(monkeypatch, 2)
-    with pytest.raises(KeyboardInterrupt):
-        train.run(tiny_cfg(*FAST), tmp_path / "out")
-    monkeypatch.undo()
-    monkeypatch.chdir(tmp_path)
-    run_id = only_run(store_uri).info.run_id
+    run_id = killed_in_epoch_2(tiny_cfg(*FAST), store_uri, tmp_path / "out", monkeypatch)
     with pytest.raises(ConfigError, match=r"optimizer.lr=0.5 would change the result of the run being resumed"):
         resume(monkeypatch, tiny_cfg("optimizer.lr=0.5"), run_id, "optimizer.lr=0.5", "data.root=/elsewhere")
     final = resume(monkeypatch, tiny_cfg("optimizer.lr=0.001", "trainer.progress=false"), run_id, "optimizer.lr=0.001", "trainer.progress=false")
@@ -118,12 +123,7 @@ def test_resume_of_an_unknown_run_says_so(tiny_cfg, monkeypatch):
 
 def test_a_run_with_a_fresh_heartbeat_is_refused_and_a_stale_one_resumed(tiny_cfg, store_uri, tmp_path, monkeypatch):
     """Two processes must never write one run: RUNNING with a live heartbeat is refused."""
-    interrupt_at(monkeypatch, 2)
-    with pytest.raises(KeyboardInterrupt):
-        train.run(tiny_cfg(*FAST), tmp_path / "out")
-    monkeypatch.undo()
-    monkeypatch.chdir(tmp_path)
-    run_id = only_run(store_uri).info.run_id
+    run_id = killed_in_epoch_2(tiny_cfg(*FAST), store_uri, tmp_path / "out", monkeypatch)
     client = MlflowClient(store_uri)
     client.update_run(run_id, status="RUNNING")  # as if another process (our parent, alive) trained it now
     client.set_tag(run_id, PID, str(os.getppid()))
@@ -145,14 +145,13 @@ def train_in_subprocess(tmp_path, root, uri, *overrides):
 def test_a_process_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path, store_uri):
     """SIGTERM stops a real process at a step boundary (KILLED); SIGKILL leaves a RUNNING run that the
     runs table shows as STALE with its resume command. Both resume to the uninterrupted weights."""
-    root = write_tiny_mnist(tmp_path / "data", n_train=1200, n_test=200)
+    root = write_tiny_mnist(tmp_path / "data", n_train=6000, n_test=200)  # epochs of a second or more
     full = processes.run(train_in_subprocess(tmp_path, root, store_uri, "tracking.run_name=full"), tmp_path)
     assert full.returncode == 0, full.stderr[-2000:]
     for name, sig in (("term", signal.SIGTERM), ("kill", signal.SIGKILL)):
         cut = processes.start(train_in_subprocess(tmp_path, root, store_uri, f"tracking.run_name={name}"), tmp_path)
         for line in cut.stdout:
             if "epoch 1/3" in line:  # epoch 2 has begun: stop it half-way
-                time.sleep(0.3)
                 cut.send_signal(sig)
                 break
         output = line + cut.communicate(timeout=60)[0]

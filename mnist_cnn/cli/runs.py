@@ -6,6 +6,7 @@ killed, or lost the server) is shown as STALE, with the command that resumes it.
 """
 
 import argparse
+import math
 import os
 import sys
 from typing import List, Optional
@@ -62,11 +63,11 @@ def _row(run, sort: str, stale: bool) -> dict:
         "name": info.run_name,
         "status": "STALE" if stale else info.status,
         "overrides": run_name(overrides.split()) or "",
-        "val_acc": data.metrics.get("val_acc"),
-        "test_acc": data.metrics.get("test_acc"),
+        "val_acc": data.metrics.get("val_acc", math.nan),
+        "test_acc": data.metrics.get("test_acc", math.nan),
         "epochs": data.params.get("trainer.epochs"),
         "wall_s": round(wall, 1),
-        sort: data.metrics.get(sort),
+        sort: data.metrics.get(sort, math.nan),
     }
 
 

@@ -54,7 +54,7 @@ def run(cfg: DictConfig, output_dir: Path) -> Dict[str, float]:
     checkpoint = output_dir / "checkpoints" / "last.pt"
     with tracked_run(cfg, {"n_params": count_params(model)}, tags, start.run_id, checkpoint) as tracker, interrupts.graceful():
         if start.checkpoint is not None:
-            tracker.backfill(metrics, first_epoch - 1)
+            tracker.reconcile(metrics, first_epoch - 1)
         forward = torch.compile(model) if cfg.trainer.compile else model  # shares weights with `model`
         loop_start = time.perf_counter()
         for epoch in range(first_epoch, cfg.trainer.epochs + 1):
@@ -65,16 +65,22 @@ def run(cfg: DictConfig, output_dir: Path) -> Dict[str, float]:
             tracker.log_epoch(metrics, epoch, checkpoint)
             log.info("epoch %d/%d  %s", epoch, cfg.trainer.epochs, _fmt(metrics))
             interrupts.check()
-        test = evaluate(forward, splits["test"], cfg.data.eval_batch_size, cfg.trainer.precision)
-        final = {"test_loss": test["loss"], "test_acc": test["acc"], "train_time_s": time.perf_counter() - loop_start}
-        tracker.log_metrics(final, step=cfg.trainer.epochs)
-        tracker.set_tags({"weights_sha256": repro.weights_sha256(model)})
-        log.info("test  %s", _fmt(final))
-        interrupts.check()
-        if cfg.tracking.log_model:
-            tracker.log_model(model, IMAGE_SHAPE, len(dataset_info(cfg.data.name).classes))
-        interrupts.check()  # a stop asked for while the model was logged: KILLED, resumable, not ignored
+        final = test_and_log_model(cfg, model, forward, splits["test"], tracker, time.perf_counter() - loop_start)
     return {**metrics, **final}
+
+
+def test_and_log_model(cfg: DictConfig, model, forward, test_split, tracker, train_time_s: float) -> Dict[str, float]:
+    """Score the test split once, after the last epoch; fingerprint the weights; log the model."""
+    test = evaluate(forward, test_split, cfg.data.eval_batch_size, cfg.trainer.precision)
+    final = {"test_loss": test["loss"], "test_acc": test["acc"], "train_time_s": train_time_s}
+    tracker.log_metrics(final, step=cfg.trainer.epochs)
+    tracker.set_tags({"weights_sha256": repro.weights_sha256(model)})
+    log.info("test  %s", _fmt(final))
+    interrupts.check()
+    if cfg.tracking.log_model:
+        tracker.log_model(model, IMAGE_SHAPE, len(dataset_info(cfg.data.name).classes))
+    interrupts.check()  # a stop asked for while the model was logged: KILLED, resumable, not ignored
+    return final
 
 
 def train_and_validate(cfg: DictConfig, model, splits, optimizer, scheduler, generator, epoch: int, steps: int) -> Dict[str, float]:

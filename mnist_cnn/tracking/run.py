@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist_cnn import interrupts
 from mnist_cnn.config.job import job_overrides, sweep_info
-from mnist_cnn.errors import TrackingLostError
+from mnist_cnn.errors import TrackingError, TrackingLostError
 from mnist_cnn.tracking import store
 from mnist_cnn.tracking.fingerprint import environment_tags
 from mnist_cnn.tracking.heartbeat import HEARTBEAT, Heartbeat, alive_tags, now_tag
@@ -39,11 +39,14 @@ class Tracker:
 
     def __init__(self, client: Optional[MlflowClient], run_id: Optional[str], uri: str = ""):
         self.client, self.run_id, self.uri = client, run_id, uri
+        self.logged_steps: set = set()
 
     def log_epoch(self, metrics: Dict[str, float], epoch: int, checkpoint: Path) -> None:
-        """The epoch's metrics with a heartbeat in one request, then its checkpoint. If the upload is
-        cut short, a resume repeats this epoch and logs the same values at the same step again."""
-        self.log_metrics(metrics, epoch)
+        """The epoch's metrics with a heartbeat in one request, then its checkpoint."""
+        if epoch in self.logged_steps:  # a resume replays an epoch whose metrics made it before the stop
+            self.set_tags({HEARTBEAT: now_tag()})
+        else:
+            self.log_metrics(metrics, epoch)
         self._call(self.client.log_artifact if self.client else None, self.run_id, str(checkpoint), "checkpoints")
 
     def log_metrics(self, metrics: Dict[str, float], step: int) -> None:
@@ -51,13 +54,14 @@ class Tracker:
         batch = [Metric(key, float(value), now, step) for key, value in metrics.items()]
         self._call(self.client.log_batch if self.client else None, self.run_id, metrics=batch, tags=[RunTag(HEARTBEAT, now_tag())])
 
-    def backfill(self, metrics: Dict[str, float], epoch: int) -> None:
-        """Log a resumed checkpoint's epoch if the store missed it (the store died right after the
-        checkpoint was saved), so the run's history has no gap."""
+    def reconcile(self, metrics: Dict[str, float], epoch: int) -> None:
+        """On resume from `epoch`'s checkpoint, make the run's history what an uninterrupted run's
+        would be: log that epoch if the store missed it (it died just after the checkpoint was
+        saved), and skip later epochs it already has (a stop before their checkpoint was uploaded)."""
         if self.client and metrics:
             key = next(iter(metrics))
-            steps = {m.step for m in self._call(self.client.get_metric_history, self.run_id, key)}
-            if epoch not in steps:
+            self.logged_steps = {m.step for m in self._call(self.client.get_metric_history, self.run_id, key)}
+            if epoch not in self.logged_steps:
                 self.log_metrics(metrics, epoch)
 
     def set_tags(self, tags: Dict[str, str]) -> None:
@@ -130,6 +134,18 @@ def tracked_run(cfg: DictConfig, params: Dict[str, Any], tags: Dict[str, str], r
 
 def _open(client: MlflowClient, cfg: DictConfig, params: Dict[str, Any], tags: Dict[str, str], run_id: Optional[str]) -> str:
     """Create the run (params, config.yaml) or set run `run_id` RUNNING again; tag it as alive here."""
+    try:
+        return _record_start(client, cfg, params, tags, run_id)
+    except Exception as e:  # noqa: BLE001 - sorted below
+        if not store.is_store_failure(e):
+            raise
+        raise TrackingError(
+            f"could not record the run in the MLflow store at {redact(cfg.tracking.uri)} ({store.describe(e)}); "
+            "run the same command again once it answers."
+        ) from e
+
+
+def _record_start(client: MlflowClient, cfg: DictConfig, params: Dict[str, Any], tags: Dict[str, str], run_id: Optional[str]) -> str:
     if run_id is None:
         sweep = sweep_info()
         experiment_id = store.experiment_id(client, cfg.tracking.experiment)
@@ -142,9 +158,11 @@ def _open(client: MlflowClient, cfg: DictConfig, params: Dict[str, Any], tags: D
         for start in range(0, len(params_batch), 100):  # MLflow takes at most 100 params a request
             client.log_batch(run_id, params=params_batch[start : start + 100])
         client.log_text(run_id, redact(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
+        tags = {**tags, "hydra_overrides": " ".join(job_overrides())}
     else:
         client.update_run(run_id, status="RUNNING")
-    all_tags = {**tags, **environment_tags(), **alive_tags(cfg.tracking.heartbeat_s), "hydra_overrides": " ".join(job_overrides())}
+        tags = {**tags, "resume_overrides": " ".join(job_overrides())}  # the run's own overrides stay
+    all_tags = {**tags, **environment_tags(), **alive_tags(cfg.tracking.heartbeat_s)}
     client.log_batch(run_id, tags=[RunTag(k, redact(str(v))) for k, v in all_tags.items()])
     return run_id
 
@@ -155,6 +173,9 @@ def _end(client: MlflowClient, run_id: str, status: str, tags: Dict[str, str]) -
         try:
             if tags:
                 client.log_batch(run_id, tags=[RunTag(k, redact(str(v))) for k, v in tags.items()])
+            if status == "FINISHED":  # a resumed run: what its interruption left no longer applies
+                for key in {"interrupted", "resume_command", "error"} & set(client.get_run(run_id).data.tags):
+                    client.delete_tag(run_id, key)
             client.set_terminated(run_id, status)
         except Exception as e:  # noqa: BLE001 - the store is gone: the heartbeat will show the run STALE
             log.warning("could not mark run %s %s (%s); mnist-cnn-runs will show it as STALE", run_id, status, store.describe(e))

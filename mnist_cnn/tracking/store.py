@@ -29,13 +29,14 @@ from mlflow.exceptions import MlflowException
 from mnist_cnn.errors import TrackingError
 from mnist_cnn.tracking.redact import redact, split_http_credentials
 
-BOUNDED = {
+SETTINGS = {  # MLflow's own variables, set unless the environment already does
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",  # seconds to connect, and for each read
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",  # 4 attempts, sleeping 0, 4 and 8 s (+ jitter): ~55 s at most
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "1",
     "MLFLOW_HTTP_RESPECT_RETRY_AFTER_HEADER": "false",  # a server's Retry-After is otherwise slept in full
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # our own message names the run; saves a request
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # a checkpoint download is not worth three bars
 }
 QUICK = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 SQLITE = "sqlite:///"
@@ -47,7 +48,7 @@ FIX = (
 
 def connect(uri: str) -> MlflowClient:
     """A client for the store at `uri` (created if new), after one quick request; TrackingError if unusable."""
-    for key, value in BOUNDED.items():
+    for key, value in SETTINGS.items():
         os.environ.setdefault(key, value)
     uri, credentials = split_http_credentials(uri)
     os.environ.update(credentials)
