@@ -12,7 +12,7 @@ from mnist_cnn.config.keys import RUN_SETTINGS, result_overrides
 from mnist_cnn.config.paths import make_paths_absolute
 from mnist_cnn.config.schema import OPTIONS, DataConfig, ObjectiveConfig, TrackingConfig, TrainerConfig, typed_config
 from mnist_cnn.engine.repro import config_sha256
-from mnist_cnn.errors import ConfigError, UserError
+from mnist_cnn.errors import UserError
 from mnist_cnn.tracking.sweep import run_name
 from tests.helpers.config import make_cfg
 
