@@ -13,7 +13,7 @@ from mnist_cnn.config.paths import make_paths_absolute
 from mnist_cnn.config.schema import OPTIONS, DataConfig, ObjectiveConfig, TrackingConfig, TrainerConfig, typed_config
 from mnist_cnn.engine.repro import config_sha256
 from mnist_cnn.errors import UserError
-from mnist_cnn.tracking.sweep import run_name
+from mnist_cnn.tracking.names import run_name
 from tests.helpers.config import make_cfg
 
 

@@ -15,7 +15,7 @@ import pandas as pd
 
 from mnist_cnn.errors import UserError
 from mnist_cnn.tracking.redact import redact
-from mnist_cnn.tracking.sweep import run_name
+from mnist_cnn.tracking.names import run_name
 
 COLUMNS = ["run_id", "name", "status", "overrides", "val_acc", "test_acc", "epochs", "wall_s"]
 

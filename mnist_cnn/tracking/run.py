@@ -28,7 +28,7 @@ from mnist_cnn.tracking import store
 from mnist_cnn.tracking.fingerprint import environment_tags
 from mnist_cnn.tracking.heartbeat import HEARTBEAT, Heartbeat, alive_tags, now_tag
 from mnist_cnn.tracking.redact import redact
-from mnist_cnn.tracking.sweep import run_name
+from mnist_cnn.tracking.names import run_name
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Hydra multirun -> one MLflow parent run with every job as its child, and the names of runs.
+"""Hydra multirun -> one MLflow parent run with every job as its child.
 
 `MlflowSweepCallback` (registered in conf/config.yaml under hydra.callbacks) runs in the launching
 process. Before any job starts it opens the tracking store once and the parent run; its id is
@@ -12,44 +12,22 @@ import atexit
 import json
 import logging
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Optional
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from mnist_cnn.config.job import SWEEP_FILE
-from mnist_cnn.config.keys import is_run_setting, override_key
+from mnist_cnn.tracking.names import run_name
 from mnist_cnn.tracking.redact import redact
 
 log = logging.getLogger(__name__)
-ALIASES = {"batch_size": "bs", "out_channels": "ch", "kernel_size": "k", "weight_decay": "wd", "out_features": "out"}
 
 
 def worst(objective: DictConfig) -> float:
     """What a failed job returns to the sweeper: a value it accepts and never picks as the best."""
     return float("-inf") if objective.direction == "maximize" else float("inf")
-
-
-def run_name(overrides: List[str], only: Optional[List[str]] = None) -> Optional[str]:
-    """A short name from the overrides that change what is trained (or just the keys in `only`),
-    e.g. `lr=0.003,bs=256`."""
-    parts = []
-    for override in overrides:
-        key, value = override_key(override), override.partition("=")[2]
-        if (key in only) if only else not is_run_setting(key):
-            *path, leaf = key.split(".")
-            layer = f"l{path[-1]}." if path and path[-1].isdigit() else ""
-            parts.append(f"{layer}{ALIASES.get(leaf, leaf)}={_short(value)}")
-    return ",".join(parts) or None
-
-
-def _short(value: str) -> str:
-    """0.0024713734184878826 -> 0.002471: Optuna's samples, readable in a run list."""
-    try:
-        return value if "." not in value and "e" not in value.lower() else f"{float(value):.4g}"
-    except ValueError:
-        return value
 
 
 class MlflowSweepCallback(Callback):
