@@ -100,7 +100,9 @@ def test_credentials_in_hydras_own_files_are_masked(tmp_path):
     written.mkdir()
     (written / "config.yaml").write_text(f"tracking:\n  uri: http://alice:{SECRET}@host:5000\n")
     (written / "overrides.yaml").write_text("- seed=1\n")
-    config = OmegaConf.create({"hydra": {"output_subdir": ".hydra", "runtime": {"output_dir": str(tmp_path)}}})
-    MlflowSweepCallback().on_job_start(config)
+    (tmp_path / "multirun.yaml").write_text(f"tracking:\n  uri: http://alice:{SECRET}@host:5000\n")
+    hydra = {"output_subdir": ".hydra", "runtime": {"output_dir": str(tmp_path)}, "sweep": {"dir": str(tmp_path)}}
+    MlflowSweepCallback().on_job_start(OmegaConf.create({"hydra": hydra}))
     assert (written / "config.yaml").read_text() == "tracking:\n  uri: http://alice:***@host:5000\n"
+    assert (tmp_path / "multirun.yaml").read_text() == "tracking:\n  uri: http://alice:***@host:5000\n"
     assert (written / "overrides.yaml").read_text() == "- seed=1\n"

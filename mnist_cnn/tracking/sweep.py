@@ -42,11 +42,13 @@ class MlflowSweepCallback(Callback):
         return {"run_id": None, "heartbeat": None}
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """Hydra has just written .hydra/{config,hydra,overrides}.yaml: mask any credentials in them."""
-        if config.hydra.output_subdir is None:
-            return
-        for path in (Path(config.hydra.runtime.output_dir) / config.hydra.output_subdir).glob("*.yaml"):
-            text = path.read_text()
+        """Hydra has just written .hydra/{config,hydra,overrides}.yaml (and a sweep's multirun.yaml):
+        mask any credentials a config file put there."""
+        written = [Path(config.hydra.sweep.dir) / "multirun.yaml"]
+        if config.hydra.output_subdir is not None:
+            written += (Path(config.hydra.runtime.output_dir) / config.hydra.output_subdir).glob("*.yaml")
+        for path in written:
+            text = path.read_text() if path.is_file() else ""
             if redact(text) != text:
                 path.write_text(redact(text))
 
