@@ -39,5 +39,9 @@ class CheckpointError(UserError, RuntimeError):
     """A checkpoint, or a run to resume, that cannot be used."""
 
 
+class ModelError(UserError, LookupError):
+    """A model (run id or model URI) that cannot be found, loaded, or used on the data."""
+
+
 class DivergedError(UserError, RuntimeError):
     """The training loss exploded: the learning rate is too high for this model."""

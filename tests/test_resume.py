@@ -11,7 +11,7 @@ import pytest
 from mlflow import MlflowClient
 
 from mnist_cnn.engine import train
-from mnist_cnn.errors import CheckpointError, ConfigError
+from mnist_cnn.errors import CheckpointError, ConfigError, UserError
 from mnist_cnn.tracking.heartbeat import HEARTBEAT, PID
 from tests.helpers import processes
 from tests.helpers.data import write_tiny_mnist
@@ -117,7 +117,7 @@ def test_resume_refuses_overrides_that_change_the_result_and_accepts_run_setting
 
 
 def test_resume_of_an_unknown_run_says_so(tiny_cfg, monkeypatch):
-    with pytest.raises(CheckpointError, match="resume=0123456789abcdef: no such run"):
+    with pytest.raises(UserError, match="resume=0123456789abcdef: no run 0123456789abcdef in this tracking store"):
         resume(monkeypatch, tiny_cfg(), "0123456789abcdef")
 
 

@@ -1,11 +1,14 @@
 """Training end to end, in process, on tiny IDX files (and briefly on the real MNIST), then reading
 back what MLflow holds: metrics, tags, artifacts, the model, and a final status for every ending."""
 
+import json
 import math
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -35,8 +38,15 @@ def test_one_epoch_lands_everything_in_mlflow(tiny_cfg, store_uri, tmp_path):
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1], key
     assert run.data.metrics["test_acc"] == pytest.approx(final["test_acc"])
     assert {"git_commit", "version.torch", "device", HEARTBEAT, "mnist_cnn.pid"} <= set(run.data.tags)
-    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"config.yaml", "checkpoints"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"config.yaml", "checkpoints", "plots", "classification_report.json"}
     assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/last.pt"]
+    plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert plots == {"plots/learning_curves.png", "plots/confusion_matrix.png", "plots/misclassified.png"}
+    report = json.loads(Path(client.download_artifacts(run.info.run_id, "classification_report.json", str(tmp_path))).read_text())
+    assert report["accuracy"] == pytest.approx(final["test_acc"]) and [c["name"] for c in report["classes"]] == list("0123456789")
+    per_class = [run.data.metrics[f"test_acc_class_{k}"] for k in range(10)]
+    assert [c["recall"] for c in report["classes"]] == pytest.approx(per_class)
+    assert sum(c["support"] for c in report["classes"]) == 200
     assert (tmp_path / "out" / "checkpoints" / "last.pt").is_file()
 
 
@@ -73,7 +83,11 @@ def test_logging_the_model_leaves_the_callers_model_where_it_was(monkeypatch):
     from mnist_cnn.tracking import model as logged
 
     seen = {}
-    monkeypatch.setattr(logged.mlflow.pytorch, "log_model", lambda graph, **kwargs: seen.update(graph=graph))
+    def log_model(graph, **kwargs):
+        seen.update(graph=graph)
+        return SimpleNamespace(model_uri="models:/m-0")
+
+    monkeypatch.setattr(logged.mlflow.pytorch, "log_model", log_model)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)).double().train()
     logged.log_model("run", model, (1, 28, 28), 10)
     assert next(model.parameters()).dtype == torch.float64 and model.training  # untouched

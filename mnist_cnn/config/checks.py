@@ -33,6 +33,8 @@ def check_config(cfg: DictConfig) -> List[Layer]:
             )
     if cfg.objective.metric.startswith("val_") and cfg.data.val_size == 0:
         raise ConfigError(f"objective.metric={cfg.objective.metric} needs a validation split; set data.val_size > 0.")
+    if cfg.tracking.register_as and not cfg.tracking.log_model:
+        raise ConfigError("tracking.register_as needs the model logged; drop tracking.log_model=false.")
     if cfg.optimizer.name == "sgd" and cfg.optimizer.nesterov and cfg.optimizer.momentum == 0:
         raise ConfigError("optimizer.nesterov=true needs optimizer.momentum > 0.")
     return plan_layers(cfg.model.layers, IMAGE_SHAPE, len(dataset_info(cfg.data.name).classes))

@@ -184,6 +184,7 @@ class TrackingConfig:
     experiment: str = "mnist"
     run_name: Optional[str] = None
     log_model: bool = True
+    register_as: Optional[str] = None  # also register the model as a new version of this registered model
     heartbeat_s: float = ranged(30.0, POSITIVE)  # a RUNNING run silent for 3 heartbeats is STALE
 
 

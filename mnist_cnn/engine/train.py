@@ -28,6 +28,7 @@ from mnist_cnn.engine.loop import check_divergence, evaluate, resolve_device, re
 from mnist_cnn.engine.optim import build_optimizer, build_scheduler
 from mnist_cnn.engine.resume import StartPoint, start_point
 from mnist_cnn.model.build import build_model, count_params, summary
+from mnist_cnn.report.metrics import score
 from mnist_cnn.tracking.redact import redact
 
 log = logging.getLogger(__name__)
@@ -43,42 +44,44 @@ def run(cfg: DictConfig, output_dir: Path) -> Dict[str, float]:
     steps = num_batches(len(splits["train"]), cfg.data.batch_size, cfg.data.drop_last, cfg.trainer.limit_batches)
     scheduler = build_scheduler(cfg.scheduler, optimizer, steps, cfg.trainer.epochs)
     generator = torch.Generator().manual_seed(cfg.seed)  # epoch permutations, apart from the global RNG
-    first_epoch, metrics = 1, {}
+    first_epoch, history = 1, []  # history: each epoch's metrics, for the learning curves
     if start.checkpoint is not None:
         first_epoch = restore(start.checkpoint, model, optimizer, scheduler, generator) + 1
-        metrics = start.checkpoint.get("metrics", {})  # the last epoch's, should no epoch be left to train
+        history = start.checkpoint.get("history", [])
     if cfg.resume:
         tags["resumed_at_epoch"] = str(first_epoch)
     from mnist_cnn.tracking.run import tracked_run  # MLflow takes seconds to import: only once every check passed
 
     checkpoint = output_dir / "checkpoints" / "last.pt"
     with tracked_run(cfg, {"n_params": count_params(model)}, tags, start.run_id, checkpoint) as tracker, interrupts.graceful():
-        if start.checkpoint is not None:
-            tracker.reconcile(metrics, first_epoch - 1)
+        if history:
+            tracker.reconcile(history[-1], first_epoch - 1)
         forward = torch.compile(model) if cfg.trainer.compile else model  # shares weights with `model`
         loop_start = time.perf_counter()
         for epoch in range(first_epoch, cfg.trainer.epochs + 1):
-            metrics = train_and_validate(cfg, forward, splits, optimizer, scheduler, generator, epoch, steps)
+            history.append(train_and_validate(cfg, forward, splits, optimizer, scheduler, generator, epoch, steps))
             state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch, global_step=epoch * steps)
-            state.update(scheduler=scheduler.state_dict() if scheduler else None, rng=repro.rng_state(generator), metrics=metrics)
+            state.update(scheduler=scheduler.state_dict() if scheduler else None, rng=repro.rng_state(generator), history=history)
             save_checkpoint(checkpoint, {**state, "config": _config_text(cfg), "run_id": tracker.run_id})
-            tracker.log_epoch(metrics, epoch, checkpoint)
-            log.info("epoch %d/%d  %s", epoch, cfg.trainer.epochs, _fmt(metrics))
+            tracker.log_epoch(history[-1], epoch, checkpoint)
+            log.info("epoch %d/%d  %s", epoch, cfg.trainer.epochs, _fmt(history[-1]))
             interrupts.check()
-        final = test_and_log_model(cfg, model, forward, splits["test"], tracker, time.perf_counter() - loop_start)
-    return {**metrics, **final}
+        final = test_and_log_model(cfg, model, forward, splits["test"], tracker, history, time.perf_counter() - loop_start)
+    return {**history[-1], **final}
 
 
-def test_and_log_model(cfg: DictConfig, model, forward, test_split, tracker, train_time_s: float) -> Dict[str, float]:
-    """Score the test split once, after the last epoch; fingerprint the weights; log the model."""
-    test = evaluate(forward, test_split, cfg.data.eval_batch_size, cfg.trainer.precision)
-    final = {"test_loss": test["loss"], "test_acc": test["acc"], "train_time_s": train_time_s}
-    tracker.log_metrics(final, step=cfg.trainer.epochs)
+def test_and_log_model(cfg: DictConfig, model, forward, test_split, tracker, history, train_time_s: float) -> Dict[str, float]:
+    """Score the test split once, after the last epoch, class by class with figures; fingerprint the
+    weights; log the model."""
+    report = score(forward, test_split, dataset_info(cfg.data.name).classes, cfg.data.eval_batch_size, cfg.trainer.precision)
+    final = {"test_loss": report.loss, "test_acc": report.accuracy, "train_time_s": train_time_s}
+    tracker.log_metrics({**final, **report.class_metrics()}, step=cfg.trainer.epochs)
+    tracker.log_report(report, history)
     tracker.set_tags({"weights_sha256": repro.weights_sha256(model)})
     log.info("test  %s", _fmt(final))
     interrupts.check()
     if cfg.tracking.log_model:
-        tracker.log_model(model, IMAGE_SHAPE, len(dataset_info(cfg.data.name).classes))
+        tracker.log_model(model, IMAGE_SHAPE, len(dataset_info(cfg.data.name).classes), cfg.tracking.register_as)
     interrupts.check()  # a stop asked for while the model was logged: KILLED, resumable, not ignored
     return final
 

@@ -9,10 +9,12 @@ module, whose `.eval()` and `.train()` raise NotImplementedError in torch 2.14, 
 
 import copy
 import logging
+from typing import Dict
 
 import mlflow
 import numpy as np
 import torch
+from mlflow import MlflowClient
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
@@ -20,9 +22,9 @@ from mlflow.types import Schema, TensorSpec
 PICKLE_ADVICE_LOGGER = "mlflow.pytorch"
 
 
-def log_model(run_id: str, model: torch.nn.Module, in_shape: tuple, num_classes: int) -> None:
+def log_model(run_id: str, model: torch.nn.Module, in_shape: tuple, num_classes: int) -> str:
     """Log an fp32 CPU copy of `model` (the caller's model stays where it is); it takes float images
-    in [0, 1] of shape (N, *in_shape) and returns logits."""
+    in [0, 1] of shape (N, *in_shape) and returns logits. Returns the model's URI."""
     signature = ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *in_shape))]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, num_classes))]),
@@ -32,7 +34,7 @@ def log_model(run_id: str, model: torch.nn.Module, in_shape: tuple, num_classes:
     level = advice.level
     advice.setLevel(logging.ERROR)
     try:
-        mlflow.pytorch.log_model(
+        return mlflow.pytorch.log_model(
             graph,
             name="model",
             run_id=run_id,
@@ -40,6 +42,13 @@ def log_model(run_id: str, model: torch.nn.Module, in_shape: tuple, num_classes:
             input_example=np.zeros((2, *in_shape), dtype=np.float32),
             serialization_format="pickle",
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],  # skips MLflow's slow inference
-        )
+        ).model_uri
     finally:
         advice.setLevel(level)
+
+
+def register(client: MlflowClient, model_uri: str, name: str, description: str, tags: Dict[str, str]) -> str:
+    """Register `model_uri` as a new version of model `name` (created if new); returns the version."""
+    version = mlflow.register_model(model_uri, name, tags=tags)
+    client.update_model_version(name, version.version, description)
+    return version.version

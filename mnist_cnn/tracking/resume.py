@@ -4,12 +4,12 @@ process is still training it (engine.resume decides what to do with them)."""
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-import yaml
 from mlflow.exceptions import MlflowException
 
 from mnist_cnn.errors import CheckpointError
 from mnist_cnn.tracking import store
 from mnist_cnn.tracking.heartbeat import HOST, PID, is_stale, silence_s, stale_after_s
+from mnist_cnn.tracking.lookup import find_run, run_config
 from mnist_cnn.tracking.redact import redact
 
 CHECKPOINT = "checkpoints/last.pt"  # the artifact every epoch rewrites
@@ -20,15 +20,8 @@ def fetch_run(uri: str, run_id: str, folder: str) -> Tuple[Dict[str, Any], Optio
     epoch had completed)."""
     client = store.connect(uri)
     where = f"resume={run_id}"
-    try:
-        client.get_run(run_id)
-    except MlflowException as e:
-        raise CheckpointError(f"{where}: no such run in {redact(uri)}; check the run id and tracking.uri.") from e
-    try:
-        config = client.download_artifacts(run_id, "config.yaml", folder)
-    except (MlflowException, OSError) as e:
-        raise CheckpointError(f"{where}: the run has no config.yaml artifact; it was not made by mnist-cnn-train.") from e
-    tree = yaml.safe_load(Path(config).read_text())
+    find_run(client, run_id, where)
+    tree = run_config(client, run_id, folder, where)
     if CHECKPOINT not in {a.path for a in client.list_artifacts(run_id, "checkpoints")}:
         return tree, None  # stopped before its first epoch ended: start again in the same run
     return tree, Path(client.download_artifacts(run_id, CHECKPOINT, folder))

@@ -12,7 +12,7 @@ import logging
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import mlflow
 import torch
@@ -27,10 +27,12 @@ from mnist_cnn.errors import TrackingError, TrackingLostError
 from mnist_cnn.tracking import store
 from mnist_cnn.tracking.fingerprint import environment_tags
 from mnist_cnn.tracking.heartbeat import HEARTBEAT, Heartbeat, alive_tags, now_tag
-from mnist_cnn.tracking.redact import redact
 from mnist_cnn.tracking.names import run_name
+from mnist_cnn.tracking.redact import redact
 
 log = logging.getLogger(__name__)
+# The tags that say what a model is: copied onto every registered version.
+FINGERPRINTS = ("seed", "weights_sha256", "data_sha256", "config_sha256", "git_commit", "git_dirty", "deterministic", "device")
 
 
 class Tracker:
@@ -64,19 +66,41 @@ class Tracker:
             if epoch not in self.logged_steps:
                 self.log_metrics(metrics, epoch)
 
+    def log_report(self, report: Any, history: Optional[List[Dict[str, float]]], folder: str = "") -> None:
+        """The test set's classification report and the figures (learning curves when there is a
+        history), under `folder`."""
+        if not self.client:
+            return
+        from mnist_cnn.report import figures  # matplotlib: only when there is something to draw
+
+        artifacts = {"plots/confusion_matrix.png": figures.confusion_matrix(report), "plots/misclassified.png": figures.misclassified(report)}
+        if history:
+            artifacts["plots/learning_curves.png"] = figures.learning_curves(history)
+        self._call(self.client.log_dict, self.run_id, report.as_dict(), f"{folder}classification_report.json")
+        for path, figure in artifacts.items():
+            self._call(self.client.log_figure, self.run_id, figure, folder + path)
+
     def set_tags(self, tags: Dict[str, str]) -> None:
         batch = [RunTag(key, redact(str(value))) for key, value in tags.items()]
         self._call(self.client.log_batch if self.client else None, self.run_id, tags=batch)
 
-    def log_model(self, model: torch.nn.Module, in_shape: tuple, num_classes: int) -> None:
-        from mnist_cnn.tracking.model import log_model
+    def log_model(self, model: torch.nn.Module, in_shape: tuple, num_classes: int, register_as: Optional[str] = None) -> None:
+        """Log the model; with `register_as`, also register it as a new version of that model, described
+        by its test accuracy and tagged with the run's fingerprints."""
+        from mnist_cnn.tracking import model as logged
 
-        def log() -> None:
+        def upload() -> None:
+            run = self.client.get_run(self.run_id)
             # MLflow files a model under the active experiment, not its run's: `runs:/ID/model` finds it only there.
-            mlflow.set_experiment(experiment_id=self.client.get_run(self.run_id).info.experiment_id)
-            log_model(self.run_id, model, in_shape, num_classes)
+            mlflow.set_experiment(experiment_id=run.info.experiment_id)
+            uri = logged.log_model(self.run_id, model, in_shape, num_classes)
+            if register_as:
+                tags = {k: v for k, v in run.data.tags.items() if k in FINGERPRINTS} | {"run_id": self.run_id}
+                description = f"test_acc {run.data.metrics.get('test_acc', float('nan')):.4f}, from run {self.run_id}"
+                version = logged.register(self.client, uri, register_as, description, tags)
+                log.info("registered as models:/%s/%s", register_as, version)
 
-        self._call(log if self.client else None)
+        self._call(upload if self.client else None)
 
     def _call(self, fn, *args, **kwargs) -> Any:
         if fn is None:

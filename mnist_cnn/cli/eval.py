@@ -1,0 +1,96 @@
+"""`mnist-cnn-eval MODEL`: score a logged or registered model on the test split it was trained for.
+
+MODEL is a run id or an MLflow model URI (`runs:/ID/model`, `models:/NAME/3`, `models:/NAME@alias`).
+The dataset comes from the config its run logged; the result (accuracy, the per-class table, the
+confusion matrix and the most confident mistakes) is printed and logged back: to the run itself
+under `eval/` and as `eval_*` metrics, or, for a model named through the registry, to a new run
+tagged with that model URI.
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+from typing import List, Optional
+
+from mnist_cnn.errors import UserError
+from mnist_cnn.tracking.redact import redact
+
+
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="mnist-cnn-eval", description=__doc__.splitlines()[0])
+    parser.add_argument("model", metavar="MODEL", help="run id, runs:/ID/model, models:/NAME/VERSION or models:/NAME@ALIAS")
+    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
+    parser.add_argument("--data-root", metavar="DIR", help="where the dataset is, if not where the run read it")
+    return parser.parse_args(argv)
+
+
+def evaluate(args: argparse.Namespace):
+    """Load the model and its run's test split, score it, log the evaluation. Returns the report, the
+    model's reference, the test_acc its run logged when trained, and the run the evaluation went to."""
+    import mlflow  # slow imports: after the arguments are parsed
+
+    from mnist_cnn.data.datasets import IMAGE_SHAPE, dataset_info
+    from mnist_cnn.data.idx import load_split
+    from mnist_cnn.engine.repro import set_deterministic
+    from mnist_cnn.errors import ModelError
+    from mnist_cnn.report.metrics import check_fits, score
+    from mnist_cnn.tracking import store
+    from mnist_cnn.tracking.lookup import find_run, resolve_model, run_config
+
+    client = store.connect(args.tracking_uri)
+    ref = resolve_model(client, args.model)
+    if ref.run_id is None:
+        raise ModelError(f"{args.model}: no run logged this model, so its dataset is unknown; evaluate it by run id.")
+    run = find_run(client, ref.run_id, args.model)
+    with tempfile.TemporaryDirectory() as tmp:
+        config = run_config(client, ref.run_id, tmp, args.model)
+    data, precision = config["data"], config["trainer"]["precision"] or "fp32"
+    set_deterministic(run.data.tags.get("deterministic") == "True")  # as in training: the same numbers
+    try:
+        model = mlflow.pytorch.load_model(ref.uri, map_location="cpu").eval()
+    except Exception as e:  # noqa: BLE001 - MLflow raises many kinds for a missing or unreadable model
+        raise ModelError(f"{args.model}: cannot be loaded ({type(e).__name__}: {str(e).splitlines()[0][:200]}).") from e
+    classes = dataset_info(data["name"]).classes
+    check_fits(model, IMAGE_SHAPE, len(classes), args.model)
+    split = load_split(args.data_root or data["root"], data["name"], "test", data["download"], data["verify_checksums"])
+    report = score(model, split, classes, data["eval_batch_size"], precision)
+    return report, ref, run.data.metrics.get("test_acc", float("nan")), _log_back(client, ref, report)
+
+
+def _log_back(client, ref, report) -> str:
+    """Log the evaluation to the model's own run, or to a new run for a registered model."""
+    from mnist_cnn.tracking.run import Tracker
+
+    if ref.registered:
+        source = client.get_run(ref.run_id)
+        tags = {"mnist_cnn.evaluated_model": ref.uri, "mnist_cnn.source_run": ref.run_id}
+        run_id = client.create_run(source.info.experiment_id, run_name=f"eval {ref.uri[len('models:/'):]}", tags=tags).info.run_id
+        prefix, folder = "", ""
+    else:
+        run_id, prefix, folder = ref.run_id, "eval_", "eval/"
+    tracker = Tracker(client, run_id, client.tracking_uri)
+    tracker.log_metrics({f"{prefix}test_acc": report.accuracy, f"{prefix}test_loss": report.loss, **report.class_metrics(f"{prefix}test")}, step=0)
+    tracker.log_report(report, history=None, folder=folder)
+    if ref.registered:
+        client.set_terminated(run_id)
+    return run_id
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    args = parse_args(argv)
+    try:
+        report, ref, trained, logged = evaluate(args)
+    except UserError as e:
+        print(f"mnist-cnn-eval: {redact(str(e))}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    print(f"{ref.uri} (run {ref.run_id}) on the {len(report.confusion.sum(1))}-class test split, {int(report.confusion.sum())} images:")
+    print(f"{'class':>5}  {'name':<12} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>7}")
+    for row in report.as_dict()["classes"]:
+        print(f"{row['class']:>5}  {row['name']:<12} {row['precision']:9.4f} {row['recall']:7.4f} {row['f1']:7.4f} {row['support']:7d}")
+    print(f"test_acc {report.accuracy:.4f}  test_loss {report.loss:.4f}  (its training run logged {trained:.4f}; "
+          f"this evaluation is logged to run {logged})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""The figures every run logs under `plots/`, drawn with matplotlib's Agg backend (no display).
+
+Each function returns a `matplotlib.figure.Figure` built without pyplot, so nothing global is
+touched and nothing is left open; labels use the dataset's class names (Fashion-MNIST shows
+"Sneaker", not 7).
+"""
+
+from typing import Dict, List, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from mnist_cnn.report.metrics import Report
+
+
+def learning_curves(history: List[Dict[str, float]]) -> Figure:
+    """Train and validation loss (left) and accuracy (right) for each epoch."""
+    fig = Figure(figsize=(10, 4), dpi=100, layout="constrained")
+    epochs = list(range(1, len(history) + 1))
+    for ax, kind in zip(fig.subplots(1, 2), ("loss", "acc")):
+        for split, style in (("train", "o-"), ("val", "s--")):
+            values = [h.get(f"{split}_{kind}") for h in history]
+            if any(v is not None for v in values):
+                ax.plot(epochs, [np.nan if v is None else v for v in values], style, label=split)
+        ax.set(xlabel="epoch", ylabel="loss" if kind == "loss" else "accuracy", title="loss" if kind == "loss" else "accuracy")
+        ax.set_xticks(epochs)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return fig
+
+
+def confusion_matrix(report: Report) -> Figure:
+    """The test set's confusion matrix: counts (left) and each true class's row normalised (right)."""
+    counts = report.confusion.numpy()
+    rows = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    fig = Figure(figsize=(15, 6.5), dpi=100, layout="constrained")
+    for ax, matrix, title, fmt in zip(fig.subplots(1, 2), (counts, rows), ("counts", "share of each true class"), ("d", ".2f")):
+        image = ax.imshow(matrix, cmap="Blues")
+        _annotate(ax, matrix, fmt)
+        _class_ticks(ax, report.classes)
+        ax.set(xlabel="predicted", ylabel="true", title=title)
+        fig.colorbar(image, ax=ax, shrink=0.8)
+    fig.suptitle(f"confusion matrix on the test set (accuracy {report.accuracy:.4f})")
+    return fig
+
+
+def misclassified(report: Report, columns: int = 4) -> Figure:
+    """The test images the model got wrong with the highest confidence, with true and predicted class."""
+    mistakes = report.mistakes
+    rows = max(1, -(-len(mistakes) // columns))
+    fig = Figure(figsize=(2.6 * columns, 2.9 * rows), dpi=100, layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, columns)).ravel()
+    for ax in axes:
+        ax.axis("off")
+    for ax, m in zip(axes, mistakes):
+        ax.imshow(m.image.numpy(), cmap="gray_r", vmin=0, vmax=255)
+        ax.set_title(f"true: {report.classes[m.true]}\npredicted: {report.classes[m.predicted]} ({m.probability:.2f})", fontsize=9)
+    if not mistakes:
+        axes[0].text(0.5, 0.5, "no test image was misclassified", ha="center", va="center")
+    fig.suptitle("most confident mistakes on the test set")
+    return fig
+
+
+def _annotate(ax, matrix: np.ndarray, fmt: str) -> None:
+    """Each cell's value; empty cells stay blank so the mistakes stand out."""
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for (i, j), value in np.ndenumerate(matrix):
+        if format(value, fmt) in ("0", "0.00"):
+            continue
+        ax.text(j, i, format(value, fmt), ha="center", va="center", fontsize=7, color="white" if value > threshold else "black")
+
+
+def _class_ticks(ax, classes: Sequence[str]) -> None:
+    ticks, rotate = range(len(classes)), max(len(c) for c in classes) > 2  # "Ankle boot" needs the room
+    ax.set_xticks(ticks, classes, rotation=45 if rotate else 0, ha="right" if rotate else "center")
+    ax.set_yticks(ticks, classes)
