@@ -80,14 +80,17 @@ def test_logged_model_loads_without_this_package_and_behaves_like_a_module(tiny_
 
 
 def test_logging_the_model_leaves_the_callers_model_where_it_was(monkeypatch):
+    import mlflow.pytorch  # the module itself, not mlflow's lazy stand-in for it
+
     from mnist_cnn.tracking import model as logged
 
     seen = {}
+
     def log_model(graph, **kwargs):
         seen.update(graph=graph)
         return SimpleNamespace(model_uri="models:/m-0")
 
-    monkeypatch.setattr(logged.mlflow.pytorch, "log_model", log_model)
+    monkeypatch.setattr(mlflow.pytorch, "log_model", log_model)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)).double().train()
     logged.log_model("run", model, (1, 28, 28), 10)
     assert next(model.parameters()).dtype == torch.float64 and model.training  # untouched
