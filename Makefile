@@ -27,7 +27,9 @@ test: install
 test-all: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Serves ./mlflow.db on 127.0.0.1:5000 and prints the link that opens its runs (the Model-training view).
 ui: install
+	@$(VENV)/bin/mnist-cnn-runs --tracking-uri sqlite:///mlflow.db --link || true
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
 clean:

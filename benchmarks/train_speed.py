@@ -80,7 +80,7 @@ def mnist_cnn_steps_per_s(data_root: Path, steps: int, precision: str) -> tuple:
         overrides = ["experiment=seed_tutorial", f"data.root={data_root}", "trainer.progress=false", "tracking.enabled=false"]
         overrides += [f"trainer.precision={precision}"] if precision else []
         cfg = compose(config_name="config", overrides=overrides)
-    model, splits, _ = train.prepare(cfg)
+    model, splits, *_ = train.prepare(cfg)
     optimizer = optim.build_optimizer(cfg.optimizer, model.parameters())
     generator = torch.Generator().manual_seed(cfg.seed)
     cfg.trainer.limit_batches = WARMUP

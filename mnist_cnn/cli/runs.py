@@ -29,6 +29,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--ascending", action="store_true", help="smallest first (for losses)")
     parser.add_argument("--top", type=int, metavar="N", help="show only the first N runs")
     parser.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    parser.add_argument("--link", action="store_true", help="print the experiment's page in the MLflow UI instead")
     return parser.parse_args(argv)
 
 
@@ -54,6 +55,17 @@ def runs_table(args: argparse.Namespace) -> pd.DataFrame:
     return table.head(args.top) if args.top else table
 
 
+def experiment_link(args: argparse.Namespace) -> str:
+    """The experiment's runs in the MLflow UI (the Model-training view), for `make ui` to print."""
+    from mnist_cnn.tracking import store
+    from mnist_cnn.tracking.links import experiment_url, ui_base
+
+    experiment = store.connect(args.tracking_uri).get_experiment_by_name(args.experiment)
+    if experiment is None:
+        return f"{ui_base(args.tracking_uri)}  (no experiment {args.experiment!r} yet)"
+    return f"experiment {args.experiment!r}: {experiment_url(args.tracking_uri, experiment.experiment_id)}"
+
+
 def _row(run, sort: str, stale: bool) -> dict:
     info, data = run.info, run.data
     overrides = data.tags.get("hydra_overrides", "")
@@ -74,6 +86,8 @@ def _row(run, sort: str, stale: bool) -> dict:
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
     try:
+        if args.link:
+            return print(experiment_link(args))
         table = runs_table(args)
     except UserError as e:
         print(f"mnist-cnn-runs: {redact(str(e))}", file=sys.stderr)

@@ -185,6 +185,7 @@ class TrackingConfig:
     run_name: Optional[str] = None
     log_model: bool = True
     register_as: Optional[str] = None  # also register the model as a new version of this registered model
+    system_metrics: bool = False  # MLflow's CPU, memory, disk and network metrics every 10 s
     heartbeat_s: float = ranged(30.0, POSITIVE)  # a RUNNING run silent for 3 heartbeats is STALE
 
 

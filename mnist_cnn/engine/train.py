@@ -39,7 +39,7 @@ def run(cfg: DictConfig, output_dir: Path) -> Dict[str, float]:
     interrupts.reset()
     start = start_point(cfg, job_overrides()) if cfg.resume else StartPoint(cfg, None, None)
     cfg = start.cfg
-    model, splits, tags = prepare(cfg)
+    model, splits, tags, dataset = prepare(cfg)
     optimizer = build_optimizer(cfg.optimizer, model.parameters())
     steps = num_batches(len(splits["train"]), cfg.data.batch_size, cfg.data.drop_last, cfg.trainer.limit_batches)
     scheduler = build_scheduler(cfg.scheduler, optimizer, steps, cfg.trainer.epochs)
@@ -50,10 +50,11 @@ def run(cfg: DictConfig, output_dir: Path) -> Dict[str, float]:
         history = start.checkpoint.get("history", [])
     if cfg.resume:
         tags["resumed_at_epoch"] = str(first_epoch)
-    from mnist_cnn.tracking.run import tracked_run  # MLflow takes seconds to import: only once every check passed
+    from mnist_cnn.tracking.run import Opening, tracked_run  # MLflow takes seconds to import: once every check passed
 
     checkpoint = output_dir / "checkpoints" / "last.pt"
-    with tracked_run(cfg, {"n_params": count_params(model)}, tags, start.run_id, checkpoint) as tracker, interrupts.graceful():
+    opening = Opening({"n_params": count_params(model)}, tags, dataset)
+    with tracked_run(cfg, opening, start.run_id, checkpoint) as tracker, interrupts.graceful():
         if history:
             tracker.reconcile(history[-1], first_epoch - 1)
         forward = torch.compile(model) if cfg.trainer.compile else model  # shares weights with `model`
@@ -102,7 +103,7 @@ def train_and_validate(cfg: DictConfig, model, splits, optimizer, scheduler, gen
 
 def prepare(cfg: DictConfig):
     """Every check that can fail on a bad config or bad data, done before tracking starts; returns
-    the model on its device, the splits on that device and the run's fingerprint tags."""
+    the model on its device, the splits on that device, the run's fingerprint tags and its dataset."""
     plan = check_config(cfg)
     repro.seed_everything(cfg.seed)
     device = resolve_device(cfg.trainer.device)
@@ -118,16 +119,19 @@ def prepare(cfg: DictConfig):
     num_batches(len(train), cfg.data.batch_size, cfg.data.drop_last, cfg.trainer.limit_batches)  # an empty epoch fails here
     log.info("data %s: %d train, %d val, %d test images", cfg.data.name, len(train), len(val or []), len(test))
     splits = {"train": train.to(device), "val": val.to(device) if val else None, "test": test.to(device)}
+    data_sha256 = hashlib.sha256((full_train.sha256 + test.sha256).encode()).hexdigest()
     tags = {
         "device": str(device),
         "deterministic": str(deterministic),
         "seed": str(cfg.seed),
-        "data_sha256": hashlib.sha256((full_train.sha256 + test.sha256).encode()).hexdigest(),
+        "data_sha256": data_sha256,
         "config_sha256": repro.config_sha256(cfg),
     }
+    sizes = {name: len(split) for name, split in splits.items() if split is not None}
+    dataset = dict(name=cfg.data.name, folder=str(Path(cfg.data.root) / info.folder / "raw"), sizes=sizes, sha256=data_sha256)
     if cfg.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return model.to(device), splits, tags
+    return model.to(device), splits, tags, dataset
 
 
 def restore(checkpoint: Dict[str, Any], model, optimizer, scheduler, generator: torch.Generator) -> int:

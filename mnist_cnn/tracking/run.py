@@ -10,7 +10,8 @@ through `redact` first.
 
 import logging
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -26,6 +27,8 @@ from mnist_cnn.config.job import job_overrides, sweep_info
 from mnist_cnn.errors import TrackingError, TrackingLostError
 from mnist_cnn.tracking import store
 from mnist_cnn.tracking.fingerprint import environment_tags
+from mnist_cnn.tracking.inputs import dataset_input
+from mnist_cnn.tracking.links import model_version_url, run_url
 from mnist_cnn.tracking.heartbeat import HEARTBEAT, Heartbeat, alive_tags, now_tag
 from mnist_cnn.tracking.names import run_name
 from mnist_cnn.tracking.redact import redact
@@ -98,7 +101,7 @@ class Tracker:
                 tags = {k: v for k, v in run.data.tags.items() if k in FINGERPRINTS} | {"run_id": self.run_id}
                 description = f"test_acc {run.data.metrics.get('test_acc', float('nan')):.4f}, from run {self.run_id}"
                 version = logged.register(self.client, uri, register_as, description, tags)
-                log.info("registered as models:/%s/%s", register_as, version)
+                log.info("registered as models:/%s/%s: %s", register_as, version, model_version_url(self.uri, register_as, version))
 
         self._call(upload if self.client else None)
 
@@ -113,8 +116,17 @@ class Tracker:
             raise TrackingLostError(f"the MLflow store at {redact(self.uri)} stopped answering ({store.describe(e)})") from e
 
 
+@dataclass
+class Opening:
+    """What a new run records before its first epoch."""
+
+    params: Dict[str, Any]  # besides the flattened config
+    tags: Dict[str, str]  # fingerprints, device, ...
+    dataset: Dict[str, Any]  # name, folder, sizes (per split), sha256: the run's input
+
+
 @contextmanager
-def tracked_run(cfg: DictConfig, params: Dict[str, Any], tags: Dict[str, str], run_id: Optional[str], checkpoint: Path) -> Iterator[Tracker]:
+def tracked_run(cfg: DictConfig, opening: Opening, run_id: Optional[str], checkpoint: Path) -> Iterator[Tracker]:
     """Open a run for `cfg` (or reopen run `run_id`), yield its Tracker, and always end it.
 
     `checkpoint` is the local file the loop rewrites each epoch: the messages for a stopped run or a
@@ -129,14 +141,17 @@ def tracked_run(cfg: DictConfig, params: Dict[str, Any], tags: Dict[str, str], r
             raise
         return
     client = store.connect(cfg.tracking.uri)
-    opened, heartbeat = None, None
+    opened, background = None, ExitStack()  # heartbeat and system metrics: stopped before the final status
     try:
         with interrupts.shielded(), store.quick():  # a signal now waits until the run is recorded
-            opened = _open(client, cfg, params, tags, run_id)
-        heartbeat = Heartbeat(client, opened, cfg.tracking.heartbeat_s).start()
+            opened = _open(client, cfg, opening, run_id)
+        background.callback(Heartbeat(client, opened, cfg.tracking.heartbeat_s).start().stop)
+        if cfg.tracking.system_metrics:
+            background.callback(_system_metrics(opened, cfg.tracking.uri, resumed=run_id is not None).finish)
         yield Tracker(client, opened, cfg.tracking.uri)
     except KeyboardInterrupt:
         if opened:
+            background.close()
             command = resume_command(opened, cfg.tracking.uri)
             _end(client, opened, "KILLED", {"interrupted": "stopped by Ctrl-C or SIGTERM", "resume_command": command})
             log.warning("run %s KILLED after its last complete epoch; continue it with:\n  %s", opened, command)
@@ -145,21 +160,37 @@ def tracked_run(cfg: DictConfig, params: Dict[str, Any], tags: Dict[str, str], r
         raise TrackingLostError(_lost_message(e, opened, checkpoint, cfg.tracking.uri)) from e
     except BaseException as e:
         if opened:
+            background.close()
             _end(client, opened, "FAILED", {"error": error_tag(e)})
             e.mlflow_run_id = opened  # lets a sweep job know its failure is already recorded
         raise
     else:
+        background.close()
         _end(client, opened, "FINISHED", {})
-        print(f"MLflow run {opened} in experiment {cfg.tracking.experiment!r} at {redact(cfg.tracking.uri)}", flush=True)
+        experiment_id = client.get_run(opened).info.experiment_id
+        print(f"MLflow run {opened} finished in experiment {cfg.tracking.experiment!r} ({redact(cfg.tracking.uri)}):\n"
+              f"  {run_url(cfg.tracking.uri, experiment_id, opened)}{_ui_hint(cfg.tracking.uri)}", flush=True)
     finally:
-        if heartbeat is not None:
-            heartbeat.stop()
+        background.close()
 
 
-def _open(client: MlflowClient, cfg: DictConfig, params: Dict[str, Any], tags: Dict[str, str], run_id: Optional[str]) -> str:
-    """Create the run (params, config.yaml) or set run `run_id` RUNNING again; tag it as alive here."""
+def _ui_hint(tracking_uri: str) -> str:
+    return "" if tracking_uri.startswith(("http://", "https://")) else "  (for this local store, start the UI with `make ui`)"
+
+
+def _system_metrics(run_id: str, uri: str, resumed: bool) -> Any:
+    """MLflow's own monitor of CPU, memory, disk and network (and GPUs with nvidia-ml-py), every 10 s."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, resume_logging=resumed, tracking_uri=uri)
+    monitor.start()
+    return monitor
+
+
+def _open(client: MlflowClient, cfg: DictConfig, opening: Opening, run_id: Optional[str]) -> str:
+    """Create the run (params, config.yaml, dataset) or set run `run_id` RUNNING again; tag it as alive here."""
     try:
-        return _record_start(client, cfg, params, tags, run_id)
+        return _record_start(client, cfg, opening, run_id)
     except Exception as e:  # noqa: BLE001 - sorted below
         if not store.is_store_failure(e):
             raise
@@ -169,7 +200,7 @@ def _open(client: MlflowClient, cfg: DictConfig, params: Dict[str, Any], tags: D
         ) from e
 
 
-def _record_start(client: MlflowClient, cfg: DictConfig, params: Dict[str, Any], tags: Dict[str, str], run_id: Optional[str]) -> str:
+def _record_start(client: MlflowClient, cfg: DictConfig, opening: Opening, run_id: Optional[str]) -> str:
     if run_id is None:
         sweep = sweep_info()
         experiment_id = store.experiment_id(client, cfg.tracking.experiment)
@@ -177,15 +208,16 @@ def _record_start(client: MlflowClient, cfg: DictConfig, params: Dict[str, Any],
         parent = {"mlflow.parentRunId": sweep["parent_run_id"]} if sweep.get("parent_run_id") else {}
         run_id = client.create_run(experiment_id, run_name=name, tags=resolve_tags(parent)).info.run_id
         tree = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-        flat = {**flatten(tree), **params}
+        flat = {**flatten(tree), **opening.params}
         params_batch = [Param(k, redact(str(v))) for k, v in flat.items()]
         for start in range(0, len(params_batch), 100):  # MLflow takes at most 100 params a request
             client.log_batch(run_id, params=params_batch[start : start + 100])
         client.log_text(run_id, redact(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
-        tags = {**tags, "hydra_overrides": " ".join(job_overrides())}
+        client.log_inputs(run_id, datasets=[dataset_input(**opening.dataset)])
+        tags = {**opening.tags, "hydra_overrides": " ".join(job_overrides())}
     else:
         client.update_run(run_id, status="RUNNING")
-        tags = {**tags, "resume_overrides": " ".join(job_overrides())}  # the run's own overrides stay
+        tags = {**opening.tags, "resume_overrides": " ".join(job_overrides())}  # the run's own overrides stay
     all_tags = {**tags, **environment_tags(), **alive_tags(cfg.tracking.heartbeat_s)}
     client.log_batch(run_id, tags=[RunTag(k, redact(str(v))) for k, v in all_tags.items()])
     return run_id
@@ -265,8 +297,9 @@ def open_parent_run(cfg: DictConfig, name: str, tags: Dict[str, str]) -> Tuple[s
     return run_id, Heartbeat(client, run_id, cfg.tracking.heartbeat_s).start()
 
 
-def close_parent_run(cfg: DictConfig, run_id: str, status: str) -> Dict[str, Any]:
-    """Record the sweep's job count, failures and best child on the parent run, then end it."""
+def close_parent_run(cfg: DictConfig, run_id: str, status: str) -> Tuple[Dict[str, Any], str]:
+    """Record the sweep's job count, failures and best child on the parent run, then end it; returns
+    that summary and the parent's link in the UI."""
     client = store.connect(cfg.tracking.uri)
     experiment_id = client.get_run(run_id).info.experiment_id
     children = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{run_id}'", max_results=50_000)
@@ -282,4 +315,4 @@ def close_parent_run(cfg: DictConfig, run_id: str, status: str) -> Dict[str, Any
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in summary.items()])
     _end(client, run_id, status, tags)
-    return {**summary, **tags}
+    return {**summary, **tags}, run_url(cfg.tracking.uri, experiment_id, run_id)

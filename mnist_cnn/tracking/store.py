@@ -77,8 +77,8 @@ def experiment_id(client: MlflowClient, name: str) -> str:
             )
         if experiment is not None:
             return experiment.experiment_id
-        try:
-            return client.create_experiment(name)
+        try:  # the tag tells UIs that read it that this is model training, not a GenAI app
+            return client.create_experiment(name, tags={"mlflow.experimentKind": "custom_model_development"})
         except MlflowException:  # created by another process in between: read it again
             continue
     raise TrackingError(f"tracking.experiment={name!r} could neither be found nor created.")

@@ -82,5 +82,5 @@ class MlflowSweepCallback(Callback):
 
         run_id, self.run_id = self.run_id, None
         self.heartbeat.stop()
-        summary = close_parent_run(config, run_id, status)
-        log.info("sweep parent run %s: %s", run_id, summary)
+        summary, link = close_parent_run(config, run_id, status)
+        log.info("sweep parent run %s: %s\n  %s", run_id, summary, link)

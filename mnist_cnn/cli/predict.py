@@ -1,0 +1,175 @@
+"""`mnist-cnn-predict`: classify pictures of single characters with a model that a run logged.
+
+MODEL is a run id (the model that run logged) or any MLflow model URI: `runs:/<id>/model`,
+`models:/NAME/3`, `models:/NAME@champion`, `models:/m-<id>`. Each FILE (PNG or JPEG, any size,
+dark ink on light paper or light ink on dark) is prepared the way MNIST's own digits were (see
+mnist_cnn.data.images). Classes are named as in the dataset the model was trained on, read from
+the `config.yaml` of the run that logged it; a model without such a run shows class indices.
+
+A file that cannot be read is named on stderr and the others are still predicted; the exit code is
+then 2. A MODEL or tracking store that cannot be used is one line on stderr and exit code 2.
+"""
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+from mnist_cnn.errors import EXIT_BAD_INPUT, EXIT_OK, DataError, TrackingError, UserError
+from mnist_cnn.tracking.redact import redact
+
+RUN_ID = re.compile(r"[0-9a-f]{32}")
+TOP = 3  # probabilities shown per file without --json
+FIX = (
+    "Pass a run id (32 hex digits), runs:/<id>/model, models:/NAME/VERSION or models:/NAME@ALIAS that this store "
+    "holds, or the --tracking-uri (or $MLFLOW_TRACKING_URI) of the store that holds the model."
+)
+
+
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="mnist-cnn-predict", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="run id, runs:/<id>/model, models:/NAME/VERSION or models:/NAME@ALIAS")
+    parser.add_argument(
+        "--tracking-uri",
+        metavar="URI",
+        default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"),
+        help="the MLflow store that holds the model (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
+    )
+    parser.add_argument("--json", action="store_true", help="a JSON list with every class's probability per file")
+    parser.add_argument("files", nargs="+", metavar="FILE", help="PNG or JPEG pictures, one character each")
+    return parser.parse_args(argv)
+
+
+def load_model(model: str, tracking_uri: str):
+    """The module MODEL names, ready for inference, and its class names; UserError if unusable."""
+    import mlflow.pytorch  # MLflow and torch are slow to import: after the arguments are parsed
+    import torch
+
+    from mnist_cnn.data.datasets import IMAGE_SHAPE
+
+    uri = f"runs:/{model}/model" if RUN_ID.fullmatch(model) else model
+    client = _open_store(model, tracking_uri)
+    try:
+        run_id = source_run(client, uri)
+        net = mlflow.pytorch.load_model(uri).eval()
+        with torch.inference_mode():
+            n_classes = net(torch.zeros(1, *IMAGE_SHAPE)).shape[-1]  # also: it takes 28x28 images
+    except Exception as e:  # noqa: BLE001 - MlflowException, OSError, ImportError (an s3:// client), unpickling errors
+        from mnist_cnn.tracking.store import describe
+
+        raise UserError(f"--model {model}: cannot load it from the tracking store {tracking_uri} ({describe(e)}). {FIX}") from e
+    return net, class_names(client, run_id, n_classes)
+
+
+def _open_store(model: str, tracking_uri: str):
+    """A client for the store, refusing a sqlite file that does not exist (connect would create an
+    empty store, in which no model can be found)."""
+    from mnist_cnn.tracking import store
+
+    if tracking_uri.startswith(store.SQLITE) and tracking_uri != store.SQLITE + ":memory:":
+        path = Path(tracking_uri[len(store.SQLITE) :]).expanduser()
+        if not path.is_file():
+            where = f"there is no MLflow store at {path.absolute()} (--tracking-uri {tracking_uri})"
+            raise UserError(f"--model {model}: {where}. {FIX}")
+    try:
+        return store.connect(tracking_uri)
+    except TrackingError as e:  # its closing advice is about training: say where the model should be instead
+        raise TrackingError(f"--model {model}: " + str(e).replace(store.FIX, FIX)) from e
+
+
+def source_run(client, uri: str) -> Optional[str]:
+    """The id of the run that logged the model at `uri`; None where there is none (a model folder)."""
+    if uri.startswith("runs:/"):
+        return uri[len("runs:/") :].split("/")[0]
+    if not uri.startswith("models:/"):
+        return None
+    # MLflow's own resolution of a models:/ URI (version, @alias, /latest, /Stage, or a logged model's id)
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
+
+    found = get_model_name_and_version(client, uri)
+    if len(found) == 1:  # models:/m-<id>: a logged model, not a registered one
+        return client.get_logged_model(found[0]).source_run_id
+    version = client.get_model_version(*found)
+    if version.run_id is None and version.model_id:
+        return client.get_logged_model(version.model_id).source_run_id
+    return version.run_id
+
+
+def class_names(client, run_id: Optional[str], n_classes: int) -> Tuple[str, ...]:
+    """The classes of the dataset run `run_id` trained on (data.name in its config.yaml), or the
+    class indices where there is no such run or config, or its dataset has another number of classes."""
+    import yaml
+    from mlflow.exceptions import MlflowException
+
+    from mnist_cnn.data.datasets import dataset_info
+
+    indices = tuple(str(i) for i in range(n_classes))
+    if run_id is None:
+        return indices
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            config = yaml.safe_load(Path(client.download_artifacts(run_id, "config.yaml", folder)).read_text())
+        classes = dataset_info(config["data"]["name"]).classes
+    except (MlflowException, OSError, yaml.YAMLError, KeyError, TypeError, DataError):  # not a run mnist-cnn-train made
+        return indices
+    return classes if len(classes) == n_classes else indices
+
+
+def read_images(files: List[str]) -> Tuple[list, list]:
+    """The files that could be read and their images; each other file is named on stderr."""
+    from mnist_cnn.data.images import load_image
+
+    read, images = [], []
+    for file in files:
+        try:
+            images.append(load_image(file))
+            read.append(file)
+        except DataError as e:
+            print(f"mnist-cnn-predict: {e}", file=sys.stderr)
+    return read, images
+
+
+def report(files: List[str], probabilities, classes: Tuple[str, ...], as_json: bool) -> None:
+    """The predicted class per file: with the top probabilities, or as JSON with all of them."""
+    if as_json:
+        rows = [
+            {
+                "file": file,
+                "class": classes[int(p.argmax())],
+                "probabilities": {name: round(float(v), 6) for name, v in zip(classes, p)},
+            }
+            for file, p in zip(files, probabilities)
+        ]
+        print(json.dumps(rows, indent=2))
+        return
+    for file, p in zip(files, probabilities):
+        top = p.topk(min(TOP, len(classes)))
+        shown = ", ".join(f"{classes[int(i)]} {float(v):.1%}" for v, i in zip(top.values, top.indices))
+        print(f"{file}: {classes[int(top.indices[0])]}  ({shown})")
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    args = parse_args(argv)
+    try:
+        net, classes = load_model(args.model, args.tracking_uri)
+    except UserError as e:
+        print(f"mnist-cnn-predict: {redact(str(e))}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    import torch
+
+    files, images = read_images(args.files)
+    if images:
+        with torch.inference_mode():
+            probabilities = torch.softmax(net(torch.stack(images)), dim=1)
+        report(files, probabilities, classes, args.json)
+    elif args.json:
+        print("[]")
+    sys.exit(EXIT_OK if len(files) == len(args.files) else EXIT_BAD_INPUT)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""Links into the MLflow UI that open where they should: on the Model-training view.
+
+MLflow 3.17's UI opens an experiment on its GenAI overview unless the address says otherwise, and
+only `?workflowType=machine_learning` placed after the `#` does (before it, it is ignored; the
+`mlflow.experimentKind` tag is not read). `#/runs/ID` redirects and drops the parameter, so a run
+is linked through its experiment. For a local store the links point at `make ui`'s address.
+"""
+
+from urllib.parse import quote
+
+from mnist_cnn.tracking.redact import split_http_credentials
+
+MAKE_UI = "http://127.0.0.1:5000"  # where `make ui` serves a local store
+VIEW = "workflowType=machine_learning"
+
+
+def ui_base(tracking_uri: str) -> str:
+    """The UI's address: the server itself, or `make ui`'s for a local store (credentials never shown)."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return split_http_credentials(tracking_uri)[0].split("?")[0].rstrip("/")
+    return MAKE_UI
+
+
+def experiment_url(tracking_uri: str, experiment_id: str) -> str:
+    return f"{ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs?{VIEW}"
+
+
+def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    return f"{ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs/{run_id}?{VIEW}"
+
+
+def model_version_url(tracking_uri: str, name: str, version: str) -> str:
+    return f"{ui_base(tracking_uri)}/#/models/{quote(name, safe='')}/versions/{version}?{VIEW}"
