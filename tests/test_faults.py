@@ -150,3 +150,13 @@ def test_sigterm_stops_training_while_the_server_hangs(tiny_root, tmp_path):
         os.killpg(server.process.pid, signal.SIGCONT)
         server.stop()
 
+
+
+def test_reading_commands_never_create_an_empty_store(tmp_path, capsys):
+    """`mnist-cnn-runs` (like eval and predict) against a store that does not exist says so, and leaves no file."""
+    from mnist_cnn.cli import runs
+
+    with pytest.raises(SystemExit) as e:
+        runs.main(["--tracking-uri", f"sqlite:///{tmp_path}/typo.db"])
+    assert e.value.code == 2 and f"there is no MLflow store at {tmp_path}/typo.db" in capsys.readouterr().err
+    assert not (tmp_path / "typo.db").exists()

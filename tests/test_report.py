@@ -91,9 +91,9 @@ def test_a_registered_model_evaluates_to_its_runs_test_accuracy(tiny_cfg, store_
 @pytest.mark.parametrize(
     "model, message",
     [
-        ("models:/digits/7", "models:/digits/7: not in this tracking store's registry"),
+        ("models:/digits/7", "models:/digits/7: not in the tracking store sqlite:///"),
         ("0123456789abcdef0123456789abcdef", "no run 0123456789abcdef0123456789abcdef in this tracking store"),
-        ("s3://bucket/model", "name a model by run id, runs:/ID/model"),
+        ("s3://bucket/model", "s3://bucket/model: no run logged this model, so its dataset is unknown"),
     ],
 )
 def test_an_unknown_model_is_one_line_and_exit_2(store_uri, model, message, capsys):

@@ -6,9 +6,9 @@ import math
 import subprocess
 import sys
 import textwrap
-from types import SimpleNamespace
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch

@@ -38,7 +38,7 @@ def evaluate(args: argparse.Namespace):
     from mnist_cnn.tracking import store
     from mnist_cnn.tracking.lookup import find_run, resolve_model, run_config
 
-    client = store.connect(args.tracking_uri)
+    client = store.connect(args.tracking_uri, create=False)
     ref = resolve_model(client, args.model)
     if ref.run_id is None:
         raise ModelError(f"{args.model}: no run logged this model, so its dataset is unknown; evaluate it by run id.")

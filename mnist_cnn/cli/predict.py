@@ -13,16 +13,12 @@ then 2. A MODEL or tracking store that cannot be used is one line on stderr and 
 import argparse
 import json
 import os
-import re
 import sys
-import tempfile
-from pathlib import Path
 from typing import List, Optional, Tuple
 
-from mnist_cnn.errors import EXIT_BAD_INPUT, EXIT_OK, DataError, TrackingError, UserError
+from mnist_cnn.errors import EXIT_BAD_INPUT, EXIT_OK, DataError, ModelError, UserError
 from mnist_cnn.tracking.redact import redact
 
-RUN_ID = re.compile(r"[0-9a-f]{32}")
 TOP = 3  # probabilities shown per file without --json
 FIX = (
     "Pass a run id (32 hex digits), runs:/<id>/model, models:/NAME/VERSION or models:/NAME@ALIAS that this store "
@@ -50,73 +46,22 @@ def load_model(model: str, tracking_uri: str):
     import torch
 
     from mnist_cnn.data.datasets import IMAGE_SHAPE
+    from mnist_cnn.tracking import store
+    from mnist_cnn.tracking.lookup import class_names, resolve_model
 
-    uri = f"runs:/{model}/model" if RUN_ID.fullmatch(model) else model
-    client = _open_store(model, tracking_uri)
     try:
-        run_id = source_run(client, uri)
-        net = mlflow.pytorch.load_model(uri).eval()
+        client = store.connect(tracking_uri, create=False)  # an empty new store would hold no model
+        ref = resolve_model(client, model)
+        net = mlflow.pytorch.load_model(ref.uri).eval()
         with torch.inference_mode():
             n_classes = net(torch.zeros(1, *IMAGE_SHAPE)).shape[-1]  # also: it takes 28x28 images
+    except ModelError as e:  # it names the model; the store's own errors name the store
+        raise ModelError(f"--model {e}") from e
+    except UserError:
+        raise
     except Exception as e:  # noqa: BLE001 - MlflowException, OSError, ImportError (an s3:// client), unpickling errors
-        from mnist_cnn.tracking.store import describe
-
-        raise UserError(f"--model {model}: cannot load it from the tracking store {tracking_uri} ({describe(e)}). {FIX}") from e
-    return net, class_names(client, run_id, n_classes)
-
-
-def _open_store(model: str, tracking_uri: str):
-    """A client for the store, refusing a sqlite file that does not exist (connect would create an
-    empty store, in which no model can be found)."""
-    from mnist_cnn.tracking import store
-
-    if tracking_uri.startswith(store.SQLITE) and tracking_uri != store.SQLITE + ":memory:":
-        path = Path(tracking_uri[len(store.SQLITE) :]).expanduser()
-        if not path.is_file():
-            where = f"there is no MLflow store at {path.absolute()} (--tracking-uri {tracking_uri})"
-            raise UserError(f"--model {model}: {where}. {FIX}")
-    try:
-        return store.connect(tracking_uri)
-    except TrackingError as e:  # its closing advice is about training: say where the model should be instead
-        raise TrackingError(f"--model {model}: " + str(e).replace(store.FIX, FIX)) from e
-
-
-def source_run(client, uri: str) -> Optional[str]:
-    """The id of the run that logged the model at `uri`; None where there is none (a model folder)."""
-    if uri.startswith("runs:/"):
-        return uri[len("runs:/") :].split("/")[0]
-    if not uri.startswith("models:/"):
-        return None
-    # MLflow's own resolution of a models:/ URI (version, @alias, /latest, /Stage, or a logged model's id)
-    from mlflow.store.artifact.utils.models import get_model_name_and_version
-
-    found = get_model_name_and_version(client, uri)
-    if len(found) == 1:  # models:/m-<id>: a logged model, not a registered one
-        return client.get_logged_model(found[0]).source_run_id
-    version = client.get_model_version(*found)
-    if version.run_id is None and version.model_id:
-        return client.get_logged_model(version.model_id).source_run_id
-    return version.run_id
-
-
-def class_names(client, run_id: Optional[str], n_classes: int) -> Tuple[str, ...]:
-    """The classes of the dataset run `run_id` trained on (data.name in its config.yaml), or the
-    class indices where there is no such run or config, or its dataset has another number of classes."""
-    import yaml
-    from mlflow.exceptions import MlflowException
-
-    from mnist_cnn.data.datasets import dataset_info
-
-    indices = tuple(str(i) for i in range(n_classes))
-    if run_id is None:
-        return indices
-    try:
-        with tempfile.TemporaryDirectory() as folder:
-            config = yaml.safe_load(Path(client.download_artifacts(run_id, "config.yaml", folder)).read_text())
-        classes = dataset_info(config["data"]["name"]).classes
-    except (MlflowException, OSError, yaml.YAMLError, KeyError, TypeError, DataError):  # not a run mnist-cnn-train made
-        return indices
-    return classes if len(classes) == n_classes else indices
+        raise UserError(f"--model {model}: cannot load it from the tracking store {tracking_uri} ({store.describe(e)}). {FIX}") from e
+    return net, class_names(client, ref.run_id, n_classes)
 
 
 def read_images(files: List[str]) -> Tuple[list, list]:

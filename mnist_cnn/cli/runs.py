@@ -14,8 +14,8 @@ from typing import List, Optional
 import pandas as pd
 
 from mnist_cnn.errors import UserError
-from mnist_cnn.tracking.redact import redact
 from mnist_cnn.tracking.names import run_name
+from mnist_cnn.tracking.redact import redact
 
 COLUMNS = ["run_id", "name", "status", "overrides", "val_acc", "test_acc", "epochs", "wall_s"]
 
@@ -38,7 +38,7 @@ def runs_table(args: argparse.Namespace) -> pd.DataFrame:
     from mnist_cnn.tracking import store  # MLflow is slow to import: after the arguments are parsed
     from mnist_cnn.tracking.heartbeat import is_stale
 
-    client = store.connect(args.tracking_uri)
+    client = store.connect(args.tracking_uri, create=False)
     experiment = client.get_experiment_by_name(args.experiment)
     if experiment is None:
         raise UserError(f"no experiment {args.experiment!r} at {redact(args.tracking_uri)}; check --experiment.")
@@ -60,7 +60,7 @@ def experiment_link(args: argparse.Namespace) -> str:
     from mnist_cnn.tracking import store
     from mnist_cnn.tracking.links import experiment_url, ui_base
 
-    experiment = store.connect(args.tracking_uri).get_experiment_by_name(args.experiment)
+    experiment = store.connect(args.tracking_uri, create=False).get_experiment_by_name(args.experiment)
     if experiment is None:
         return f"{ui_base(args.tracking_uri)}  (no experiment {args.experiment!r} yet)"
     return f"experiment {args.experiment!r}: {experiment_url(args.tracking_uri, experiment.experiment_id)}"

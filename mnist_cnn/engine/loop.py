@@ -13,8 +13,8 @@ from omegaconf import DictConfig
 from torch import nn
 from tqdm import tqdm
 
-from mnist_cnn.data.splits import Split, batches, num_batches
 from mnist_cnn import interrupts
+from mnist_cnn.data.splits import Split, batches, num_batches
 from mnist_cnn.errors import ConfigError, DivergedError
 
 

@@ -13,7 +13,6 @@ from omegaconf import DictConfig, OmegaConf
 from mnist_cnn.config.keys import RUN_SETTINGS
 
 
-
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch's global RNG (weight init, dropout)."""
     random.seed(seed)

@@ -27,9 +27,9 @@ from mnist_cnn.config.job import job_overrides, sweep_info
 from mnist_cnn.errors import TrackingError, TrackingLostError
 from mnist_cnn.tracking import store
 from mnist_cnn.tracking.fingerprint import environment_tags
+from mnist_cnn.tracking.heartbeat import HEARTBEAT, Heartbeat, alive_tags, now_tag
 from mnist_cnn.tracking.inputs import dataset_input
 from mnist_cnn.tracking.links import model_version_url, run_url
-from mnist_cnn.tracking.heartbeat import HEARTBEAT, Heartbeat, alive_tags, now_tag
 from mnist_cnn.tracking.names import run_name
 from mnist_cnn.tracking.redact import redact
 

@@ -42,17 +42,20 @@ QUICK = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": 
 SQLITE = "sqlite:///"
 FIX = (
     "Use sqlite:///PATH.db for a local store (the default is sqlite:///mlflow.db, or $MLFLOW_TRACKING_URI), or "
-    "the http(s):// address of a running MLflow server; tracking.enabled=false trains without tracking."
+    "the http(s):// address of a running MLflow server."
 )
 
 
-def connect(uri: str) -> MlflowClient:
-    """A client for the store at `uri` (created if new), after one quick request; TrackingError if unusable."""
+def connect(uri: str, create: bool = True) -> MlflowClient:
+    """A client for the store at `uri`, after one quick request; TrackingError if unusable. A new
+    sqlite store is created only with `create` (training does; commands that read runs do not)."""
     for key, value in SETTINGS.items():
         os.environ.setdefault(key, value)
     uri, credentials = split_http_credentials(uri)
     os.environ.update(credentials)
     path = Path(uri[len(SQLITE) :]) if uri.startswith(SQLITE) and uri != SQLITE + ":memory:" else None
+    if path is not None and not create and not path.is_file():
+        raise TrackingError(f"tracking.uri={redact(uri)!r}: there is no MLflow store at {path.expanduser().absolute()}. {FIX}")
     if path is not None:
         _check_writable(uri, path)
     try:

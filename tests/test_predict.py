@@ -1,0 +1,263 @@
+"""`mnist-cnn-predict`: pictures as users have them (inverted, resized, colour, with margins) come
+back as the MNIST digit they show, and the command names each class, each bad file and each
+unusable model in one line."""
+
+import json
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+from PIL import Image
+
+from mnist_cnn.cli import predict
+from mnist_cnn.data.datasets import DATASETS
+from mnist_cnn.data.idx import load_split
+from mnist_cnn.data.images import load_image
+from mnist_cnn.engine import train
+from mnist_cnn.errors import DataError
+from mnist_cnn.tracking.lookup import class_names, resolve_model
+from tests.helpers import processes
+from tests.helpers.config import make_cfg
+from tests.helpers.mlflow_store import copy_store, free_port, only_run
+
+
+def _on_white_canvas(image: Image.Image) -> Image.Image:
+    canvas = Image.new("RGB", (120, 80), "white")
+    canvas.paste(image.convert("RGB"), (70, 10))  # off-centre, with a wide margin
+    return canvas
+
+
+# How users save a digit: MNIST's white on black, or dark ink on white paper, at other sizes, in colour, 16 bits.
+VARIANTS = {
+    "as-is": lambda digit: Image.fromarray(digit),
+    "dark-on-white": lambda digit: Image.fromarray(255 - digit),
+    "64x64": lambda digit: Image.fromarray(255 - digit).resize((64, 64), Image.Resampling.BICUBIC),
+    "100x100-rgb": lambda digit: Image.fromarray(digit).resize((100, 100), Image.Resampling.BICUBIC).convert("RGB"),
+    "rgb-white-margin": lambda digit: _on_white_canvas(Image.fromarray(255 - digit)),
+    "ink-on-transparent": lambda digit: Image.merge("RGBA", [Image.new("L", (28, 28), 0)] * 3 + [Image.fromarray(digit)]),
+    "16-bit-grey": lambda digit: Image.fromarray((255 - digit).astype(np.uint16) * 257),
+}
+RESIZED = {"64x64", "100x100-rgb"}  # resampled twice (by the user, then back to 20x20): close, not equal
+COMMAND = str(Path(sys.executable).parent / "mnist-cnn-predict")  # the console script pip installed
+
+
+@pytest.fixture
+def mnist_test(real_root) -> tuple:
+    """The real MNIST test split as numpy: uint8 images (N, 28, 28) and labels."""
+    split = load_split(str(real_root), "mnist", "test")
+    return split.images.numpy(), split.labels.numpy()
+
+
+def similarity(original: np.ndarray, prepared: np.ndarray) -> float:
+    """Correlation of two 28x28 images, allowing one pixel of placement (a rounding of the centre)."""
+    shifts = [np.roll(prepared, (dy, dx), axis=(0, 1)) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    return max(float(np.corrcoef(original.ravel(), shifted.ravel())[0, 1]) for shifted in shifts)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_saved_mnist_digit_comes_back_as_mnist_made_it(mnist_test, tmp_path, variant):
+    images, _ = mnist_test
+    for i, digit in enumerate(images[:10]):
+        path = tmp_path / f"{i}.png"
+        VARIANTS[variant](digit).save(path)
+        prepared = load_image(path)
+        assert prepared.shape == (1, 28, 28) and str(prepared.dtype) == "torch.float32"
+        assert 0 <= prepared.min() and prepared.max() <= 1
+        pixels = prepared[0].numpy()
+        rows, cols = np.nonzero(pixels)
+        assert np.ptp(rows) < 20 and np.ptp(cols) < 20, "the ink fits MNIST's 20x20 box"
+        centre = [float((np.indices(pixels.shape)[axis] * pixels).sum() / pixels.sum()) for axis in (0, 1)]
+        assert centre == pytest.approx([14, 14], abs=0.5), "centred by its centre of mass"
+        close = similarity(digit / 255, pixels)
+        assert close > (0.85 if variant in RESIZED else 0.99), f"digit {i}: similarity {close:.3f}"
+
+
+@pytest.mark.parametrize("colour", ["white", "black", "grey-with-faint-noise"])
+def test_a_blank_picture_is_refused_naming_the_file(tmp_path, colour):
+    path = tmp_path / f"{colour}.png"
+    if colour == "grey-with-faint-noise":  # a photo of empty paper: no stroke stands out
+        noise = np.random.default_rng(0).integers(120, 140, (50, 40), dtype=np.uint8)
+        Image.fromarray(noise).save(path)
+    else:
+        Image.new("L", (50, 40), colour).save(path)
+    with pytest.raises(DataError, match=f"^{path}: the image is blank"):
+        load_image(path)
+
+
+def unreadable(kind: str, folder: Path) -> Path:
+    """A path a user might pass that holds no picture to read."""
+    path = folder / f"{kind}.png"
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "not-an-image":
+        path.write_text("a shopping list, saved as .png")
+    elif kind == "truncated":
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)).save(path)
+        path.write_bytes(path.read_bytes()[:400])
+    return path
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("missing", "no such file."),
+        ("folder", "is a folder; pass image files (PNG or JPEG)."),
+        ("not-an-image", "not an image Pillow can read; pass a PNG or JPEG file."),
+        ("truncated", "the file is truncated or corrupt."),
+    ],
+    ids=["missing", "folder", "not-an-image", "truncated"],
+)
+def test_an_unreadable_file_is_one_message_naming_it(tmp_path, kind, message):
+    path = unreadable(kind, tmp_path)
+    with pytest.raises(DataError) as error:
+        load_image(path)
+    assert str(error.value).startswith(f"{path}: ") and str(error.value).endswith(message)
+
+
+@pytest.fixture(scope="module")
+def trained_once() -> dict:
+    return {}
+
+
+@pytest.fixture
+def trained(real_root, store_template, tmp_path_factory, trained_once) -> dict:
+    """A model trained briefly on the real MNIST (10-20 s) and registered as digits@champion: by the
+    first test that asks, then shared by the others (a module-scoped fixture could not use real_root)."""
+    if not trained_once:
+        trained_once.update(train_and_register(real_root, store_template, tmp_path_factory.mktemp("predict")))
+    return trained_once
+
+
+def train_and_register(root: Path, store_template: Path, folder: Path) -> dict:
+    uri = copy_store(store_template, folder)
+    cfg = make_cfg(
+        [
+            f"data.root={root}",
+            "trainer.epochs=1",
+            "trainer.limit_batches=300",
+            "data.batch_size=128",
+            "data.val_size=0",
+            "objective.metric=test_acc",
+            "scheduler=onecycle",  # 98.8% after 300 steps, where a constant 3e-3 reaches 98.2%: a margin above 19 of 20
+            "optimizer.lr=1e-2",
+            "trainer.progress=false",
+            f"tracking.uri={uri}",
+            "tracking.log_model=true",
+        ]
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)  # MLflow puts artifacts under ./mlruns
+        final = train.run(cfg, folder / "out")
+    assert final["test_acc"] > 0.98, "the model itself must be good enough for 19 of 20"
+    run_id = only_run(uri).info.run_id
+    mlflow.set_tracking_uri(uri)
+    version = mlflow.register_model(f"runs:/{run_id}/model", "digits")
+    client = MlflowClient(uri)
+    client.set_registered_model_alias("digits", "champion", version.version)
+    return {"uri": uri, "run_id": run_id, "client": client}
+
+
+def _save_as_users_do(images: np.ndarray, folder: Path) -> list:
+    """The first 20 test digits as PNG files, each in one of the VARIANTS in turn."""
+    names = list(VARIANTS)
+    paths = []
+    for i, digit in enumerate(images[:20]):
+        paths.append(folder / f"{i:02d}-{names[i % len(names)]}.png")
+        VARIANTS[names[i % len(names)]](digit).save(paths[-1])
+    return paths
+
+
+@pytest.mark.slow
+def test_19_of_the_first_20_test_digits_saved_as_users_do_are_right(trained, mnist_test, tmp_path, capsys):
+    images, labels = mnist_test
+    paths = _save_as_users_do(images, tmp_path)
+    with pytest.raises(SystemExit) as exit:
+        predict.main(["--model", "models:/digits@champion", "--tracking-uri", trained["uri"], *map(str, paths)])
+    out = capsys.readouterr()
+    assert exit.value.code == 0 and out.err == ""
+    lines = out.out.splitlines()
+    assert [line.split(":")[0] for line in lines] == list(map(str, paths))  # one line per file, in order
+    predicted = [int(line.split(": ")[1].split()[0]) for line in lines]
+    assert all(line.count("%") == 3 for line in lines), "the top 3 probabilities"
+    right = sum(p == label for p, label in zip(predicted, labels[:20]))
+    assert right >= 19, list(zip(paths, predicted, labels[:20]))
+
+
+@pytest.mark.slow
+def test_the_command_prints_json_names_a_bad_file_and_exits_2(trained, mnist_test, tmp_path):
+    images, labels = mnist_test
+    paths = _save_as_users_do(images, tmp_path)
+    broken = unreadable("truncated", tmp_path)
+    files = [str(paths[0]), str(broken), *map(str, paths[1:])]
+    command = [COMMAND, "--json", "--model", trained["run_id"], "--tracking-uri", trained["uri"], *files]
+    out = processes.run(command, tmp_path, timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    (error,) = out.stderr.strip().splitlines()
+    assert error.startswith(f"mnist-cnn-predict: {broken}: cannot be read (") and error.endswith("truncated or corrupt.")
+    rows = json.loads(out.stdout)
+    assert [row["file"] for row in rows] == list(map(str, paths))  # the bad file left out, the others all there
+    for row in rows:
+        assert list(row["probabilities"]) == list(DATASETS["mnist"].classes)  # every class, by name
+        assert sum(row["probabilities"].values()) == pytest.approx(1, abs=1e-4)
+        assert row["class"] == max(row["probabilities"], key=row["probabilities"].get)
+    assert sum(row["class"] == str(label) for row, label in zip(rows, labels[:20])) >= 19
+
+
+@pytest.mark.slow
+def test_a_model_uri_leads_back_to_the_run_that_trained_it(trained, tmp_path):
+    client, run_id = trained["client"], trained["run_id"]
+    (logged,) = client.search_logged_models([client.get_run(run_id).info.experiment_id])
+    uris = [f"runs:/{run_id}/model", "models:/digits/1", "models:/digits@champion", "models:/digits/latest", logged.model_uri]
+    for uri in uris:
+        assert resolve_model(client, uri).run_id == run_id, uri
+    folder = client.download_artifacts(run_id, "model", str(tmp_path))  # a model that no run logged
+    assert resolve_model(client, folder).run_id is None
+    client.create_registered_model("from-a-folder")
+    client.create_model_version("from-a-folder", folder)
+    assert resolve_model(client, "models:/from-a-folder/1").run_id is None
+
+
+def test_class_names_come_from_the_dataset_the_run_trained_on(store_uri):
+    client = MlflowClient(store_uri)
+    experiment = client.create_experiment("names")
+    fashion, no_config = client.create_run(experiment).info.run_id, client.create_run(experiment).info.run_id
+    client.log_text(fashion, "data:\n  name: fashion_mnist\n", "config.yaml")
+    names = class_names(client, fashion, 10)
+    assert names == DATASETS["fashion_mnist"].classes and names[9] == "Ankle boot"
+    indices = tuple("0123456789")
+    assert class_names(client, no_config, 10) == indices  # not a run mnist-cnn-train made
+    assert class_names(client, None, 10) == indices  # no run at all
+    assert class_names(client, fashion, 12) == tuple(map(str, range(12)))  # a model with other outputs
+
+
+UNKNOWN_RUN = "0" * 32
+
+
+@pytest.mark.parametrize(
+    "model, uri, message",
+    [
+        (UNKNOWN_RUN, "{store}", f"--model {UNKNOWN_RUN}: cannot load it from the tracking store {{store}} (MlflowException: Run with id={UNKNOWN_RUN} not found)"),
+        ("models:/nosuch/1", "{store}", "--model models:/nosuch/1: not in the tracking store {store} (Model Version (name=nosuch, version=1) not found)."),
+        ("models:/digits@nope", "{store}", "--model models:/digits@nope: not in the tracking store {store} (Registered model alias nope not found.)."),
+        (UNKNOWN_RUN, "sqlite:///{tmp}/nothere.db", "tracking.uri='sqlite:///{tmp}/nothere.db': there is no MLflow store at {tmp}/nothere.db."),
+        (UNKNOWN_RUN, "http://alice:secret@127.0.0.1:{port}", "tracking.uri='http://127.0.0.1:{port}': cannot open the MLflow store (connection refused)."),
+    ],
+    ids=["unknown-run", "unknown-registered-model", "unknown-alias", "no-store-file", "unreachable-server"],
+)
+def test_an_unusable_model_or_store_is_one_line_exit_2(store_uri, tmp_path, capsys, monkeypatch, model, uri, message):
+    for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):  # restored after the test: the credentials
+        monkeypatch.setenv(key, "")  # in the URI move into these variables, which other tests must not inherit
+    names = {"store": store_uri, "tmp": tmp_path, "port": free_port()}
+    MlflowClient(store_uri).create_registered_model("digits")  # a name with no alias "nope"
+    image = tmp_path / "digit.png"
+    Image.new("L", (28, 28), "black").save(image)
+    with pytest.raises(SystemExit) as exit:
+        predict.main(["--model", model, "--tracking-uri", uri.format(**names), str(image)])
+    err = capsys.readouterr().err
+    assert exit.value.code == 2
+    assert err.startswith("mnist-cnn-predict: " + message.format(**names)) and err.count("\n") == 1, err
+    assert "secret" not in err and "Traceback" not in err
+    assert not (tmp_path / "nothere.db").exists()  # no empty store left behind
