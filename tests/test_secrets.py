@@ -106,3 +106,12 @@ def test_credentials_in_hydras_own_files_are_masked(tmp_path):
     assert (written / "config.yaml").read_text() == "tracking:\n  uri: http://alice:***@host:5000\n"
     assert (tmp_path / "multirun.yaml").read_text() == "tracking:\n  uri: http://alice:***@host:5000\n"
     assert (written / "overrides.yaml").read_text() == "- seed=1\n"
+
+
+def test_ui_links_open_the_training_view_and_never_show_credentials():
+    from mnist_cnn.tracking.links import experiment_url, model_version_url, run_url
+
+    view = "?workflowType=machine_learning"
+    assert run_url(f"http://alice:{SECRET}@host:5000/", "1", "abc") == f"http://host:5000/#/experiments/1/runs/abc{view}"
+    assert experiment_url("sqlite:////x/mlflow.db", "3") == f"http://127.0.0.1:5000/#/experiments/3/runs{view}"  # make ui
+    assert model_version_url("https://mlflow.example.com", "my digits", "2") == f"https://mlflow.example.com/#/models/my%20digits/versions/2{view}"

@@ -50,6 +50,22 @@ def test_one_epoch_lands_everything_in_mlflow(tiny_cfg, store_uri, tmp_path):
     assert (tmp_path / "out" / "checkpoints" / "last.pt").is_file()
 
 
+def test_a_run_names_its_dataset_and_links_to_the_model_training_view(tiny_cfg, tiny_root, store_uri, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
+    train.run(tiny_cfg("trainer.epochs=3", "tracking.log_model=false", "tracking.system_metrics=true"), tmp_path / "out")
+    run = only_run(store_uri)
+    (dataset,) = run.inputs.dataset_inputs
+    profile = json.loads(dataset.dataset.profile)
+    assert dataset.dataset.name == "mnist" and dataset.dataset.digest == run.data.tags["data_sha256"][:12]
+    assert (profile["train_size"], profile["val_size"], profile["test_size"]) == (500, 100, 200)
+    assert json.loads(dataset.dataset.source)["uri"] == f"{tiny_root}/MNIST/raw"
+    experiment = MlflowClient(store_uri).get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    link = f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}?workflowType=machine_learning"
+    assert link in capsys.readouterr().out
+    assert "system/cpu_utilization_percentage" in run.data.metrics
+
+
 def test_logged_model_loads_without_this_package_and_behaves_like_a_module(tiny_cfg, tiny_root, store_uri, tmp_path):
     """It takes [0, 1] floats and normalises inside; `.eval()`/`.train()` work; no mnist_cnn code needed."""
     cfg = tiny_cfg()
