@@ -6,6 +6,7 @@ import math
 import subprocess
 import sys
 import textwrap
+import time
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -52,7 +53,14 @@ def test_one_epoch_lands_everything_in_mlflow(tiny_cfg, store_uri, tmp_path):
 
 def test_a_run_names_its_dataset_and_links_to_the_model_training_view(tiny_cfg, tiny_root, store_uri, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
-    train.run(tiny_cfg("trainer.epochs=3", "tracking.log_model=false", "tracking.system_metrics=true"), tmp_path / "out")
+    real = train.train_and_validate
+
+    def slow_epoch(*args, **kwargs):  # the tiny epochs end before the monitor's first 1 s sample
+        time.sleep(1.5)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_and_validate", slow_epoch)
+    train.run(tiny_cfg("trainer.epochs=2", "tracking.log_model=false", "tracking.system_metrics=true"), tmp_path / "out")
     run = only_run(store_uri)
     (dataset,) = run.inputs.dataset_inputs
     profile = json.loads(dataset.dataset.profile)
