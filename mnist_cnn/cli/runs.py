@@ -47,7 +47,7 @@ def runs_table(args: argparse.Namespace) -> pd.DataFrame:
     if not runs:
         raise UserError(f"no runs in {args.experiment!r}" + (f" under parent run {args.sweep}" if args.sweep else "") + ".")
     rows = [_row(run, args.sort, is_stale(run)) for run in runs]
-    table = pd.DataFrame(rows).loc[:, lambda df: ~df.columns.duplicated()]
+    table = pd.DataFrame(rows)
     if table[args.sort].isna().all():  # e.g. a sweep whose jobs all failed: still show them, unsorted
         known = sorted({key for run in runs for key in run.data.metrics})
         print(f"mnist-cnn-runs: no run has the metric {args.sort!r} (these do: {', '.join(known)}).", file=sys.stderr)

@@ -5,7 +5,7 @@ read once per epoch.
 """
 
 import math
-from typing import Dict, Optional
+from typing import Dict, Iterator, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -89,14 +89,20 @@ def check_divergence(metrics: Dict[str, float], num_classes: int, epoch: int) ->
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, split: Split, batch_size: int, precision: str = "fp32") -> Dict[str, float]:
-    """Mean cross-entropy and accuracy over a whole split, in large batches."""
+def predictions(model: nn.Module, split: Split, batch_size: int, precision: str = "fp32") -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    """(fp32 logits, labels) for a whole split, in large batches, without gradients."""
     model.eval()
-    loss_sum = torch.zeros((), device=split.labels.device)
-    correct = torch.zeros((), dtype=torch.long, device=split.labels.device)
     for images, labels in batches(split, batch_size):
         with autocast(images.device, precision):
             logits = model(images)
-            loss_sum += F.cross_entropy(logits, labels, reduction="sum").float()
+        yield logits.float(), labels
+
+
+def evaluate(model: nn.Module, split: Split, batch_size: int, precision: str = "fp32") -> Dict[str, float]:
+    """Mean cross-entropy and accuracy over a whole split."""
+    loss_sum = torch.zeros((), device=split.labels.device)
+    correct = torch.zeros((), dtype=torch.long, device=split.labels.device)
+    for logits, labels in predictions(model, split, batch_size, precision):
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum")
         correct += (logits.argmax(1) == labels).sum()
     return {"loss": loss_sum.item() / len(split), "acc": correct.item() / len(split)}

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from mnist_cnn.config.keys import is_run_setting, override_key
 from mnist_cnn.config.schema import typed_config
 from mnist_cnn.engine.checkpoint import load_checkpoint
-from mnist_cnn.errors import CheckpointError, ConfigError
+from mnist_cnn.errors import CheckpointError, ConfigError, ModelError
 
 
 @dataclass
@@ -34,34 +34,37 @@ class StartPoint:
 
 def start_point(cfg: DictConfig, overrides: List[str]) -> StartPoint:
     """The config, checkpoint and run that `cfg.resume` continues, with `overrides` checked."""
-    target = str(cfg.resume)
+    target, where = str(cfg.resume), f"resume={cfg.resume}"
     if _is_path(target):
         checkpoint = load_checkpoint(Path(target).expanduser())
         if "config" not in checkpoint:
             raise CheckpointError(f"checkpoint {target} carries no config (an older mnist_cnn wrote it); resume its run id instead.")
         tree, run_id = yaml.safe_load(checkpoint["config"]), checkpoint.get("run_id")
     else:
-        from mnist_cnn.tracking.resume import CHECKPOINT, fetch_run  # MLflow takes seconds to import
+        from mnist_cnn.tracking.resume import CHECKPOINT, fetch_run, resumable_run  # MLflow takes seconds to import
 
+        client = resumable_run(cfg.tracking.uri, target, where)
         with tempfile.TemporaryDirectory() as tmp:
-            tree, path = fetch_run(cfg.tracking.uri, target, tmp)
-            label = f"run {target} artifact {CHECKPOINT}"
-            checkpoint, run_id = (load_checkpoint(path, label) if path else None), target
+            tree, path = fetch_run(client, target, tmp, where)
+            checkpoint, run_id = (load_checkpoint(path, f"run {target} artifact {CHECKPOINT}") if path else None), target
     run_cfg = typed_config(tree)
     refused = [o for o in overrides if not is_run_setting(override_key(o)) and _differs(override_key(o), cfg, run_cfg)]
     if refused:
         raise ConfigError(
-            f"resume={target}: {' '.join(refused)} would change the result of the run being resumed, which keeps "
+            f"{where}: {' '.join(refused)} would change the result of the run being resumed, which keeps "
             "its own config. Drop these overrides, or start a new run with them."
         )
     settings = [override_key(o) for o in overrides if is_run_setting(override_key(o))]
     for key in settings + ["tracking.uri", "resume"]:
         if _has(cfg, key):  # hydra.* overrides configure the launcher, not the run
             OmegaConf.update(run_cfg, key, OmegaConf.select(cfg, key), merge=False)
-    if run_id is not None and run_cfg.tracking.enabled:
-        from mnist_cnn.tracking.resume import check_resumable
+    if _is_path(target) and run_id is not None and run_cfg.tracking.enabled:  # the file's run must be free too
+        from mnist_cnn.tracking.resume import resumable_run
 
-        check_resumable(run_cfg.tracking.uri, run_id, f"resume={target}")
+        try:
+            resumable_run(run_cfg.tracking.uri, run_id, where)
+        except ModelError as e:
+            raise ModelError(f"{e} Or continue without tracking: tracking.enabled=false.") from e
     return StartPoint(run_cfg, checkpoint, run_id if run_cfg.tracking.enabled else None)
 
 

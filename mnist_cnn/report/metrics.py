@@ -17,8 +17,8 @@ from torchmetrics.functional.classification import (
     multiclass_recall,
 )
 
-from mnist_cnn.data.splits import Split, batches
-from mnist_cnn.engine.loop import autocast
+from mnist_cnn.data.splits import Split
+from mnist_cnn.engine.loop import predictions
 from mnist_cnn.errors import ModelError
 
 
@@ -68,25 +68,21 @@ def check_fits(model: torch.nn.Module, shape: Tuple[int, ...], num_classes: int,
         raise ModelError(f"{name}: gives {tuple(out.shape[1:])} outputs for each image, but the dataset has {num_classes} classes.")
 
 
-@torch.inference_mode()
 def score(model: torch.nn.Module, split: Split, classes: Tuple[str, ...], batch_size: int, precision: str = "fp32",
           n_mistakes: int = 16) -> Report:
     """One pass over `split`: loss, accuracy, the per-class table and the most confident mistakes."""
-    model.eval()
     probabilities = []
     loss_sum = torch.zeros((), device=split.labels.device)
-    for images, labels in batches(split, batch_size):
-        with autocast(images.device, precision):
-            logits = model(images)
-        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
-        probabilities.append(logits.float().softmax(1))
+    for logits, labels in predictions(model, split, batch_size, precision):
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum")
+        probabilities.append(logits.softmax(1))
     probs = torch.cat(probabilities)
     predicted, target, n = probs.argmax(1), split.labels, len(classes)
     per_class = [f(predicted, target, num_classes=n, average=None).tolist() for f in (multiclass_precision, multiclass_recall, multiclass_f1_score)]
     return Report(
         classes=classes,
         loss=loss_sum.item() / len(split),
-        accuracy=(predicted == target).float().mean().item(),
+        accuracy=(predicted == target).sum().item() / len(split),
         confusion=multiclass_confusion_matrix(predicted, target, num_classes=n).cpu(),
         precision=per_class[0],
         recall=per_class[1],

@@ -8,12 +8,13 @@ heartbeat thread and the training thread never share hidden state. Every value w
 through `redact` first.
 """
 
+import functools
 import logging
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import mlflow
 import torch
@@ -38,42 +39,53 @@ log = logging.getLogger(__name__)
 FINGERPRINTS = ("seed", "weights_sha256", "data_sha256", "config_sha256", "git_commit", "git_dirty", "deterministic", "device")
 
 
+def _when_tracking(method: Callable) -> Callable:
+    """A Tracker method that does nothing when tracking is disabled."""
+
+    @functools.wraps(method)
+    def maybe(self: "Tracker", *args: Any, **kwargs: Any) -> Any:
+        return method(self, *args, **kwargs) if self.client is not None else None
+
+    return maybe
+
+
 class Tracker:
-    """Writes to one run; with tracking disabled (`run_id` None) every call does nothing. A store
+    """Writes to one run; with tracking disabled (`client` None) every call does nothing. A store
     that stops answering (after the bounded retries of tracking.store) raises TrackingLostError."""
 
     def __init__(self, client: Optional[MlflowClient], run_id: Optional[str], uri: str = ""):
         self.client, self.run_id, self.uri = client, run_id, uri
         self.logged_steps: set = set()
 
+    @_when_tracking
     def log_epoch(self, metrics: Dict[str, float], epoch: int, checkpoint: Path) -> None:
         """The epoch's metrics with a heartbeat in one request, then its checkpoint."""
         if epoch in self.logged_steps:  # a resume replays an epoch whose metrics made it before the stop
             self.set_tags({HEARTBEAT: now_tag()})
         else:
             self.log_metrics(metrics, epoch)
-        self._call(self.client.log_artifact if self.client else None, self.run_id, str(checkpoint), "checkpoints")
+        self._call(self.client.log_artifact, self.run_id, str(checkpoint), "checkpoints")
 
+    @_when_tracking
     def log_metrics(self, metrics: Dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)
         batch = [Metric(key, float(value), now, step) for key, value in metrics.items()]
-        self._call(self.client.log_batch if self.client else None, self.run_id, metrics=batch, tags=[RunTag(HEARTBEAT, now_tag())])
+        self._call(self.client.log_batch, self.run_id, metrics=batch, tags=[RunTag(HEARTBEAT, now_tag())])
 
+    @_when_tracking
     def reconcile(self, metrics: Dict[str, float], epoch: int) -> None:
         """On resume from `epoch`'s checkpoint, make the run's history what an uninterrupted run's
         would be: log that epoch if the store missed it (it died just after the checkpoint was
         saved), and skip later epochs it already has (a stop before their checkpoint was uploaded)."""
-        if self.client and metrics:
-            key = next(iter(metrics))
-            self.logged_steps = {m.step for m in self._call(self.client.get_metric_history, self.run_id, key)}
-            if epoch not in self.logged_steps:
-                self.log_metrics(metrics, epoch)
+        key = next(iter(metrics))
+        self.logged_steps = {m.step for m in self._call(self.client.get_metric_history, self.run_id, key)}
+        if epoch not in self.logged_steps:
+            self.log_metrics(metrics, epoch)
 
+    @_when_tracking
     def log_report(self, report: Any, history: Optional[List[Dict[str, float]]], folder: str = "") -> None:
         """The test set's classification report and the figures (learning curves when there is a
         history), under `folder`."""
-        if not self.client:
-            return
         from mnist_cnn.report import figures  # matplotlib: only when there is something to draw
 
         artifacts = {"plots/confusion_matrix.png": figures.confusion_matrix(report), "plots/misclassified.png": figures.misclassified(report)}
@@ -83,10 +95,11 @@ class Tracker:
         for path, figure in artifacts.items():
             self._call(self.client.log_figure, self.run_id, figure, folder + path)
 
+    @_when_tracking
     def set_tags(self, tags: Dict[str, str]) -> None:
-        batch = [RunTag(key, redact(str(value))) for key, value in tags.items()]
-        self._call(self.client.log_batch if self.client else None, self.run_id, tags=batch)
+        self._call(self.client.log_batch, self.run_id, tags=_tags(tags))
 
+    @_when_tracking
     def log_model(self, model: torch.nn.Module, in_shape: tuple, num_classes: int, register_as: Optional[str] = None) -> None:
         """Log the model; with `register_as`, also register it as a new version of that model, described
         by its test accuracy and tagged with the run's fingerprints."""
@@ -103,11 +116,9 @@ class Tracker:
                 version = logged.register(self.client, uri, register_as, description, tags)
                 log.info("registered as models:/%s/%s: %s", register_as, version, model_version_url(self.uri, register_as, version))
 
-        self._call(upload if self.client else None)
+        self._call(upload)
 
-    def _call(self, fn, *args, **kwargs) -> Any:
-        if fn is None:
-            return None
+    def _call(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - whatever the store raised, the run cannot be recorded
@@ -200,13 +211,18 @@ def _open(client: MlflowClient, cfg: DictConfig, opening: Opening, run_id: Optio
         ) from e
 
 
+def _new_run(client: MlflowClient, cfg: DictConfig) -> str:
+    """A RUNNING run in `tracking.experiment`, named after the job's overrides, a child of its sweep."""
+    sweep = sweep_info()
+    name = cfg.tracking.run_name or run_name(job_overrides(), only=sweep.get("swept"))
+    parent = {"mlflow.parentRunId": sweep["parent_run_id"]} if sweep.get("parent_run_id") else {}
+    experiment_id = store.experiment_id(client, cfg.tracking.experiment)
+    return client.create_run(experiment_id, run_name=name, tags=resolve_tags(parent)).info.run_id
+
+
 def _record_start(client: MlflowClient, cfg: DictConfig, opening: Opening, run_id: Optional[str]) -> str:
     if run_id is None:
-        sweep = sweep_info()
-        experiment_id = store.experiment_id(client, cfg.tracking.experiment)
-        name = cfg.tracking.run_name or run_name(job_overrides(), only=sweep.get("swept"))
-        parent = {"mlflow.parentRunId": sweep["parent_run_id"]} if sweep.get("parent_run_id") else {}
-        run_id = client.create_run(experiment_id, run_name=name, tags=resolve_tags(parent)).info.run_id
+        run_id = _new_run(client, cfg)
         tree = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
         flat = {**flatten(tree), **opening.params}
         params_batch = [Param(k, redact(str(v))) for k, v in flat.items()]
@@ -219,7 +235,7 @@ def _record_start(client: MlflowClient, cfg: DictConfig, opening: Opening, run_i
         client.update_run(run_id, status="RUNNING")
         tags = {**opening.tags, "resume_overrides": " ".join(job_overrides())}  # the run's own overrides stay
     all_tags = {**tags, **environment_tags(), **alive_tags(cfg.tracking.heartbeat_s)}
-    client.log_batch(run_id, tags=[RunTag(k, redact(str(v))) for k, v in all_tags.items()])
+    client.log_batch(run_id, tags=_tags(all_tags))
     return run_id
 
 
@@ -228,7 +244,7 @@ def _end(client: MlflowClient, run_id: str, status: str, tags: Dict[str, str]) -
     with interrupts.shielded(then_stop=status == "FINISHED"), store.quick():
         try:
             if tags:
-                client.log_batch(run_id, tags=[RunTag(k, redact(str(v))) for k, v in tags.items()])
+                client.log_batch(run_id, tags=_tags(tags))
             if status == "FINISHED":  # a resumed run: what its interruption left no longer applies
                 for key in {"interrupted", "resume_command", "error"} & set(client.get_run(run_id).data.tags):
                     client.delete_tag(run_id, key)
@@ -259,6 +275,10 @@ def _stopped_untracked(checkpoint: Path) -> None:
         log.warning("stopped after the last complete epoch; continue with:\n  mnist-cnn-train resume=%s", checkpoint)
 
 
+def _tags(tags: Dict[str, Any]) -> List[RunTag]:
+    return [RunTag(key, redact(str(value))) for key, value in tags.items()]
+
+
 def error_tag(error: BaseException) -> str:
     return redact(f"{type(error).__name__}: {error}")[:5000]  # MLflow caps tag values
 
@@ -280,10 +300,7 @@ def flatten(tree: Any, prefix: str = "") -> Dict[str, Any]:
 def record_failed_job(cfg: DictConfig, error: Exception) -> None:
     """A sweep job that failed before its run was opened (bad config or data) still gets a FAILED run."""
     client = store.connect(cfg.tracking.uri)
-    sweep = sweep_info()
-    parent = {"mlflow.parentRunId": sweep["parent_run_id"]} if sweep.get("parent_run_id") else {}
-    name = run_name(job_overrides(), only=sweep.get("swept"))
-    run_id = client.create_run(store.experiment_id(client, cfg.tracking.experiment), run_name=name, tags=resolve_tags(parent)).info.run_id
+    run_id = _new_run(client, cfg)
     _end(client, run_id, "FAILED", {"error": error_tag(error), "hydra_overrides": " ".join(job_overrides())})
 
 

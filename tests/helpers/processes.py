@@ -6,13 +6,13 @@ import sys
 from pathlib import Path
 from typing import Iterable, Optional
 
+from tests.helpers.config import TINY
+
 TRAIN = [sys.executable, "-m", "mnist_cnn"]
 
 
 def train_command(data_root: Path, uri: str, *overrides: str, multirun: bool = False) -> list:
     """`python -m mnist_cnn [-m]` on tiny data, with the fast settings the in-process tests use."""
-    from tests.helpers.config import TINY
-
     return [*TRAIN, *(["-m"] if multirun else []), f"data.root={data_root}", f"tracking.uri={uri}", *TINY, *overrides]
 
 
