@@ -45,3 +45,12 @@ class ModelError(UserError, LookupError):
 
 class DivergedError(UserError, RuntimeError):
     """The training loss exploded: the learning rate is too high for this model."""
+
+
+class Pruned(Exception):
+    """Not an error: a sweep's pruner stopped this job after `epoch`; its run ends KILLED, tagged
+    `pruned_at_epoch`, and the job returns its last value to the sweeper."""
+
+    def __init__(self, epoch: int):
+        super().__init__(f"pruned after epoch {epoch}")
+        self.epoch = epoch

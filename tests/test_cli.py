@@ -16,7 +16,7 @@ from tests.helpers.mlflow_store import all_runs
 def test_config_checks_run_before_torch_or_mlflow_is_imported(tmp_path):
     """A bad config is reported within about a second: the checks need neither torch nor MLflow."""
     code = (
-        "import sys, mnist_cnn.cli.train, mnist_cnn.config.checks, mnist_cnn.tracking.sweep; "
+        "import sys, mnist_cnn.cli.train, mnist_cnn.config.checks, mnist_cnn.sweep.callback; "
         "print(sorted({'torch', 'mlflow', 'torchvision'} & set(sys.modules)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)

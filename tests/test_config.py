@@ -42,6 +42,8 @@ def check_error(*overrides: str) -> str:
         (["data.name=cifar"], "Invalid value 'cifar', expected one of [mnist, fashion_mnist, kmnist]"),
         (["data.download=true"], "expected one of [auto, never]"),
         (["objective.metric=val_accuracy"], "Invalid value 'val_accuracy'"),
+        (["objective.pruner=asha"], "Invalid value 'asha', expected one of [none, median, hyperband]"),
+        (["tracking.register_from=first"], "expected one of [last, best]"),
         (["model.layers.0.type=conv3d"], "Invalid value 'conv3d'"),
         (["model.layers.0.kernal_size=3"], "kernal_size"),
         (["trainer.epochs=many"], "trainer.epochs"),
@@ -78,6 +80,12 @@ def test_keys_that_do_not_apply_and_unknown_choices_fail_at_compose(overrides, m
         (["tracking.heartbeat_s=0"], "tracking.heartbeat_s must be > 0"),
         (["data.val_size=0"], "objective.metric=val_acc needs a validation split; set data.val_size > 0."),
         (["model.layers.0.pool_size=15"], "model.layers[1] block: input is 1x1, pool_size 2 does not fit."),
+        (["objective.pruner=median", "objective.metric=test_acc"], "objective.pruner=median rank epochs by objective.metric, but test_acc is logged only once"),
+        (["trainer.keep_best=2", "objective.metric=train_time_s"], "trainer.keep_best=2 rank epochs by objective.metric, but train_time_s"),
+        (["objective.pruner=hyperband", "tracking.enabled=false"], "objective.pruner=hyperband work through the MLflow store; drop tracking.enabled=false."),
+        (["tracking.register_from=best"], "tracking.register_from=best needs the best epochs kept: set trainer.keep_best=1 or more."),
+        (["resume=abc", "resume_sweep=def"], "give only one of them"),
+        (["trainer.keep_best=-1"], "trainer.keep_best must be >= 0"),
     ],
 )
 def test_check_config_names_the_bad_key(overrides, message):

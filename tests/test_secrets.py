@@ -94,7 +94,7 @@ def test_credentials_in_hydras_own_files_are_masked(tmp_path):
     """A URI with a password written in an experiment file reaches Hydra's .hydra/*.yaml: masked there."""
     from omegaconf import OmegaConf
 
-    from mnist_cnn.tracking.sweep import MlflowSweepCallback
+    from mnist_cnn.sweep.callback import MlflowSweepCallback
 
     written = tmp_path / ".hydra"
     written.mkdir()

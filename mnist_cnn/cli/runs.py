@@ -2,7 +2,8 @@
 
 Reads through MLflow's search API, so it works the same on the local sqlite store and on a server;
 an unreachable server fails within seconds. A RUNNING run whose heartbeat stopped (its process was
-killed, or lost the server) is shown as STALE, with the command that resumes it.
+killed, or lost the server) is shown as STALE, with the command that resumes it. `--group-seeds`
+shows one row per configuration apart from the seed: how many seeds, mean and std.
 """
 
 import argparse
@@ -13,6 +14,7 @@ from typing import List, Optional
 
 import pandas as pd
 
+from mnist_cnn.config.keys import is_run_setting
 from mnist_cnn.errors import UserError
 from mnist_cnn.tracking.names import run_name
 from mnist_cnn.tracking.redact import redact
@@ -30,13 +32,13 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--top", type=int, metavar="N", help="show only the first N runs")
     parser.add_argument("--format", choices=["table", "csv", "json"], default="table")
     parser.add_argument("--link", action="store_true", help="print the experiment's page in the MLflow UI instead")
+    parser.add_argument("--group-seeds", action="store_true", help="one row per configuration apart from seed: n, mean and std of val/test accuracy")
     return parser.parse_args(argv)
 
 
-def runs_table(args: argparse.Namespace) -> pd.DataFrame:
-    """One row per run with the COLUMNS above plus the sort metric, sorted; UserError on bad input."""
+def search(args: argparse.Namespace) -> list:
+    """The runs of --experiment (of --sweep only, if given); UserError when there are none."""
     from mnist_cnn.tracking import store  # MLflow is slow to import: after the arguments are parsed
-    from mnist_cnn.tracking.heartbeat import is_stale
 
     client = store.connect(args.tracking_uri, create=False)
     experiment = client.get_experiment_by_name(args.experiment)
@@ -46,6 +48,14 @@ def runs_table(args: argparse.Namespace) -> pd.DataFrame:
     runs = client.search_runs([experiment.experiment_id], where, max_results=50_000)
     if not runs:
         raise UserError(f"no runs in {args.experiment!r}" + (f" under parent run {args.sweep}" if args.sweep else "") + ".")
+    return runs
+
+
+def runs_table(args: argparse.Namespace) -> pd.DataFrame:
+    """One row per run with the COLUMNS above plus the sort metric, sorted; UserError on bad input."""
+    from mnist_cnn.tracking.heartbeat import is_stale
+
+    runs = search(args)
     rows = [_row(run, args.sort, is_stale(run)) for run in runs]
     table = pd.DataFrame(rows)
     if table[args.sort].isna().all():  # e.g. a sweep whose jobs all failed: still show them, unsorted
@@ -53,6 +63,19 @@ def runs_table(args: argparse.Namespace) -> pd.DataFrame:
         print(f"mnist-cnn-runs: no run has the metric {args.sort!r} (these do: {', '.join(known)}).", file=sys.stderr)
     table = table.sort_values(args.sort, ascending=args.ascending, na_position="last")
     return table.head(args.top) if args.top else table
+
+
+def seed_table(args: argparse.Namespace) -> pd.DataFrame:
+    """One row per configuration of the FINISHED runs, apart from `seed`: named after the settings
+    that differ between configurations; n, mean and std of val_acc and test_acc."""
+    from mnist_cnn.sweep.report import SEED_METRICS, seed_groups
+
+    runs = [r for r in search(args) if r.info.status == "FINISHED" and r.data.params]
+    rows = [{**r.data.params, "status": r.info.status, **{m: r.data.metrics.get(m, math.nan) for m in SEED_METRICS}} for r in runs]
+    table = pd.DataFrame(rows)
+    settings = [c for c in table.columns if c not in ("seed", "status", *SEED_METRICS) and not is_run_setting(c)]
+    differing = [c for c in settings if table[c].nunique(dropna=False) > 1]
+    return seed_groups(table, differing)
 
 
 def experiment_link(args: argparse.Namespace) -> str:
@@ -88,7 +111,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     try:
         if args.link:
             return print(experiment_link(args))
-        table = runs_table(args)
+        table = seed_table(args) if args.group_seeds else runs_table(args)
     except UserError as e:
         print(f"mnist-cnn-runs: {redact(str(e))}", file=sys.stderr)
         sys.exit(e.exit_code)
@@ -97,8 +120,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     elif args.format == "json":
         print(table.to_json(orient="records", indent=2))
     else:
-        print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}", formatters={"wall_s": "{:.1f}".format}, na_rep="-"))
-        _stale_hints(table, args.tracking_uri)
+        formatters = {"wall_s": "{:.1f}".format} if "wall_s" in table else {}
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}", formatters=formatters, na_rep="-"))
+        if "status" in table:
+            _stale_hints(table, args.tracking_uri)
 
 
 def _stale_hints(table: pd.DataFrame, uri: str) -> None:

@@ -25,7 +25,8 @@ from mnist_cnn.config.paths import make_paths_absolute
 from mnist_cnn.config.schema import register_configs
 from mnist_cnn.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, UserError
 from mnist_cnn.tracking.redact import move_credentials, redact
-from mnist_cnn.tracking.sweep import worst
+from mnist_cnn.sweep.callback import worst
+from mnist_cnn.sweep.resume import sweep_arguments
 
 log = logging.getLogger("mnist_cnn")
 
@@ -40,11 +41,18 @@ class _Task:
 def main() -> None:
     """The console entry point: prepare the command line, then hand it to Hydra."""
     sys.argv = move_credentials(sys.argv)
+    try:
+        sys.argv = sweep_arguments(sys.argv)  # resume_sweep=ID: the sweep's own overrides
+    except UserError as e:
+        print(f"mnist-cnn-train: {redact(str(e))}", file=sys.stderr)
+        sys.exit(e.exit_code)
     for problem in yaml_problems(config_dirs(sys.argv[1:])):
         print(f"mnist-cnn-train: {problem}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
     try:
         train()
+    except KeyboardInterrupt:  # between a sweep's jobs: every job so far is recorded, the parent KILLED
+        sys.exit(EXIT_INTERRUPTED)
     except SystemExit as e:
         if e.code == 1 and not _Task.started:  # an override or config Hydra could not compose
             sys.exit(EXIT_BAD_INPUT)

@@ -12,7 +12,7 @@ from typing import Iterator, List, Tuple
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from mnist_cnn.config.schema import OPTIONS
+from mnist_cnn.config.schema import EPOCH_METRICS, OPTIONS
 from mnist_cnn.data.datasets import IMAGE_SHAPE, dataset_info
 from mnist_cnn.errors import ConfigError
 from mnist_cnn.model.layers import Layer, plan_layers
@@ -37,7 +37,25 @@ def check_config(cfg: DictConfig) -> List[Layer]:
         raise ConfigError("tracking.register_as needs the model logged; drop tracking.log_model=false.")
     if cfg.optimizer.name == "sgd" and cfg.optimizer.nesterov and cfg.optimizer.momentum == 0:
         raise ConfigError("optimizer.nesterov=true needs optimizer.momentum > 0.")
+    _check_epoch_ranking(cfg)
     return plan_layers(cfg.model.layers, IMAGE_SHAPE, len(dataset_info(cfg.data.name).classes))
+
+
+def _check_epoch_ranking(cfg: DictConfig) -> None:
+    """Pruning and keep_best rank epochs, so they need a metric every epoch logs, and the store."""
+    users = [f"objective.pruner={cfg.objective.pruner}"] if cfg.objective.pruner != "none" else []
+    users += [f"trainer.keep_best={cfg.trainer.keep_best}"] if cfg.trainer.keep_best else []
+    if users and cfg.objective.metric not in EPOCH_METRICS:
+        raise ConfigError(
+            f"{' and '.join(users)} rank epochs by objective.metric, but {cfg.objective.metric} is logged only "
+            f"once, at the end; choose one of {', '.join(EPOCH_METRICS)}."
+        )
+    if users and not cfg.tracking.enabled:
+        raise ConfigError(f"{' and '.join(users)} work through the MLflow store; drop tracking.enabled=false.")
+    if cfg.tracking.register_from == "best" and not cfg.trainer.keep_best:
+        raise ConfigError("tracking.register_from=best needs the best epochs kept: set trainer.keep_best=1 or more.")
+    if cfg.resume and cfg.resume_sweep:
+        raise ConfigError("resume= continues one run and resume_sweep= a whole sweep; give only one of them.")
 
 
 def _typed_nodes(node, path: str = "") -> Iterator[Tuple[str, DictConfig]]:

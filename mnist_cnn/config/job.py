@@ -10,7 +10,7 @@ from typing import Any, Dict, List
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
-SWEEP_FILE = "mlflow_sweep.json"  # written by tracking.sweep: {"parent_run_id": ..., "swept": [keys]}
+SWEEP_FILE = "mlflow_sweep.json"  # written by sweep.callback: {"parent_run_id": ..., "swept": [keys]}
 
 
 def in_multirun() -> bool:

@@ -12,8 +12,10 @@ RUN_SETTINGS = (
     "data.verify_checksums",  # data_sha256 fingerprints the data either way
     "trainer.progress",
     "trainer.device",  # tagged as `device`; bit-for-bit equality needs the same device
+    "trainer.keep_best",  # which epochs are kept as models, not what they are
     "tracking",  # where and how the run is recorded
     "resume",
+    "resume_sweep",
 )
 # Command-line overrides that configure Hydra (launcher, sweeper, search space), not the run.
 HYDRA_SETTINGS = ("hydra", "hparams_search")

@@ -69,6 +69,9 @@ Download = _choices("Download", ("auto", "never"))
 Direction = _choices("Direction", ("maximize", "minimize"))
 # The metrics a sweep can rank runs by (every run logs them; val_* need a validation split).
 Metric = _choices("Metric", ("val_acc", "val_loss", "test_acc", "test_loss", "train_acc", "train_loss", "train_time_s"))
+EPOCH_METRICS = ("val_acc", "val_loss", "train_acc", "train_loss")  # logged every epoch: what pruning and keep_best rank
+Pruner = _choices("Pruner", ("none", "median", "hyperband"))
+RegisterFrom = _choices("RegisterFrom", ("last", "best"))
 
 # One entry of `model.layers`: `type` plus every key some layer kind takes (model.layers.PARAMS).
 # Which keys apply depends on the type; config.checks rejects the others, naming the layer.
@@ -175,6 +178,7 @@ class TrainerConfig:
     precision: Optional[Precision] = None  # null: bf16 where the hardware has it, else fp32
     channels_last: bool = True
     compile: bool = False
+    keep_best: int = ranged(0, NON_NEGATIVE)  # K > 0: keep the K best epochs (by objective.metric) as logged models
 
 
 @dataclass
@@ -185,6 +189,7 @@ class TrackingConfig:
     run_name: Optional[str] = None
     log_model: bool = True
     register_as: Optional[str] = None  # also register the model as a new version of this registered model
+    register_from: RegisterFrom = RegisterFrom.last  # best: the best epoch kept by trainer.keep_best
     system_metrics: bool = False  # MLflow's CPU, memory, disk and network metrics every 10 s
     heartbeat_s: float = ranged(30.0, POSITIVE)  # a RUNNING run silent for 3 heartbeats is STALE
 
@@ -193,6 +198,9 @@ class TrackingConfig:
 class ObjectiveConfig:
     metric: Metric = Metric.val_acc
     direction: Direction = Direction.maximize
+    pruner: Pruner = Pruner.none  # stop a sweep's hopeless jobs early (Optuna's pruners on the siblings' histories)
+    prune_warmup_epochs: int = ranged(1, NON_NEGATIVE)  # never prune during a job's first epochs
+    prune_min_runs: int = ranged(3, NON_NEGATIVE)  # siblings that must have finished before any pruning
 
 
 @dataclass
@@ -206,6 +214,7 @@ class Config:
     tracking: TrackingConfig = MISSING
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     resume: Optional[str] = None  # an MLflow run id, or a checkpoint file: continue from there
+    resume_sweep: Optional[str] = None  # a sweep's parent run id: finish that multirun in the same parent
 
 
 def register_configs() -> None:

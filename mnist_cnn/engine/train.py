@@ -3,8 +3,10 @@
 `run(cfg, output_dir)` is what `mnist-cnn-train` calls after Hydra has composed the config. Every
 check that can fail on a bad config or bad data happens before an MLflow run is opened, so a bad
 config never leaves a run behind. Each epoch ends with a checkpoint on local disk, then its metrics
-and the checkpoint in MLflow. With `resume=RUN_ID` or `resume=path/last.pt` it continues that run
-where the uninterrupted run would have been, bit for bit.
+and the checkpoint in MLflow (and the epoch's model, with trainer.keep_best). With `resume=RUN_ID`
+or `resume=path/last.pt` it continues that run where the uninterrupted run would have been, bit for
+bit. In a sweep, a pruner may stop the run after an epoch (sweep.prune), and a job of a resumed
+sweep first looks for its earlier run (sweep.resume).
 """
 
 import hashlib
@@ -18,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist_cnn import interrupts
 from mnist_cnn.config.checks import check_config
-from mnist_cnn.config.job import job_overrides
+from mnist_cnn.config.job import in_multirun, job_overrides
 from mnist_cnn.data.datasets import IMAGE_SHAPE, dataset_info
 from mnist_cnn.data.idx import load_split
 from mnist_cnn.data.splits import num_batches, split_validation
@@ -27,6 +29,7 @@ from mnist_cnn.engine.checkpoint import save_checkpoint
 from mnist_cnn.engine.loop import check_divergence, evaluate, resolve_device, resolve_precision, train_epoch
 from mnist_cnn.engine.optim import build_optimizer, build_scheduler
 from mnist_cnn.engine.resume import StartPoint, start_point
+from mnist_cnn.errors import Pruned
 from mnist_cnn.model.build import build_model, count_params, summary
 from mnist_cnn.report.metrics import score
 from mnist_cnn.tracking.redact import redact
@@ -37,6 +40,12 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig, output_dir: Path) -> Dict[str, float]:
     """Train `cfg` (or continue run `cfg.resume`) to the end; returns the final metrics (also logged)."""
     interrupts.reset()
+    if cfg.resume_sweep:
+        from mnist_cnn.sweep.resume import job_start
+
+        cfg, done = job_start(cfg)
+        if done is not None:
+            return done
     start = start_point(cfg, job_overrides()) if cfg.resume else StartPoint(cfg, None, None)
     cfg = start.cfg
     model, splits, tags, dataset = prepare(cfg)
@@ -54,21 +63,45 @@ def run(cfg: DictConfig, output_dir: Path) -> Dict[str, float]:
 
     checkpoint = output_dir / "checkpoints" / "last.pt"
     opening = Opening({"n_params": count_params(model)}, tags, dataset)
-    with tracked_run(cfg, opening, start.run_id, checkpoint) as tracker, interrupts.graceful():
-        if history:
-            tracker.reconcile(history[-1], first_epoch - 1)
-        forward = torch.compile(model) if cfg.trainer.compile else model  # shares weights with `model`
-        loop_start = time.perf_counter()
-        for epoch in range(first_epoch, cfg.trainer.epochs + 1):
-            history.append(train_and_validate(cfg, forward, splits, optimizer, scheduler, generator, epoch, steps))
-            state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch, global_step=epoch * steps)
-            state.update(scheduler=scheduler.state_dict() if scheduler else None, rng=repro.rng_state(generator), history=history)
-            save_checkpoint(checkpoint, {**state, "config": _config_text(cfg), "run_id": tracker.run_id})
-            tracker.log_epoch(history[-1], epoch, checkpoint)
-            log.info("epoch %d/%d  %s", epoch, cfg.trainer.epochs, _fmt(history[-1]))
-            interrupts.check()
-        final = test_and_log_model(cfg, model, forward, splits["test"], tracker, history, time.perf_counter() - loop_start)
+    pruner = _pruner(cfg)
+    try:
+        with tracked_run(cfg, opening, start.run_id, checkpoint) as tracker, interrupts.graceful():
+            if history:
+                tracker.reconcile(history[-1], first_epoch - 1)
+            forward = torch.compile(model) if cfg.trainer.compile else model  # shares weights with `model`
+            loop_start = time.perf_counter()
+            for epoch in range(first_epoch, cfg.trainer.epochs + 1):
+                history.append(train_and_validate(cfg, forward, splits, optimizer, scheduler, generator, epoch, steps))
+                state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch, global_step=epoch * steps)
+                state.update(scheduler=scheduler.state_dict() if scheduler else None, rng=repro.rng_state(generator), history=history)
+                save_checkpoint(checkpoint, {**state, "config": _config_text(cfg), "run_id": tracker.run_id})
+                log_epoch(cfg, tracker, model, history[-1], epoch, checkpoint)
+                log.info("epoch %d/%d  %s", epoch, cfg.trainer.epochs, _fmt(history[-1]))
+                if pruner and epoch < cfg.trainer.epochs and tracker.call(pruner.should_prune, tracker.client, tracker.run_id, history):
+                    raise Pruned(epoch)
+                interrupts.check()
+            final = test_and_log_model(cfg, model, forward, splits["test"], tracker, history, time.perf_counter() - loop_start)
+    except Pruned:
+        return history[-1]  # the sweeper gets the last value of objective.metric
     return {**history[-1], **final}
+
+
+def log_epoch(cfg: DictConfig, tracker, model, metrics: Dict[str, float], epoch: int, checkpoint: Path) -> None:
+    """The epoch's metrics and checkpoint; with trainer.keep_best, its model too, linked to its
+    metrics, and only the best `keep_best` of those models kept."""
+    keep = cfg.trainer.keep_best
+    model_id = tracker.log_epoch_model(model, IMAGE_SHAPE, len(dataset_info(cfg.data.name).classes), epoch) if keep else None
+    tracker.log_epoch(metrics, epoch, checkpoint, model_id)
+    if keep:
+        tracker.keep_best(keep, cfg.objective)
+
+
+def _pruner(cfg: DictConfig):
+    if cfg.objective.pruner == "none":
+        return None
+    from mnist_cnn.sweep.prune import sweep_pruner  # Optuna: only for a pruned sweep
+
+    return sweep_pruner(cfg)
 
 
 def test_and_log_model(cfg: DictConfig, model, forward, test_split, tracker, history, train_time_s: float) -> Dict[str, float]:
@@ -82,7 +115,8 @@ def test_and_log_model(cfg: DictConfig, model, forward, test_split, tracker, his
     log.info("test  %s", _fmt(final))
     interrupts.check()
     if cfg.tracking.log_model:
-        tracker.log_model(model, IMAGE_SHAPE, len(dataset_info(cfg.data.name).classes), cfg.tracking.register_as)
+        register_as = None if in_multirun() else cfg.tracking.register_as  # a sweep registers only its champion
+        tracker.log_model(model, IMAGE_SHAPE, len(dataset_info(cfg.data.name).classes), register_as, cfg.tracking.register_from)
     interrupts.check()  # a stop asked for while the model was logged: KILLED, resumable, not ignored
     return final
 

@@ -9,22 +9,28 @@ module, whose `.eval()` and `.train()` raise NotImplementedError in torch 2.14, 
 
 import copy
 import logging
-from typing import Dict
+from typing import List, Optional
 
 import mlflow
 import numpy as np
 import torch
 from mlflow import MlflowClient
+from mlflow.entities import LoggedModel, Run
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
 # mlflow warns about pickle on every save; the module docstring and the README say it once.
 PICKLE_ADVICE_LOGGER = "mlflow.pytorch"
+# The tags that say what a model is: copied onto every registered version.
+FINGERPRINTS = ("seed", "weights_sha256", "data_sha256", "config_sha256", "git_commit", "git_dirty", "deterministic", "device")
+EPOCH = "epoch"  # the tag of a model logged for one epoch (trainer.keep_best)
+MODEL_URI, BEST_MODEL_URI, BEST_EPOCH = "model_uri", "best_model_uri", "best_epoch"  # run tags naming its models
 
 
-def log_model(run_id: str, model: torch.nn.Module, in_shape: tuple, num_classes: int) -> str:
+def log_model(run_id: str, model: torch.nn.Module, in_shape: tuple, num_classes: int, epoch: Optional[int] = None) -> str:
     """Log an fp32 CPU copy of `model` (the caller's model stays where it is); it takes float images
-    in [0, 1] of shape (N, *in_shape) and returns logits. Returns the model's URI."""
+    in [0, 1] of shape (N, *in_shape) and returns logits. The final model is named `model`; with
+    `epoch`, it is `epoch_N`, at that step. Returns the model's URI (`models:/m-...`)."""
     signature = ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *in_shape))]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, num_classes))]),
@@ -36,8 +42,10 @@ def log_model(run_id: str, model: torch.nn.Module, in_shape: tuple, num_classes:
     try:
         return mlflow.pytorch.log_model(
             graph,
-            name="model",
+            name="model" if epoch is None else f"epoch_{epoch}",
             run_id=run_id,
+            step=epoch or 0,
+            tags={EPOCH: str(epoch)} if epoch is not None else None,
             signature=signature,
             input_example=np.zeros((2, *in_shape), dtype=np.float32),
             serialization_format="pickle",
@@ -47,8 +55,41 @@ def log_model(run_id: str, model: torch.nn.Module, in_shape: tuple, num_classes:
         advice.setLevel(level)
 
 
-def register(client: MlflowClient, model_uri: str, name: str, description: str, tags: Dict[str, str]) -> str:
-    """Register `model_uri` as a new version of model `name` (created if new); returns the version."""
+def register(client: MlflowClient, model_uri: str, name: str, run: Run) -> str:
+    """Register `model_uri`, logged by `run`, as a version of model `name` (created if new), described
+    by the run's test accuracy and tagged with its fingerprints; returns the version. A model
+    already registered under `name` keeps its version."""
+    for version in client.search_model_versions(f"name = '{name}'"):
+        if version.source == model_uri:
+            return version.version
+    tags = {k: v for k, v in run.data.tags.items() if k in FINGERPRINTS} | {"run_id": run.info.run_id}
     version = mlflow.register_model(model_uri, name, tags=tags)
+    description = f"test_acc {run.data.metrics.get('test_acc', float('nan')):.4f}, from run {run.info.run_id}"
     client.update_model_version(name, version.version, description)
     return version.version
+
+
+def epoch_models(client: MlflowClient, run: Run) -> List[LoggedModel]:
+    """The per-epoch models run `run` still keeps (trainer.keep_best)."""
+    found = client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'")
+    return [m for m in found if EPOCH in m.tags]
+
+
+def rank(models: List[LoggedModel], metric: str, maximize: bool) -> List[LoggedModel]:
+    """Best first by the value of `metric` linked to each model; ties go to the earlier epoch, and a
+    model with no value comes last."""
+
+    def key(model: LoggedModel) -> tuple:
+        values = [m.value for m in model.metrics or [] if m.key == metric]
+        score = (-values[-1] if maximize else values[-1]) if values else float("inf")
+        return score, int(model.tags[EPOCH])
+
+    return sorted(models, key=key)
+
+
+def delete_model(client: MlflowClient, model: LoggedModel) -> None:
+    """Delete a logged model and its files (MLflow's delete alone keeps the files until `mlflow gc`)."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    get_artifact_repository(model.artifact_location).delete_artifacts()
+    client.delete_logged_model(model.model_id)

@@ -14,7 +14,7 @@ import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import mlflow
 import torch
@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist_cnn import interrupts
 from mnist_cnn.config.job import job_overrides, sweep_info
-from mnist_cnn.errors import TrackingError, TrackingLostError
+from mnist_cnn.errors import Pruned, TrackingError, TrackingLostError
 from mnist_cnn.tracking import store
 from mnist_cnn.tracking.fingerprint import environment_tags
 from mnist_cnn.tracking.heartbeat import HEARTBEAT, Heartbeat, alive_tags, now_tag
@@ -35,8 +35,7 @@ from mnist_cnn.tracking.names import run_name
 from mnist_cnn.tracking.redact import redact
 
 log = logging.getLogger(__name__)
-# The tags that say what a model is: copied onto every registered version.
-FINGERPRINTS = ("seed", "weights_sha256", "data_sha256", "config_sha256", "git_commit", "git_dirty", "deterministic", "device")
+PRUNED_AT = "pruned_at_epoch"  # the tag of a sweep job its pruner stopped (sweep.prune)
 
 
 def _when_tracking(method: Callable) -> Callable:
@@ -58,19 +57,20 @@ class Tracker:
         self.logged_steps: set = set()
 
     @_when_tracking
-    def log_epoch(self, metrics: Dict[str, float], epoch: int, checkpoint: Path) -> None:
-        """The epoch's metrics with a heartbeat in one request, then its checkpoint."""
+    def log_epoch(self, metrics: Dict[str, float], epoch: int, checkpoint: Path, model_id: Optional[str] = None) -> None:
+        """The epoch's metrics with a heartbeat in one request (linked to the epoch's model, if one was
+        logged), then its checkpoint."""
         if epoch in self.logged_steps:  # a resume replays an epoch whose metrics made it before the stop
             self.set_tags({HEARTBEAT: now_tag()})
         else:
-            self.log_metrics(metrics, epoch)
-        self._call(self.client.log_artifact, self.run_id, str(checkpoint), "checkpoints")
+            self.log_metrics(metrics, epoch, model_id)
+        self.call(self.client.log_artifact, self.run_id, str(checkpoint), "checkpoints")
 
     @_when_tracking
-    def log_metrics(self, metrics: Dict[str, float], step: int) -> None:
+    def log_metrics(self, metrics: Dict[str, float], step: int, model_id: Optional[str] = None) -> None:
         now = int(time.time() * 1000)
-        batch = [Metric(key, float(value), now, step) for key, value in metrics.items()]
-        self._call(self.client.log_batch, self.run_id, metrics=batch, tags=[RunTag(HEARTBEAT, now_tag())])
+        batch = [Metric(key, float(value), now, step, model_id=model_id) for key, value in metrics.items()]
+        self.call(self.client.log_batch, self.run_id, metrics=batch, tags=[RunTag(HEARTBEAT, now_tag())])
 
     @_when_tracking
     def reconcile(self, metrics: Dict[str, float], epoch: int) -> None:
@@ -78,7 +78,7 @@ class Tracker:
         would be: log that epoch if the store missed it (it died just after the checkpoint was
         saved), and skip later epochs it already has (a stop before their checkpoint was uploaded)."""
         key = next(iter(metrics))
-        self.logged_steps = {m.step for m in self._call(self.client.get_metric_history, self.run_id, key)}
+        self.logged_steps = {m.step for m in self.call(self.client.get_metric_history, self.run_id, key)}
         if epoch not in self.logged_steps:
             self.log_metrics(metrics, epoch)
 
@@ -91,18 +91,18 @@ class Tracker:
         artifacts = {"plots/confusion_matrix.png": figures.confusion_matrix(report), "plots/misclassified.png": figures.misclassified(report)}
         if history:
             artifacts["plots/learning_curves.png"] = figures.learning_curves(history)
-        self._call(self.client.log_dict, self.run_id, report.as_dict(), f"{folder}classification_report.json")
+        self.call(self.client.log_dict, self.run_id, report.as_dict(), f"{folder}classification_report.json")
         for path, figure in artifacts.items():
-            self._call(self.client.log_figure, self.run_id, figure, folder + path)
+            self.call(self.client.log_figure, self.run_id, figure, folder + path)
 
     @_when_tracking
     def set_tags(self, tags: Dict[str, str]) -> None:
-        self._call(self.client.log_batch, self.run_id, tags=_tags(tags))
+        self.call(self.client.log_batch, self.run_id, tags=as_tags(tags))
 
     @_when_tracking
-    def log_model(self, model: torch.nn.Module, in_shape: tuple, num_classes: int, register_as: Optional[str] = None) -> None:
-        """Log the model; with `register_as`, also register it as a new version of that model, described
-        by its test accuracy and tagged with the run's fingerprints."""
+    def log_model(self, model: torch.nn.Module, in_shape: tuple, num_classes: int, register_as: Optional[str] = None, register_from: str = "last") -> None:
+        """Log the final model (tagged `model_uri`); with `register_as`, also register it, or the best
+        epoch kept (`register_from=best`), as a new version of that model."""
         from mnist_cnn.tracking import model as logged
 
         def upload() -> None:
@@ -110,15 +110,46 @@ class Tracker:
             # MLflow files a model under the active experiment, not its run's: `runs:/ID/model` finds it only there.
             mlflow.set_experiment(experiment_id=run.info.experiment_id)
             uri = logged.log_model(self.run_id, model, in_shape, num_classes)
+            self.set_tags({logged.MODEL_URI: uri})
             if register_as:
-                tags = {k: v for k, v in run.data.tags.items() if k in FINGERPRINTS} | {"run_id": self.run_id}
-                description = f"test_acc {run.data.metrics.get('test_acc', float('nan')):.4f}, from run {self.run_id}"
-                version = logged.register(self.client, uri, register_as, description, tags)
+                source = uri if register_from == "last" else run.data.tags[logged.BEST_MODEL_URI]
+                version = logged.register(self.client, source, register_as, run)
                 log.info("registered as models:/%s/%s: %s", register_as, version, model_version_url(self.uri, register_as, version))
 
-        self._call(upload)
+        self.call(upload)
 
-    def _call(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+    @_when_tracking
+    def log_epoch_model(self, model: torch.nn.Module, in_shape: tuple, num_classes: int, epoch: int) -> str:
+        """Log this epoch's model (trainer.keep_best) unless a resumed run already has it; returns its id."""
+        from mnist_cnn.tracking import model as logged
+
+        def upload() -> str:
+            run = self.client.get_run(self.run_id)
+            for kept in logged.epoch_models(self.client, run):
+                if kept.tags[logged.EPOCH] == str(epoch):
+                    return kept.model_id
+            mlflow.set_experiment(experiment_id=run.info.experiment_id)
+            return logged.log_model(self.run_id, model, in_shape, num_classes, epoch).removeprefix("models:/")
+
+        return self.call(upload)
+
+    @_when_tracking
+    def keep_best(self, k: int, objective: DictConfig) -> None:
+        """Delete all but the `k` best epoch models by `objective`; tag the run with the best one."""
+        from mnist_cnn.tracking import model as logged
+
+        def prune() -> None:
+            models = logged.epoch_models(self.client, self.client.get_run(self.run_id))
+            ranked = logged.rank(models, str(objective.metric), objective.direction == "maximize")
+            for doomed in ranked[k:]:
+                logged.delete_model(self.client, doomed)
+            if ranked:
+                self.set_tags({logged.BEST_EPOCH: ranked[0].tags[logged.EPOCH], logged.BEST_MODEL_URI: f"models:/{ranked[0].model_id}"})
+
+        self.call(prune)
+
+    def call(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+        """`fn(*args)` against the store: a store that stopped answering becomes TrackingLostError."""
         try:
             return fn(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - whatever the store raised, the run cannot be recorded
@@ -164,20 +195,25 @@ def tracked_run(cfg: DictConfig, opening: Opening, run_id: Optional[str], checkp
         if opened:
             background.close()
             command = resume_command(opened, cfg.tracking.uri)
-            _end(client, opened, "KILLED", {"interrupted": "stopped by Ctrl-C or SIGTERM", "resume_command": command})
+            end_run(client, opened, "KILLED", {"interrupted": "stopped by Ctrl-C or SIGTERM", "resume_command": command})
             log.warning("run %s KILLED after its last complete epoch; continue it with:\n  %s", opened, command)
+        raise
+    except Pruned as e:
+        background.close()
+        end_run(client, opened, "KILLED", {PRUNED_AT: str(e.epoch)})
+        log.info("run %s pruned after epoch %d: its siblings did better", opened, e.epoch)
         raise
     except TrackingLostError as e:
         raise TrackingLostError(_lost_message(e, opened, checkpoint, cfg.tracking.uri)) from e
     except BaseException as e:
         if opened:
             background.close()
-            _end(client, opened, "FAILED", {"error": error_tag(e)})
+            end_run(client, opened, "FAILED", {"error": error_tag(e)})
             e.mlflow_run_id = opened  # lets a sweep job know its failure is already recorded
         raise
     else:
         background.close()
-        _end(client, opened, "FINISHED", {})
+        end_run(client, opened, "FINISHED", {})
         experiment_id = client.get_run(opened).info.experiment_id
         print(f"MLflow run {opened} finished in experiment {cfg.tracking.experiment!r} ({redact(cfg.tracking.uri)}):\n"
               f"  {run_url(cfg.tracking.uri, experiment_id, opened)}{_ui_hint(cfg.tracking.uri)}", flush=True)
@@ -235,28 +271,30 @@ def _record_start(client: MlflowClient, cfg: DictConfig, opening: Opening, run_i
         client.update_run(run_id, status="RUNNING")
         tags = {**opening.tags, "resume_overrides": " ".join(job_overrides())}  # the run's own overrides stay
     all_tags = {**tags, **environment_tags(), **alive_tags(cfg.tracking.heartbeat_s)}
-    client.log_batch(run_id, tags=_tags(all_tags))
+    client.log_batch(run_id, tags=as_tags(all_tags))
     return run_id
 
 
-def _end(client: MlflowClient, run_id: str, status: str, tags: Dict[str, str]) -> None:
+def end_run(client: MlflowClient, run_id: str, status: str, tags: Dict[str, str]) -> None:
     """Record the final status, shielded from signals and with fast-failing requests (seconds)."""
     with interrupts.shielded(then_stop=status == "FINISHED"), store.quick():
         try:
             if tags:
-                client.log_batch(run_id, tags=_tags(tags))
+                client.log_batch(run_id, tags=as_tags(tags))
             if status == "FINISHED":  # a resumed run: what its interruption left no longer applies
-                for key in {"interrupted", "resume_command", "error"} & set(client.get_run(run_id).data.tags):
+                for key in {"interrupted", "resume_command", "error", PRUNED_AT} & set(client.get_run(run_id).data.tags):
                     client.delete_tag(run_id, key)
             client.set_terminated(run_id, status)
         except Exception as e:  # noqa: BLE001 - the store is gone: the heartbeat will show the run STALE
             log.warning("could not mark run %s %s (%s); mnist-cnn-runs will show it as STALE", run_id, status, store.describe(e))
 
 
-def resume_command(target: str, uri: str) -> str:
-    """The command that continues run (or checkpoint) `target`; names the store unless it holds a secret."""
+def resume_command(target: str, uri: str, sweep: bool = False) -> str:
+    """The command that continues run (or checkpoint) `target`, or the sweep whose parent run it is;
+    names the store unless it holds a secret."""
     clean = redact(uri) == uri
-    return f"mnist-cnn-train resume={target}" + (f" tracking.uri={uri}" if clean else "  # with MLFLOW_TRACKING_URI set")
+    command = f"mnist-cnn-train -m resume_sweep={target}" if sweep else f"mnist-cnn-train resume={target}"
+    return command + (f" tracking.uri={uri}" if clean else "  # with MLFLOW_TRACKING_URI set")
 
 
 def _lost_message(error: Exception, run_id: Optional[str], checkpoint: Path, uri: str) -> str:
@@ -275,7 +313,7 @@ def _stopped_untracked(checkpoint: Path) -> None:
         log.warning("stopped after the last complete epoch; continue with:\n  mnist-cnn-train resume=%s", checkpoint)
 
 
-def _tags(tags: Dict[str, Any]) -> List[RunTag]:
+def as_tags(tags: Dict[str, Any]) -> List[RunTag]:
     return [RunTag(key, redact(str(value))) for key, value in tags.items()]
 
 
@@ -301,35 +339,4 @@ def record_failed_job(cfg: DictConfig, error: Exception) -> None:
     """A sweep job that failed before its run was opened (bad config or data) still gets a FAILED run."""
     client = store.connect(cfg.tracking.uri)
     run_id = _new_run(client, cfg)
-    _end(client, run_id, "FAILED", {"error": error_tag(error), "hydra_overrides": " ".join(job_overrides())})
-
-
-def open_parent_run(cfg: DictConfig, name: str, tags: Dict[str, str]) -> Tuple[str, Heartbeat]:
-    """Create the RUNNING parent run of a sweep (and the store, if new); returns its id and its
-    running heartbeat (the launching process lives as long as the sweep)."""
-    client = store.connect(cfg.tracking.uri)
-    experiment_id = store.experiment_id(client, cfg.tracking.experiment)
-    alive = alive_tags(cfg.tracking.heartbeat_s)
-    run_id = client.create_run(experiment_id, run_name=name, tags=resolve_tags({**tags, **alive})).info.run_id
-    return run_id, Heartbeat(client, run_id, cfg.tracking.heartbeat_s).start()
-
-
-def close_parent_run(cfg: DictConfig, run_id: str, status: str) -> Tuple[Dict[str, Any], str]:
-    """Record the sweep's job count, failures and best child on the parent run, then end it; returns
-    that summary and the parent's link in the UI."""
-    client = store.connect(cfg.tracking.uri)
-    experiment_id = client.get_run(run_id).info.experiment_id
-    children = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{run_id}'", max_results=50_000)
-    key = str(cfg.objective.metric)
-    scored = [c for c in children if c.info.status == "FINISHED" and key in c.data.metrics]
-    summary: Dict[str, Any] = {"n_jobs": len(children), "n_failed": sum(c.info.status != "FINISHED" for c in children)}
-    tags = {}
-    if scored:
-        pick = max if cfg.objective.direction == "maximize" else min
-        best = pick(scored, key=lambda c: c.data.metrics[key])
-        summary[f"best_{key}"] = best.data.metrics[key]
-        tags = {"best_run_name": best.info.run_name, "best_run_id": best.info.run_id}
-    now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in summary.items()])
-    _end(client, run_id, status, tags)
-    return {**summary, **tags}, run_url(cfg.tracking.uri, experiment_id, run_id)
+    end_run(client, run_id, "FAILED", {"error": error_tag(error), "hydra_overrides": " ".join(job_overrides())})

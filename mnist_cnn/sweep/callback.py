@@ -1,10 +1,10 @@
 """Hydra multirun -> one MLflow parent run with every job as its child.
 
 `MlflowSweepCallback` (registered in conf/config.yaml under hydra.callbacks) runs in the launching
-process. Before any job starts it opens the tracking store once and the parent run; its id is
-written into the sweep folder with the swept keys, where every job finds them whatever launcher
-started it (local, joblib, submitit, Slurm). When the sweep ends it records the number of jobs,
-the failures and the best child, then closes the parent. In every job it also masks credentials
+process. Before any job starts it opens the tracking store once and the parent run (or, with
+`resume_sweep=ID`, reopens that one); its id is written into the sweep folder with the swept keys,
+where every job finds them whatever launcher started it (local, joblib, submitit, Slurm). When the
+sweep ends, or is stopped, the parent gets the sweep's report (sweep.parent) and is closed. In every job it also masks credentials
 in the files Hydra wrote (`.hydra/*.yaml`). MLflow is imported only where a method needs it.
 """
 
@@ -12,7 +12,7 @@ import atexit
 import json
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
@@ -36,10 +36,11 @@ class MlflowSweepCallback(Callback):
     def __init__(self) -> None:
         self.run_id: Optional[str] = None
         self.heartbeat: Any = None
+        self.swept: List[str] = []
 
     def __getstate__(self) -> dict:
         """Launchers pickle the callbacks into every job; the parent run and its heartbeat stay here."""
-        return {"run_id": None, "heartbeat": None}
+        return {"run_id": None, "heartbeat": None, "swept": []}
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Hydra has just written .hydra/{config,hydra,overrides}.yaml (and a sweep's multirun.yaml):
@@ -55,21 +56,28 @@ class MlflowSweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not config.tracking.enabled:
             return
-        from mnist_cnn.tracking.run import open_parent_run  # MLflow is slow to import
+        from mnist_cnn.sweep.parent import SWEEP_ARGV, SWEPT, open_parent_run, reopen_parent_run  # MLflow is slow to import
 
         sweep_dir = Path(config.hydra.sweep.dir)
         grid = list(config.hydra.overrides.task)
-        swept = [o.get_key_element() for o in OverridesParser.create().parse_overrides(grid) if o.is_sweep_override()]
-        swept += list(config.hydra.sweeper.get("params") or {})  # Optuna's search space
-        tags = {
-            "sweeper": config.hydra.sweeper._target_.rsplit(".", 1)[-1],
-            "launcher": config.hydra.launcher._target_.rsplit(".", 1)[-1],
-            "sweep_overrides": redact(" ".join(grid)),
-            "sweep_dir": str(sweep_dir),
-        }
-        self.run_id, self.heartbeat = open_parent_run(config, name=run_name(grid) or sweep_dir.name, tags=tags)
+        self.swept = [o.get_key_element() for o in OverridesParser.create().parse_overrides(grid) if o.is_sweep_override()]
+        self.swept += list(config.hydra.sweeper.get("params") or {})  # Optuna's search space
+        self.swept = list(dict.fromkeys(self.swept))  # a key searched by Optuna may be overridden on the command line too
+        if config.resume_sweep:
+            self.run_id = config.resume_sweep
+            self.heartbeat = reopen_parent_run(config, self.run_id, {"resumed_in": str(sweep_dir)})
+        else:
+            tags = {
+                "sweeper": config.hydra.sweeper._target_.rsplit(".", 1)[-1],
+                "launcher": config.hydra.launcher._target_.rsplit(".", 1)[-1],
+                "sweep_overrides": redact(" ".join(grid)),
+                SWEEP_ARGV: redact(json.dumps(list(config.hydra.overrides.hydra) + grid)),
+                SWEPT: json.dumps(self.swept),
+                "sweep_dir": str(sweep_dir),
+            }
+            self.run_id, self.heartbeat = open_parent_run(config, name=run_name(grid) or sweep_dir.name, tags=tags)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        (sweep_dir / SWEEP_FILE).write_text(json.dumps({"parent_run_id": self.run_id, "swept": swept}))
+        (sweep_dir / SWEEP_FILE).write_text(json.dumps({"parent_run_id": self.run_id, "swept": self.swept}))
         atexit.register(self._close, config, "KILLED")  # a sweep stopped by Ctrl-C never leaves it RUNNING
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -78,9 +86,11 @@ class MlflowSweepCallback(Callback):
     def _close(self, config: DictConfig, status: str) -> None:
         if self.run_id is None:
             return
-        from mnist_cnn.tracking.run import close_parent_run
+        from mnist_cnn.sweep.parent import close_parent_run
 
         run_id, self.run_id = self.run_id, None
         self.heartbeat.stop()
-        summary, link = close_parent_run(config, run_id, status)
+        summary, link = close_parent_run(config, run_id, status, self.swept)
         log.info("sweep parent run %s: %s\n  %s", run_id, summary, link)
+        if "resume_command" in summary:
+            log.warning("sweep stopped; finish it, each job once, with:\n  %s", summary["resume_command"])

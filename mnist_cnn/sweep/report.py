@@ -1,0 +1,60 @@
+"""What a sweep's parent run reports: one row per job, seeds grouped, the best job (pandas only).
+
+The same tables serve `mnist-cnn-runs --group-seeds` and the files logged on the parent
+(`sweep/summary.csv`, `sweep/seed_groups.csv`).
+"""
+
+import math
+from typing import Iterable, List, Optional
+
+import pandas as pd
+from mlflow.entities import Run
+
+from mnist_cnn.tracking.names import run_name
+from mnist_cnn.tracking.run import PRUNED_AT
+
+SEED_METRICS = ("val_acc", "test_acc")  # what --group-seeds averages
+
+
+def jobs_table(jobs: Iterable[Run], swept: List[str], metric: str) -> pd.DataFrame:
+    """One row per job: id, name, status, the epoch it was pruned at, each swept key's value as
+    logged, the objective `metric`, train time and accuracies."""
+    rows = []
+    for job in jobs:
+        params, metrics = job.data.params, job.data.metrics
+        row = {"run_id": job.info.run_id, "name": job.info.run_name, "status": job.info.status}
+        row[PRUNED_AT] = float(job.data.tags.get(PRUNED_AT, math.nan))
+        for key in swept:  # `optimizer=sgd` chooses an option: its params say optimizer.name=sgd
+            row[key] = params.get(key, params.get(f"{key}.name"))
+        for key in dict.fromkeys([metric, "train_time_s", *SEED_METRICS]):
+            row[key] = metrics.get(key, math.nan)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["run_id", "name", "status", PRUNED_AT, *swept, *dict.fromkeys([metric, "train_time_s", *SEED_METRICS])])
+
+
+def best_job(table: pd.DataFrame, metric: str, direction: str) -> Optional[pd.Series]:
+    """The FINISHED job with the best `metric` (pruned, failed and stopped jobs never win)."""
+    finished = table[(table["status"] == "FINISHED") & table[metric].notna()]
+    if finished.empty:
+        return None
+    return finished.loc[finished[metric].idxmax() if direction == "maximize" else finished[metric].idxmin()]
+
+
+def counts(table: pd.DataFrame) -> dict:
+    """n_jobs; n_finished; n_pruned; n_failed: the rest (failed, stopped by a signal, or stale)."""
+    finished, pruned = int((table["status"] == "FINISHED").sum()), int(table[PRUNED_AT].notna().sum())
+    return {"n_jobs": len(table), "n_finished": finished, "n_pruned": pruned, "n_failed": len(table) - finished - pruned}
+
+
+def seed_groups(table: pd.DataFrame, keys: List[str]) -> pd.DataFrame:
+    """One row per configuration apart from `seed`: `config` (named after `keys`, the settings that
+    differ), n, then mean and std of each SEED_METRICS, best mean val_acc first. FINISHED jobs only;
+    std is NaN for a single seed."""
+    finished = table[table["status"] == "FINISHED"].copy()
+    finished["config"] = [run_name([f"{k}={row[k]}" for k in keys], only=keys) or "(all runs)" for _, row in finished.iterrows()]
+    grouped = finished.groupby("config", sort=False)[list(SEED_METRICS)]
+    out = grouped.agg(["count", "mean", "std"])
+    out.columns = [f"{metric}_{stat}" for metric, stat in out.columns]
+    out.insert(0, "n", grouped.size())
+    out = out.drop(columns=[f"{m}_count" for m in SEED_METRICS]).reset_index()
+    return out.sort_values(f"{SEED_METRICS[0]}_mean", ascending=False, na_position="last", ignore_index=True)
