@@ -47,6 +47,9 @@ class DivergedError(UserError, RuntimeError):
     """The training loss exploded: the learning rate is too high for this model."""
 
 
+PRUNED_AT = "pruned_at_epoch"  # the tag of a pruned job's run
+
+
 class Pruned(Exception):
     """Not an error: a sweep's pruner stopped this job after `epoch`; its run ends KILLED, tagged
     `pruned_at_epoch`, and the job returns its last value to the sweeper."""

@@ -123,3 +123,26 @@ def test_run_names_come_from_the_overrides_that_matter():
     assert run_name(overrides, only=["data.batch_size"]) == "bs=256"
     assert run_name(["data.root=/x"]) is None
     assert run_name(["optimizer.lr=0.0024713734184878826", "optimizer=sgd", "seed=1"]) == "lr=0.002471,optimizer=sgd,seed=1"
+
+
+def test_group_seeds_averages_each_configuration_over_its_seeds(tiny_cfg, store_uri, tmp_path, capsys):
+    for lr in ("0.001", "0.003"):
+        for seed in ("1", "2"):
+            train.run(tiny_cfg(*FAST, f"optimizer.lr={lr}", f"seed={seed}"), tmp_path / f"{lr}-{seed}")
+    made = runs_in(store_uri)
+    capsys.readouterr()
+
+    runs.main(["--tracking-uri", store_uri, "--group-seeds", "--format", "json"])
+    rows = {row["config"]: row for row in json.loads(capsys.readouterr().out)}
+    assert set(rows) == {"lr=0.001", "lr=0.003"}  # named after what differs apart from the seed
+    for lr, row in rows.items():
+        group = [r for r in made if r.data.params["optimizer.lr"] == lr.partition("=")[2]]
+        for metric in ("val_acc", "test_acc"):
+            values = [r.data.metrics[metric] for r in group]
+            mean = sum(values) / 2
+            assert row["n"] == 2 and row[f"{metric}_mean"] == pytest.approx(mean)
+            assert row[f"{metric}_std"] == pytest.approx((sum((v - mean) ** 2 for v in values)) ** 0.5)  # sample std, n-1 = 1
+
+    runs.main(["--tracking-uri", store_uri, "--group-seeds"])
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].split() == ["config", "n", "val_acc_mean", "val_acc_std", "test_acc_mean", "test_acc_std"]

@@ -15,7 +15,7 @@ from typing import List, Optional
 import pandas as pd
 
 from mnist_cnn.config.keys import is_run_setting
-from mnist_cnn.errors import UserError
+from mnist_cnn.errors import PRUNED_AT, UserError
 from mnist_cnn.tracking.names import run_name
 from mnist_cnn.tracking.redact import redact
 
@@ -96,7 +96,7 @@ def _row(run, sort: str, stale: bool) -> dict:
     return {
         "run_id": info.run_id,
         "name": info.run_name,
-        "status": "STALE" if stale else info.status,
+        "status": "STALE" if stale else (f"PRUNED@{data.tags[PRUNED_AT]}" if PRUNED_AT in data.tags else info.status),
         "overrides": run_name(overrides.split()) or "",
         "val_acc": data.metrics.get("val_acc", math.nan),
         "test_acc": data.metrics.get("test_acc", math.nan),

@@ -91,6 +91,6 @@ class MlflowSweepCallback(Callback):
         run_id, self.run_id = self.run_id, None
         self.heartbeat.stop()
         summary, link = close_parent_run(config, run_id, status, self.swept)
-        log.info("sweep parent run %s: %s\n  %s", run_id, summary, link)
+        log.info("sweep parent run %s: %s\n  %s", run_id, ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()), link)
         if "resume_command" in summary:
             log.warning("sweep stopped; finish it, each job once, with:\n  %s", summary["resume_command"])

@@ -14,7 +14,8 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-PRUNED_AT = "pruned_at_epoch"  # mnist_cnn.tracking.run.PRUNED_AT, which would import torch
+from mnist_cnn.errors import PRUNED_AT
+from mnist_cnn.sweep.report import best_job
 
 
 def parallel_coordinates(table: pd.DataFrame, swept: list[str], metric: str, direction: str) -> Figure:
@@ -122,7 +123,8 @@ def _draw_jobs(fig: Figure, ax, jobs: pd.DataFrame, positions: np.ndarray, metri
     scored = finished if finished.nunique() > 1 else jobs[metric]
     norm = Normalize(scored.min(), scored.max())
     low, high = jobs[metric].min() < norm.vmin, jobs[metric].max() > norm.vmax
-    best = (finished.idxmax() if direction == "maximize" else finished.idxmin()) if len(finished) else None
+    winner = best_job(jobs, metric, direction)
+    best = winner.name if winner is not None else None  # its index
     pruned = jobs[PRUNED_AT].notna().to_numpy()
     for row, (index, job), dashed in zip(positions, jobs.iterrows(), pruned):
         ax.plot(range(len(row)), row, color=cmap(norm(job[metric])), label=job["name"], marker="o", markersize=3,

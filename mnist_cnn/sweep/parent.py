@@ -72,7 +72,7 @@ def _report(client: MlflowClient, cfg: DictConfig, run_id: str, swept: List[str]
     summary: Dict[str, Any] = report.counts(table)
     best = report.best_job(table, metric, direction)
     if best is not None:
-        summary[f"best_{metric}"] = best[metric]
+        summary[f"best_{metric}"] = float(best[metric])
         tags |= {"best_run_name": best["name"], "best_run_id": best["run_id"]}
         if cfg.tracking.register_as:
             tags |= crown(client, cfg, next(job for job in jobs if job.info.run_id == best["run_id"]))
@@ -109,4 +109,4 @@ def _log_seed_groups(client: MlflowClient, run_id: str, table: pd.DataFrame, key
     if groups.empty:
         return {}
     best = groups.iloc[0]
-    return {f"seeds_{key}": best[key] for key in groups.columns if key != "config" and pd.notna(best[key])}
+    return {f"seeds_{key}": float(best[key]) for key in groups.columns if key != "config" and pd.notna(best[key])}

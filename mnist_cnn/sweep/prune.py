@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from mnist_cnn.config.job import sweep_info
 from mnist_cnn.sweep.parent import children
-from mnist_cnn.tracking.run import PRUNED_AT
+from mnist_cnn.errors import PRUNED_AT
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import pandas as pd
 from mlflow.entities import Run
 
 from mnist_cnn.tracking.names import run_name
-from mnist_cnn.tracking.run import PRUNED_AT
+from mnist_cnn.errors import PRUNED_AT
 
 SEED_METRICS = ("val_acc", "test_acc")  # what --group-seeds averages
 
@@ -23,13 +23,14 @@ def jobs_table(jobs: Iterable[Run], swept: List[str], metric: str) -> pd.DataFra
     for job in jobs:
         params, metrics = job.data.params, job.data.metrics
         row = {"run_id": job.info.run_id, "name": job.info.run_name, "status": job.info.status}
-        row[PRUNED_AT] = float(job.data.tags.get(PRUNED_AT, math.nan))
+        row[PRUNED_AT] = int(job.data.tags[PRUNED_AT]) if PRUNED_AT in job.data.tags else None
         for key in swept:  # `optimizer=sgd` chooses an option: its params say optimizer.name=sgd
             row[key] = params.get(key, params.get(f"{key}.name"))
         for key in dict.fromkeys([metric, "train_time_s", *SEED_METRICS]):
             row[key] = metrics.get(key, math.nan)
         rows.append(row)
-    return pd.DataFrame(rows, columns=["run_id", "name", "status", PRUNED_AT, *swept, *dict.fromkeys([metric, "train_time_s", *SEED_METRICS])])
+    table = pd.DataFrame(rows, columns=["run_id", "name", "status", PRUNED_AT, *swept, *dict.fromkeys([metric, "train_time_s", *SEED_METRICS])])
+    return table.astype({PRUNED_AT: "Int64"})  # an epoch, or <NA>
 
 
 def best_job(table: pd.DataFrame, metric: str, direction: str) -> Optional[pd.Series]:

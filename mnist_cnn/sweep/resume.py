@@ -73,7 +73,7 @@ def job_start(cfg: DictConfig) -> Tuple[DictConfig, Optional[Dict[str, float]]]:
     earlier = earlier_run(cfg)
     if earlier is None:
         return cfg, None
-    from mnist_cnn.tracking.run import PRUNED_AT
+    from mnist_cnn.errors import PRUNED_AT
 
     run_id, status = earlier.info.run_id, earlier.info.status
     if status in ("FINISHED", "FAILED") or PRUNED_AT in earlier.data.tags:

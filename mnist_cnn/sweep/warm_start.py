@@ -50,7 +50,7 @@ def warm_start(impl: Any, config: DictConfig, arguments: List[str]) -> None:
 
 
 def _is_done(job: Run) -> bool:
-    from mnist_cnn.tracking.run import PRUNED_AT
+    from mnist_cnn.errors import PRUNED_AT
 
     return job.info.status in ("FINISHED", "FAILED") or PRUNED_AT in job.data.tags
 

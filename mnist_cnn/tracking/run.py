@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist_cnn import interrupts
 from mnist_cnn.config.job import job_overrides, sweep_info
-from mnist_cnn.errors import Pruned, TrackingError, TrackingLostError
+from mnist_cnn.errors import PRUNED_AT, Pruned, TrackingError, TrackingLostError
 from mnist_cnn.tracking import store
 from mnist_cnn.tracking.fingerprint import environment_tags
 from mnist_cnn.tracking.heartbeat import HEARTBEAT, Heartbeat, alive_tags, now_tag
@@ -35,7 +35,6 @@ from mnist_cnn.tracking.names import run_name
 from mnist_cnn.tracking.redact import redact
 
 log = logging.getLogger(__name__)
-PRUNED_AT = "pruned_at_epoch"  # the tag of a sweep job its pruner stopped (sweep.prune)
 
 
 def _when_tracking(method: Callable) -> Callable:
