@@ -1,11 +1,13 @@
-"""What Hydra knows about the job that is running: its overrides, multirun mode, the sweep's file.
+"""What is known about the job that is running: its overrides, multirun mode and sweep file (from
+Hydra), and its Slurm job id and restart count (from Slurm's environment).
 
 Outside Hydra (a test or a script calling engine.train.run) there are no overrides and no sweep.
 """
 
 import json
+import os
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -26,3 +28,17 @@ def sweep_info() -> Dict[str, Any]:
     """What the launching process wrote for this job's sweep; empty outside a tracked multirun."""
     path = Path(HydraConfig.get().sweep.dir) / SWEEP_FILE if in_multirun() else None
     return json.loads(path.read_text()) if path is not None and path.is_file() else {}
+
+
+def slurm_job_id() -> Optional[str]:
+    """This Slurm job (`JOBID`, or `ARRAYJOBID_TASKID` for an array task); None outside Slurm. A
+    requeued job keeps its id."""
+    env = os.environ
+    if "SLURM_ARRAY_JOB_ID" in env and "SLURM_ARRAY_TASK_ID" in env:
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    return env.get("SLURM_JOB_ID")
+
+
+def slurm_restarts() -> int:
+    """How many times Slurm requeued this job (preemption, timeout, `scontrol requeue`)."""
+    return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) if slurm_job_id() else 0

@@ -5,8 +5,8 @@ check that can fail on a bad config or bad data happens before an MLflow run is 
 config never leaves a run behind. Each epoch ends with a checkpoint on local disk, then its metrics
 and the checkpoint in MLflow (and the epoch's model, with trainer.keep_best). With `resume=RUN_ID`
 or `resume=path/last.pt` it continues that run where the uninterrupted run would have been, bit for
-bit. In a sweep, a pruner may stop the run after an epoch (sweep.prune), and a job of a resumed
-sweep first looks for its earlier run (sweep.resume).
+bit. In a sweep, a pruner may stop the run after an epoch (sweep.prune); a job of a resumed sweep,
+or one that Slurm requeued, first looks for its earlier run (sweep.resume).
 """
 
 import hashlib
@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist_cnn import interrupts
 from mnist_cnn.config.checks import check_config
-from mnist_cnn.config.job import in_multirun, job_overrides
+from mnist_cnn.config.job import in_multirun, job_overrides, slurm_restarts
 from mnist_cnn.data.datasets import IMAGE_SHAPE, dataset_info
 from mnist_cnn.data.idx import load_split
 from mnist_cnn.data.splits import num_batches, split_validation
@@ -40,10 +40,10 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig, output_dir: Path) -> Dict[str, float]:
     """Train `cfg` (or continue run `cfg.resume`) to the end; returns the final metrics (also logged)."""
     interrupts.reset()
-    if cfg.resume_sweep:
-        from mnist_cnn.sweep.resume import job_start
+    if cfg.resume_sweep or slurm_restarts():
+        from mnist_cnn.sweep.resume import job_start, starts_again
 
-        cfg, done = job_start(cfg)
+        cfg, done = job_start(cfg) if starts_again(cfg) else (cfg, None)
         if done is not None:
             return done
     start = start_point(cfg, job_overrides()) if cfg.resume else StartPoint(cfg, None, None)

@@ -1,4 +1,5 @@
-"""`resume_sweep=PARENT_RUN_ID`: finish a stopped sweep in the same parent run.
+"""Jobs that start again: `resume_sweep=PARENT_RUN_ID` finishes a stopped sweep in the same parent
+run, and a job that Slurm requeued continues its own run.
 
 `mnist-cnn-train -m resume_sweep=ID` relaunches the sweep with the overrides its parent recorded
 (`sweep_arguments`, before Hydra reads the command line; new values are accepted only for the run
@@ -6,7 +7,11 @@ settings, such as the launcher or tracking.uri). Every job then looks for its ea
 the parent's children, by config fingerprint (`job_start`): a job that finished, was pruned or
 failed is not run again and returns its recorded value; a job stopped by a signal, or whose
 process died (stale), continues its own run from its last checkpoint; a job never started runs.
-The Optuna sweeper is warm-started from the same children (sweep.optuna_sweeper).
+The Optuna sweeper is warm-started from the same children (sweep.warm_start).
+
+A job Slurm requeued (preemption, timeout, `scontrol requeue`; SLURM_RESTART_COUNT > 0) finds the
+run tagged with its Slurm job id, which the first start opened and the SIGTERM before the requeue
+left KILLED, and continues it from its last checkpoint: one run per job, never a duplicate.
 """
 
 import json
@@ -17,6 +22,7 @@ from typing import Dict, List, Optional, Tuple
 
 from omegaconf import DictConfig
 
+from mnist_cnn.config.job import slurm_job_id, slurm_restarts
 from mnist_cnn.config.keys import is_run_setting, override_key
 from mnist_cnn.errors import CheckpointError, ConfigError
 
@@ -67,22 +73,40 @@ def _recorded_overrides(uri: str, parent_id: str, where: str) -> List[str]:
     return json.loads(parent.data.tags[SWEEP_ARGV])
 
 
+def starts_again(cfg: DictConfig) -> bool:
+    """A job of a resumed sweep, or one that Slurm requeued (tracked, and not already resuming)."""
+    return cfg.tracking.enabled and not cfg.resume and bool(cfg.resume_sweep or slurm_restarts())
+
+
 def job_start(cfg: DictConfig) -> Tuple[DictConfig, Optional[Dict[str, float]]]:
-    """For a job of a resumed sweep: `(cfg, metrics)` where metrics are its earlier run's when there
+    """For a job that starts again: `(cfg, metrics)` where metrics are its earlier run's when there
     is nothing left to train; else `(cfg, None)`, cfg set to continue its earlier run if it has one."""
-    earlier = earlier_run(cfg)
+    earlier = requeued_run(cfg) if slurm_restarts() else earlier_run(cfg)
     if earlier is None:
         return cfg, None
     from mnist_cnn.errors import PRUNED_AT
 
     run_id, status = earlier.info.run_id, earlier.info.status
-    if status in ("FINISHED", "FAILED") or PRUNED_AT in earlier.data.tags:
+    done = ("FINISHED",) if slurm_restarts() else ("FINISHED", "FAILED")  # a requeue retries what its stop failed
+    if status in done or PRUNED_AT in earlier.data.tags:
         log.info("run %s did this job already (%s): not run again", run_id, "PRUNED" if PRUNED_AT in earlier.data.tags else status)
         return cfg, dict(earlier.data.metrics) if status != "FAILED" else {}
     log.info("continuing this job's run %s (%s) from its last checkpoint", run_id, status)
     cfg = cfg.copy()
     cfg.resume, cfg.resume_sweep = run_id, None
     return cfg, None
+
+
+def requeued_run(cfg: DictConfig):
+    """The run that this Slurm job opened before it was requeued; None if it opened none."""
+    from mnist_cnn.tracking import store
+    from mnist_cnn.tracking.fingerprint import SLURM_JOB
+
+    client = store.connect(cfg.tracking.uri)
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    found = client.search_runs([experiment.experiment_id], f"tags.{SLURM_JOB} = '{slurm_job_id()}'", order_by=["attributes.start_time DESC"]) if experiment else []
+    log.info("Slurm requeued job %s (restart %d): %s", slurm_job_id(), slurm_restarts(), f"run {found[0].info.run_id}" if found else "no run yet")
+    return found[0] if found else None
 
 
 def earlier_run(cfg: DictConfig):

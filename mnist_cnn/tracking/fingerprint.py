@@ -1,4 +1,5 @@
-"""The environment a run records as tags: the checkout it ran from and the versions of what it used."""
+"""The environment a run records as tags: the checkout it ran from, the versions of what it used,
+and the Slurm job that ran it (a requeued job finds its run by that id)."""
 
 import platform
 import subprocess
@@ -6,13 +7,17 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Dict, Tuple
 
+from mnist_cnn.config.job import slurm_job_id
+
+SLURM_JOB = "slurm_job_id"
 PACKAGES = ("torch", "torchvision", "numpy", "mlflow", "hydra-core", "omegaconf")
 
 
 def environment_tags() -> Dict[str, str]:
     commit, dirty = git_state()
     versions = {f"version.{k}": v for k, v in package_versions().items()}
-    return {**versions, "git_commit": commit, "git_dirty": str(dirty)}
+    slurm = {SLURM_JOB: slurm_job_id()} if slurm_job_id() else {}
+    return {**versions, "git_commit": commit, "git_dirty": str(dirty), **slurm}
 
 
 def git_state() -> Tuple[str, bool]:

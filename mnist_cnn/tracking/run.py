@@ -190,7 +190,7 @@ def tracked_run(cfg: DictConfig, opening: Opening, run_id: Optional[str], checkp
         if cfg.tracking.system_metrics:
             background.callback(_system_metrics(opened, cfg.tracking.uri, resumed=run_id is not None).finish)
         yield Tracker(client, opened, cfg.tracking.uri)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):  # SystemExit: submitit ending a job it requeues for its time limit
         if opened:
             background.close()
             command = resume_command(opened, cfg.tracking.uri)
