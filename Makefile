@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install train test test-all ui clean
+.PHONY: install train test test-all test-cluster ui mlflow-server clean
 
 install: $(VENV)/.installed
 
@@ -23,14 +23,25 @@ train: install
 test: install
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-# Everything: sweeps across launchers, real servers that die, processes killed mid-run, install.
+# Everything that needs no cluster: sweeps across launchers, real servers that die, processes killed mid-run, install.
 test-all: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not cluster" $(PYTEST_ARGS)
+
+# The real engines: installs and starts a single-node Slurm and a PostgreSQL-backed MLflow server
+# (apt, as root), runs the tests marked `cluster`, and stops everything it started, pass or fail.
+test-cluster: install
+	deploy/cluster.sh $(PY) -m pytest -m cluster $(PYTEST_ARGS)
 
 # Serves ./mlflow.db on 127.0.0.1:5000 and prints the link that opens its runs (the Model-training view).
 ui: install
 	@$(VENV)/bin/mnist-cnn-runs --tracking-uri sqlite:///mlflow.db --link || true
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+# A team tracking server on 127.0.0.1:$(PORT): PostgreSQL backend (MLFLOW_BACKEND_STORE_URI, else one of its
+# own in .mlflow-server/), artifacts served by the server; MNIST_CNN_SERVER_AUTH=basic-auth for passwords.
+PORT ?= 5000
+mlflow-server: install
+	deploy/mlflow_server.sh run .mlflow-server $(PORT)
 
 clean:
 	rm -rf outputs multirun .pytest_cache

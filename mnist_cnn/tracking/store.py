@@ -149,6 +149,12 @@ def _diagnose(uri: str, path: Optional[Path], error: BaseException) -> str:
             f"MLflow cannot use it. Restore {path} from a backup, or if it holds no runs you need, move it "
             f"away and start again (a new store is created on the next run)."
         )
+    if "error code 401" in text or "error code 403" in text:
+        return (
+            f"{where}: the server refused these credentials ({'401 not authenticated' if '401' in text else '403 forbidden'}). "
+            "Set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) to an account "
+            "of that server that may write runs."
+        )
     return f"{where}: cannot open the MLflow store ({describe(error)}). {FIX}"
 
 
