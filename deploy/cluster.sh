@@ -17,12 +17,14 @@ stop() {
 trap stop EXIT
 
 started=$(date +%s)
-"$HERE/slurm.sh" up "$STATE/slurm"
+"$HERE/slurm.sh" up "$STATE/slurm" > /dev/null
 PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 MNIST_CNN_SERVER_AUTH=basic-auth "$HERE/mlflow_server.sh" up "$STATE/server" "$PORT"
 echo "cluster set up in $(( $(date +%s) - started )) s (state in $STATE)"
 
 export SLURM_CONF="$STATE/slurm/slurm.conf"
+export PATH="$STATE/slurm/bin:$PATH"  # slurm.sh's sacct stand-in: submitit learns of a job that died (accounting is off)
 export MNIST_CNN_CLUSTER_URI="http://127.0.0.1:$PORT" MLFLOW_TRACKING_URI="http://127.0.0.1:$PORT"
+export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false
 export MLFLOW_TRACKING_USERNAME=admin MLFLOW_TRACKING_PASSWORD="$(cat "$STATE/server/admin_password")"
 "$@"
