@@ -18,6 +18,7 @@ from mnist_cnn.engine.checkpoint import load_checkpoint
 
 from tests.helpers import processes
 from tests.helpers.config import TINY
+from tests.helpers.mlflow_store import free_port
 
 pytestmark = pytest.mark.cluster
 
@@ -117,3 +118,21 @@ def test_a_wrong_password_is_refused_and_written_nowhere(uri, experiment, tiny_r
     said = out.stdout + out.stderr
     assert "the server refused these credentials (401 not authenticated)" in said and "not-the-password" not in said
     assert MlflowClient().get_experiment_by_name(experiment) is None  # nothing was written
+
+
+def test_ddp_on_two_cpu_processes_is_one_run_as_accurate_as_one_process(uri, experiment, real_root, tmp_path):
+    """torchrun with 2 processes (gloo) and one process, the same global batch of 64 on the real
+    MNIST: one run each on the server, test accuracies within 1 point."""
+    same = [f"data.root={real_root}", "trainer.progress=false", "tracking=server", f"tracking.experiment={experiment}",
+            "trainer.epochs=1", "trainer.limit_batches=200", "data.batch_size=64", "tracking.log_model=false"]
+    torchrun = [processes.TRAIN[0], "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", "-m", "mnist_cnn"]
+    for name, command in (("ddp", [*torchrun, "trainer.strategy=ddp"]), ("single", processes.TRAIN)):
+        out = processes.run([*command, *same, f"tracking.run_name={name}"], tmp_path, timeout=600)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    client = MlflowClient()
+    runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name(experiment).experiment_id])}
+    assert sorted(runs) == ["ddp", "single"]  # one run for the two processes
+    ddp, single = runs["ddp"], runs["single"]
+    assert ddp.data.tags["world_size"] == "2" and ddp.info.status == "FINISHED"
+    print(f"test_acc ddp {ddp.data.metrics['test_acc']:.4f} single {single.data.metrics['test_acc']:.4f}")
+    assert abs(ddp.data.metrics["test_acc"] - single.data.metrics["test_acc"]) <= 0.01

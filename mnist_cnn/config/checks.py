@@ -8,10 +8,14 @@ Each error names the key and how to fix it.
 
 import dataclasses
 import difflib
+import os
+import shlex
 from typing import Iterator, List, Tuple
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from mnist_cnn.config.job import in_multirun, job_overrides
+from mnist_cnn.config.keys import override_key
 from mnist_cnn.config.schema import EPOCH_METRICS, OPTIONS
 from mnist_cnn.data.datasets import IMAGE_SHAPE, dataset_info
 from mnist_cnn.errors import ConfigError
@@ -38,6 +42,7 @@ def check_config(cfg: DictConfig) -> List[Layer]:
     if cfg.optimizer.name == "sgd" and cfg.optimizer.nesterov and cfg.optimizer.momentum == 0:
         raise ConfigError("optimizer.nesterov=true needs optimizer.momentum > 0.")
     _check_epoch_ranking(cfg)
+    _check_ddp(cfg)
     return plan_layers(cfg.model.layers, IMAGE_SHAPE, len(dataset_info(cfg.data.name).classes))
 
 
@@ -56,6 +61,36 @@ def _check_epoch_ranking(cfg: DictConfig) -> None:
         raise ConfigError("tracking.register_from=best needs the best epochs kept: set trainer.keep_best=1 or more.")
     if cfg.resume and cfg.resume_sweep:
         raise ConfigError("resume= continues one run and resume_sweep= a whole sweep; give only one of them.")
+
+
+def _check_ddp(cfg: DictConfig) -> None:
+    """trainer.strategy=ddp runs one training over the processes torchrun starts (WORLD_SIZE in the
+    environment), and they share each batch evenly; torchrun with trainer.strategy=single would
+    train one run per process."""
+    world = os.environ.get("WORLD_SIZE")
+    if cfg.trainer.strategy != "ddp":
+        if world and int(world) > 1 and not cfg.resume:  # a resumed run keeps its own strategy: checked on its config
+            raise ConfigError(
+                f"torchrun started {world} processes but trainer.strategy=single: each would train a run of its own. "
+                "Add trainer.strategy=ddp to train one run on all of them."
+            )
+        return
+    if in_multirun():
+        raise ConfigError("trainer.strategy=ddp runs under torchrun, one run at a time; drop -m (--multirun).")
+    if world is None:
+        overrides = job_overrides()
+        if not cfg.resume and "trainer.strategy" not in map(override_key, overrides):
+            overrides.append("trainer.strategy=ddp")
+        raise ConfigError(
+            "trainer.strategy=ddp runs under torchrun, which starts the processes that share each batch; start it as:\n"
+            f"  torchrun --nproc_per_node=2 -m mnist_cnn {shlex.join(overrides)}\n"
+            "(--nproc_per_node: how many processes on this machine, e.g. one per GPU)."
+        )
+    if cfg.data.batch_size % int(world):
+        raise ConfigError(
+            f"data.batch_size={cfg.data.batch_size} does not divide by the {world} processes torchrun started (WORLD_SIZE): "
+            f"it is the global batch, shared evenly; choose a multiple of {world}, or another --nproc_per_node."
+        )
 
 
 def _typed_nodes(node, path: str = "") -> Iterator[Tuple[str, DictConfig]]:

@@ -72,6 +72,7 @@ Metric = _choices("Metric", ("val_acc", "val_loss", "test_acc", "test_loss", "tr
 EPOCH_METRICS = ("val_acc", "val_loss", "train_acc", "train_loss")  # logged every epoch: what pruning and keep_best rank
 Pruner = _choices("Pruner", ("none", "median", "hyperband"))
 RegisterFrom = _choices("RegisterFrom", ("last", "best"))
+Strategy = _choices("Strategy", ("single", "ddp"))
 
 # One entry of `model.layers`: `type` plus every key some layer kind takes (model.layers.PARAMS).
 # Which keys apply depends on the type; config.checks rejects the others, naming the layer.
@@ -179,6 +180,7 @@ class TrainerConfig:
     channels_last: bool = True
     compile: bool = False
     keep_best: int = ranged(0, NON_NEGATIVE)  # K > 0: keep the K best epochs (by objective.metric) as logged models
+    strategy: Strategy = Strategy.single  # ddp: data-parallel over the processes torchrun starts (engine.distributed)
 
 
 @dataclass

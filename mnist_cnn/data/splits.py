@@ -46,19 +46,28 @@ def batches(
     generator: Optional[torch.Generator] = None,
     drop_last: bool = False,
     limit: Optional[int] = None,
+    shard: Tuple[int, int] = (0, 1),
 ) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (images as float in [0, 1] with shape (B, 1, 28, 28), labels); shuffled when given a generator."""
+    """Yield (images as float in [0, 1] with shape (B, 1, 28, 28), labels); shuffled when given a generator.
+
+    With `shard=(rank, world)` (trainer.strategy=ddp), `batch_size` is the global batch and this rank
+    gets `index[rank::world]` of each: every rank draws the same permutation from an equally seeded
+    generator, so the shards are disjoint and together the batch."""
+    rank, world = shard
     n = len(split)
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     order = order.to(split.images.device)
-    for start in range(0, num_batches(n, batch_size, drop_last, limit) * batch_size, batch_size):
+    for start in range(0, num_batches(n, batch_size, drop_last, limit, world) * batch_size, batch_size):
         index = order[start : start + batch_size]
+        if world > 1:  # equal shards, never an empty one: a last partial batch is cut to a multiple of world
+            index = index[: len(index) - len(index) % world][rank::world]
         yield split.images[index].unsqueeze(1).float().div_(255), split.labels[index]
 
 
-def num_batches(n: int, batch_size: int, drop_last: bool, limit: Optional[int]) -> int:
-    """Batches in one epoch over `n` images; an epoch with none is an error, never a division by zero."""
-    full = n // batch_size if drop_last else -(-n // batch_size)
+def num_batches(n: int, batch_size: int, drop_last: bool, limit: Optional[int], world: int = 1) -> int:
+    """Batches in one epoch over `n` images; an epoch with none is an error, never a division by zero.
+    Shared by `world` processes, a last batch smaller than `world` is left out: some would get no image."""
+    full = n // batch_size if drop_last or n % batch_size < world else -(-n // batch_size)
     if full == 0:
         raise ConfigError(
             f"data.batch_size={batch_size} with data.drop_last=true leaves no batch of the {n} training images; "

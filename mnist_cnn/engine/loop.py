@@ -1,7 +1,8 @@
 """One epoch of training and one pass of evaluation, on the device and precision the run resolved.
 
 The step loop never reads a value back to the host: loss and accuracy are summed on the device and
-read once per epoch.
+read once per epoch. Under trainer.strategy=ddp each rank trains on its share of every batch and the
+sums are added up across ranks (engine.distributed).
 """
 
 import math
@@ -13,8 +14,9 @@ from omegaconf import DictConfig
 from torch import nn
 from tqdm import tqdm
 
-from mnist_cnn import interrupts
 from mnist_cnn.data.splits import Split, batches, num_batches
+from mnist_cnn.engine import distributed
+from mnist_cnn.engine.distributed import SINGLE, World
 from mnist_cnn.errors import ConfigError, DivergedError
 
 
@@ -45,18 +47,22 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
-def train_epoch(model, split: Split, cfg: DictConfig, optimizer, scheduler, generator, epoch: int) -> Dict[str, float]:
-    """One pass over the shuffled training split; stops before a step once a stop was requested."""
+def train_epoch(
+    model, split: Split, cfg: DictConfig, optimizer, scheduler, generator, epoch: int, world: World = SINGLE
+) -> Dict[str, float]:
+    """One pass over the shuffled training split (under DDP, this rank's share of each batch); stops
+    before a step once a stop was requested. Returns the whole epoch's train_loss and train_acc."""
     model.train()
     loss_sum = torch.zeros((), device=split.labels.device)
     correct = torch.zeros((), dtype=torch.long, device=split.labels.device)
     seen = 0
     d = cfg.data
-    loader = batches(split, d.batch_size, generator, d.drop_last, cfg.trainer.limit_batches)
-    total = num_batches(len(split), d.batch_size, d.drop_last, cfg.trainer.limit_batches)
-    quiet = None if cfg.trainer.progress else True  # None: tqdm shows the bar only on a terminal
+    loader = batches(split, d.batch_size, generator, d.drop_last, cfg.trainer.limit_batches, (world.rank, world.size))
+    total = num_batches(len(split), d.batch_size, d.drop_last, cfg.trainer.limit_batches, world.size)
+    quiet = None if cfg.trainer.progress and world.main else True  # None: tqdm shows the bar only on a terminal
+    stop = distributed.StopVote(world)
     for images, labels in tqdm(loader, total=total, desc=f"epoch {epoch}", leave=False, disable=quiet):
-        interrupts.check()
+        stop.check()
         with autocast(images.device, cfg.trainer.precision):
             logits = model(images)
             loss = F.cross_entropy(logits, labels)
@@ -68,7 +74,9 @@ def train_epoch(model, split: Split, cfg: DictConfig, optimizer, scheduler, gene
         loss_sum += loss.detach().float() * len(labels)
         correct += (logits.argmax(1) == labels).sum()
         seen += len(labels)
-    return {"train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen}
+    stop.close()
+    loss_sum, correct, seen = distributed.all_sum(world, loss_sum, correct, seen)  # every rank gets the global epoch's
+    return {"train_loss": loss_sum / seen, "train_acc": correct / seen}
 
 
 def check_divergence(metrics: Dict[str, float], num_classes: int, epoch: int) -> None:

@@ -6,14 +6,17 @@ config never leaves a run behind. Each epoch ends with a checkpoint on local dis
 and the checkpoint in MLflow (and the epoch's model, with trainer.keep_best). With `resume=RUN_ID`
 or `resume=path/last.pt` it continues that run where the uninterrupted run would have been, bit for
 bit. In a sweep, a pruner may stop the run after an epoch (sweep.prune); a job of a resumed sweep,
-or one that Slurm requeued, first looks for its earlier run (sweep.resume).
+or one that Slurm requeued, first looks for its earlier run (sweep.resume). With
+trainer.strategy=ddp every process torchrun starts runs this story on its share of each batch, and
+only rank 0 records it (engine.distributed).
 """
 
 import hashlib
 import logging
 import time
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -24,12 +27,13 @@ from mnist_cnn.config.job import in_multirun, job_overrides, slurm_restarts
 from mnist_cnn.data.datasets import IMAGE_SHAPE, dataset_info
 from mnist_cnn.data.idx import load_split
 from mnist_cnn.data.splits import num_batches, split_validation
-from mnist_cnn.engine import repro
+from mnist_cnn.engine import distributed, repro
 from mnist_cnn.engine.checkpoint import save_checkpoint
+from mnist_cnn.engine.distributed import SINGLE, World
 from mnist_cnn.engine.loop import check_divergence, evaluate, resolve_device, resolve_precision, train_epoch
 from mnist_cnn.engine.optim import build_optimizer, build_scheduler
 from mnist_cnn.engine.resume import StartPoint, start_point
-from mnist_cnn.errors import Pruned
+from mnist_cnn.errors import ConfigError, Pruned
 from mnist_cnn.model.build import build_model, count_params, summary
 from mnist_cnn.report.metrics import score
 from mnist_cnn.tracking.redact import redact
@@ -38,52 +42,88 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig, output_dir: Path) -> Dict[str, float]:
-    """Train `cfg` (or continue run `cfg.resume`) to the end; returns the final metrics (also logged)."""
+    """Train `cfg` (or continue run `cfg.resume`) to the end; returns the final metrics (also logged).
+    Under torchrun, every process calls this and rank 0 decides where the run starts."""
     interrupts.reset()
+    with distributed.process_group(cfg) as world:
+        start, done = distributed.from_main(world, where_to_start, cfg, world.size)
+        if done is not None:
+            return done
+        return fit(start, output_dir, world if start.cfg.trainer.strategy == "ddp" else SINGLE)
+
+
+def where_to_start(cfg: DictConfig, world_size: int = 1) -> Tuple[Optional[StartPoint], Optional[Dict[str, float]]]:
+    """The run to train or continue, with its config and checkpoint; or the metrics of a sweep's job
+    that is already done."""
     if cfg.resume_sweep or slurm_restarts():
         from mnist_cnn.sweep.resume import job_start, starts_again
 
         cfg, done = job_start(cfg) if starts_again(cfg) else (cfg, None)
         if done is not None:
-            return done
+            return None, done
     start = start_point(cfg, job_overrides()) if cfg.resume else StartPoint(cfg, None, None)
+    if world_size > 1 and start.cfg.trainer.strategy != "ddp":  # a resumed run keeps its own strategy
+        raise ConfigError(f"resume={cfg.resume}: that run trained with trainer.strategy=single; continue it without torchrun.")
+    return start, None
+
+
+def fit(start: StartPoint, output_dir: Path, world: World = SINGLE) -> Dict[str, float]:
+    """Train from `start` to the last epoch, then test and log the model; every rank trains, rank 0 records."""
     cfg = start.cfg
-    model, splits, tags, dataset = prepare(cfg)
+    model, splits, tags, dataset = distributed.on_every_rank(world, prepare, cfg, world)
     optimizer = build_optimizer(cfg.optimizer, model.parameters())
-    steps = num_batches(len(splits["train"]), cfg.data.batch_size, cfg.data.drop_last, cfg.trainer.limit_batches)
+    steps = num_batches(len(splits["train"]), cfg.data.batch_size, cfg.data.drop_last, cfg.trainer.limit_batches, world.size)
     scheduler = build_scheduler(cfg.scheduler, optimizer, steps, cfg.trainer.epochs)
-    generator = torch.Generator().manual_seed(cfg.seed)  # epoch permutations, apart from the global RNG
+    generator = torch.Generator().manual_seed(cfg.seed)  # epoch permutations, apart from the global RNG (alike on every rank)
     first_epoch, history = 1, []  # history: each epoch's metrics, for the learning curves
     if start.checkpoint is not None:
         first_epoch = restore(start.checkpoint, model, optimizer, scheduler, generator) + 1
         history = start.checkpoint.get("history", [])
     if cfg.resume:
         tags["resumed_at_epoch"] = str(first_epoch)
-    from mnist_cnn.tracking.run import Opening, tracked_run  # MLflow takes seconds to import: once every check passed
+    from mnist_cnn.tracking.run import Opening, Tracker, tracked_run  # MLflow takes seconds to import: once every check passed
 
     checkpoint = output_dir / "checkpoints" / "last.pt"
     opening = Opening({"n_params": count_params(model)}, tags, dataset)
-    pruner = _pruner(cfg)
+    pruner = _pruner(cfg) if world.main else None
+    recorded = tracked_run(cfg, opening, start.run_id, checkpoint) if world.main else nullcontext(Tracker(None, None))
     try:
-        with tracked_run(cfg, opening, start.run_id, checkpoint) as tracker, interrupts.graceful():
+        with ExitStack() as stack:
+            tracker = distributed.on_every_rank(world, stack.enter_context, recorded)  # a store that cannot open stops every rank
+            stack.enter_context(interrupts.graceful())
             if history:
                 tracker.reconcile(history[-1], first_epoch - 1)
             forward = torch.compile(model) if cfg.trainer.compile else model  # shares weights with `model`
+            trained = distributed.wrap(forward, world, splits["train"].labels.device)
             loop_start = time.perf_counter()
             for epoch in range(first_epoch, cfg.trainer.epochs + 1):
-                history.append(train_and_validate(cfg, forward, splits, optimizer, scheduler, generator, epoch, steps))
-                state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch, global_step=epoch * steps)
-                state.update(scheduler=scheduler.state_dict() if scheduler else None, rng=repro.rng_state(generator), history=history)
-                save_checkpoint(checkpoint, {**state, "config": _config_text(cfg), "run_id": tracker.run_id})
-                log_epoch(cfg, tracker, model, history[-1], epoch, checkpoint)
-                log.info("epoch %d/%d  %s", epoch, cfg.trainer.epochs, _fmt(history[-1]))
-                if pruner and epoch < cfg.trainer.epochs and tracker.call(pruner.should_prune, tracker.client, tracker.run_id, history):
+                history.append(train_and_validate(cfg, trained, splits, optimizer, scheduler, generator, epoch, steps, world=world))
+                if world.main:  # the only rank with side effects
+                    save_and_log_epoch(cfg, tracker, model, optimizer, scheduler, generator, history, epoch, steps, checkpoint)
+                last = epoch == cfg.trainer.epochs
+                prune = bool(pruner and not last and tracker.call(pruner.should_prune, tracker.client, tracker.run_id, history))
+                stop, prune = distributed.agree(world, distributed.stop_requested(), prune)  # every rank ends the epoch alike
+                if prune:
                     raise Pruned(epoch)
-                interrupts.check()
+                if stop:
+                    raise KeyboardInterrupt("stop requested")
+            if not world.main:
+                return history[-1]
             final = test_and_log_model(cfg, model, forward, splits["test"], tracker, history, time.perf_counter() - loop_start)
     except Pruned:
         return history[-1]  # the sweeper gets the last value of objective.metric
     return {**history[-1], **final}
+
+
+def save_and_log_epoch(
+    cfg: DictConfig, tracker, model, optimizer, scheduler, generator, history, epoch: int, steps: int, checkpoint: Path
+) -> None:
+    """The epoch's checkpoint on local disk (its config and run id with it), then in MLflow with its metrics."""
+    state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch, global_step=epoch * steps)
+    state.update(scheduler=scheduler.state_dict() if scheduler else None, rng=repro.rng_state(generator), history=history)
+    save_checkpoint(checkpoint, {**state, "config": _config_text(cfg), "run_id": tracker.run_id})
+    log_epoch(cfg, tracker, model, history[-1], epoch, checkpoint)
+    log.info("epoch %d/%d  %s", epoch, cfg.trainer.epochs, _fmt(history[-1]))
 
 
 def log_epoch(cfg: DictConfig, tracker, model, metrics: Dict[str, float], epoch: int, checkpoint: Path) -> None:
@@ -121,26 +161,29 @@ def test_and_log_model(cfg: DictConfig, model, forward, test_split, tracker, his
     return final
 
 
-def train_and_validate(cfg: DictConfig, model, splits, optimizer, scheduler, generator, epoch: int, steps: int) -> Dict[str, float]:
-    """One epoch: train, stop on divergence, then time it and score the validation split."""
+def train_and_validate(
+    cfg: DictConfig, model, splits, optimizer, scheduler, generator, epoch: int, steps: int, world: World = SINGLE
+) -> Dict[str, float]:
+    """One epoch: train, stop on divergence, then time it and score the validation split (rank 0
+    alone, on the whole split: only it logs the result)."""
     start = time.perf_counter()
-    metrics = train_epoch(model, splits["train"], cfg, optimizer, scheduler, generator, epoch)
-    check_divergence(metrics, len(dataset_info(cfg.data.name).classes), epoch)
+    metrics = train_epoch(model, splits["train"], cfg, optimizer, scheduler, generator, epoch, world=world)
+    check_divergence(metrics, len(dataset_info(cfg.data.name).classes), epoch)  # the global epoch's: every rank stops alike
     seconds = time.perf_counter() - start
     samples = min(len(splits["train"]), steps * cfg.data.batch_size)
     metrics.update(lr=optimizer.param_groups[0]["lr"], epoch_time_s=seconds, samples_per_s=samples / seconds)
-    if splits["val"] is not None:
-        val = evaluate(model, splits["val"], cfg.data.eval_batch_size, cfg.trainer.precision)
+    if splits["val"] is not None and world.main:
+        val = evaluate(distributed.unwrap(model), splits["val"], cfg.data.eval_batch_size, cfg.trainer.precision)
         metrics.update(val_loss=val["loss"], val_acc=val["acc"])
     return metrics
 
 
-def prepare(cfg: DictConfig):
+def prepare(cfg: DictConfig, world: World = SINGLE):
     """Every check that can fail on a bad config or bad data, done before tracking starts; returns
     the model on its device, the splits on that device, the run's fingerprint tags and its dataset."""
     plan = check_config(cfg)
-    repro.seed_everything(cfg.seed)
-    device = resolve_device(cfg.trainer.device)
+    repro.seed_everything(cfg.seed)  # the same initial weights on every rank
+    device = distributed.device_for(world, resolve_device(cfg.trainer.device))
     deterministic = cfg.trainer.deterministic if cfg.trainer.deterministic is not None else device.type == "cpu"
     repro.set_deterministic(deterministic)
     cfg.trainer.precision = resolve_precision(cfg.trainer.precision, device)  # logged as resolved
@@ -150,7 +193,7 @@ def prepare(cfg: DictConfig):
     load = dict(root=cfg.data.root, name=cfg.data.name, download=cfg.data.download, verify=cfg.data.verify_checksums)
     full_train, test = load_split(split="train", **load), load_split(split="test", **load)
     train, val = split_validation(full_train, cfg.data.val_size, cfg.seed)
-    num_batches(len(train), cfg.data.batch_size, cfg.data.drop_last, cfg.trainer.limit_batches)  # an empty epoch fails here
+    num_batches(len(train), cfg.data.batch_size, cfg.data.drop_last, cfg.trainer.limit_batches, world.size)  # an empty epoch fails here
     log.info("data %s: %d train, %d val, %d test images", cfg.data.name, len(train), len(val or []), len(test))
     splits = {"train": train.to(device), "val": val.to(device) if val else None, "test": test.to(device)}
     data_sha256 = hashlib.sha256((full_train.sha256 + test.sha256).encode()).hexdigest()
@@ -160,6 +203,7 @@ def prepare(cfg: DictConfig):
         "seed": str(cfg.seed),
         "data_sha256": data_sha256,
         "config_sha256": repro.config_sha256(cfg),
+        "world_size": str(world.size),  # processes that shared each batch
     }
     sizes = {name: len(split) for name, split in splits.items() if split is not None}
     dataset = dict(name=cfg.data.name, folder=str(Path(cfg.data.root) / info.folder / "raw"), sizes=sizes, sha256=data_sha256)
