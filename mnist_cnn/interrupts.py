@@ -44,9 +44,14 @@ def _handle(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt(name)
 
 
+def requested() -> bool:
+    """Whether Ctrl-C or SIGTERM asked for a stop at the next step."""
+    return _State.requested
+
+
 def check() -> None:
     """Raise KeyboardInterrupt if a stop was requested (call at step and epoch boundaries)."""
-    if _State.requested:
+    if requested():
         raise KeyboardInterrupt("stop requested")
 
 

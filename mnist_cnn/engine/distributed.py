@@ -122,15 +122,6 @@ def all_sum(world: World, *values: Any) -> List[float]:
     return packed.tolist()
 
 
-def stop_requested() -> bool:
-    """Whether Ctrl-C or SIGTERM asked this process to stop (interrupts.check raises then)."""
-    try:
-        interrupts.check()
-    except KeyboardInterrupt:
-        return True
-    return False
-
-
 class StopVote:
     """The step loop's stop check. One process: `interrupts.check()`. Under DDP, each step's vote
     (has any rank been asked to stop?) is an all_reduce sent without waiting and read at the next
@@ -146,7 +137,7 @@ class StopVote:
         self.close()
         if self.votes.item():
             raise KeyboardInterrupt("stop requested")
-        self.votes.fill_(int(stop_requested()))
+        self.votes.fill_(int(interrupts.requested()))
         self.pending = dist.all_reduce(self.votes, dist.ReduceOp.MAX, group=self.world.control, async_op=True)
 
     def close(self) -> None:

@@ -102,7 +102,7 @@ def fit(start: StartPoint, output_dir: Path, world: World = SINGLE) -> Dict[str,
                     save_and_log_epoch(cfg, tracker, model, optimizer, scheduler, generator, history, epoch, steps, checkpoint)
                 last = epoch == cfg.trainer.epochs
                 prune = bool(pruner and not last and tracker.call(pruner.should_prune, tracker.client, tracker.run_id, history))
-                stop, prune = distributed.agree(world, distributed.stop_requested(), prune)  # every rank ends the epoch alike
+                stop, prune = distributed.agree(world, interrupts.requested(), prune)  # every rank ends the epoch alike
                 if prune:
                     raise Pruned(epoch)
                 if stop:
