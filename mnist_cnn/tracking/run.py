@@ -124,9 +124,10 @@ class Tracker:
 
         def upload() -> str:
             run = self.client.get_run(self.run_id)
-            for kept in logged.epoch_models(self.client, run):
-                if kept.tags[logged.EPOCH] == str(epoch):
-                    return kept.model_id
+            if epoch in self.logged_steps:  # only an epoch a resume replays can have its model already
+                for kept in logged.epoch_models(self.client, run):
+                    if kept.tags[logged.EPOCH] == str(epoch):
+                        return kept.model_id
             mlflow.set_experiment(experiment_id=run.info.experiment_id)
             return logged.log_model(self.run_id, model, in_shape, num_classes, epoch).removeprefix("models:/")
 
