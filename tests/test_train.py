@@ -147,6 +147,15 @@ def test_precision_is_resolved_for_the_hardware_and_logged(tiny_cfg, store_uri, 
     assert loop.resolve_precision("bf16", torch.device("cpu")) == "bf16"  # an explicit choice is kept
 
 
+def test_bf16_is_not_picked_where_torch_runs_avx2_kernels(monkeypatch):
+    """ATEN_CPU_CAPABILITY=avx2 (or a CPU without AVX-512) makes bf16 autocast several times slower than fp32."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert loop.resolve_precision(None, torch.device("cpu")) == "fp32"
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert loop.resolve_precision(None, torch.device("cpu")) == "bf16"
+
+
 def test_resolve_device_refuses_cuda_without_a_gpu():
     if torch.cuda.is_available():
         assert loop.resolve_device("cuda").type == "cuda"

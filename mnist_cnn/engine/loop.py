@@ -32,14 +32,15 @@ def resolve_device(name: str) -> torch.device:
 def resolve_precision(name: Optional[str], device: torch.device) -> str:
     """`null` picks bf16 where it is fast (GPUs that support it, CPUs with AMX or AVX512-BF16), else fp32.
 
-    On CPUs without those (AVX2 only) bf16 autocast runs several times slower than fp32.
+    On CPUs without those (AVX2 only) bf16 autocast runs several times slower than fp32, and so it
+    does where ATEN_CPU_CAPABILITY=avx2 keeps torch's kernels from using AVX-512.
     """
     if name is not None:
         return str(name)
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    fast_bf16 = getattr(torch.cpu, "_is_amx_tile_supported", bool)() or getattr(torch.cpu, "_is_avx512_bf16_supported", bool)()
-    return "bf16" if fast_bf16 else "fp32"
+    hardware = getattr(torch.cpu, "_is_amx_tile_supported", bool)() or getattr(torch.cpu, "_is_avx512_bf16_supported", bool)()
+    return "bf16" if hardware and torch.backends.cpu.get_cpu_capability().startswith("AVX512") else "fp32"
 
 
 def autocast(device: torch.device, precision: str):
