@@ -1,7 +1,8 @@
 """Training speed: the tutorial's own loop against mnist_cnn's, side by side in one process.
 
     python benchmarks/train_speed.py [--steps 100] [--rounds 5] [--data-root ../shared/data] [--precision fp32|bf16]
-    python benchmarks/train_speed.py --fast99 [--seeds 1 2 3]
+    python benchmarks/train_speed.py --fast99 [--seeds 1 2 3] [--precision fp32|bf16]
+    python benchmarks/train_speed.py --profile [--steps 100] [--precision fp32|bf16]
     python benchmarks/train_speed.py --tracking-overhead [--steps 200]
 
 (a) is the tutorial exactly as written (shared/reference/tutorial.md): torchvision's MNIST with
@@ -16,6 +17,9 @@ median ms/step and the median of the rounds' ratios b/a.
 would be, and prints its `train_time_s` and test accuracy, then the median time, the mean accuracy,
 and the ratio of the tutorial loop's time to 99% (its first TUTORIAL_EPOCHS_TO_99 epochs: one full
 epoch timed in this run, times that many) to the median time.
+
+--profile runs mnist_cnn's loop under torch.profiler and prints the operators that took the most
+time (self CPU time, and CUDA time on a GPU).
 
 --tracking-overhead instead trains experiment=seed_tutorial for 3 epochs of --steps batches, in turn
 with MLflow tracking (a fresh sqlite store) and with tracking.enabled=false, twice each, and prints
@@ -62,12 +66,14 @@ class TutorialCNN(nn.Module):
 
 
 def tutorial_loop(raw_dir: Path) -> Callable[[int], None]:
-    """The tutorial's training loop over torchvision's MNIST in `raw_dir`'s parent; returns
-    `steps(n)`, which trains n more batches (a new epoch's DataLoader when one runs out)."""
+    """The tutorial's training loop over torchvision's MNIST in `raw_dir`'s parent, on cuda when
+    available as the tutorial does; returns `steps(n)`, which trains n more batches (a new epoch's
+    DataLoader when one runs out)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(777)
     mnist_train = datasets.MNIST(raw_dir.parents[1], train=True, transform=transforms.ToTensor(), download=False)
     loader = DataLoader(mnist_train, batch_size=100, shuffle=True, drop_last=True)
-    model = TutorialCNN()
+    model = TutorialCNN().to(device)
     criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.Adam(model.parameters(), lr=0.001)
     batches = iter(loader)
@@ -80,6 +86,7 @@ def tutorial_loop(raw_dir: Path) -> Callable[[int], None]:
             except StopIteration:
                 batches = iter(loader)
                 x, y = next(batches)
+            x, y = x.to(device), y.to(device)
             optimizer.zero_grad()
             cost = criterion(model(x), y)
             cost.backward()
@@ -109,9 +116,17 @@ def _compose(overrides: List[str]):
 
 
 def _timed(steps: Callable[[int], None], n: int) -> float:
+    """Seconds per step of `steps(n)`; a GPU's queued work is waited for on both sides."""
+    _sync()
     start = time.perf_counter()
     steps(n)
+    _sync()
     return (time.perf_counter() - start) / n
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def side_by_side(loops: Dict[str, Callable[[int], None]], steps: int, rounds: int) -> Dict[str, List[float]]:
@@ -139,7 +154,22 @@ def speed(data_root: Path, raw_dir: Path, steps: int, rounds: int, precision: st
         print(f"{name:40s} {1000 * statistics.median(t):6.1f} ms/step   ratio b/a {ratio:.2f}")
 
 
-def fast99(data_root: Path, raw_dir: Path, seeds: List[int]) -> None:
+def profile(data_root: Path, steps: int, precision: str) -> None:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as profiler
+
+    run, resolved = mnist_cnn_loop(data_root, precision)
+    run(WARMUP)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profiler(activities=activities) as prof:
+        run(steps)
+        _sync()
+    key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    print(f"mnist_cnn loop, {resolved}, {steps} steps of batch 100:")
+    print(prof.key_averages().table(sort_by=key, row_limit=12, max_name_column_width=48))
+
+
+def fast99(data_root: Path, raw_dir: Path, seeds: List[int], precision: str) -> None:
     epoch = _timed(tutorial_loop(raw_dir), STEPS_PER_EPOCH) * STEPS_PER_EPOCH
     to99 = epoch * TUTORIAL_EPOCHS_TO_99
     print(f"(a) tutorial loop: one epoch {epoch:.1f} s, so {TUTORIAL_EPOCHS_TO_99} epochs to 99%: {to99:.1f} s")
@@ -149,6 +179,7 @@ def fast99(data_root: Path, raw_dir: Path, seeds: List[int]) -> None:
             cfg = _compose([
                 "experiment=fast99", f"seed={seed}", f"data.root={data_root}", "trainer.progress=false",
                 f"tracking.uri=sqlite:///{tmp}/mlflow.db", f"tracking.run_name=fast99_seed{seed}",
+                *([f"trainer.precision={precision}"] if precision else []),
             ])
             metrics = train.run(cfg, Path(tmp) / f"seed{seed}")
             times.append(metrics["train_time_s"])
@@ -180,13 +211,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--data-root", type=Path, default=Path(__file__).parents[2] / "shared" / "data")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], help="for (b); default: fp32 and the trainer's choice for this machine")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], help="for (b) and fast99; default: fp32 and the trainer's choice for this machine (fast99: the latter)")
     parser.add_argument("--fast99", action="store_true", help="time experiment=fast99 per seed against the tutorial's time to 99%%")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--profile", action="store_true", help="torch.profiler's top operators in mnist_cnn's loop")
     parser.add_argument("--tracking-overhead", action="store_true", help="measure MLflow tracking against none")
     args = parser.parse_args()
     if args.tracking_overhead:
         return tracking_overhead(args.data_root, args.steps)
+    if args.profile:
+        return profile(args.data_root, args.steps, args.precision)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
           f"cuda {torch.cuda.is_available()}")
     with tempfile.TemporaryDirectory() as tmp:  # torchvision's MNIST reads plain IDX files: decompress the .gz copies
@@ -196,7 +230,7 @@ def main() -> None:
             with gzip.open(gz) as src, open(raw / gz.stem, "wb") as dst:
                 shutil.copyfileobj(src, dst)
         if args.fast99:
-            return fast99(args.data_root, raw, args.seeds)
+            return fast99(args.data_root, raw, args.seeds, args.precision)
         speed(args.data_root, raw, args.steps, args.rounds, args.precision)
 
 

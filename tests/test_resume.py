@@ -68,7 +68,8 @@ def test_same_seed_gives_the_same_weights_and_metrics_and_another_seed_does_not(
 def test_a_run_in_a_named_experiment_resumes_to_the_uninterrupted_result(tiny_cfg, store_uri, tmp_path, monkeypatch, stop_epoch):
     """The printed resume command works outside the default experiment, keeps the run's own tracking
     settings (log_model=false), and a run stopped before any checkpoint starts again in the same run."""
-    common = ("model=bn_cnn", *FAST, "tracking.experiment=foo")
+    augment = ("data.augment.rotate=15", "data.augment.translate=0.1")  # its random warps must resume too
+    common = ("model=bn_cnn", *FAST, *augment, "tracking.experiment=foo")
     train.run(tiny_cfg(*common, "tracking.run_name=full"), tmp_path / "full")
     interrupt_at(monkeypatch, stop_epoch)
     with pytest.raises(KeyboardInterrupt):

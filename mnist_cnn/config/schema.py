@@ -157,6 +157,15 @@ OPTIONS: Dict[str, Tuple[type, ...]] = {
 
 
 @dataclass
+class AugmentConfig:
+    """Random warps of each training image (data.augment); all 0: none."""
+
+    translate: float = ranged(0.0, Range(0, 0.5))  # largest shift along each axis, as a fraction of the side
+    rotate: float = ranged(0.0, Range(0, 180))  # largest rotation either way, in degrees
+    scale: float = ranged(0.0, Range(0, 1, high_open=True))  # largest change of size: 0.1 zooms by 0.9 to 1.1
+
+
+@dataclass
 class DataConfig:
     name: Dataset = Dataset.mnist
     root: str = "${oc.env:MNIST_CNN_DATA_DIR,./data}"  # relative paths mean the folder the command started in
@@ -167,6 +176,7 @@ class DataConfig:
     eval_batch_size: int = ranged(1000, AT_LEAST_ONE)
     val_size: int = ranged(5000, NON_NEGATIVE)
     drop_last: bool = False
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass
@@ -179,6 +189,7 @@ class TrainerConfig:
     precision: Optional[Precision] = None  # null: bf16 where the hardware has it, else fp32
     channels_last: bool = True
     compile: bool = False
+    label_smoothing: float = ranged(0.0, FRACTION)  # training loss only: targets (1 - ls) on the label, ls spread over all classes
     keep_best: int = ranged(0, NON_NEGATIVE)  # K > 0: keep the K best epochs (by objective.metric) as logged models
     strategy: Strategy = Strategy.single  # ddp: data-parallel over the processes torchrun starts (engine.distributed)
 

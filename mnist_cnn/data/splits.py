@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from typing import Iterator, Optional, Tuple
 
 import torch
+from omegaconf import DictConfig
 
+from mnist_cnn.data import augment as augmentation
 from mnist_cnn.errors import ConfigError
 
 
@@ -47,21 +49,27 @@ def batches(
     drop_last: bool = False,
     limit: Optional[int] = None,
     shard: Tuple[int, int] = (0, 1),
+    augment: Optional[DictConfig] = None,
 ) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (images as float in [0, 1] with shape (B, 1, 28, 28), labels); shuffled when given a generator.
+    """Yield (images as float in [0, 1] with shape (B, 1, 28, 28), labels); shuffled when given a
+    generator, and warped by `augment` (`data.augment`, drawn from the same generator) when it asks.
 
     With `shard=(rank, world)` (trainer.strategy=ddp), `batch_size` is the global batch and this rank
-    gets `index[rank::world]` of each: every rank draws the same permutation from an equally seeded
-    generator, so the shards are disjoint and together the batch."""
+    gets `index[rank::world]` of each: every rank draws the same permutation (and warps) from an
+    equally seeded generator, so the shards are disjoint and together the batch."""
     rank, world = shard
     n = len(split)
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     order = order.to(split.images.device)
+    warps = generator is not None and augment is not None and augmentation.active(augment)
     for start in range(0, num_batches(n, batch_size, drop_last, limit, world) * batch_size, batch_size):
         index = order[start : start + batch_size]
         if world > 1:  # equal shards, never an empty one: a last partial batch is cut to a multiple of world
-            index = index[: len(index) - len(index) % world][rank::world]
-        yield split.images[index].unsqueeze(1).float().div_(255), split.labels[index]
+            index = index[: len(index) - len(index) % world]
+        theta = augmentation.draw(augment, len(index), generator)[rank::world] if warps else None
+        index = index[rank::world]
+        images = split.images[index].unsqueeze(1).float().div_(255)
+        yield (augmentation.warp(images, theta) if warps else images), split.labels[index]
 
 
 def num_batches(n: int, batch_size: int, drop_last: bool, limit: Optional[int], world: int = 1) -> int:

@@ -58,7 +58,7 @@ def train_epoch(
     correct = torch.zeros((), dtype=torch.long, device=split.labels.device)
     seen = 0
     d = cfg.data
-    loader = batches(split, d.batch_size, generator, d.drop_last, cfg.trainer.limit_batches, (world.rank, world.size))
+    loader = batches(split, d.batch_size, generator, d.drop_last, cfg.trainer.limit_batches, (world.rank, world.size), d.augment)
     total = num_batches(len(split), d.batch_size, d.drop_last, cfg.trainer.limit_batches, world.size)
     quiet = None if cfg.trainer.progress and world.main else True  # None: tqdm shows the bar only on a terminal
     stop = distributed.StopVote(world)
@@ -66,7 +66,7 @@ def train_epoch(
         stop.check()
         with autocast(images.device, cfg.trainer.precision):
             logits = model(images)
-            loss = F.cross_entropy(logits, labels)
+            loss = F.cross_entropy(logits, labels, label_smoothing=cfg.trainer.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -1,0 +1,38 @@
+"""The benchmark scripts run as the README shows them and print the figures it quotes."""
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import processes
+
+ROOT = Path(__file__).parents[1]
+SPEED = [sys.executable, str(ROOT / "benchmarks" / "train_speed.py")]
+
+
+@pytest.mark.slow
+def test_train_speed_prints_both_loops_and_their_ratio(real_root, tmp_path):
+    result = processes.run([*SPEED, "--data-root", str(real_root), "--steps", "3", "--rounds", "2", "--precision", "fp32"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"\(a\) tutorial loop .* ms/step +ratio 1\.00", result.stdout)
+    ratio = re.search(r"\(b\) mnist_cnn loop, fp32 +[\d.]+ ms/step +ratio b/a ([\d.]+)", result.stdout)
+    assert ratio and float(ratio.group(1)) > 0, result.stdout
+
+
+@pytest.mark.slow
+def test_fast99_reaches_99_percent_in_one_epoch(real_root, tmp_path):
+    result = processes.run([*SPEED, "--data-root", str(real_root), "--fast99", "--seeds", "2"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"tutorial loop: one epoch [\d.]+ s, so 9 epochs to 99%", result.stdout)
+    acc = re.search(r"fast99 seed 2: train_time_s +[\d.]+ +test_acc ([\d.]+)", result.stdout)
+    assert acc and float(acc.group(1)) >= 0.989, result.stdout  # seed 2: 0.9916 (bf16) and 0.9914 (fp32) on 2 EPYC cores
+    assert re.search(r"time to 99% [\d.]+x faster than the tutorial loop", result.stdout)
+
+
+def test_gpu_check_says_so_without_a_gpu(tmp_path):
+    env = {"PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""}
+    result = processes.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(tmp_path)], tmp_path, env=env)
+    assert result.returncode == 2
+    assert "torch sees no CUDA GPU here" in result.stderr and "run it on a GPU machine" in result.stderr
