@@ -132,7 +132,7 @@ def block(spec: dict, shape: Shape, where: str) -> List[Layer]:
 
     With max pooling the ReLU comes after the pool: ReLU never lowers an order, so max then ReLU
     gives the same outputs and the same gradients bit for bit, on a quarter of the values (on a
-    CPU, the tutorial net's step is 20-30% faster).
+    CPU, the tutorial net's fp32 step was 15-30% faster).
     """
     conv_keys = {k: v for k, v in spec.items() if k in KINDS["conv"].keys}
     out = conv(conv_keys, shape, where, "_conv")
