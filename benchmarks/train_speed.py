@@ -95,10 +95,10 @@ def tutorial_loop(raw_dir: Path) -> Callable[[int], None]:
     return steps
 
 
-def mnist_cnn_loop(data_root: Path, precision: str = None) -> tuple:
-    """mnist_cnn's loop on the tutorial's net and batch; returns `steps(n)` and the resolved precision."""
+def mnist_cnn_loop(data_root: Path, precision: str) -> Callable[[int], None]:
+    """mnist_cnn's loop on the tutorial's net and batch in `precision`; returns `steps(n)`."""
     overrides = ["experiment=seed_tutorial", f"data.root={data_root}", "trainer.progress=false", "tracking.enabled=false"]
-    cfg = _compose(overrides + ([f"trainer.precision={precision}"] if precision else []))
+    cfg = _compose(overrides + [f"trainer.precision={precision}"])
     model, splits, *_ = train.prepare(cfg)
     optimizer = optim.build_optimizer(cfg.optimizer, model.parameters())
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -107,7 +107,7 @@ def mnist_cnn_loop(data_root: Path, precision: str = None) -> tuple:
         cfg.trainer.limit_batches = n
         loop.train_epoch(model, splits["train"], cfg, optimizer, None, generator, 1)
 
-    return steps, cfg.trainer.precision
+    return steps
 
 
 def _compose(overrides: List[str]):
@@ -141,24 +141,24 @@ def side_by_side(loops: Dict[str, Callable[[int], None]], steps: int, rounds: in
 
 
 def speed(data_root: Path, raw_dir: Path, steps: int, rounds: int, precision: str) -> None:
-    loops = {"(a) tutorial loop (ToTensor DataLoader), fp32": tutorial_loop(raw_dir)}
-    for wanted in dict.fromkeys([precision or "fp32", precision]):  # fp32, then the trainer's own choice if not fp32
-        run, resolved = mnist_cnn_loop(data_root, wanted)
-        loops.setdefault(f"(b) mnist_cnn loop, {resolved}", run)
+    tutorial = "(a) tutorial loop (ToTensor DataLoader), fp32"
+    loops = {tutorial: tutorial_loop(raw_dir)}
+    trainers_choice = loop.resolve_precision(None, loop.resolve_device("auto"))
+    for wanted in [precision] if precision else dict.fromkeys(["fp32", trainers_choice]):
+        loops[f"(b) mnist_cnn loop, {wanted}"] = mnist_cnn_loop(data_root, wanted)
     print(f"{rounds} rounds of {steps} steps of batch 100 per loop, taking turns, after {WARMUP} warm-up steps")
     times = side_by_side(loops, steps, rounds)
-    tutorial = times.pop(next(iter(loops)))
-    print(f"{next(iter(loops)):40s} {1000 * statistics.median(tutorial):6.1f} ms/step   ratio 1.00")
     for name, t in times.items():
-        ratio = statistics.median(a / b for a, b in zip(tutorial, t))
-        print(f"{name:40s} {1000 * statistics.median(t):6.1f} ms/step   ratio b/a {ratio:.2f}")
+        ratio = statistics.median(a / b for a, b in zip(times[tutorial], t))
+        print(f"{name:40s} {1000 * statistics.median(t):6.1f} ms/step   ratio {'b/a ' if name != tutorial else ''}{ratio:.2f}")
 
 
 def profile(data_root: Path, steps: int, precision: str) -> None:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as profiler
 
-    run, resolved = mnist_cnn_loop(data_root, precision)
+    resolved = precision or loop.resolve_precision(None, loop.resolve_device("auto"))
+    run = mnist_cnn_loop(data_root, resolved)
     run(WARMUP)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     with profiler(activities=activities) as prof:

@@ -2,7 +2,8 @@
 
 The warp runs on the batch where it lives (the GPU when training there), as one `affine_grid` and
 one `grid_sample` for the whole batch. Its random numbers come from the run's data generator, the
-one that shuffles each epoch, so an augmented run is as reproducible and resumable as any other.
+one that shuffles each epoch (`splits.batches` draws a whole epoch's warps after its permutation),
+so an augmented run is as reproducible and resumable as any other.
 Under DDP every rank draws the numbers for the whole global batch and keeps its own share, so the
 images are warped exactly as in a single process. Evaluation never warps.
 """
@@ -34,7 +35,7 @@ def draw(cfg: DictConfig, n: int, generator: torch.Generator) -> torch.Tensor:
 
 
 def warp(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """`images` (B, 1, H, W) warped by `theta` (B, 2, 3), bilinear, with black (0) coming in at the edges."""
-    theta = theta.to(images.device, images.dtype)
+    """`images` (B, 1, H, W) warped by `theta` (B, 2, 3) on the same device, bilinear, with black (0)
+    coming in at the edges."""
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

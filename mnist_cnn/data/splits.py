@@ -61,15 +61,18 @@ def batches(
     n = len(split)
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     order = order.to(split.images.device)
+    count = num_batches(n, batch_size, drop_last, limit, world)
     warps = generator is not None and augment is not None and augmentation.active(augment)
-    for start in range(0, num_batches(n, batch_size, drop_last, limit, world) * batch_size, batch_size):
+    if warps:  # the whole epoch's warps in one draw, moved once like the permutation: no copy in the step
+        thetas = augmentation.draw(augment, count * batch_size, generator).to(split.images.device)
+    for start in range(0, count * batch_size, batch_size):
         index = order[start : start + batch_size]
-        if world > 1:  # equal shards, never an empty one: a last partial batch is cut to a multiple of world
-            index = index[: len(index) - len(index) % world]
-        theta = augmentation.draw(augment, len(index), generator)[rank::world] if warps else None
-        index = index[rank::world]
+        cut = len(index) - len(index) % world  # equal shards, never an empty one: a last partial batch is cut to a multiple of world
+        index = index[:cut][rank::world]
         images = split.images[index].unsqueeze(1).float().div_(255)
-        yield (augmentation.warp(images, theta) if warps else images), split.labels[index]
+        if warps:
+            images = augmentation.warp(images, thetas[start : start + cut][rank::world])
+        yield images, split.labels[index]
 
 
 def num_batches(n: int, batch_size: int, drop_last: bool, limit: Optional[int], world: int = 1) -> int:
