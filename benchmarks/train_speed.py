@@ -46,7 +46,7 @@ from mnist_cnn.cli.train import CONF_DIR
 from mnist_cnn.engine import loop, optim, train
 
 WARMUP = 10
-TUTORIAL_EPOCHS_TO_99 = 9  # the tutorial loop first reaches 99.0% test accuracy after its 9th epoch (issue 12)
+TUTORIAL_EPOCHS_TO_99 = 8  # this loop first reached 99.0% test accuracy after epoch 8 here (0.9902; issue 12 saw 9 elsewhere)
 STEPS_PER_EPOCH = 600  # 60,000 images in batches of 100, drop_last
 
 
