@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install train test test-all test-cluster ui mlflow-server clean
+.PHONY: install train test test-all test-gpu test-cluster ui mlflow-server clean
 
 install: $(VENV)/.installed
 
@@ -26,6 +26,11 @@ test: install
 # Everything that needs no cluster: sweeps across launchers, real servers that die, processes killed mid-run, install.
 test-all: install
 	$(PY) -m pytest -m "not cluster" $(PYTEST_ARGS)
+
+# The tests marked `gpu` (the CUDA-graph step, DDP over NCCL, runs on cuda), on a machine with a CUDA GPU;
+# `make test` and `make test-all` list them as skipped where torch sees no GPU.
+test-gpu: install
+	$(PY) -m pytest -m gpu $(PYTEST_ARGS)
 
 # The real engines: installs and starts a single-node Slurm and a PostgreSQL-backed MLflow server
 # (apt, as root), runs the tests marked `cluster`, and stops everything it started, pass or fail.

@@ -1,7 +1,7 @@
 """Training speed: the tutorial's own loop against mnist_cnn's, side by side in one process.
 
-    python benchmarks/train_speed.py [--steps 100] [--rounds 5] [--data-root ../shared/data] [--precision fp32|bf16]
-    python benchmarks/train_speed.py --fast99 [--seeds 1 2 3] [--precision fp32|bf16]
+    python benchmarks/train_speed.py [--steps 100] [--rounds 5] [--data-root ../shared/data] [--precision fp32|bf16] [--compile]
+    python benchmarks/train_speed.py --fast99 [--seeds 1 2 3] [--precision fp32|bf16] [--experiment fast99_gpu]
     python benchmarks/train_speed.py --profile [--steps 100] [--precision fp32|bf16]
     python benchmarks/train_speed.py --tracking-overhead [--steps 200]
 
@@ -9,7 +9,8 @@
 `transforms.ToTensor()`, `DataLoader(batch_size=100, shuffle=True, drop_last=True)`, fp32, its CNN
 class, Adam 1e-3. (b) is `mnist_cnn.engine.loop.train_epoch` on the same network (experiment=seed_tutorial),
 same batch size and data: once in fp32, and once more with the trainer's own choice of precision
-when that is not fp32 (bf16 on CPUs with AVX512-BF16 or AMX). The loops take turns, `--rounds`
+when that is not fp32 (`trainer.precision: null` measures fp32 against bf16 for this net, as a run
+does); with --compile each mnist_cnn loop also under torch.compile. The loops take turns, `--rounds`
 times `--steps` steps each, so a noisy machine slows both alike; the script prints each loop's
 median ms/step and the median of the rounds' ratios b/a.
 
@@ -23,8 +24,8 @@ time (self CPU time, and CUDA time on a GPU).
 
 --tracking-overhead instead trains experiment=seed_tutorial for 3 epochs of --steps batches, in turn
 with MLflow tracking (a fresh sqlite store) and with tracking.enabled=false, twice each, and prints
-the training-loop times (`train_time_s`: epochs with validation, checkpoints and logging) and the
-overhead of tracking.
+the training-loop times (`train_time_s`, epochs with validation, plus `time_checkpoint_s`, the
+checkpoints and their logging) and the overhead of tracking.
 """
 
 import argparse
@@ -44,6 +45,7 @@ from torchvision import datasets, transforms
 
 from mnist_cnn.cli.train import CONF_DIR
 from mnist_cnn.engine import loop, optim, train
+from mnist_cnn.engine import precision as precision_choice
 
 WARMUP = 10
 TUTORIAL_EPOCHS_TO_99 = 8  # this loop first reached 99.0% test accuracy after epoch 8 here (0.9902; issue 12 saw 9 elsewhere)
@@ -95,19 +97,39 @@ def tutorial_loop(raw_dir: Path) -> Callable[[int], None]:
     return steps
 
 
-def mnist_cnn_loop(data_root: Path, precision: str) -> Callable[[int], None]:
-    """mnist_cnn's loop on the tutorial's net and batch in `precision`; returns `steps(n)`."""
+def mnist_cnn_loop(data_root: Path, precision: str, compiled: bool = False) -> Callable[[int], None]:
+    """mnist_cnn's loop on the tutorial's net and batch in `precision` (with `compiled`, the model
+    under torch.compile, as trainer.compile=true runs it); returns `steps(n)`."""
     overrides = ["experiment=seed_tutorial", f"data.root={data_root}", "trainer.progress=false", "tracking.enabled=false"]
     cfg = _compose(overrides + [f"trainer.precision={precision}"])
     model, splits, *_ = train.prepare(cfg)
+    forward = torch.compile(model) if compiled else model
     optimizer = optim.build_optimizer(cfg.optimizer, model.parameters())
     generator = torch.Generator().manual_seed(cfg.seed)
 
     def steps(n: int) -> None:
         cfg.trainer.limit_batches = n
-        loop.train_epoch(model, splits["train"], cfg, optimizer, None, generator, 1)
+        loop.train_epoch(forward, splits["train"], cfg, optimizer, None, generator, 1)
 
     return steps
+
+
+def compiled_loop(data_root: Path, precision: str) -> Callable[[int], None]:
+    """mnist_cnn_loop under torch.compile, its compilation done and timed here (the first steps)."""
+    run = mnist_cnn_loop(data_root, precision, compiled=True)
+    start = time.perf_counter()
+    run(2)  # the first step compiles the forward and backward graphs
+    print(f"torch.compile ({precision}): first 2 steps {time.perf_counter() - start:.1f} s")
+    return run
+
+
+def trainers_choice(data_root: Path) -> str:
+    """What `trainer.precision: null` picks for the tutorial's net and batch here, measured as a run does."""
+    cfg = _compose(["experiment=seed_tutorial", f"data.root={data_root}", "tracking.enabled=false"])
+    model, splits, *_ = train.prepare(cfg)
+    choice = precision_choice.choose(None, model, cfg.data.batch_size, splits["train"].labels.device)
+    print(f"trainer.precision null picks {choice.precision}: {choice.reason}")
+    return choice.precision
 
 
 def _compose(overrides: List[str]):
@@ -140,12 +162,13 @@ def side_by_side(loops: Dict[str, Callable[[int], None]], steps: int, rounds: in
     return times
 
 
-def speed(data_root: Path, raw_dir: Path, steps: int, rounds: int, precision: str) -> None:
+def speed(data_root: Path, raw_dir: Path, steps: int, rounds: int, precision: str, compiled: bool = False) -> None:
     tutorial = "(a) tutorial loop (ToTensor DataLoader), fp32"
     loops = {tutorial: tutorial_loop(raw_dir)}
-    trainers_choice = loop.resolve_precision(None, loop.resolve_device("auto"))
-    for wanted in [precision] if precision else dict.fromkeys(["fp32", trainers_choice]):
+    for wanted in [precision] if precision else dict.fromkeys(["fp32", trainers_choice(data_root)]):
         loops[f"(b) mnist_cnn loop, {wanted}"] = mnist_cnn_loop(data_root, wanted)
+        if compiled:
+            loops[f"(b) mnist_cnn loop, {wanted}, compiled"] = compiled_loop(data_root, wanted)
     print(f"{rounds} rounds of {steps} steps of batch 100 per loop, taking turns, after {WARMUP} warm-up steps")
     times = side_by_side(loops, steps, rounds)
     for name, t in times.items():
@@ -157,7 +180,7 @@ def profile(data_root: Path, steps: int, precision: str) -> None:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as profiler
 
-    resolved = precision or loop.resolve_precision(None, loop.resolve_device("auto"))
+    resolved = precision or trainers_choice(data_root)
     run = mnist_cnn_loop(data_root, resolved)
     run(WARMUP)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
@@ -169,7 +192,7 @@ def profile(data_root: Path, steps: int, precision: str) -> None:
     print(prof.key_averages().table(sort_by=key, row_limit=12, max_name_column_width=48))
 
 
-def fast99(data_root: Path, raw_dir: Path, seeds: List[int], precision: str) -> None:
+def fast99(data_root: Path, raw_dir: Path, seeds: List[int], precision: str, experiment: str = "fast99") -> None:
     epoch = _timed(tutorial_loop(raw_dir), STEPS_PER_EPOCH) * STEPS_PER_EPOCH
     to99 = epoch * TUTORIAL_EPOCHS_TO_99
     print(f"(a) tutorial loop: one epoch {epoch:.1f} s, so {TUTORIAL_EPOCHS_TO_99} epochs to 99%: {to99:.1f} s")
@@ -177,8 +200,8 @@ def fast99(data_root: Path, raw_dir: Path, seeds: List[int], precision: str) -> 
     with tempfile.TemporaryDirectory() as tmp:
         for seed in seeds:
             cfg = _compose([
-                "experiment=fast99", f"seed={seed}", f"data.root={data_root}", "trainer.progress=false",
-                f"tracking.uri=sqlite:///{tmp}/mlflow.db", f"tracking.run_name=fast99_seed{seed}",
+                f"experiment={experiment}", f"seed={seed}", f"data.root={data_root}", "trainer.progress=false",
+                f"tracking.uri=sqlite:///{tmp}/mlflow.db", f"tracking.run_name={experiment}_seed{seed}",
                 *([f"trainer.precision={precision}"] if precision else []),
             ])
             metrics = train.run(cfg, Path(tmp) / f"seed{seed}")
@@ -200,9 +223,10 @@ def tracking_overhead(data_root: Path, steps: int) -> None:
                     f"trainer.limit_batches={steps}", f"tracking.enabled={tracked}", "tracking.log_model=false",
                     f"tracking.uri=sqlite:///{tmp}/mlflow{repeat}.db", f"tracking.run_name=overhead{repeat}",
                 ])
-                times[tracked].append(train.run(cfg, Path(tmp) / f"out{repeat}{tracked}")["train_time_s"])
+                final = train.run(cfg, Path(tmp) / f"out{repeat}{tracked}")
+                times[tracked].append(final["train_time_s"] + final["time_checkpoint_s"])
     on, off = min(times[True]), min(times[False])
-    print(f"train_time_s with tracking: {', '.join(f'{t:.2f}' for t in times[True])}; without: {', '.join(f'{t:.2f}' for t in times[False])}")
+    print(f"train_time_s + time_checkpoint_s with tracking: {', '.join(f'{t:.2f}' for t in times[True])}; without: {', '.join(f'{t:.2f}' for t in times[False])}")
     print(f"tracking overhead (best of 2 each): {100 * (on - off) / off:+.1f}% of training time")
 
 
@@ -214,8 +238,10 @@ def main() -> None:
     parser.add_argument("--precision", choices=["fp32", "bf16"], help="for (b) and fast99; default: fp32 and the trainer's choice for this machine (fast99: the latter)")
     parser.add_argument("--fast99", action="store_true", help="time experiment=fast99 per seed against the tutorial's time to 99%%")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--experiment", default="fast99", help="with --fast99: the preset to time (fast99_gpu, best_gpu, ...)")
     parser.add_argument("--profile", action="store_true", help="torch.profiler's top operators in mnist_cnn's loop")
     parser.add_argument("--tracking-overhead", action="store_true", help="measure MLflow tracking against none")
+    parser.add_argument("--compile", action="store_true", help="also time each mnist_cnn loop under torch.compile")
     args = parser.parse_args()
     if args.tracking_overhead:
         return tracking_overhead(args.data_root, args.steps)
@@ -230,8 +256,8 @@ def main() -> None:
             with gzip.open(gz) as src, open(raw / gz.stem, "wb") as dst:
                 shutil.copyfileobj(src, dst)
         if args.fast99:
-            return fast99(args.data_root, raw, args.seeds, args.precision)
-        speed(args.data_root, raw, args.steps, args.rounds, args.precision)
+            return fast99(args.data_root, raw, args.seeds, args.precision, args.experiment)
+        speed(args.data_root, raw, args.steps, args.rounds, args.precision, args.compile)
 
 
 if __name__ == "__main__":

@@ -8,10 +8,21 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.helpers.config import TINY, make_cfg
 from tests.helpers.data import REAL_DATA, write_tiny_mnist
 from tests.helpers.mlflow_store import copy_store, migrated_store
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` need a CUDA GPU: where torch sees none they are skipped, saying where they run."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (make test-gpu on a GPU machine)")
+    for item in items:
+        if item.get_closest_marker("gpu"):
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

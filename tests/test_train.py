@@ -3,6 +3,7 @@ back what MLflow holds: metrics, tags, artifacts, the model, and a final status 
 
 import json
 import math
+import re
 import subprocess
 import sys
 import textwrap
@@ -16,7 +17,7 @@ import torch
 from mlflow import MlflowClient
 
 from mnist_cnn import interrupts
-from mnist_cnn.engine import loop, train
+from mnist_cnn.engine import loop, precision, train
 from mnist_cnn.errors import ConfigError, DivergedError
 from mnist_cnn.tracking import run as tracking_run
 from mnist_cnn.tracking.heartbeat import HEARTBEAT
@@ -140,20 +141,54 @@ def test_optimizers_schedulers_and_models_train(tiny_cfg, store_uri, tmp_path, o
     assert all_runs(store_uri) == []  # tracking disabled: nothing recorded
 
 
-def test_precision_is_resolved_for_the_hardware_and_logged(tiny_cfg, store_uri, tmp_path):
+def test_a_null_precision_is_measured_resolved_and_logged_with_its_reason(tiny_cfg, store_uri, tmp_path):
     train.run(tiny_cfg("trainer.limit_batches=2", "tracking.log_model=false"), tmp_path / "out")
-    expected = loop.resolve_precision(None, torch.device("cpu"))
-    assert only_run(store_uri).data.params["trainer.precision"] == expected
-    assert loop.resolve_precision("bf16", torch.device("cpu")) == "bf16"  # an explicit choice is kept
+    run = only_run(store_uri)
+    logged, reason = run.data.params["trainer.precision"], run.data.tags["precision_reason"]
+    assert logged in precision.candidates(None, torch.device("cpu"))
+    if len(precision.candidates(None, torch.device("cpu"))) == 2:  # timed both, picked the faster by MARGIN
+        fp32, bf16 = map(float, re.search(r"fp32 ([\d.]+) ms, bf16 ([\d.]+) ms", reason).groups())
+        assert logged == ("bf16" if fp32 > precision.MARGIN * bf16 else "fp32")
+    else:
+        assert logged == "fp32" and "bf16 was not tried" in reason
 
 
-def test_bf16_is_not_picked_where_torch_runs_avx2_kernels(monkeypatch):
+def test_an_explicit_precision_is_kept_without_measuring(monkeypatch):
+    monkeypatch.setattr(precision, "step_times", lambda *a: pytest.fail("measured a configured precision"))
+    choice = precision.choose("bf16", torch.nn.Linear(784, 10), 8, torch.device("cpu"))
+    assert (choice.precision, choice.reason) == ("bf16", "configured (trainer.precision)")
+
+
+def test_null_picks_whichever_precision_measured_faster_and_bf16_only_by_a_margin(monkeypatch):
+    monkeypatch.setattr(precision, "bf16_kernels", lambda device: True)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    for fp32, bf16, picked in [(10.0, 5.0, "bf16"), (10.0, 9.8, "fp32"), (5.0, 10.0, "fp32")]:
+        monkeypatch.setattr(precision, "_measured", {})
+        monkeypatch.setattr(precision, "step_times", lambda *a, t=(fp32, bf16): {"fp32": t[0], "bf16": t[1]})
+        choice = precision.choose(None, model, 8, torch.device("cpu"))
+        assert choice.precision == picked and f"fp32 {fp32:.2f} ms, bf16 {bf16:.2f} ms" in choice.reason
+
+
+def test_measuring_leaves_the_model_and_every_rng_untouched():
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Dropout(0.5), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 26 * 26, 10))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(3)
+    expected = torch.rand(3)
+    torch.manual_seed(3)
+    times = precision.step_times(model, 8, torch.device("cpu"))
+    assert torch.equal(torch.rand(3), expected)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()) and all(p.grad is None for p in model.parameters())
+    assert set(times) == {"fp32", "bf16"} and all(t > 0 for t in times.values())
+
+
+def test_bf16_is_not_tried_where_torch_runs_avx2_kernels(monkeypatch):
     """ATEN_CPU_CAPABILITY=avx2 (or a CPU without AVX-512) makes bf16 autocast several times slower than fp32."""
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
-    assert loop.resolve_precision(None, torch.device("cpu")) == "fp32"
+    assert precision.candidates(None, torch.device("cpu")) == ("fp32",)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
-    assert loop.resolve_precision(None, torch.device("cpu")) == "bf16"
+    assert precision.candidates(None, torch.device("cpu")) == ("fp32", "bf16")
 
 
 def test_resolve_device_refuses_cuda_without_a_gpu():

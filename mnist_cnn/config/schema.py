@@ -173,7 +173,7 @@ class DataConfig:
     verify_checksums: bool = True
     normalize: bool = True
     batch_size: int = ranged(64, AT_LEAST_ONE)
-    eval_batch_size: int = ranged(1000, AT_LEAST_ONE)
+    eval_batch_size: int = ranged(256, AT_LEAST_ONE)
     val_size: int = ranged(5000, NON_NEGATIVE)
     drop_last: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -192,6 +192,7 @@ class TrainerConfig:
     label_smoothing: float = ranged(0.0, FRACTION)  # training loss only: targets (1 - ls) on the label, ls spread over all classes
     keep_best: int = ranged(0, NON_NEGATIVE)  # K > 0: keep the K best epochs (by objective.metric) as logged models
     strategy: Strategy = Strategy.single  # ddp: data-parallel over the processes torchrun starts (engine.distributed)
+    cuda_graph: Optional[bool] = None  # each step a replayed CUDA graph; null: on for cuda but not ddp or compile (engine.graphs)
 
 
 @dataclass

@@ -8,7 +8,7 @@ parser here checks each header itself and says which file is wrong and how.
 import gzip
 import hashlib
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -33,8 +33,8 @@ def load_split(root: str, name: str, split: str, download: str = "never", verify
     if missing:
         raise DataError(_missing_message(name, info, raw, missing))
     paths = [_find(raw, base) for base in FILES[split]]
-    images, images_sha = _read_idx(paths[0], IMAGE_MAGIC, info if verify else None)
-    labels, labels_sha = _read_idx(paths[1], LABEL_MAGIC, info if verify else None)
+    images, images_sha = _read_cached(paths[0], IMAGE_MAGIC, info if verify else None)
+    labels, labels_sha = _read_cached(paths[1], LABEL_MAGIC, info if verify else None)
     labels = labels.long()
     if len(images) != len(labels):
         raise DataError(f"{paths[0]} holds {len(images)} images but {paths[1]} holds {len(labels)} labels.")
@@ -64,6 +64,20 @@ def _missing_message(name: str, info: DatasetInfo, raw: Path, missing: List[str]
         f"there, point data.root (or MNIST_CNN_DATA_DIR) at the folder that holds {info.folder}/raw, or let "
         "data.download=auto fetch them on a machine with internet access."
     )
+
+
+_READ: Dict[tuple, Tuple[torch.Tensor, str]] = {}
+
+
+def _read_cached(path: Path, magic: int, info: Optional[DatasetInfo]) -> Tuple[torch.Tensor, str]:
+    """`_read_idx`, once per process for a file unchanged since (same size and modification time): the
+    jobs of a sweep share the decompressed, checked tensors (never written to) instead of paying
+    0.2 s each for the same 55 MB."""
+    stat = path.stat()
+    key = (path.resolve(), stat.st_size, stat.st_mtime_ns, magic, info is not None)
+    if key not in _READ:
+        _READ[key] = _read_idx(path, magic, info)
+    return _READ[key]
 
 
 def _read_idx(path: Path, magic: int, info: Optional[DatasetInfo]) -> Tuple[torch.Tensor, str]:

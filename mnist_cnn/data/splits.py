@@ -60,11 +60,11 @@ def batches(
     rank, world = shard
     n = len(split)
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    order = order.to(split.images.device)
+    order = _to_device(order, split.images.device)
     count = num_batches(n, batch_size, drop_last, limit, world)
     warps = generator is not None and augment is not None and augmentation.active(augment)
     if warps:  # the whole epoch's warps in one draw, moved once like the permutation: no copy in the step
-        thetas = augmentation.draw(augment, count * batch_size, generator).to(split.images.device)
+        thetas = _to_device(augmentation.draw(augment, count * batch_size, generator), split.images.device)
     for start in range(0, count * batch_size, batch_size):
         index = order[start : start + batch_size]
         cut = len(index) - len(index) % world  # equal shards, never an empty one: a last partial batch is cut to a multiple of world
@@ -73,6 +73,14 @@ def batches(
         if warps:
             images = augmentation.warp(images, thetas[start : start + cut][rank::world])
         yield images, split.labels[index]
+
+
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A tensor drawn on the CPU, on `device`; to a GPU from pinned memory without waiting for the
+    copy (a copy from pageable memory would hold the host until the GPU got there)."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def num_batches(n: int, batch_size: int, drop_last: bool, limit: Optional[int], world: int = 1) -> int:

@@ -6,7 +6,7 @@ sums are added up across ranks (engine.distributed).
 """
 
 import math
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Dict, Iterator, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -15,8 +15,9 @@ from torch import nn
 from tqdm import tqdm
 
 from mnist_cnn.data.splits import Split, batches, num_batches
-from mnist_cnn.engine import distributed
+from mnist_cnn.engine import distributed, graphs
 from mnist_cnn.engine.distributed import SINGLE, World
+from mnist_cnn.engine.precision import autocast
 from mnist_cnn.errors import ConfigError, DivergedError
 
 
@@ -29,33 +30,21 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def resolve_precision(name: Optional[str], device: torch.device) -> str:
-    """`null` picks bf16 where it is fast (GPUs that support it, CPUs with AMX or AVX512-BF16), else fp32.
-
-    On CPUs without those (AVX2 only) bf16 autocast runs several times slower than fp32, and so it
-    does where ATEN_CPU_CAPABILITY=avx2 keeps torch's kernels from using AVX-512.
-    """
-    if name is not None:
-        return str(name)
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    hardware = getattr(torch.cpu, "_is_amx_tile_supported", bool)() or getattr(torch.cpu, "_is_avx512_bf16_supported", bool)()
-    return "bf16" if hardware and torch.backends.cpu.get_cpu_capability().startswith("AVX512") else "fp32"
-
-
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast for the forward pass and loss; weights, gradients and metric sums stay fp32."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
 def train_epoch(
     model, split: Split, cfg: DictConfig, optimizer, scheduler, generator, epoch: int, world: World = SINGLE
 ) -> Dict[str, float]:
     """One pass over the shuffled training split (under DDP, this rank's share of each batch); stops
-    before a step once a stop was requested. Returns the whole epoch's train_loss and train_acc."""
+    before a step once a stop was requested. Returns the whole epoch's train_loss and train_acc.
+    On a GPU each full batch's step is one replay of a captured CUDA graph where it can be (engine.graphs)."""
     model.train()
-    loss_sum = torch.zeros((), device=split.labels.device)
-    correct = torch.zeros((), dtype=torch.long, device=split.labels.device)
+    precision, smoothing = cfg.trainer.precision, cfg.trainer.label_smoothing
+
+    def forward(images, labels):  # the logits and the training loss, under the run's precision
+        with autocast(images.device, precision):
+            logits = model(images)
+            return logits, F.cross_entropy(logits, labels, label_smoothing=smoothing)
+
+    step = graphs.training_step(forward, optimizer, scheduler, cfg.trainer, split.labels.device)
     seen = 0
     d = cfg.data
     loader = batches(split, d.batch_size, generator, d.drop_last, cfg.trainer.limit_batches, (world.rank, world.size), d.augment)
@@ -64,19 +53,12 @@ def train_epoch(
     stop = distributed.StopVote(world)
     for images, labels in tqdm(loader, total=total, desc=f"epoch {epoch}", leave=False, disable=quiet):
         stop.check()
-        with autocast(images.device, cfg.trainer.precision):
-            logits = model(images)
-            loss = F.cross_entropy(logits, labels, label_smoothing=cfg.trainer.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        step(images, labels)
         if scheduler is not None:
             scheduler.step()
-        loss_sum += loss.detach().float() * len(labels)
-        correct += (logits.argmax(1) == labels).sum()
         seen += len(labels)
     stop.close()
-    loss_sum, correct, seen = distributed.all_sum(world, loss_sum, correct, seen)  # every rank gets the global epoch's
+    loss_sum, correct, seen = distributed.all_sum(world, step.loss_sum, step.correct, seen)  # every rank gets the global epoch's
     return {"train_loss": loss_sum / seen, "train_acc": correct / seen}
 
 

@@ -20,11 +20,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def set_deterministic(enabled: bool) -> None:
+def set_deterministic(enabled: bool, compiled: bool = False) -> None:
     """Deterministic kernels (and cuDNN without autotuning), or PyTorch's fastest ones."""
     if enabled:  # cuBLAS needs a fixed workspace to be deterministic; read when CUDA starts
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(enabled)
+    if compiled:
+        torch.use_deterministic_algorithms(enabled)  # also sets the inductor's own flag
+    else:  # the same switch without importing torch._inductor for its flag: a second of every start-up
+        torch._C._set_deterministic_algorithms(enabled)
     # Deterministic mode also fills every new tensor with NaN, to catch reads of uninitialised memory:
     # a debugging aid that changes no result; about 50 fills a step of the tutorial net on a CPU.
     torch.utils.deterministic.fill_uninitialized_memory = False

@@ -13,10 +13,9 @@ only rank 0 records it (engine.distributed).
 
 import hashlib
 import logging
-import time
 from contextlib import ExitStack, nullcontext
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -27,15 +26,16 @@ from mnist_cnn.config.job import in_multirun, job_overrides, slurm_restarts
 from mnist_cnn.data.datasets import IMAGE_SHAPE, dataset_info
 from mnist_cnn.data.idx import load_split
 from mnist_cnn.data.splits import num_batches, split_validation
-from mnist_cnn.engine import distributed, repro
+from mnist_cnn.engine import distributed, graphs, precision, repro
 from mnist_cnn.engine.checkpoint import save_checkpoint
 from mnist_cnn.engine.distributed import SINGLE, World
-from mnist_cnn.engine.loop import check_divergence, evaluate, resolve_device, resolve_precision, train_epoch
+from mnist_cnn.engine.loop import check_divergence, evaluate, resolve_device, train_epoch
 from mnist_cnn.engine.optim import build_optimizer, build_scheduler
 from mnist_cnn.engine.resume import StartPoint, start_point
 from mnist_cnn.errors import ConfigError, Pruned
 from mnist_cnn.model.build import build_model, count_params, summary
 from mnist_cnn.report.metrics import score
+from mnist_cnn.timing import Stopwatch
 from mnist_cnn.tracking.redact import redact
 
 log = logging.getLogger(__name__)
@@ -71,11 +71,18 @@ def fit(start: StartPoint, output_dir: Path, world: World = SINGLE) -> Dict[str,
     """Train from `start` to the last epoch, then test and log the model; every rank trains, rank 0 records."""
     cfg = start.cfg
     model, splits, tags, dataset = distributed.on_every_rank(world, prepare, cfg, world)
+    device = splits["train"].labels.device
+    choice = distributed.from_main(world, precision.choose, cfg.trainer.precision, model, cfg.data.batch_size // world.size, device)
+    log.info("precision %s: %s", choice.precision, choice.reason)
+    cfg.trainer.precision = choice.precision  # logged, checkpointed and fingerprinted as resolved: a resume keeps it
+    tags.update(precision_reason=choice.reason, config_sha256=repro.config_sha256(cfg))
     optimizer = build_optimizer(cfg.optimizer, model.parameters())
     steps = num_batches(len(splits["train"]), cfg.data.batch_size, cfg.data.drop_last, cfg.trainer.limit_batches, world.size)
     scheduler = build_scheduler(cfg.scheduler, optimizer, steps, cfg.trainer.epochs)
     generator = torch.Generator().manual_seed(cfg.seed)  # epoch permutations, apart from the global RNG (alike on every rank)
     first_epoch, history = 1, []  # history: each epoch's metrics, for the learning curves
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    clock = Stopwatch(sync, start.checkpoint.get("timing") if start.checkpoint else None)  # adds up over a resumed run
     if start.checkpoint is not None:
         first_epoch = restore(start.checkpoint, model, optimizer, scheduler, generator) + 1
         history = start.checkpoint.get("history", [])
@@ -95,11 +102,13 @@ def fit(start: StartPoint, output_dir: Path, world: World = SINGLE) -> Dict[str,
                 tracker.reconcile(history[-1], first_epoch - 1)
             forward = torch.compile(model) if cfg.trainer.compile else model  # shares weights with `model`
             trained = distributed.wrap(forward, world, splits["train"].labels.device)
-            loop_start = time.perf_counter()
+            clock.first_step()
             for epoch in range(first_epoch, cfg.trainer.epochs + 1):
-                history.append(train_and_validate(cfg, trained, splits, optimizer, scheduler, generator, epoch, steps, world=world))
+                history.append(train_and_validate(cfg, trained, splits, optimizer, scheduler, generator, epoch, steps, clock, world))
                 if world.main:  # the only rank with side effects
-                    save_and_log_epoch(cfg, tracker, model, optimizer, scheduler, generator, history, epoch, steps, checkpoint)
+                    with clock.phase("checkpoint"):
+                        state = dict(model=model, optimizer=optimizer, scheduler=scheduler, generator=generator, timing=clock.state())
+                        save_and_log_epoch(cfg, tracker, state, history, epoch, steps, checkpoint)
                 last = epoch == cfg.trainer.epochs
                 prune = bool(pruner and not last and tracker.call(pruner.should_prune, tracker.client, tracker.run_id, history))
                 stop, prune = distributed.agree(world, interrupts.requested(), prune)  # every rank ends the epoch alike
@@ -109,19 +118,19 @@ def fit(start: StartPoint, output_dir: Path, world: World = SINGLE) -> Dict[str,
                     raise KeyboardInterrupt("stop requested")
             if not world.main:
                 return history[-1]
-            final = test_and_log_model(cfg, model, forward, splits["test"], tracker, history, time.perf_counter() - loop_start)
+            final = test_and_log_model(cfg, model, forward, splits["test"], tracker, history, clock)
     except Pruned:
         return history[-1]  # the sweeper gets the last value of objective.metric
     return {**history[-1], **final}
 
 
-def save_and_log_epoch(
-    cfg: DictConfig, tracker, model, optimizer, scheduler, generator, history, epoch: int, steps: int, checkpoint: Path
-) -> None:
-    """The epoch's checkpoint on local disk (its config and run id with it), then in MLflow with its metrics."""
-    state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch, global_step=epoch * steps)
-    state.update(scheduler=scheduler.state_dict() if scheduler else None, rng=repro.rng_state(generator), history=history)
-    save_checkpoint(checkpoint, {**state, "config": _config_text(cfg), "run_id": tracker.run_id})
+def save_and_log_epoch(cfg: DictConfig, tracker, live: Dict[str, Any], history, epoch: int, steps: int, checkpoint: Path) -> None:
+    """The epoch's checkpoint on local disk (its config and run id with it), then in MLflow with its
+    metrics. `live`: the model, optimizer, scheduler and data generator, and the seconds spent so far."""
+    model, scheduler = live["model"], live["scheduler"]
+    state = dict(model=model.state_dict(), optimizer=live["optimizer"].state_dict(), epoch=epoch, global_step=epoch * steps)
+    state.update(scheduler=scheduler.state_dict() if scheduler else None, rng=repro.rng_state(live["generator"]), history=history)
+    save_checkpoint(checkpoint, {**state, "timing": live["timing"], "config": _config_text(cfg), "run_id": tracker.run_id})
     log_epoch(cfg, tracker, model, history[-1], epoch, checkpoint)
     log.info("epoch %d/%d  %s", epoch, cfg.trainer.epochs, _fmt(history[-1]))
 
@@ -144,49 +153,61 @@ def _pruner(cfg: DictConfig):
     return sweep_pruner(cfg)
 
 
-def test_and_log_model(cfg: DictConfig, model, forward, test_split, tracker, history, train_time_s: float) -> Dict[str, float]:
+def test_and_log_model(cfg: DictConfig, model, forward, test_split, tracker, history, clock: Stopwatch) -> Dict[str, float]:
     """Score the test split once, after the last epoch, class by class with figures; fingerprint the
-    weights; log the model."""
-    report = score(forward, test_split, dataset_info(cfg.data.name).classes, cfg.data.eval_batch_size, cfg.trainer.precision)
-    final = {"test_loss": report.loss, "test_acc": report.accuracy, "train_time_s": train_time_s}
+    weights; log the model; then where the run's time went."""
+    with clock.phase("test"):
+        report = score(forward, test_split, dataset_info(cfg.data.name).classes, cfg.data.eval_batch_size, cfg.trainer.precision)
+    final = {"test_loss": report.loss, "test_acc": report.accuracy, "train_time_s": train_time_s(history)}
     tracker.log_metrics({**final, **report.class_metrics()}, step=cfg.trainer.epochs)
-    tracker.log_report(report, history)
+    with clock.phase("figures"):
+        tracker.log_report(report, history)
     tracker.set_tags({"weights_sha256": repro.weights_sha256(model)})
     log.info("test  %s", _fmt(final))
     interrupts.check()
-    if cfg.tracking.log_model:
-        register_as = None if in_multirun() else cfg.tracking.register_as  # a sweep registers only its champion
-        tracker.log_model(model, IMAGE_SHAPE, len(dataset_info(cfg.data.name).classes), register_as, cfg.tracking.register_from)
+    with clock.phase("model"):
+        if cfg.tracking.log_model:
+            register_as = None if in_multirun() else cfg.tracking.register_as  # a sweep registers only its champion
+            tracker.log_model(model, IMAGE_SHAPE, len(dataset_info(cfg.data.name).classes), register_as, cfg.tracking.register_from)
     interrupts.check()  # a stop asked for while the model was logged: KILLED, resumable, not ignored
-    return final
+    timing = clock.metrics()
+    tracker.log_metrics(timing, step=cfg.trainer.epochs)
+    log.info("time  %s", _fmt(timing))
+    return {**final, **timing}
+
+
+def train_time_s(history: List[Dict[str, float]]) -> float:
+    """The seconds of every epoch with its validation, over all of a resumed run's processes."""
+    return sum(h["epoch_time_s"] + h.get("val_time_s", 0.0) for h in history)
 
 
 def train_and_validate(
-    cfg: DictConfig, model, splits, optimizer, scheduler, generator, epoch: int, steps: int, world: World = SINGLE
+    cfg: DictConfig, model, splits, optimizer, scheduler, generator, epoch: int, steps: int, clock: Stopwatch, world: World = SINGLE
 ) -> Dict[str, float]:
     """One epoch: train, stop on divergence, then time it and score the validation split (rank 0
     alone, on the whole split: only it logs the result)."""
-    start = time.perf_counter()
-    metrics = train_epoch(model, splits["train"], cfg, optimizer, scheduler, generator, epoch, world=world)
-    check_divergence(metrics, len(dataset_info(cfg.data.name).classes), epoch)  # the global epoch's: every rank stops alike
-    seconds = time.perf_counter() - start
+    with clock.phase("train") as lap:
+        metrics = train_epoch(model, splits["train"], cfg, optimizer, scheduler, generator, epoch, world=world)
+        check_divergence(metrics, len(dataset_info(cfg.data.name).classes), epoch)  # the global epoch's: every rank stops alike
     samples = min(len(splits["train"]), steps * cfg.data.batch_size)
-    metrics.update(lr=optimizer.param_groups[0]["lr"], epoch_time_s=seconds, samples_per_s=samples / seconds)
+    metrics.update(lr=float(optimizer.param_groups[0]["lr"]), epoch_time_s=lap.seconds, samples_per_s=samples / lap.seconds)
     if splits["val"] is not None and world.main:
-        val = evaluate(distributed.unwrap(model), splits["val"], cfg.data.eval_batch_size, cfg.trainer.precision)
-        metrics.update(val_loss=val["loss"], val_acc=val["acc"])
+        with clock.phase("val") as lap:
+            val = evaluate(distributed.unwrap(model), splits["val"], cfg.data.eval_batch_size, cfg.trainer.precision)
+        metrics.update(val_loss=val["loss"], val_acc=val["acc"], val_time_s=lap.seconds)
     return metrics
 
 
 def prepare(cfg: DictConfig, world: World = SINGLE):
     """Every check that can fail on a bad config or bad data, done before tracking starts; returns
-    the model on its device, the splits on that device, the run's fingerprint tags and its dataset."""
+    the model on its device, the splits on that device, the run's fingerprint tags (but the config's,
+    which waits for the precision) and its dataset."""
     plan = check_config(cfg)
     repro.seed_everything(cfg.seed)  # the same initial weights on every rank
     device = distributed.device_for(world, resolve_device(cfg.trainer.device))
+    graphs.captures(cfg.trainer, device)  # trainer.cuda_graph=true where `auto` found no GPU fails here, before a run opens
     deterministic = cfg.trainer.deterministic if cfg.trainer.deterministic is not None else device.type == "cpu"
-    repro.set_deterministic(deterministic)
-    cfg.trainer.precision = resolve_precision(cfg.trainer.precision, device)  # logged as resolved
+    repro.set_deterministic(deterministic, compiled=cfg.trainer.compile)
     info = dataset_info(cfg.data.name)
     model = build_model(plan, *((info.mean, info.std) if cfg.data.normalize else ()))
     log.info("model %s on %s:\n%s", cfg.model.name, device, summary(model, plan, IMAGE_SHAPE))
@@ -202,7 +223,6 @@ def prepare(cfg: DictConfig, world: World = SINGLE):
         "deterministic": str(deterministic),
         "seed": str(cfg.seed),
         "data_sha256": data_sha256,
-        "config_sha256": repro.config_sha256(cfg),
         "world_size": str(world.size),  # processes that shared each batch
     }
     sizes = {name: len(split) for name, split in splits.items() if split is not None}

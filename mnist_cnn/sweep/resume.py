@@ -112,14 +112,17 @@ def requeued_run(cfg: DictConfig):
 def earlier_run(cfg: DictConfig):
     """The child of sweep `cfg.resume_sweep` that ran this job's config: the finished one if any,
     else the latest; None if the job never started."""
-    from mnist_cnn.engine.loop import resolve_device, resolve_precision
+    from mnist_cnn.engine.loop import resolve_device
+    from mnist_cnn.engine.precision import candidates
     from mnist_cnn.engine.repro import config_sha256
     from mnist_cnn.sweep.parent import children
     from mnist_cnn.tracking import store
 
-    probe = cfg.copy()  # fingerprinted as a run records it: with its precision resolved
-    probe.trainer.precision = resolve_precision(probe.trainer.precision, resolve_device(probe.trainer.device))
-    sha = config_sha256(probe)
-    same = [r for r in children(store.connect(cfg.tracking.uri), cfg.resume_sweep) if r.data.tags.get("config_sha256") == sha]
+    shas = set()  # fingerprinted as a run records it: with its precision resolved (null: measured, so either)
+    for resolved in candidates(cfg.trainer.precision, resolve_device(cfg.trainer.device)):
+        probe = cfg.copy()
+        probe.trainer.precision = resolved
+        shas.add(config_sha256(probe))
+    same = [r for r in children(store.connect(cfg.tracking.uri), cfg.resume_sweep) if r.data.tags.get("config_sha256") in shas]
     done = [r for r in same if r.info.status == "FINISHED"]
     return (done or same or [None])[-1]

@@ -1,0 +1,85 @@
+"""Where a run's wall time goes: start-up, training steps, validation, checkpoints, test, figures,
+the model, and the total, logged as `time_<phase>_s` metrics when the run ends.
+
+A job's clock starts when its process started (the first job of a process pays the imports) or,
+for a later job of a sweep run in the same process, when Hydra handed it over. Each phase adds up
+over a resumed run's processes: the seconds ride in the checkpoint. On a GPU the device is
+synchronised before each reading, so queued work is counted in the phase that queued it.
+"""
+
+import os
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, Optional
+
+import psutil
+
+PHASES = ("startup", "train", "val", "checkpoint", "test", "figures", "model", "total")
+
+
+@dataclass
+class Lap:
+    seconds: float = 0.0
+
+
+class _Job:
+    started: Optional[float] = None  # time.time() when the current job began; None: at process start
+
+
+def job_started() -> None:
+    """Called as each job begins: the first job of a process keeps the process's own start."""
+    _Job.started = time.time() - (process_age() if _Job.started is None else 0.0)
+
+
+def process_age() -> float:
+    """Seconds since this process started. On Linux from its start in clock ticks since boot (to
+    10 ms); psutil's create_time() adds the boot time, which /proc gives in whole seconds only."""
+    try:
+        with open("/proc/self/stat") as stat:
+            ticks = int(stat.read().rpartition(")")[2].split()[19])  # field 22, starttime
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):  # not Linux
+        return time.time() - psutil.Process().create_time()
+
+
+def metric(phase: str) -> str:
+    return f"time_{phase}_s"
+
+
+class Stopwatch:
+    """Seconds spent in each phase of one run, over all of its processes."""
+
+    def __init__(self, sync: Optional[Callable[[], None]] = None, earlier: Optional[Dict[str, float]] = None):
+        self.sync = sync  # waits for the device's queued work (torch.cuda.synchronize); None on a CPU
+        self.seconds: Dict[str, float] = defaultdict(float, earlier or {})
+        self.began = _Job.started if _Job.started is not None else time.time() - process_age()
+        self.total_before = self.seconds["total"]  # what earlier processes of a resumed run spent
+
+    def _now(self) -> float:
+        if self.sync is not None:
+            self.sync()
+        return time.time()
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator["Lap"]:
+        """Time the block as `name`; the Lap it yields holds the block's own seconds once it ends."""
+        lap, start = Lap(), self._now()
+        try:
+            yield lap
+        finally:
+            lap.seconds = self._now() - start
+            self.seconds[name] += lap.seconds
+
+    def first_step(self) -> None:
+        """The start-up ends here: imports, data, model, the store opened."""
+        self.seconds["startup"] += self._now() - self.began
+
+    def state(self) -> Dict[str, float]:
+        """The seconds so far, total included: what a checkpoint carries."""
+        return {**self.seconds, "total": self.total_before + self._now() - self.began}
+
+    def metrics(self) -> Dict[str, float]:
+        state = self.state()
+        return {metric(p): state.get(p, 0.0) for p in PHASES}

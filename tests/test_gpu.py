@@ -1,0 +1,137 @@
+"""Training on a CUDA GPU (engine.graphs, trainer.cuda_graph): the captured step computes what the
+eager step computes, an epoch never makes the host wait for the GPU, a run resumes bit for bit,
+DDP over NCCL, and a whole run through the command line. Every test here is marked `gpu`:
+`make test-gpu` runs them on a GPU machine, and elsewhere they are skipped saying so (conftest.py)."""
+
+import math
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from mnist_cnn.data.splits import num_batches
+from mnist_cnn.engine import distributed, loop, train
+from mnist_cnn.engine.optim import build_optimizer, build_scheduler
+from tests.helpers import processes
+from tests.helpers.mlflow_store import history, only_run, runs_by_name
+from tests.test_ddp import ddp_command
+from tests.test_resume import FAST, interrupt_at, resume
+
+pytestmark = pytest.mark.gpu
+
+ON_GPU = ("trainer.device=cuda", "model=bn_cnn", "data.augment.rotate=10")  # batchnorm, dropout and warps on the device
+# A conv block and dropout, no batchnorm: a conv bias before batchnorm gets only rounding noise for a gradient, which
+# Adam turns into full-size steps, so no tolerance would hold for it between two ways of rounding.
+DROPOUT_NET = (
+    "model.layers=[{type:block,out_channels:16,kernel_size:3,padding:1},{type:flatten},"
+    "{type:dropout,p:0.3},{type:linear,out_features:10}]"
+)
+STEPS_100 = ("data.batch_size=48", "trainer.epochs=9")  # 10 full batches of the 500 images and a partial one, 9 times
+
+
+def start(cfg):
+    """What fit sets up before its first epoch, without tracking: the model and data on the GPU, the
+    optimizer, the scheduler and the data generator."""
+    model, splits, _, _ = train.prepare(cfg)
+    optimizer = build_optimizer(cfg.optimizer, model.parameters())
+    steps = num_batches(len(splits["train"]), cfg.data.batch_size, cfg.data.drop_last, cfg.trainer.limit_batches)
+    scheduler = build_scheduler(cfg.scheduler, optimizer, steps, cfg.trainer.epochs)
+    return model, splits["train"], optimizer, scheduler, torch.Generator().manual_seed(cfg.seed)
+
+
+def trained(cfg):
+    """Each epoch's train_loss and train_acc, and the final weights and buffers."""
+    model, split, optimizer, scheduler, generator = start(cfg)
+    epochs = [loop.train_epoch(model, split, cfg, optimizer, scheduler, generator, e) for e in range(1, cfg.trainer.epochs + 1)]
+    return epochs, model.state_dict()
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("optimizer=adam", "scheduler=onecycle"),
+        ("optimizer=adamw", "scheduler=cosine"),
+        ("optimizer=sgd", "scheduler=step", "scheduler.step_size=3"),  # the lr drops every 33 steps, under the graph
+    ],
+    ids=["adam-onecycle", "adamw-cosine", "sgd-step"],
+)
+def test_the_captured_step_computes_what_the_eager_step_computes(tiny_cfg, monkeypatch, overrides):
+    """99 steps of the same batches from the same seed: each epoch captures after its warm-up, the
+    partial batch runs eagerly between replays, and the lr changes under the graph (onecycle keeps
+    the optimizer out of the graph). Only float rounding differs: Adam's capturable arithmetic,
+    fused SGD; fp32 without TF32 and deterministic kernels keep it from growing into the result."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    common = ("trainer.device=cuda", DROPOUT_NET, "data.augment.rotate=10", *STEPS_100, *overrides)
+    common += ("trainer.precision=fp32", "trainer.deterministic=true")
+    eager, eager_weights = trained(tiny_cfg(*common, "trainer.cuda_graph=false"))
+    graph, graph_weights = trained(tiny_cfg(*common, "trainer.cuda_graph=true"))
+    for e, g in zip(eager, graph):
+        assert g["train_loss"] == pytest.approx(e["train_loss"], rel=1e-4)
+        assert g["train_acc"] == pytest.approx(e["train_acc"], abs=0.01)  # 5 of the 500 images
+    for key, weights in eager_weights.items():
+        torch.testing.assert_close(graph_weights[key], weights, rtol=1e-3, atol=1e-5, msg=key)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [("optimizer=adam", "scheduler=onecycle"), ("optimizer=sgd", "scheduler=step"), ("trainer.cuda_graph=false",)],
+    ids=["captured-eager-optimizer", "captured", "eager"],
+)
+def test_an_epoch_never_makes_the_host_wait_for_the_gpu(tiny_cfg, monkeypatch, overrides):
+    """Under torch.cuda.set_sync_debug_mode("error") an operation that waits for the GPU raises: the
+    warm-up, capture, replays, partial batch, scheduler steps, permutation and warps have none. The
+    epoch's sums are read back once, after the last step, which the mode is off for."""
+    cfg = tiny_cfg(*ON_GPU, "data.batch_size=48", *overrides)
+    model, split, optimizer, scheduler, generator = start(cfg)
+    read_back = distributed.all_sum
+
+    def after_the_last_step(*args):
+        torch.cuda.set_sync_debug_mode(0)
+        return read_back(*args)
+
+    monkeypatch.setattr(distributed, "all_sum", after_the_last_step)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        metrics = loop.train_epoch(model, split, cfg, optimizer, scheduler, generator, 1)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert math.isfinite(metrics["train_loss"]) and metrics["train_acc"] > 0.1
+
+
+def test_a_run_on_the_gpu_resumes_to_the_uninterrupted_result_bit_for_bit(tiny_cfg, store_uri, tmp_path, monkeypatch):
+    """With trainer.deterministic=true: the same weights and history after a stop in epoch 2 and a resume."""
+    common = (*ON_GPU, *FAST, "trainer.deterministic=true")
+    train.run(tiny_cfg(*common, "tracking.run_name=full"), tmp_path / "full")
+    interrupt_at(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(tiny_cfg(*common, "tracking.run_name=cut"), tmp_path / "cut")
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    resume(monkeypatch, tiny_cfg(), runs_by_name(store_uri)["cut"].info.run_id)
+    runs = runs_by_name(store_uri)
+    full, cut = runs["full"], runs["cut"]
+    assert cut.info.status == "FINISHED" and cut.data.tags["resumed_at_epoch"] == "2" and cut.data.tags["device"] == "cuda"
+    assert cut.data.tags["weights_sha256"] == full.data.tags["weights_sha256"]
+    assert history(store_uri, cut.info.run_id) == history(store_uri, full.info.run_id)
+
+
+@pytest.mark.slow
+def test_ddp_over_nccl_trains_one_run(tiny_root, store_uri, tmp_path):
+    """One process on one GPU under torchrun: NCCL for the gradients, the step eager (no capture under DDP)."""
+    out = processes.run(ddp_command(1, tiny_root, store_uri, "trainer.device=cuda", "trainer.epochs=2"), tmp_path, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    run = only_run(store_uri)
+    assert run.info.status == "FINISHED" and run.data.tags["world_size"] == "1" and run.data.tags["device"] == "cuda:0"
+    assert run.data.metrics["test_acc"] > 0.5
+
+
+@pytest.mark.slow
+def test_a_whole_run_on_the_gpu_through_the_command_line(tiny_root, store_uri, tmp_path):
+    """`mnist-cnn-train trainer.device=cuda ...`: captured steps by default, every epoch logged, the model tested."""
+    out = processes.run(processes.train_command(tiny_root, store_uri, *ON_GPU, "trainer.epochs=2", "scheduler=cosine"), tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    run = only_run(store_uri)
+    assert run.info.status == "FINISHED" and run.data.tags["device"] == "cuda"
+    assert [m.step for m in MlflowClient(store_uri).get_metric_history(run.info.run_id, "train_loss")] == [1, 2]
+    assert run.data.metrics["test_acc"] > 0.5

@@ -1,0 +1,51 @@
+"""Where a run's wall time went: every phase logged, train_time_s the epochs with validation, and
+both adding up over the processes of a resumed run."""
+
+import time
+
+import pytest
+from mlflow import MlflowClient
+
+from mnist_cnn import timing
+from mnist_cnn.engine import train
+from tests.helpers.mlflow_store import only_run
+from tests.test_resume import FAST, killed_in_epoch_2, resume
+
+
+def epoch_seconds(uri: str, run_id: str) -> float:
+    """The sum over the run's logged epochs of epoch_time_s and val_time_s."""
+    client = MlflowClient(uri)
+    return sum(m.value for key in ("epoch_time_s", "val_time_s") for m in client.get_metric_history(run_id, key))
+
+
+def test_a_run_logs_each_phase_of_its_wall_time_and_train_time_is_its_epochs(tiny_cfg, store_uri, tmp_path):
+    timing.job_started()
+    final = train.run(tiny_cfg(*FAST), tmp_path / "out")
+    metrics = only_run(store_uri).data.metrics
+    phases = {p: metrics[timing.metric(p)] for p in timing.PHASES}
+    assert all(seconds >= 0 for seconds in phases.values()) and phases["startup"] > 0 and phases["test"] > 0
+    assert sum(s for p, s in phases.items() if p != "total") <= phases["total"]  # disjoint phases within the whole
+    assert metrics["train_time_s"] == pytest.approx(epoch_seconds(store_uri, only_run(store_uri).info.run_id))
+    assert metrics["train_time_s"] == pytest.approx(phases["train"] + phases["val"])
+    assert final[timing.metric("total")] == phases["total"]
+
+
+def test_a_resumed_runs_times_add_up_over_its_processes(tiny_cfg, store_uri, tmp_path, monkeypatch):
+    run_id = killed_in_epoch_2(tiny_cfg(*FAST), store_uri, tmp_path / "out", monkeypatch)
+    first = MlflowClient(store_uri).get_run(run_id).data.metrics  # epoch 1 only, from the first process
+    time.sleep(0.2)  # the second process's clock starts later: only what each spent counts
+    resume(monkeypatch, tiny_cfg(), run_id)
+    metrics = only_run(store_uri).data.metrics
+    assert metrics["train_time_s"] == pytest.approx(epoch_seconds(store_uri, run_id))
+    assert metrics["train_time_s"] > first["epoch_time_s"] + first["val_time_s"]  # epoch 1's seconds are in it
+    assert metrics[timing.metric("train")] + metrics[timing.metric("val")] == pytest.approx(metrics["train_time_s"])
+
+
+def test_a_later_job_of_a_process_counts_from_its_own_start():
+    timing._Job.started = None
+    timing.job_started()
+    first = timing._Job.started
+    assert time.time() - first == pytest.approx(timing.process_age(), abs=0.05)
+    time.sleep(0.05)
+    timing.job_started()
+    assert timing._Job.started - first >= 0.05 and time.time() - timing._Job.started < 0.05
