@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
-# GPU readiness in one run: the tutorial loop against mnist_cnn's on the GPU (train_speed.py, part 1),
-# then experiment=fast99 on seeds 1-3 with its time to 99% against the tutorial loop's (part 2).
-# Data stay resident on the GPU; precision resolves to bf16 where the GPU supports it.
+# Every GPU figure in one run (about 5 minutes on an H100/H200-class GPU), each printed beside its
+# goal and the public record:
+#   1. the same net and batch: the tutorial loop against mnist_cnn's (train_speed.py);
+#   2. experiment=fast99_gpu, seeds 1-5: train_time_s and test accuracy (train_speed.py --fast99);
+#   3. experiment=best_gpu, seeds 1-3;
+#   4. whole processes: a 1-batch run, a 10-job sweep, and `mnist-cnn-train experiment=fast99_gpu`
+#      (run_overhead.py), with where each run's time went;
+#   5. the tests marked gpu (make test-gpu): the captured step, the sync-free epoch, resume bit for
+#      bit, DDP through NCCL, a whole run through the CLI.
+# Data stay resident on the GPU; trainer.precision null measures fp32 (TF32) against bf16.
 #
 #   benchmarks/gpu_check.sh [DATA_ROOT]        # DATA_ROOT holds MNIST/raw (default: ../shared/data)
 #   PYTHON=.venv/bin/python benchmarks/gpu_check.sh
@@ -10,7 +17,7 @@
 # otherwise. Prints the GPU's name first, so the figures can be quoted with it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DATA_ROOT=${1:-${MNIST_CNN_DATA_DIR:-../shared/data}}
+DATA_ROOT=$(cd "${1:-${MNIST_CNN_DATA_DIR:-../shared/data}}" 2>/dev/null && pwd || echo "${1:-../shared/data}")
 PYTHON=${PYTHON:-python}
 
 "$PYTHON" - <<'PY' || exit 2
@@ -24,7 +31,20 @@ if not torch.cuda.is_available():
 PY
 "$PYTHON" -c 'import torch; p = torch.cuda.get_device_properties(0); print(f"GPU: {p.name}, {p.total_memory / 2**30:.0f} GiB, torch {torch.__version__}, CUDA {torch.version.cuda}, bf16 {torch.cuda.is_bf16_supported()}")'
 
-echo "== part 1: the same net and batch, tutorial loop against mnist_cnn's =="
+echo "== 1. the same net and batch (the tutorial's, batch 100): tutorial loop against mnist_cnn's =="
+echo "   goal: mnist_cnn <= 1.0 ms a step (>= 13x the tutorial loop); moonshot <= 0.4 ms. Before: 13.4 / 2.7 ms (4.4x) on an H200."
 "$PYTHON" benchmarks/train_speed.py --data-root "$DATA_ROOT" --steps 200 --rounds 5
-echo "== part 2: experiment=fast99, seeds 1-3 =="
-"$PYTHON" benchmarks/train_speed.py --data-root "$DATA_ROOT" --fast99
+echo "== 2. experiment=fast99_gpu, seeds 1-5 =="
+echo "   goal: train_time_s <= 1.0 s with mean test_acc >= 0.990; moonshot <= 0.3 s."
+echo "   public record: 0.76 s to 99.04% (mean of 30 seeds) on a laptop GTX 1660 Ti (tuomaso/train_mnist_fast)."
+"$PYTHON" benchmarks/train_speed.py --data-root "$DATA_ROOT" --fast99 --experiment fast99_gpu --seeds 1 2 3 4 5
+echo "== 3. experiment=best_gpu, seeds 1-3 =="
+echo "   goal: mean test_acc >= 0.995 in <= 15 s each; moonshot <= 5 s. Before: experiment=best 99.61% in 85.7 s."
+"$PYTHON" benchmarks/train_speed.py --data-root "$DATA_ROOT" --fast99 --experiment best_gpu --seeds 1 2 3
+echo "== 4. whole processes =="
+echo "   goals: a 1-batch run <= 5 s of wall time (moonshot 3 s); mnist-cnn-train experiment=fast99_gpu <= 8 s (moonshot 4 s)."
+echo "   Before: 32.5 s and 34-45 s on an H200."
+"$PYTHON" benchmarks/run_overhead.py --data-root "$DATA_ROOT" --repeats 2 --jobs 10
+"$PYTHON" benchmarks/run_overhead.py --data-root "$DATA_ROOT" --repeats 2 --whole experiment=fast99_gpu
+echo "== 5. the tests marked gpu =="
+"$PYTHON" -m pytest -m gpu -q -p no:cacheprovider

@@ -207,9 +207,9 @@ def fast99(data_root: Path, raw_dir: Path, seeds: List[int], precision: str, exp
             metrics = train.run(cfg, Path(tmp) / f"seed{seed}")
             times.append(metrics["train_time_s"])
             accs.append(metrics["test_acc"])
-            print(f"(b) fast99 seed {seed}: train_time_s {times[-1]:6.2f}  test_acc {accs[-1]:.4f}  (precision {cfg.trainer.precision})")
+            print(f"(b) {experiment} seed {seed}: train_time_s {times[-1]:6.2f}  test_acc {accs[-1]:.4f}  (precision {cfg.trainer.precision})")
     median = statistics.median(times)
-    print(f"fast99: median train_time_s {median:.2f}, mean test_acc {statistics.mean(accs):.4f}, "
+    print(f"{experiment}: median train_time_s {median:.2f}, mean test_acc {statistics.mean(accs):.4f}, "
           f"time to 99% {to99 / median:.1f}x faster than the tutorial loop")
 
 

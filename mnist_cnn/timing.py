@@ -2,7 +2,8 @@
 the model, and the total, logged as `time_<phase>_s` metrics when the run ends.
 
 A job's clock starts when its process started (the first job of a process pays the imports) or,
-for a later job of a sweep run in the same process, when Hydra handed it over. Each phase adds up
+for a later job of a sweep run in the same process, when Hydra handed it over; a caller of the
+Python API that never said when its job began (`job_started`) counts from the run's set-up. Each phase adds up
 over a resumed run's processes: the seconds ride in the checkpoint. On a GPU the device is
 synchronised before each reading, so queued work is counted in the phase that queued it.
 """
@@ -25,12 +26,14 @@ class Lap:
 
 
 class _Job:
-    started: Optional[float] = None  # time.time() when the current job began; None: at process start
+    first = True  # the process's first job: it paid the imports
+    started: Optional[float] = None  # time.time() when the job about to run began; taken by its Stopwatch
 
 
 def job_started() -> None:
-    """Called as each job begins: the first job of a process keeps the process's own start."""
-    _Job.started = time.time() - (process_age() if _Job.started is None else 0.0)
+    """Called as each job begins: the first job of a process counts from the process's own start."""
+    _Job.started = time.time() - (process_age() if _Job.first else 0.0)
+    _Job.first = False
 
 
 def process_age() -> float:
@@ -54,7 +57,8 @@ class Stopwatch:
     def __init__(self, sync: Optional[Callable[[], None]] = None, earlier: Optional[Dict[str, float]] = None):
         self.sync = sync  # waits for the device's queued work (torch.cuda.synchronize); None on a CPU
         self.seconds: Dict[str, float] = defaultdict(float, earlier or {})
-        self.began = _Job.started if _Job.started is not None else time.time() - process_age()
+        self.began = _Job.started if _Job.started is not None else time.time()
+        _Job.started = None  # taken: the next run of this process starts its own clock
         self.total_before = self.seconds["total"]  # what earlier processes of a resumed run spent
 
     def _now(self) -> float:

@@ -36,3 +36,14 @@ def test_gpu_check_says_so_without_a_gpu(tmp_path):
     result = processes.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(tmp_path)], tmp_path, env=env)
     assert result.returncode == 2
     assert "torch sees no CUDA GPU here" in result.stderr and "run it on a GPU machine" in result.stderr
+
+
+@pytest.mark.slow
+def test_run_overhead_prints_the_wall_times_beside_the_logged_phases(tiny_root, tmp_path):
+    command = [sys.executable, str(ROOT / "benchmarks" / "run_overhead.py"), "--data-root", str(tiny_root), "--repeats", "1",
+               "--jobs", "2", "data.verify_checksums=false", "data.val_size=100"]
+    result = processes.run(command, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"1-batch run, tracked: wall [\d.]+ s \(median of [\d.]+; the first, which created the store, [\d.]+ s\)", result.stdout)
+    assert re.search(r"where the last one's time went: startup [\d.]+ .* total [\d.]+", result.stdout)
+    assert re.search(r"each extra job: -?[\d.]+ s, of which its own work .* -?[\d.]+ s beyond it", result.stdout), result.stdout

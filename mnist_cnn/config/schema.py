@@ -186,7 +186,7 @@ class TrainerConfig:
     limit_batches: Optional[int] = ranged(None, AT_LEAST_ONE)
     progress: bool = True
     deterministic: Optional[bool] = None  # null: on for cpu, off for cuda
-    precision: Optional[Precision] = None  # null: bf16 where the hardware has it, else fp32
+    precision: Optional[Precision] = None  # null: the faster of fp32 and bf16 for this net and device, measured
     channels_last: bool = True
     compile: bool = False
     label_smoothing: float = ranged(0.0, FRACTION)  # training loss only: targets (1 - ls) on the label, ls spread over all classes

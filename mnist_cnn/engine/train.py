@@ -72,16 +72,13 @@ def fit(start: StartPoint, output_dir: Path, world: World = SINGLE) -> Dict[str,
     cfg = start.cfg
     model, splits, tags, dataset = distributed.on_every_rank(world, prepare, cfg, world)
     device = splits["train"].labels.device
-    choice = distributed.from_main(world, precision.choose, cfg.trainer.precision, model, cfg.data.batch_size // world.size, device)
-    log.info("precision %s: %s", choice.precision, choice.reason)
-    cfg.trainer.precision = choice.precision  # logged, checkpointed and fingerprinted as resolved: a resume keeps it
-    tags.update(precision_reason=choice.reason, config_sha256=repro.config_sha256(cfg))
+    tags.update(resolve_precision(cfg, model, device, world))
     optimizer = build_optimizer(cfg.optimizer, model.parameters())
     steps = num_batches(len(splits["train"]), cfg.data.batch_size, cfg.data.drop_last, cfg.trainer.limit_batches, world.size)
     scheduler = build_scheduler(cfg.scheduler, optimizer, steps, cfg.trainer.epochs)
     generator = torch.Generator().manual_seed(cfg.seed)  # epoch permutations, apart from the global RNG (alike on every rank)
     first_epoch, history = 1, []  # history: each epoch's metrics, for the learning curves
-    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    sync = torch.cuda.synchronize if device.type == "cuda" else None  # GPU timings wait for the queued work
     clock = Stopwatch(sync, start.checkpoint.get("timing") if start.checkpoint else None)  # adds up over a resumed run
     if start.checkpoint is not None:
         first_epoch = restore(start.checkpoint, model, optimizer, scheduler, generator) + 1
@@ -101,7 +98,7 @@ def fit(start: StartPoint, output_dir: Path, world: World = SINGLE) -> Dict[str,
             if history:
                 tracker.reconcile(history[-1], first_epoch - 1)
             forward = torch.compile(model) if cfg.trainer.compile else model  # shares weights with `model`
-            trained = distributed.wrap(forward, world, splits["train"].labels.device)
+            trained = distributed.wrap(forward, world, device)
             clock.first_step()
             for epoch in range(first_epoch, cfg.trainer.epochs + 1):
                 history.append(train_and_validate(cfg, trained, splits, optimizer, scheduler, generator, epoch, steps, clock, world))
@@ -122,6 +119,17 @@ def fit(start: StartPoint, output_dir: Path, world: World = SINGLE) -> Dict[str,
     except Pruned:
         return history[-1]  # the sweeper gets the last value of objective.metric
     return {**history[-1], **final}
+
+
+def resolve_precision(cfg: DictConfig, model, device: torch.device, world: World) -> Dict[str, str]:
+    """Set trainer.precision to what the run uses (engine.precision; rank 0 measures, every rank
+    follows), so that it is logged, checkpointed and fingerprinted resolved and a resume keeps it.
+    Returns the tags that say why and the config's fingerprint."""
+    batch = cfg.data.batch_size // world.size
+    choice = distributed.from_main(world, precision.choose, cfg.trainer.precision, model, batch, device)
+    log.info("precision %s: %s", choice.precision, choice.reason)
+    cfg.trainer.precision = choice.precision
+    return {"precision_reason": choice.reason, "config_sha256": repro.config_sha256(cfg)}
 
 
 def save_and_log_epoch(cfg: DictConfig, tracker, live: Dict[str, Any], history, epoch: int, steps: int, checkpoint: Path) -> None:
