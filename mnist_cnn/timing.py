@@ -6,8 +6,17 @@ for a later job of a sweep run in the same process, when Hydra handed it over; a
 Python API that never said when its job began (`job_started`) counts from the run's set-up. Each phase adds up
 over a resumed run's processes: the seconds ride in the checkpoint. On a GPU the device is
 synchronised before each reading, so queued work is counted in the phase that queued it.
+
+The first job of a process also keeps Python's garbage collector out of its start-up. Importing
+torch, MLflow, SQLAlchemy and matplotlib leaves about 600,000 objects and little garbage, yet with
+the default thresholds the collector ran 1,600 times over them: 1.4 s of a 6 s run on 2 cores. So it is
+off from `job_started()` until the first step, when everything alive (modules, the model, the
+store's client) is frozen into the permanent generation and collection resumes for what training
+makes. Later jobs of a sweep keep it on and freeze nothing: what a job leaves must stay collectable
+(of the first job's own objects, any caught in a reference cycle stay until the process ends).
 """
 
+import gc
 import os
 import time
 from collections import defaultdict
@@ -28,12 +37,26 @@ class Lap:
 class _Job:
     first = True  # the process's first job: it paid the imports
     started: Optional[float] = None  # time.time() when the job about to run began; taken by its Stopwatch
+    collector_off = False  # job_started() turned the garbage collector off for the start-up
 
 
 def job_started() -> None:
-    """Called as each job begins: the first job of a process counts from the process's own start."""
+    """Called as each job begins: the first job of a process counts from the process's own start,
+    and runs its start-up without the garbage collector."""
     _Job.started = time.time() - (process_age() if _Job.first else 0.0)
+    if _Job.first and gc.isenabled():
+        gc.disable()
+        _Job.collector_off = True
     _Job.first = False
+
+
+def startup_done() -> None:
+    """The collector back on, with what the start-up made frozen out of its reach (a no-op unless
+    job_started() turned it off)."""
+    if _Job.collector_off:
+        gc.freeze()
+        gc.enable()
+        _Job.collector_off = False
 
 
 def process_age() -> float:
@@ -78,6 +101,7 @@ class Stopwatch:
 
     def first_step(self) -> None:
         """The start-up ends here: imports, data, model, the store opened."""
+        startup_done()
         self.seconds["startup"] += self._now() - self.began
 
     def state(self) -> Dict[str, float]:

@@ -1,6 +1,7 @@
 """Where a run's wall time went: every phase logged, train_time_s the epochs with validation, and
-both adding up over the processes of a resumed run."""
+both adding up over the processes of a resumed run; a start-up without the garbage collector."""
 
+import gc
 import time
 
 import pytest
@@ -45,8 +46,25 @@ def test_a_resumed_runs_times_add_up_over_its_processes(tiny_cfg, store_uri, tmp
 def test_the_first_job_counts_from_the_process_start_a_later_one_from_its_own(monkeypatch):
     monkeypatch.setattr(timing._Job, "first", True)
     timing.job_started()
+    timing.startup_done()  # the collector back on (the next test covers it)
+    gc.unfreeze()
     assert time.time() - timing.Stopwatch().began == pytest.approx(timing.process_age(), abs=0.05)
     time.sleep(0.05)
     timing.job_started()
     assert time.time() - timing.Stopwatch().began < 0.05  # this job's start, not the process's
     assert time.time() - timing.Stopwatch().began < 0.05  # no job_started(): from the Stopwatch's creation
+
+
+def test_the_first_job_starts_up_without_the_garbage_collector_and_freezes_what_it_made(monkeypatch):
+    monkeypatch.setattr(timing._Job, "first", True)
+    frozen = gc.get_freeze_count()
+    try:
+        timing.job_started()
+        assert not gc.isenabled()
+        timing.Stopwatch().first_step()
+        assert gc.isenabled() and gc.get_freeze_count() > frozen
+        timing.job_started()  # a later job of the process: the collector stays on
+        assert gc.isenabled()
+    finally:
+        gc.enable()
+        gc.unfreeze()  # the test process's objects collectable again
