@@ -12,11 +12,13 @@ import time
 
 import pytest
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
+from mnist_cnn.engine import train
 from mnist_cnn.errors import TrackingError
 from mnist_cnn.tracking import store
 from tests.helpers import processes
-from tests.helpers.mlflow_store import Server, all_runs, free_port, runs_by_name
+from tests.helpers.mlflow_store import Server, all_runs, free_port, only_run, runs_by_name
 
 RUNS = [processes.TRAIN[0], "-m", "mnist_cnn.cli.runs"]
 
@@ -36,6 +38,23 @@ def test_processes_opening_a_new_sqlite_store_at_once_all_succeed(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:Unnamed CHECK constraint")  # alembic, on the store broken on purpose
+def test_a_job_that_loses_the_race_to_insert_the_dataset_still_opens_its_run(tiny_cfg, store_uri, tmp_path, monkeypatch):
+    """Two sweep jobs starting together both insert the dataset; the second fails on the unique key
+    (PostgreSQL's message, seen on the Slurm cluster) and asks again, finding the first's row."""
+    real, raised = MlflowClient.log_inputs, []
+
+    def log_inputs(self, *args, **kwargs):
+        if not raised:
+            raised.append(True)
+            raise MlflowException('(psycopg.errors.UniqueViolation) duplicate key value violates unique constraint "dataset_pk"')
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_inputs", log_inputs)
+    train.run(tiny_cfg("trainer.limit_batches=1", "tracking.log_model=false"), tmp_path / "out")
+    run = only_run(store_uri)
+    assert raised and run.info.status == "FINISHED" and len(run.inputs.dataset_inputs) == 1
+
+
 def test_a_half_migrated_store_says_what_to_do(store_template, tmp_path):
     """What an interrupted first creation leaves: an old schema version, a missing table, and
     alembic's temporary table."""

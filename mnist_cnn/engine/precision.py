@@ -8,8 +8,10 @@ kernels (AVX2 only, or ATEN_CPU_CAPABILITY=avx2) run bf16 several times slower, 
 considered. Otherwise a few training steps of the run's own model and batch are timed in each
 precision, taking turns, on a copy of the model and under a forked RNG: the run's weights, batchnorm
 statistics and random streams are untouched. bf16 is picked only when clearly faster (MARGIN): it
-also costs accuracy. The choice is cached per process (a sweep measures each net once), and a run
-records it, so a resumed run keeps its precision.
+also costs accuracy. The choice is cached per process (a sweep on the basic launcher measures each
+net once), and a run records it, so a resumed run keeps its precision. Jobs of a sweep that run side
+by side on one machine (joblib, Slurm) each measure while the others run, and may pick differently:
+give such sweeps trainer.precision explicitly.
 
 On a GPU, fp32 matmuls use TF32 tensor cores (`torch.set_float32_matmul_precision("high")`);
 convolutions already do by default (cudnn.allow_tf32).
@@ -17,7 +19,6 @@ convolutions already do by default (cudnn.allow_tf32).
 
 import copy
 import logging
-import statistics
 import time
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
@@ -80,8 +81,9 @@ def choose(name: Optional[str], model: nn.Module, batch_size: int, device: torch
 
 
 def step_times(model: nn.Module, batch_size: int, device: torch.device) -> Dict[str, float]:
-    """Median milliseconds of a forward and backward pass in each precision, the two taking turns so
-    that a machine's drift affects both alike."""
+    """Milliseconds of a forward and backward pass in each precision: the fastest of ROUNDS rounds,
+    the two taking turns so that a machine's drift affects both alike, and the minimum so that a
+    round slowed by other work (another job still importing) does not decide."""
     probe = copy.deepcopy(model).train()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(0)
@@ -95,7 +97,7 @@ def step_times(model: nn.Module, batch_size: int, device: torch.device) -> Dict[
         for _ in range(ROUNDS):
             for precision, times in rounds.items():
                 times.append(_steps(probe, images, labels, precision, STEPS) / STEPS * 1000)
-    return {precision: statistics.median(times) for precision, times in rounds.items()}
+    return {precision: min(times) for precision, times in rounds.items()}
 
 
 def _steps(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, precision: str, n: int) -> float:

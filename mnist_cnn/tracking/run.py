@@ -20,6 +20,7 @@ import mlflow
 import torch
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking.context.registry import resolve_tags
 from omegaconf import DictConfig, OmegaConf
 
@@ -265,7 +266,7 @@ def _record_start(client: MlflowClient, cfg: DictConfig, opening: Opening, run_i
         for start in range(0, len(params_batch), 100):  # MLflow takes at most 100 params a request
             client.log_batch(run_id, params=params_batch[start : start + 100])
         client.log_text(run_id, redact(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
-        client.log_inputs(run_id, datasets=[dataset_input(**opening.dataset)])
+        _log_dataset(client, run_id, dataset_input(**opening.dataset))
         tags = {**opening.tags, "hydra_overrides": " ".join(job_overrides())}
     else:
         client.update_run(run_id, status="RUNNING")
@@ -273,6 +274,20 @@ def _record_start(client: MlflowClient, cfg: DictConfig, opening: Opening, run_i
     all_tags = {**tags, **environment_tags(), **alive_tags(cfg.tracking.heartbeat_s)}
     client.log_batch(run_id, tags=as_tags(all_tags))
     return run_id
+
+
+def _log_dataset(client: MlflowClient, run_id: str, dataset: Any, attempts: int = 3) -> None:
+    """The run's dataset input. MLflow's stores look for the dataset and insert it when missing, so
+    two jobs of a sweep that start together can both insert it, and one then fails on the table's
+    unique key (seen with 4 Slurm jobs on the PostgreSQL server); asking again links the row the
+    other job made."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return client.log_inputs(run_id, datasets=[dataset])
+        except MlflowException as e:
+            if attempt == attempts or not any(s in str(e) for s in ("duplicate key", "UNIQUE constraint failed")):
+                raise
+            time.sleep(0.2 * attempt)
 
 
 def end_run(client: MlflowClient, run_id: str, status: str, tags: Dict[str, str]) -> None:
