@@ -37,7 +37,6 @@ def test_processes_opening_a_new_sqlite_store_at_once_all_succeed(tmp_path):
     assert len(all_runs(uri)) == 4 and {r.info.status for r in all_runs(uri)} == {"FINISHED"}
 
 
-@pytest.mark.filterwarnings("ignore:Unnamed CHECK constraint")  # alembic, on the store broken on purpose
 def test_a_job_that_loses_the_race_to_insert_the_dataset_still_opens_its_run(tiny_cfg, store_uri, tmp_path, monkeypatch):
     """Two sweep jobs starting together both insert the dataset; the second fails on the unique key
     (PostgreSQL's message, seen on the Slurm cluster) and asks again, finding the first's row."""
@@ -55,6 +54,7 @@ def test_a_job_that_loses_the_race_to_insert_the_dataset_still_opens_its_run(tin
     assert raised and run.info.status == "FINISHED" and len(run.inputs.dataset_inputs) == 1
 
 
+@pytest.mark.filterwarnings("ignore:Unnamed CHECK constraint")  # alembic, on the store broken on purpose
 def test_a_half_migrated_store_says_what_to_do(store_template, tmp_path):
     """What an interrupted first creation leaves: an old schema version, a missing table, and
     alembic's temporary table."""
