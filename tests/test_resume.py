@@ -92,6 +92,15 @@ def test_a_run_in_a_named_experiment_resumes_to_the_uninterrupted_result(tiny_cf
     assert "model" not in artifacts and cut.data.params["tracking.log_model"] == "False"
 
 
+def test_a_resumed_run_keeps_its_precision_and_the_reason_it_was_chosen(tiny_cfg, store_uri, tmp_path, monkeypatch):
+    run_id = killed_in_epoch_2(tiny_cfg(*FAST), store_uri, tmp_path / "out", monkeypatch)
+    before = MlflowClient(store_uri).get_run(run_id).data
+    resume(monkeypatch, tiny_cfg(), run_id)
+    after = only_run(store_uri).data
+    assert after.params["trainer.precision"] == before.params["trainer.precision"]
+    assert after.tags["precision_reason"] == before.tags["precision_reason"] != "configured (trainer.precision)"
+
+
 def test_an_untracked_run_resumes_from_its_checkpoint_file(tiny_cfg, store_uri, tmp_path, monkeypatch):
     common = ("model=bn_cnn", *FAST, "tracking.enabled=false")
     full = train.run(tiny_cfg(*common), tmp_path / "full")

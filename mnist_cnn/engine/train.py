@@ -124,12 +124,12 @@ def fit(start: StartPoint, output_dir: Path, world: World = SINGLE) -> Dict[str,
 def resolve_precision(cfg: DictConfig, model, device: torch.device, world: World) -> Dict[str, str]:
     """Set trainer.precision to what the run uses (engine.precision; rank 0 measures, every rank
     follows), so that it is logged, checkpointed and fingerprinted resolved and a resume keeps it.
-    Returns the tags that say why and the config's fingerprint."""
+    Returns the tags that say why (a resumed run keeps the reason it has) and the config's fingerprint."""
     batch = cfg.data.batch_size // world.size
     choice = distributed.from_main(world, precision.choose, cfg.trainer.precision, model, batch, device)
-    log.info("precision %s: %s", choice.precision, choice.reason)
+    log.info("precision %s: %s", choice.precision, "kept from the run being resumed" if cfg.resume else choice.reason)
     cfg.trainer.precision = choice.precision
-    return {"precision_reason": choice.reason, "config_sha256": repro.config_sha256(cfg)}
+    return {"config_sha256": repro.config_sha256(cfg), **({} if cfg.resume else {"precision_reason": choice.reason})}
 
 
 def save_and_log_epoch(cfg: DictConfig, tracker, live: Dict[str, Any], history, epoch: int, steps: int, checkpoint: Path) -> None:
