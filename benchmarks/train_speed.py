@@ -5,7 +5,7 @@
     python benchmarks/train_speed.py --profile [--steps 100] [--precision fp32|bf16]
     python benchmarks/train_speed.py --tracking-overhead [--steps 200]
 
-(a) is the tutorial exactly as written (shared/reference/tutorial.md): torchvision's MNIST with
+(a) is the tutorial exactly as written ("PyTorch로 시작하는 딥 러닝 입문", 08-02 "CNN으로 MNIST 분류하기"): torchvision's MNIST with
 `transforms.ToTensor()`, `DataLoader(batch_size=100, shuffle=True, drop_last=True)`, fp32, its CNN
 class, Adam 1e-3. (b) is `mnist_cnn.engine.loop.train_epoch` on the same network (experiment=seed_tutorial),
 same batch size and data: once in fp32, and once more with the trainer's own choice of precision

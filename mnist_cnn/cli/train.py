@@ -142,7 +142,7 @@ def yaml_problems(dirs: List[Path]) -> Iterator[str]:
             for name in sorted(n for n in names if n.endswith((".yaml", ".yml"))):
                 path = Path(parent) / name
                 try:
-                    yaml.safe_load(path.read_text())
+                    yaml.safe_load(path.read_text(encoding="utf-8"))
                 except yaml.YAMLError as e:
                     mark = getattr(e, "problem_mark", None)
                     where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
