@@ -44,7 +44,8 @@ def train(args: List[str], folder: Path) -> float:
 
 
 def finished_runs(uri: str) -> List[Dict[str, float]]:
-    """The metrics of every FINISHED run in the store that has a test accuracy (sweep parents have none)."""
+    """The metrics of every FINISHED run in the store that has a test accuracy (sweep parents have
+    none), newest first."""
     client = MlflowClient(uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
     return [r.data.metrics for r in client.search_runs(experiments, "attributes.status = 'FINISHED'") if "test_acc" in r.data.metrics]
@@ -57,9 +58,7 @@ def single_runs(common: List[str], repeats: int, tmp: Path) -> Tuple[List[float]
     folder.mkdir()
     uri = f"sqlite:///{folder}/mlflow.db"
     walls = [train([*common, f"tracking.uri={uri}", f"hydra.run.dir={folder}/out{r}"], folder) for r in range(1 + repeats)]
-    client = MlflowClient(uri)
-    last = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1)[0]
-    return walls, last.data.metrics
+    return walls, finished_runs(uri)[0]  # newest first
 
 
 def sweep(common: List[str], jobs: int, tmp: Path) -> Tuple[float, List[Dict[str, float]]]:

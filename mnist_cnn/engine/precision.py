@@ -1,9 +1,9 @@
 """`trainer.precision`: fp32 or bf16 as configured, or (null) whichever trains this network faster on
 this device, measured on it rather than assumed.
 
-Whether bf16 pays depends on the device and the net: on an H200 the small MNIST nets ran slower in
-bf16 than in fp32 (3.1 against 2.7 ms a step), on one 2-core Xeon with AVX512-BF16 too (19.7 against
-15.5 ms), while on an AMD EPYC with AVX512-BF16 bf16 was 1.6x faster. CPUs without AVX-512 bf16
+Whether bf16 pays depends on the device and the net: on an H200 and on a 2-core Xeon with
+AVX512-BF16 these nets ran slower in bf16, on an AMD EPYC with AVX512-BF16 faster (README, Speed).
+CPUs without AVX-512 bf16
 kernels (AVX2 only, or ATEN_CPU_CAPABILITY=avx2) run bf16 several times slower, so there only fp32 is
 considered. Otherwise a few training steps of the run's own model and batch are timed in each
 precision, taking turns, on a copy of the model and under a forked RNG: the run's weights, batchnorm
