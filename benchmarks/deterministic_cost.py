@@ -13,7 +13,7 @@ import time
 import torch
 from omegaconf import OmegaConf
 
-from mnist_cnn.cli.train import CONF_DIR
+from mnist_cnn.config.tree import CONF_DIR
 from mnist_cnn.data.datasets import IMAGE_SHAPE
 from mnist_cnn.model.build import build_model
 from mnist_cnn.model.layers import plan_layers

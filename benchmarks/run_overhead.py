@@ -28,7 +28,7 @@ from typing import Dict, List, Tuple
 
 from mlflow import MlflowClient
 
-from mnist_cnn.timing import PHASES, metric
+from mnist_cnn.timing import PHASES
 
 ONE_BATCH = ["trainer.limit_batches=1", "trainer.epochs=1", "trainer.progress=false"]
 
@@ -72,7 +72,7 @@ def sweep(common: List[str], jobs: int, tmp: Path) -> Tuple[float, List[Dict[str
 
 def work(metrics: Dict[str, float]) -> float:
     """A job's own work: its training steps with validation, and the test pass."""
-    return metrics["train_time_s"] + metrics[metric("test")]
+    return metrics["train_time_s"] + metrics[time_metric("test")]
 
 
 def main() -> None:
@@ -90,7 +90,7 @@ def main() -> None:
         (first, *walls), logged = single_runs(common, args.repeats, tmp)
         print(f"{what}, tracked: wall {statistics.median(walls):.2f} s (median of {', '.join(f'{w:.2f}' for w in walls)}; "
               f"the first, which created the store, {first:.2f} s)")
-        print("  where the last one's time went: " + "  ".join(f"{p} {logged[metric(p)]:.2f}" for p in PHASES))
+        print("  where the last one's time went: " + "  ".join(f"{p} {logged[time_metric(p)]:.2f}" for p in PHASES))
         print(f"  train_time_s {logged['train_time_s']:.2f}, test_acc {logged['test_acc']:.4f}")
         if args.whole:
             return

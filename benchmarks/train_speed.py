@@ -29,6 +29,7 @@ checkpoints and their logging) and the overhead of tracking.
 """
 
 import argparse
+import dataclasses
 import gzip
 import shutil
 import statistics
@@ -38,14 +39,15 @@ from pathlib import Path
 from typing import Callable, Dict, List
 
 import torch
-from hydra import compose, initialize_config_dir
 from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from mnist_cnn.cli.train import CONF_DIR
-from mnist_cnn.engine import loop, optim, train
+from mnist_cnn.config import tree
+from mnist_cnn.engine import loop
 from mnist_cnn.engine import precision as precision_choice
+from mnist_cnn.engine.distributed import SINGLE
+from mnist_cnn.runner import setup, train
 
 WARMUP = 10
 TUTORIAL_EPOCHS_TO_99 = 8  # this loop first reached 99.0% test accuracy after epoch 8 here (0.9902; issue 12 saw 9 elsewhere)
@@ -102,14 +104,12 @@ def mnist_cnn_loop(data_root: Path, precision: str, compiled: bool = False) -> C
     under torch.compile, as trainer.compile=true runs it); returns `steps(n)`."""
     overrides = ["experiment=seed_tutorial", f"data.root={data_root}", "trainer.progress=false", "tracking.enabled=false"]
     cfg = _compose(overrides + [f"trainer.precision={precision}"])
-    model, splits, *_ = train.prepare(cfg)
-    forward = torch.compile(model) if compiled else model
-    optimizer = optim.build_optimizer(cfg.optimizer, model.parameters())
-    generator = torch.Generator().manual_seed(cfg.seed)
+    cfg.trainer.compile = compiled
+    state, _ = setup.build_state(cfg, setup.prepare(cfg, SINGLE), None, SINGLE)
+    settings = setup.step_settings(cfg, state.device)
 
     def steps(n: int) -> None:
-        cfg.trainer.limit_batches = n
-        loop.train_epoch(forward, splits["train"], cfg, optimizer, None, generator, 1)
+        loop.train_epoch(state, dataclasses.replace(settings, limit_batches=n), 1)
 
     return steps
 
@@ -126,15 +126,14 @@ def compiled_loop(data_root: Path, precision: str) -> Callable[[int], None]:
 def trainers_choice(data_root: Path) -> str:
     """What `trainer.precision: null` picks for the tutorial's net and batch here, measured as a run does."""
     cfg = _compose(["experiment=seed_tutorial", f"data.root={data_root}", "tracking.enabled=false"])
-    model, splits, *_ = train.prepare(cfg)
-    choice = precision_choice.choose(None, model, cfg.data.batch_size, splits["train"].labels.device)
+    prepared = setup.prepare(cfg, SINGLE)
+    choice = precision_choice.choose(None, prepared.model, cfg.data.batch_size, prepared.splits["train"].labels.device)
     print(f"trainer.precision null picks {choice.precision}: {choice.reason}")
     return choice.precision
 
 
 def _compose(overrides: List[str]):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
+    return tree.compose(overrides)
 
 
 def _timed(steps: Callable[[int], None], n: int) -> float:

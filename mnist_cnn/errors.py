@@ -47,12 +47,9 @@ class DivergedError(UserError, RuntimeError):
     """The training loss exploded: the learning rate is too high for this model."""
 
 
-PRUNED_AT = "pruned_at_epoch"  # the tag of a pruned job's run
-
-
 class Pruned(Exception):
     """Not an error: a sweep's pruner stopped this job after `epoch`; its run ends KILLED, tagged
-    `pruned_at_epoch`, and the job returns its last value to the sweeper."""
+    `pruned_at_epoch` (names.PRUNED_AT), and the job returns its last value to the sweeper."""
 
     def __init__(self, epoch: int):
         super().__init__(f"pruned after epoch {epoch}")

@@ -26,6 +26,8 @@ from typing import Callable, Dict, Iterator, Optional
 
 import psutil
 
+from mnist_cnn.names import time_metric
+
 PHASES = ("startup", "train", "val", "checkpoint", "test", "figures", "model", "total")
 
 
@@ -70,10 +72,6 @@ def process_age() -> float:
         return time.time() - psutil.Process().create_time()
 
 
-def metric(phase: str) -> str:
-    return f"time_{phase}_s"
-
-
 class Stopwatch:
     """Seconds spent in each phase of one run, over all of its processes."""
 
@@ -110,4 +108,4 @@ class Stopwatch:
 
     def metrics(self) -> Dict[str, float]:
         state = self.state()
-        return {metric(p): state.get(p, 0.0) for p in PHASES}
+        return {time_metric(p): state.get(p, 0.0) for p in PHASES}

@@ -6,7 +6,7 @@ from omegaconf import OmegaConf
 
 from mnist_cnn.data import augment
 from mnist_cnn.data.splits import Split, batches
-from mnist_cnn.engine import train
+from mnist_cnn.runner import train
 from tests.helpers.mlflow_store import runs_by_name
 
 WARPS = OmegaConf.create({"translate": 0.1, "rotate": 15.0, "scale": 0.1})

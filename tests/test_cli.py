@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_cnn.cli.train import CONF_DIR, yaml_problems
+from mnist_cnn.config.tree import CONF_DIR, yaml_problems
 from tests.helpers import processes
 from tests.helpers.mlflow_store import all_runs
 

@@ -6,7 +6,6 @@ import os
 import subprocess
 import time
 import uuid
-
 from pathlib import Path
 
 import mlflow
@@ -15,7 +14,6 @@ import torch
 from mlflow import MlflowClient
 
 from mnist_cnn.engine.checkpoint import load_checkpoint
-
 from tests.helpers import processes
 from tests.helpers.config import TINY
 from tests.helpers.mlflow_store import free_port

@@ -14,8 +14,8 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from mnist_cnn.engine import train
 from mnist_cnn.errors import TrackingError
+from mnist_cnn.runner import train
 from mnist_cnn.tracking import store
 from tests.helpers import processes
 from tests.helpers.mlflow_store import Server, all_runs, free_port, only_run, runs_by_name

@@ -9,11 +9,11 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from mnist_cnn.data.splits import num_batches
-from mnist_cnn.engine import distributed, loop, train
-from mnist_cnn.engine.optim import build_optimizer, build_scheduler
+from mnist_cnn.engine import distributed, loop
+from mnist_cnn.runner import train
 from tests.helpers import processes
 from tests.helpers.mlflow_store import history, only_run, runs_by_name
+from tests.helpers.state import fresh_state
 from tests.test_ddp import ddp_command
 from tests.test_resume import FAST, interrupt_at, resume
 
@@ -29,21 +29,11 @@ DROPOUT_NET = (
 STEPS_100 = ("data.batch_size=48", "trainer.epochs=9")  # 10 full batches of the 500 images and a partial one, 9 times
 
 
-def start(cfg):
-    """What fit sets up before its first epoch, without tracking: the model and data on the GPU, the
-    optimizer, the scheduler and the data generator."""
-    model, splits, _, _ = train.prepare(cfg)
-    optimizer = build_optimizer(cfg.optimizer, model.parameters())
-    steps = num_batches(len(splits["train"]), cfg.data.batch_size, cfg.data.drop_last, cfg.trainer.limit_batches)
-    scheduler = build_scheduler(cfg.scheduler, optimizer, steps, cfg.trainer.epochs)
-    return model, splits["train"], optimizer, scheduler, torch.Generator().manual_seed(cfg.seed)
-
-
 def trained(cfg):
     """Each epoch's train_loss and train_acc, and the final weights and buffers."""
-    model, split, optimizer, scheduler, generator = start(cfg)
-    epochs = [loop.train_epoch(model, split, cfg, optimizer, scheduler, generator, e) for e in range(1, cfg.trainer.epochs + 1)]
-    return epochs, model.state_dict()
+    state, settings = fresh_state(cfg)
+    epochs = [loop.train_epoch(state, settings, e) for e in range(1, cfg.trainer.epochs + 1)]
+    return epochs, state.model.state_dict()
 
 
 @pytest.mark.parametrize(
@@ -82,7 +72,7 @@ def test_an_epoch_never_makes_the_host_wait_for_the_gpu(tiny_cfg, monkeypatch, o
     warm-up, capture, replays, partial batch, scheduler steps, permutation and warps have none. The
     epoch's sums are read back once, after the last step, which the mode is off for."""
     cfg = tiny_cfg(*ON_GPU, "data.batch_size=48", *overrides)
-    model, split, optimizer, scheduler, generator = start(cfg)
+    state, settings = fresh_state(cfg)
     read_back = distributed.all_sum
 
     def after_the_last_step(*args):
@@ -93,7 +83,7 @@ def test_an_epoch_never_makes_the_host_wait_for_the_gpu(tiny_cfg, monkeypatch, o
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        metrics = loop.train_epoch(model, split, cfg, optimizer, scheduler, generator, 1)
+        metrics = loop.train_epoch(state, settings, 1)
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert math.isfinite(metrics["train_loss"]) and metrics["train_acc"] > 0.1

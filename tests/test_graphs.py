@@ -9,13 +9,15 @@ import torch
 import torch.nn.functional as F
 
 from mnist_cnn.config.checks import check_config
-from mnist_cnn.data.splits import batches, num_batches
-from mnist_cnn.engine import graphs, loop, repro, train
+from mnist_cnn.data.splits import batches
+from mnist_cnn.engine import graphs, loop, repro
 from mnist_cnn.engine.optim import build_optimizer, build_scheduler
 from mnist_cnn.engine.precision import autocast
 from mnist_cnn.errors import ConfigError
+from mnist_cnn.runner import train
 from tests.helpers.config import make_cfg
 from tests.helpers.mlflow_store import all_runs
+from tests.helpers.state import fresh_state
 
 CUDA, CPU = torch.device("cuda", 0), torch.device("cpu")
 
@@ -123,12 +125,13 @@ def plain_epoch(model, split, cfg, optimizer, scheduler, generator, epoch):
 
 @pytest.mark.parametrize("overrides", [("optimizer=adam", "scheduler=onecycle"), ("optimizer=sgd", "scheduler=step")])
 def test_on_the_cpu_an_epoch_is_the_plain_pytorch_loop_bit_for_bit(tiny_cfg, overrides):
-    cfg = tiny_cfg("model=bn_cnn", "trainer.device=cpu", "data.batch_size=48", "data.augment.rotate=10", *overrides)
+    cfg = tiny_cfg("model=bn_cnn", "trainer.device=cpu", "trainer.precision=fp32", "data.batch_size=48", "data.augment.rotate=10", *overrides)
     results = []
-    for epoch_fn in (plain_epoch, loop.train_epoch):
-        model, splits, _, _ = train.prepare(cfg)
-        optimizer = build_optimizer(cfg.optimizer, model.parameters())
-        scheduler = build_scheduler(cfg.scheduler, optimizer, num_batches(len(splits["train"]), 48, False, None), 1)
-        metrics = epoch_fn(model, splits["train"], cfg, optimizer, scheduler, torch.Generator().manual_seed(cfg.seed), 1)
-        results.append((metrics, repro.weights_sha256(model), optimizer.param_groups[0]["lr"]))
+    for ours in (False, True):
+        state, settings = fresh_state(cfg)
+        if ours:
+            metrics = loop.train_epoch(state, settings, 1)
+        else:
+            metrics = plain_epoch(state.model, state.splits["train"], cfg, state.optimizer, state.scheduler, state.generator, 1)
+        results.append((metrics, repro.weights_sha256(state.model), state.optimizer.param_groups[0]["lr"]))
     assert results[0] == results[1]

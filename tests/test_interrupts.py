@@ -7,7 +7,7 @@ import pytest
 from mlflow import MlflowClient
 
 from mnist_cnn import interrupts
-from mnist_cnn.engine import train
+from mnist_cnn.runner import setup, start, train
 from tests.helpers.mlflow_store import all_runs, history, only_run
 
 SIGINT = int(signal.SIGINT)
@@ -51,7 +51,7 @@ def test_ctrl_c_twice_ends_the_run_killed_even_during_its_final_write(tiny_cfg, 
     real_epoch, real_terminated = train.train_epoch, MlflowClient.set_terminated
 
     def impatient(*args, **kwargs):
-        if args[-1] == 2:
+        if args[2] == 2:  # train_epoch(state, settings, epoch, world)
             interrupts._handle(SIGINT, None)
             interrupts._handle(SIGINT, None)
         return real_epoch(*args, **kwargs)
@@ -75,7 +75,7 @@ def test_a_stop_during_start_up_leaves_no_run_at_all(tiny_cfg, store_uri, tmp_pa
     def stopped(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "load_split", stopped)
+    monkeypatch.setattr(setup, "load_split", stopped)
     with pytest.raises(KeyboardInterrupt):
         train.run(tiny_cfg(), tmp_path / "out")
     assert all_runs(store_uri) == []
@@ -97,6 +97,6 @@ def test_a_stop_while_the_run_is_opened_waits_then_leaves_a_resumable_run(tiny_c
     monkeypatch.chdir(tmp_path)
     run = only_run(store_uri)
     assert run.info.status == "KILLED" and "config.yaml" in {a.path for a in MlflowClient(store_uri).list_artifacts(run.info.run_id)}
-    monkeypatch.setattr(train, "job_overrides", lambda: [f"resume={run.info.run_id}"])
+    monkeypatch.setattr(start, "job_overrides", lambda: [f"resume={run.info.run_id}"])
     train.run(tiny_cfg(f"resume={run.info.run_id}"), tmp_path / "again")
     assert only_run(store_uri).info.status == "FINISHED"

@@ -7,8 +7,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from mnist_cnn.cli.train import CONF_DIR
 from mnist_cnn.config.schema import LayerSpec
+from mnist_cnn.config.tree import CONF_DIR
 from mnist_cnn.data.datasets import IMAGE_SHAPE as IN_SHAPE
 from mnist_cnn.errors import ConfigError
 from mnist_cnn.model.build import build_model, count_params, summary

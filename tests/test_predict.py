@@ -16,8 +16,8 @@ from mnist_cnn.cli import predict
 from mnist_cnn.data.datasets import DATASETS
 from mnist_cnn.data.idx import load_split
 from mnist_cnn.data.images import load_image
-from mnist_cnn.engine import train
 from mnist_cnn.errors import DataError
+from mnist_cnn.runner import train
 from mnist_cnn.tracking.lookup import class_names, resolve_model
 from tests.helpers import processes
 from tests.helpers.config import make_cfg

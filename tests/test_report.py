@@ -10,9 +10,9 @@ from sklearn.metrics import classification_report, confusion_matrix
 from mnist_cnn.cli import eval as eval_cli
 from mnist_cnn.data.datasets import DATASETS
 from mnist_cnn.data.splits import Split
-from mnist_cnn.engine import train
 from mnist_cnn.report import figures
 from mnist_cnn.report.metrics import score
+from mnist_cnn.runner import train
 from tests.helpers.mlflow_store import only_run, runs_by_name
 
 

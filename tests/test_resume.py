@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from mnist_cnn.engine import train
 from mnist_cnn.errors import CheckpointError, ConfigError, UserError
-from mnist_cnn.tracking.heartbeat import HEARTBEAT, PID
+from mnist_cnn.names import HEARTBEAT, PID
+from mnist_cnn.runner import start, train
 from tests.helpers import processes
 from tests.helpers.data import write_tiny_mnist
 from tests.helpers.mlflow_store import all_runs, history, only_run, runs_by_name
@@ -25,7 +25,7 @@ def interrupt_at(monkeypatch, epoch: int) -> None:
     real = train.train_epoch
 
     def train_epoch(*args, **kwargs):
-        if args[-1] == epoch:
+        if args[2] == epoch:  # train_epoch(state, settings, epoch, world)
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
@@ -44,7 +44,7 @@ def killed_in_epoch_2(cfg, uri, out, monkeypatch) -> str:
 
 def resume(monkeypatch, cfg, target, *overrides):
     """`mnist-cnn-train resume=TARGET OVERRIDES`, in process, from the test's folder."""
-    monkeypatch.setattr(train, "job_overrides", lambda: [f"resume={target}", *overrides])
+    monkeypatch.setattr(start, "job_overrides", lambda: [f"resume={target}", *overrides])
     cfg.resume = target
     return train.run(cfg, Path.cwd() / "resumed")
 

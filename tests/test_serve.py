@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from mnist_cnn.data.idx import load_split
-from mnist_cnn.engine import train
+from mnist_cnn.runner import train
 from tests.helpers.config import make_cfg
 from tests.helpers.mlflow_store import free_port
 

@@ -6,8 +6,8 @@ import json
 import pytest
 
 from mnist_cnn.cli import runs
-from mnist_cnn.engine import train
-from mnist_cnn.tracking.names import run_name
+from mnist_cnn.runner import train
+from mnist_cnn.tracking.run_names import run_name
 from tests.helpers import processes
 from tests.helpers.mlflow_store import only_run
 from tests.helpers.mlflow_store import runs as runs_in

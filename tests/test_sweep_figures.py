@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mnist_cnn.sweep.figures import parallel_coordinates, pareto, pareto_front
+from mnist_cnn.sweep.plots import parallel_coordinates, pareto, pareto_front
 
 SWEPT = ["optimizer.lr", "data.batch_size", "optimizer.name", "seed"]
 

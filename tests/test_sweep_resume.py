@@ -8,8 +8,8 @@ import pytest
 from mlflow import MlflowClient
 
 from mnist_cnn.errors import CheckpointError, ConfigError, ModelError
-from mnist_cnn.sweep.parent import SWEEP_ARGV
-from mnist_cnn.sweep.resume import sweep_arguments
+from mnist_cnn.names import SWEEP_ARGV
+from mnist_cnn.sweep.relaunch import sweep_arguments
 from mnist_cnn.tracking.heartbeat import alive_tags
 from tests.helpers import processes
 from tests.helpers.mlflow_store import runs as runs_in

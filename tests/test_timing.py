@@ -8,7 +8,8 @@ import pytest
 from mlflow import MlflowClient
 
 from mnist_cnn import timing
-from mnist_cnn.engine import train
+from mnist_cnn.names import time_metric
+from mnist_cnn.runner import train
 from tests.helpers.mlflow_store import only_run
 from tests.test_resume import FAST, killed_in_epoch_2, resume
 
@@ -24,12 +25,12 @@ def test_a_run_logs_each_phase_of_its_wall_time_and_train_time_is_its_epochs(tin
     timing.job_started()
     final = train.run(tiny_cfg(*FAST), tmp_path / "out")
     metrics = only_run(store_uri).data.metrics
-    phases = {p: metrics[timing.metric(p)] for p in timing.PHASES}
+    phases = {p: metrics[time_metric(p)] for p in timing.PHASES}
     assert all(seconds >= 0 for seconds in phases.values()) and phases["startup"] > 0 and phases["test"] > 0
     assert sum(s for p, s in phases.items() if p != "total") <= phases["total"]  # disjoint phases within the whole
     assert metrics["train_time_s"] == pytest.approx(epoch_seconds(store_uri, only_run(store_uri).info.run_id))
     assert metrics["train_time_s"] == pytest.approx(phases["train"] + phases["val"])
-    assert final[timing.metric("total")] == phases["total"]
+    assert final[time_metric("total")] == phases["total"]
 
 
 def test_a_resumed_runs_times_add_up_over_its_processes(tiny_cfg, store_uri, tmp_path, monkeypatch):
@@ -40,7 +41,7 @@ def test_a_resumed_runs_times_add_up_over_its_processes(tiny_cfg, store_uri, tmp
     metrics = only_run(store_uri).data.metrics
     assert metrics["train_time_s"] == pytest.approx(epoch_seconds(store_uri, run_id))
     assert metrics["train_time_s"] > first["epoch_time_s"] + first["val_time_s"]  # epoch 1's seconds are in it
-    assert metrics[timing.metric("train")] + metrics[timing.metric("val")] == pytest.approx(metrics["train_time_s"])
+    assert metrics[time_metric("train")] + metrics[time_metric("val")] == pytest.approx(metrics["train_time_s"])
 
 
 def test_the_first_job_counts_from_the_process_start_a_later_one_from_its_own(monkeypatch):

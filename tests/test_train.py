@@ -17,10 +17,11 @@ import torch
 from mlflow import MlflowClient
 
 from mnist_cnn import interrupts
-from mnist_cnn.engine import loop, precision, train
+from mnist_cnn.engine import loop, precision
 from mnist_cnn.errors import ConfigError, DivergedError
+from mnist_cnn.names import HEARTBEAT
+from mnist_cnn.runner import train
 from mnist_cnn.tracking import run as tracking_run
-from mnist_cnn.tracking.heartbeat import HEARTBEAT
 from tests.helpers.config import make_cfg
 from tests.helpers.mlflow_store import all_runs, only_run
 

@@ -8,35 +8,35 @@ tagged with that model URI.
 """
 
 import argparse
-import os
 import sys
 import tempfile
 from typing import List, Optional
 
-from mnist_cnn.errors import UserError
+from mnist_cnn import names
+from mnist_cnn.config.paths import default_tracking_uri
+from mnist_cnn.data.datasets import IMAGE_SHAPE, dataset_info
+from mnist_cnn.errors import ModelError, UserError
 from mnist_cnn.tracking.redact import redact
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="mnist-cnn-eval", description=__doc__.splitlines()[0])
     parser.add_argument("model", metavar="MODEL", help="run id, runs:/ID/model, models:/NAME/VERSION or models:/NAME@ALIAS")
-    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
+    parser.add_argument("--tracking-uri", default=default_tracking_uri(), help="the MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     parser.add_argument("--data-root", metavar="DIR", help="where the dataset is, if not where the run read it")
     return parser.parse_args(argv)
 
 
-def evaluate(args: argparse.Namespace):
+def evaluate_model(args: argparse.Namespace):
     """Load the model and its run's test split, score it, log the evaluation. Returns the report, the
     model's reference, the test_acc its run logged when trained, and the run the evaluation went to."""
-    import mlflow  # slow imports: after the arguments are parsed
+    import mlflow  # MLflow and torch take seconds to import: only after the arguments are parsed
 
-    from mnist_cnn.data.datasets import IMAGE_SHAPE, dataset_info
-    from mnist_cnn.data.idx import load_split
-    from mnist_cnn.engine.repro import set_deterministic
-    from mnist_cnn.errors import ModelError
-    from mnist_cnn.report.metrics import check_fits, score
-    from mnist_cnn.tracking import store
-    from mnist_cnn.tracking.lookup import find_run, resolve_model, run_config
+    from mnist_cnn.data.idx import load_split  # torch
+    from mnist_cnn.engine.repro import set_deterministic  # torch
+    from mnist_cnn.report.metrics import check_fits, score  # torch
+    from mnist_cnn.tracking import store  # MLflow
+    from mnist_cnn.tracking.lookup import find_run, resolve_model, run_config  # MLflow
 
     client = store.connect(args.tracking_uri, create=False)
     ref = resolve_model(client, args.model)
@@ -45,7 +45,8 @@ def evaluate(args: argparse.Namespace):
     run = find_run(client, ref.run_id, args.model)
     with tempfile.TemporaryDirectory() as tmp:
         config = run_config(client, ref.run_id, tmp, args.model)
-    data, precision = config["data"], config["trainer"]["precision"] or "fp32"
+    data = config["data"]
+    precision = run.data.params.get("trainer.precision") or config["trainer"]["precision"] or "fp32"  # as it trained
     set_deterministic(run.data.tags.get("deterministic") == "True")  # as in training: the same numbers
     try:
         model = mlflow.pytorch.load_model(ref.uri, map_location="cpu").eval()
@@ -60,18 +61,19 @@ def evaluate(args: argparse.Namespace):
 
 def _log_back(client, ref, report) -> str:
     """Log the evaluation to the model's own run, or to a new run for a registered model."""
-    from mnist_cnn.tracking.run import Tracker
+    from mnist_cnn.report.figures import run_figures  # matplotlib
+    from mnist_cnn.tracking.run import Tracker  # MLflow
 
     if ref.registered:
         source = client.get_run(ref.run_id)
-        tags = {"mnist_cnn.evaluated_model": ref.uri, "mnist_cnn.source_run": ref.run_id}
+        tags = {names.EVALUATED_MODEL: ref.uri, names.SOURCE_RUN: ref.run_id}
         run_id = client.create_run(source.info.experiment_id, run_name=f"eval {ref.uri[len('models:/'):]}", tags=tags).info.run_id
         prefix, folder = "", ""
     else:
         run_id, prefix, folder = ref.run_id, "eval_", "eval/"
     tracker = Tracker(client, run_id, client.tracking_uri)
     tracker.log_metrics({f"{prefix}test_acc": report.accuracy, f"{prefix}test_loss": report.loss, **report.class_metrics(f"{prefix}test")}, step=0)
-    tracker.log_report(report, history=None, folder=folder)
+    tracker.log_report(report.as_dict(), run_figures(report), folder=folder)
     if ref.registered:
         client.set_terminated(run_id)
     return run_id
@@ -80,7 +82,7 @@ def _log_back(client, ref, report) -> str:
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
     try:
-        report, ref, trained, logged = evaluate(args)
+        report, ref, trained, logged = evaluate_model(args)
     except UserError as e:
         print(f"mnist-cnn-eval: {redact(str(e))}", file=sys.stderr)
         sys.exit(e.exit_code)

@@ -12,10 +12,11 @@ then 2. A MODEL or tracking store that cannot be used is one line on stderr and 
 
 import argparse
 import json
-import os
 import sys
 from typing import List, Optional, Tuple
 
+from mnist_cnn.config.paths import DEFAULT_TRACKING_URI, TRACKING_URI_ENV, default_tracking_uri
+from mnist_cnn.data.datasets import IMAGE_SHAPE
 from mnist_cnn.errors import EXIT_BAD_INPUT, EXIT_OK, DataError, ModelError, UserError
 from mnist_cnn.tracking.redact import redact
 
@@ -32,8 +33,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument(
         "--tracking-uri",
         metavar="URI",
-        default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"),
-        help="the MLflow store that holds the model (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
+        default=default_tracking_uri(),
+        help=f"the MLflow store that holds the model (default: ${TRACKING_URI_ENV}, else {DEFAULT_TRACKING_URI})",
     )
     parser.add_argument("--json", action="store_true", help="a JSON list with every class's probability per file")
     parser.add_argument("files", nargs="+", metavar="FILE", help="PNG or JPEG pictures, one character each")
@@ -42,12 +43,11 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 
 def load_model(model: str, tracking_uri: str):
     """The module MODEL names, ready for inference, and its class names; UserError if unusable."""
-    import mlflow.pytorch  # MLflow and torch are slow to import: after the arguments are parsed
+    import mlflow.pytorch  # MLflow and torch take seconds to import: only after the arguments are parsed
     import torch
 
-    from mnist_cnn.data.datasets import IMAGE_SHAPE
-    from mnist_cnn.tracking import store
-    from mnist_cnn.tracking.lookup import class_names, resolve_model
+    from mnist_cnn.tracking import store  # MLflow
+    from mnist_cnn.tracking.lookup import class_names, resolve_model  # MLflow
 
     try:
         client = store.connect(tracking_uri, create=False)  # an empty new store would hold no model
@@ -66,7 +66,7 @@ def load_model(model: str, tracking_uri: str):
 
 def read_images(files: List[str]) -> Tuple[list, list]:
     """The files that could be read and their images; each other file is named on stderr."""
-    from mnist_cnn.data.images import load_image
+    from mnist_cnn.data.images import load_image  # torch
 
     read, images = [], []
     for file in files:
@@ -104,7 +104,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     except UserError as e:
         print(f"mnist-cnn-predict: {redact(str(e))}", file=sys.stderr)
         sys.exit(e.exit_code)
-    import torch
+    import torch  # loaded already, with the model
 
     files, images = read_images(args.files)
     if images:

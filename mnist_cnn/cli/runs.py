@@ -8,23 +8,27 @@ shows one row per configuration apart from the seed: how many seeds, mean and st
 
 import argparse
 import math
-import os
 import sys
 from typing import List, Optional
 
 import pandas as pd
 
+from mnist_cnn import names
 from mnist_cnn.config.keys import is_run_setting
-from mnist_cnn.errors import PRUNED_AT, UserError
-from mnist_cnn.tracking.names import run_name
+from mnist_cnn.config.paths import default_tracking_uri
+from mnist_cnn.errors import UserError
+from mnist_cnn.names import PRUNED_AT, SEED_METRICS
+from mnist_cnn.tracking.heartbeat import is_stale
+from mnist_cnn.tracking.links import experiment_url, ui_base
 from mnist_cnn.tracking.redact import redact
+from mnist_cnn.tracking.run_names import run_name
 
 COLUMNS = ["run_id", "name", "status", "overrides", "val_acc", "test_acc", "epochs", "wall_s"]
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="mnist-cnn-runs", description=__doc__.splitlines()[0])
-    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
+    parser.add_argument("--tracking-uri", default=default_tracking_uri())
     parser.add_argument("--experiment", default="mnist", help="MLflow experiment name (default: mnist)")
     parser.add_argument("--sweep", metavar="PARENT_RUN_ID", help="only the jobs of this sweep's parent run")
     parser.add_argument("--sort", default="val_acc", metavar="METRIC", help="metric to sort by (default: val_acc)")
@@ -38,7 +42,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 
 def search(args: argparse.Namespace) -> list:
     """The runs of --experiment (of --sweep only, if given); UserError when there are none."""
-    from mnist_cnn.tracking import store  # MLflow is slow to import: after the arguments are parsed
+    from mnist_cnn.tracking import store  # MLflow takes seconds to import: only after the arguments are parsed
 
     client = store.connect(args.tracking_uri, create=False)
     experiment = client.get_experiment_by_name(args.experiment)
@@ -53,8 +57,6 @@ def search(args: argparse.Namespace) -> list:
 
 def runs_table(args: argparse.Namespace) -> pd.DataFrame:
     """One row per run with the COLUMNS above plus the sort metric, sorted; UserError on bad input."""
-    from mnist_cnn.tracking.heartbeat import is_stale
-
     runs = search(args)
     rows = [_row(run, args.sort, is_stale(run)) for run in runs]
     table = pd.DataFrame(rows)
@@ -68,7 +70,7 @@ def runs_table(args: argparse.Namespace) -> pd.DataFrame:
 def seed_table(args: argparse.Namespace) -> pd.DataFrame:
     """One row per configuration of the FINISHED runs, apart from `seed`: named after the settings
     that differ between configurations; n, mean and std of val_acc and test_acc."""
-    from mnist_cnn.sweep.report import SEED_METRICS, seed_groups
+    from mnist_cnn.sweep.tables import seed_groups  # MLflow's entities and pandas
 
     runs = [r for r in search(args) if r.info.status == "FINISHED" and r.data.params]
     rows = [{**r.data.params, "status": r.info.status, **{m: r.data.metrics.get(m, math.nan) for m in SEED_METRICS}} for r in runs]
@@ -80,8 +82,7 @@ def seed_table(args: argparse.Namespace) -> pd.DataFrame:
 
 def experiment_link(args: argparse.Namespace) -> str:
     """The experiment's runs in the MLflow UI (the Model-training view), for `make ui` to print."""
-    from mnist_cnn.tracking import store
-    from mnist_cnn.tracking.links import experiment_url, ui_base
+    from mnist_cnn.tracking import store  # MLflow: see search
 
     experiment = store.connect(args.tracking_uri, create=False).get_experiment_by_name(args.experiment)
     if experiment is None:
@@ -91,7 +92,7 @@ def experiment_link(args: argparse.Namespace) -> str:
 
 def _row(run, sort: str, stale: bool) -> dict:
     info, data = run.info, run.data
-    overrides = data.tags.get("hydra_overrides", "")
+    overrides = data.tags.get(names.HYDRA_OVERRIDES, "")
     wall = (info.end_time - info.start_time) / 1000 if info.end_time else float("nan")
     return {
         "run_id": info.run_id,
@@ -129,7 +130,7 @@ def main(argv: Optional[List[str]] = None) -> None:
 def _stale_hints(table: pd.DataFrame, uri: str) -> None:
     stale = table[table["status"] == "STALE"]
     if len(stale):
-        from mnist_cnn.tracking.run import resume_command
+        from mnist_cnn.tracking.run import resume_command  # MLflow: only when there is a stale run
 
         print(f"\n{len(stale)} STALE run(s): RUNNING, but no process has sent a heartbeat lately. Continue with:")
         for run_id in stale["run_id"]:

@@ -12,27 +12,23 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Iterator, List, NoReturn, Union
+from typing import NoReturn, Union
 
 import hydra
-import yaml
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from mnist_cnn import interrupts, timing
+from mnist_cnn.config import tree
 from mnist_cnn.config.checks import check_config
 from mnist_cnn.config.job import in_multirun
 from mnist_cnn.config.paths import make_paths_absolute
-from mnist_cnn.config.schema import register_configs
 from mnist_cnn.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, UserError
-from mnist_cnn.tracking.redact import move_credentials, redact
 from mnist_cnn.sweep.callback import worst
-from mnist_cnn.sweep.resume import sweep_arguments
+from mnist_cnn.sweep.relaunch import sweep_arguments
+from mnist_cnn.tracking.redact import move_credentials, redact
 
 log = logging.getLogger("mnist_cnn")
-
-CONF_DIR = Path(__file__).parents[1] / "conf"  # links to the top-level conf/ in a checkout; a copy once installed
-register_configs()
 
 
 class _Task:
@@ -73,9 +69,10 @@ def command() -> None:
     except UserError as e:
         print(f"mnist-cnn-train: {redact(str(e))}", file=sys.stderr)
         sys.exit(e.exit_code)
-    for problem in yaml_problems(config_dirs(sys.argv[1:])):
+    for problem in tree.yaml_problems(tree.config_dirs(sys.argv[1:])):
         print(f"mnist-cnn-train: {problem}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
+    tree.register()
     try:
         train()
     except KeyboardInterrupt:  # between a sweep's jobs: every job so far is recorded, the parent KILLED
@@ -86,7 +83,7 @@ def command() -> None:
         raise
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+@hydra.main(version_base="1.3", config_path=str(tree.CONF_DIR), config_name=tree.CONFIG_NAME)
 def train(cfg: DictConfig) -> float:
     """Train one run; return `objective.metric` for a sweeper such as Optuna."""
     _Task.started = True
@@ -95,7 +92,7 @@ def train(cfg: DictConfig) -> float:
     try:
         make_paths_absolute(cfg, Path(HydraConfig.get().runtime.cwd))
         check_config(cfg)  # plain Python: a bad config fails in about a second, before torch loads
-        from mnist_cnn.engine.train import run
+        from mnist_cnn.runner.train import run  # torch and MLflow: seconds to import, only once the config is good
 
         value = run(cfg, Path(HydraConfig.get().runtime.output_dir)).get(str(cfg.objective.metric), math.nan)
     except KeyboardInterrupt:  # the run is KILLED; tracking logged how to resume it
@@ -116,37 +113,12 @@ def _record_failed_job(cfg: DictConfig, error: Exception) -> None:
     """Give a job that failed before its run opened (bad config or data) a FAILED run in the sweep."""
     if not cfg.tracking.enabled or hasattr(error, "mlflow_run_id"):
         return
-    from mnist_cnn.tracking.run import record_failed_job
+    from mnist_cnn.tracking.run import record_failed_job  # MLflow: seconds to import, only for a failed sweep job
 
     try:
         record_failed_job(cfg, error)
     except Exception as e:  # noqa: BLE001 - the store itself may be what failed
         log.warning("could not record the failed job in MLflow: %s", redact(str(e))[:300])
-
-
-def config_dirs(args: List[str]) -> List[Path]:
-    """The package's config tree plus any `--config-dir DIR` (`-cd DIR`) on the command line."""
-    dirs = [CONF_DIR]
-    for i, arg in enumerate(args):
-        if arg in ("--config-dir", "-cd") and i + 1 < len(args):
-            dirs.append(Path(args[i + 1]))
-        elif arg.startswith("--config-dir="):
-            dirs.append(Path(arg.partition("=")[2]))
-    return dirs
-
-
-def yaml_problems(dirs: List[Path]) -> Iterator[str]:
-    """`FILE line L, column C: what is wrong` for each YAML file that does not parse."""
-    for folder in dirs:
-        for parent, _, names in os.walk(folder, followlinks=True):  # conf/experiment links to experiments/
-            for name in sorted(n for n in names if n.endswith((".yaml", ".yml"))):
-                path = Path(parent) / name
-                try:
-                    yaml.safe_load(path.read_text(encoding="utf-8"))
-                except yaml.YAMLError as e:
-                    mark = getattr(e, "problem_mark", None)
-                    where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-                    yield f"{path}{where}: {getattr(e, 'problem', None) or e}; fix the YAML there."
 
 
 if __name__ == "__main__":

@@ -16,10 +16,11 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mnist_cnn.config.job import in_multirun, job_overrides
 from mnist_cnn.config.keys import override_key
-from mnist_cnn.config.schema import EPOCH_METRICS, OPTIONS
+from mnist_cnn.config.schema import OPTIONS
 from mnist_cnn.data.datasets import IMAGE_SHAPE, dataset_info
 from mnist_cnn.errors import ConfigError
 from mnist_cnn.model.layers import Layer, plan_layers
+from mnist_cnn.names import EPOCH_METRICS
 
 
 def check_config(cfg: DictConfig) -> List[Layer]:

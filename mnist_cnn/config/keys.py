@@ -4,7 +4,9 @@ Two runs that differ only in these keys are the same experiment: `config_sha256`
 run names skip them, and `resume=` accepts new values for them while refusing any other change.
 """
 
-from typing import Iterable, List
+import hashlib
+
+from omegaconf import DictConfig, OmegaConf
 
 RUN_SETTINGS = (
     "data.root",  # where the files are
@@ -31,6 +33,16 @@ def is_run_setting(key: str) -> bool:
     return any(key == s or key.startswith(s + ".") for s in RUN_SETTINGS + HYDRA_SETTINGS)
 
 
-def result_overrides(overrides: Iterable[str]) -> List[str]:
-    """The overrides among `overrides` that change what a run computes."""
-    return [o for o in overrides if not is_run_setting(override_key(o))]
+def config_sha256(cfg: DictConfig) -> str:
+    """SHA-256 of the resolved config without the RUN_SETTINGS: two runs with the same fingerprint
+    are the same experiment. A run tags it as `config_sha256`; a resumed sweep finds a job's
+    earlier run by it. `trainer.precision: null` is fingerprinted as null: what it resolved to is
+    the run's `precision` tag, like the device."""
+    tree = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    for key in RUN_SETTINGS:
+        *parents, leaf = key.split(".")
+        node = tree
+        for parent in parents:
+            node = node.get(parent, {})
+        node.pop(leaf, None)
+    return hashlib.sha256(OmegaConf.to_yaml(OmegaConf.create(tree), sort_keys=True).encode()).hexdigest()

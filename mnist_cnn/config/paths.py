@@ -1,21 +1,38 @@
-"""Relative paths in a config mean the folder the command was started from, wherever a job runs.
+"""Where a run reads and records: the default tracking store, and relative paths made absolute.
 
+Relative paths in a config mean the folder the command was started from, wherever a job runs.
 Hydra records that folder as `hydra.runtime.cwd`, also for jobs that a launcher (joblib, submitit,
 Slurm) starts elsewhere; the command line makes `data.root` and a relative sqlite store absolute
 against it before anything reads them, so the logged config names the real folders.
 """
 
+import os
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 SQLITE = "sqlite:///"
+DEFAULT_TRACKING_URI = SQLITE + "mlflow.db"  # MLflow 3's own default: ./mlflow.db
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+
+
+def default_tracking_uri() -> str:
+    """The store every command uses unless told otherwise: $MLFLOW_TRACKING_URI, else ./mlflow.db."""
+    return os.environ.get(TRACKING_URI_ENV, DEFAULT_TRACKING_URI)
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a sqlite URI (relative to the working folder if the URI is); None for
+    another kind of store or an in-memory database."""
+    if not uri.startswith(SQLITE) or uri == SQLITE + ":memory:":
+        return None
+    return Path(uri[len(SQLITE) :])
 
 
 def make_paths_absolute(cfg: DictConfig, base: Path) -> None:
     root = Path(cfg.data.root).expanduser()
     if not root.is_absolute():
         cfg.data.root = str(base / root)
-    uri = cfg.tracking.uri
-    if uri.startswith(SQLITE) and not uri.startswith(SQLITE + "/") and uri != SQLITE + ":memory:":
-        cfg.tracking.uri = SQLITE + str(base / uri[len(SQLITE) :])
+    path = sqlite_path(cfg.tracking.uri)
+    if path is not None and not path.is_absolute():
+        cfg.tracking.uri = SQLITE + str(base / path)

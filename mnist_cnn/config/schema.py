@@ -1,4 +1,4 @@
-"""Typed schema of every config group, registered in Hydra's ConfigStore.
+"""Typed schema of every config group (registered in Hydra's ConfigStore by config.tree).
 
 `conf/config.yaml` starts its defaults list with `config_schema` (the `Config` below), so each
 group merges into a typed node: an unknown key or a value of the wrong type fails as soon as Hydra
@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Dict, List, Optional, Tuple, Type
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from mnist_cnn.config.paths import DEFAULT_TRACKING_URI, TRACKING_URI_ENV
 from mnist_cnn.data.datasets import DATASETS
 from mnist_cnn.model.layers import KINDS, PARAMS
+from mnist_cnn.names import OBJECTIVES
 
 
 @dataclass(frozen=True)
@@ -67,9 +68,7 @@ Device = _choices("Device", ("auto", "cpu", "cuda"))
 Precision = _choices("Precision", ("fp32", "bf16"))
 Download = _choices("Download", ("auto", "never"))
 Direction = _choices("Direction", ("maximize", "minimize"))
-# The metrics a sweep can rank runs by (every run logs them; val_* need a validation split).
-Metric = _choices("Metric", ("val_acc", "val_loss", "test_acc", "test_loss", "train_acc", "train_loss", "train_time_s"))
-EPOCH_METRICS = ("val_acc", "val_loss", "train_acc", "train_loss")  # logged every epoch: what pruning and keep_best rank
+Metric = _choices("Metric", OBJECTIVES)  # what a sweep can rank runs by
 Pruner = _choices("Pruner", ("none", "median", "hyperband"))
 RegisterFrom = _choices("RegisterFrom", ("last", "best"))
 Strategy = _choices("Strategy", ("single", "ddp"))
@@ -198,7 +197,7 @@ class TrainerConfig:
 @dataclass
 class TrackingConfig:
     enabled: bool = True
-    uri: str = "${oc.env:MLFLOW_TRACKING_URI,sqlite:///mlflow.db}"
+    uri: str = f"${{oc.env:{TRACKING_URI_ENV},{DEFAULT_TRACKING_URI}}}"
     experiment: str = "mnist"
     run_name: Optional[str] = None
     log_model: bool = True
@@ -229,15 +228,6 @@ class Config:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     resume: Optional[str] = None  # an MLflow run id, or a checkpoint file: continue from there
     resume_sweep: Optional[str] = None  # a sweep's parent run id: finish that multirun in the same parent
-
-
-def register_configs() -> None:
-    """Register `config_schema` and every `<group>/base_<option>` that the YAML files name."""
-    store = ConfigStore.instance()
-    store.store(name="config_schema", node=Config)
-    for group, options in OPTIONS.items():
-        for option in options:
-            store.store(group=group, name=f"base_{option.name}", node=option)
 
 
 def typed_config(tree: Dict[str, Any]) -> DictConfig:

@@ -65,12 +65,9 @@ def optimizer_in_graph(optimizer: torch.optim.Optimizer, scheduler) -> bool:
     return _capture_flag(optimizer) is not None and not getattr(scheduler, "cycle_momentum", False)
 
 
-def training_step(
-    forward: Forward, optimizer: torch.optim.Optimizer, scheduler, trainer: DictConfig, device: torch.device
-) -> "EagerStep":
-    """The step train_epoch runs on each batch: captured where `captures`, else eager; the optimizer
-    set for the step it will take."""
-    captured = captures(trainer, device)
+def training_step(forward: Forward, optimizer: torch.optim.Optimizer, scheduler, captured: bool, device: torch.device) -> "EagerStep":
+    """The step train_epoch runs on each batch: `captured` (what `captures` decided for the run), else
+    eager; the optimizer set for the step it will take."""
     in_graph = captured and optimizer_in_graph(optimizer, scheduler)
     if in_graph:
         _graph_settings(optimizer, device)

@@ -1,4 +1,5 @@
 """One epoch of training and one pass of evaluation, on the device and precision the run resolved.
+On a GPU each full batch's step is one replay of a captured CUDA graph where it can be (engine.graphs).
 
 The step loop never reads a value back to the host: loss and accuracy are summed on the device and
 read once per epoch. Under trainer.strategy=ddp each rank trains on its share of every batch and the
@@ -6,18 +7,19 @@ sums are added up across ranks (engine.distributed).
 """
 
 import math
-from typing import Dict, Iterator, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 from torch import nn
 from tqdm import tqdm
 
-from mnist_cnn.data.splits import Split, batches, num_batches
+from mnist_cnn.data.splits import Split, batches
 from mnist_cnn.engine import distributed, graphs
 from mnist_cnn.engine.distributed import SINGLE, World
 from mnist_cnn.engine.precision import autocast
+from mnist_cnn.engine.state import TrainingState
 from mnist_cnn.errors import ConfigError, DivergedError
 
 
@@ -30,32 +32,42 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def train_epoch(
-    model, split: Split, cfg: DictConfig, optimizer, scheduler, generator, epoch: int, world: World = SINGLE
-) -> Dict[str, float]:
+@dataclass(frozen=True)
+class StepSettings:
+    """What train_epoch reads besides the state, resolved once from the config (runner.setup)."""
+
+    batch_size: int  # the global batch: under DDP each rank takes its share
+    drop_last: bool
+    limit_batches: Optional[int]  # at most this many steps an epoch
+    augment: Any  # data.augment: the random warps of each training image (data.augment)
+    label_smoothing: float  # the training loss only
+    cuda_graph: bool  # each full batch's step one replay of a captured CUDA graph (engine.graphs.captures)
+    progress: bool  # a progress bar on a terminal
+
+
+def train_epoch(state: TrainingState, settings: StepSettings, epoch: int, world: World = SINGLE) -> Dict[str, float]:
     """One pass over the shuffled training split (under DDP, this rank's share of each batch); stops
-    before a step once a stop was requested. Returns the whole epoch's train_loss and train_acc.
-    On a GPU each full batch's step is one replay of a captured CUDA graph where it can be (engine.graphs)."""
+    before a step once a stop was requested. Returns the whole epoch's train_loss and train_acc."""
+    model = state.forward
     model.train()
-    precision, smoothing = cfg.trainer.precision, cfg.trainer.label_smoothing
+    device, precision, smoothing = state.device, state.precision, settings.label_smoothing
 
     def forward(images, labels):  # the logits and the training loss, under the run's precision
-        with autocast(images.device, precision):
+        with autocast(device, precision):
             logits = model(images)
             return logits, F.cross_entropy(logits, labels, label_smoothing=smoothing)
 
-    step = graphs.training_step(forward, optimizer, scheduler, cfg.trainer, split.labels.device)
-    seen = 0
-    d = cfg.data
-    loader = batches(split, d.batch_size, generator, d.drop_last, cfg.trainer.limit_batches, (world.rank, world.size), d.augment)
-    total = num_batches(len(split), d.batch_size, d.drop_last, cfg.trainer.limit_batches, world.size)
-    quiet = None if cfg.trainer.progress and world.main else True  # None: tqdm shows the bar only on a terminal
+    step = graphs.training_step(forward, state.optimizer, state.scheduler, settings.cuda_graph, device)
+    s = settings
+    loader = batches(state.splits["train"], s.batch_size, state.generator, s.drop_last, s.limit_batches, (world.rank, world.size), s.augment)
+    quiet = None if s.progress and world.main else True  # None: tqdm shows the bar only on a terminal
     stop = distributed.StopVote(world)
-    for images, labels in tqdm(loader, total=total, desc=f"epoch {epoch}", leave=False, disable=quiet):
+    seen = 0
+    for images, labels in tqdm(loader, total=state.steps_per_epoch, desc=f"epoch {epoch}", leave=False, disable=quiet):
         stop.check()
         step(images, labels)
-        if scheduler is not None:
-            scheduler.step()
+        if state.scheduler is not None:
+            state.scheduler.step()
         seen += len(labels)
     stop.close()
     loss_sum, correct, seen = distributed.all_sum(world, step.loss_sum, step.correct, seen)  # every rank gets the global epoch's

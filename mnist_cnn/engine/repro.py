@@ -1,5 +1,5 @@
-"""Reproducibility: one seed for every RNG, their states for exact resumes, and the fingerprints of
-what a run computes (its resolved config and its final weights)."""
+"""Reproducibility: one seed for every RNG, their states for exact resumes, deterministic kernels,
+and the fingerprint of a run's final weights (its config's is config.keys.config_sha256)."""
 
 import hashlib
 import os
@@ -8,9 +8,6 @@ from typing import Any, Dict
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
-
-from mnist_cnn.config.keys import RUN_SETTINGS
 
 
 def seed_everything(seed: int) -> None:
@@ -67,15 +64,3 @@ def weights_sha256(model: torch.nn.Module) -> str:
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
-
-def config_sha256(cfg: DictConfig) -> str:
-    """SHA-256 of the resolved config without the RUN_SETTINGS (where a run reads and logs, not what it
-    computes): two runs with the same fingerprints are the same experiment."""
-    tree = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    for key in RUN_SETTINGS:
-        *parents, leaf = key.split(".")
-        node = tree
-        for parent in parents:
-            node = node.get(parent, {})
-        node.pop(leaf, None)
-    return hashlib.sha256(OmegaConf.to_yaml(OmegaConf.create(tree), sort_keys=True).encode()).hexdigest()

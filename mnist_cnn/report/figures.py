@@ -7,12 +7,21 @@ change shape, and constrained layout measured every label again at each save, do
 second the figures cost each run.
 """
 
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 
 from mnist_cnn.report.metrics import Report
+
+
+def run_figures(report: Report, history: Optional[List[Dict[str, float]]] = None) -> Dict[str, Figure]:
+    """What a run logs under `plots/`, by file name: the confusion matrix and the most confident
+    mistakes, and the learning curves when there is a history (an evaluation has none)."""
+    figures = {"confusion_matrix.png": confusion_matrix(report), "misclassified.png": misclassified(report)}
+    if history:
+        figures["learning_curves.png"] = learning_curves(history)
+    return figures
 
 
 def learning_curves(history: List[Dict[str, float]]) -> Figure:

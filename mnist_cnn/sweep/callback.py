@@ -19,8 +19,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from mnist_cnn.config.job import SWEEP_FILE
-from mnist_cnn.tracking.names import run_name
+from mnist_cnn.names import SWEEP_ARGV, SWEPT
 from mnist_cnn.tracking.redact import redact
+from mnist_cnn.tracking.run_names import run_name
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,10 @@ class MlflowSweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not config.tracking.enabled:
             return
-        from mnist_cnn.sweep.parent import SWEEP_ARGV, SWEPT, open_parent_run, reopen_parent_run  # MLflow is slow to import
+        from mnist_cnn.sweep.parent import (  # MLflow: seconds to import, and a single run never needs it
+            open_parent_run,
+            reopen_parent_run,
+        )
 
         sweep_dir = Path(config.hydra.sweep.dir)
         grid = list(config.hydra.overrides.task)
@@ -86,7 +90,7 @@ class MlflowSweepCallback(Callback):
     def _close(self, config: DictConfig, status: str) -> None:
         if self.run_id is None:
             return
-        from mnist_cnn.sweep.parent import close_parent_run
+        from mnist_cnn.sweep.parent import close_parent_run  # MLflow: see on_multirun_start
 
         run_id, self.run_id = self.run_id, None
         self.heartbeat.stop()

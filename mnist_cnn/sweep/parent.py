@@ -12,17 +12,15 @@ from mlflow.entities import Metric, Run
 from mlflow.tracking.context.registry import resolve_tags
 from omegaconf import DictConfig
 
-from mnist_cnn.sweep import figures, report
+from mnist_cnn import names
+from mnist_cnn.sweep import plots, tables
 from mnist_cnn.tracking import store
 from mnist_cnn.tracking.heartbeat import Heartbeat, alive_tags
 from mnist_cnn.tracking.links import model_version_url, run_url
-from mnist_cnn.tracking.model import BEST_MODEL_URI, MODEL_URI, register
+from mnist_cnn.tracking.model import register
 from mnist_cnn.tracking.run import as_tags, end_run, resume_command
 
 log = logging.getLogger(__name__)
-SWEEP_ARGV = "sweep_argv"  # the parent's tag: the sweep's command-line overrides (JSON), for resume_sweep
-SWEPT = "swept"  # the parent's tag: the swept keys (JSON)
-CHAMPION = "champion"  # the alias of the best job's registered model
 
 
 def open_parent_run(cfg: DictConfig, name: str, tags: Dict[str, str]) -> Tuple[str, Heartbeat]:
@@ -46,7 +44,7 @@ def reopen_parent_run(cfg: DictConfig, run_id: str, tags: Dict[str, str]) -> Hea
 def children(client: MlflowClient, parent_run_id: str) -> List[Run]:
     """The jobs of a sweep, in the order they started."""
     experiment_id = client.get_run(parent_run_id).info.experiment_id
-    found = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=50_000)
+    found = client.search_runs([experiment_id], f"tags.{names.PARENT_RUN} = '{parent_run_id}'", max_results=50_000)
     return sorted(found, key=lambda run: run.info.start_time)
 
 
@@ -54,7 +52,7 @@ def close_parent_run(cfg: DictConfig, run_id: str, status: str, swept: List[str]
     """Record the sweep's report on its parent run, crown the champion, then end the run (even if
     the report fails); returns the summary and the parent's link in the UI."""
     client = store.connect(cfg.tracking.uri)
-    tags: Dict[str, str] = {"resume_command": resume_command(run_id, cfg.tracking.uri, sweep=True)} if status == "KILLED" else {}
+    tags: Dict[str, str] = {names.RESUME_COMMAND: resume_command(run_id, cfg.tracking.uri, sweep=True)} if status == "KILLED" else {}
     try:
         summary = _report(client, cfg, run_id, swept, tags)
     finally:
@@ -68,12 +66,12 @@ def _report(client: MlflowClient, cfg: DictConfig, run_id: str, swept: List[str]
     champion to `tags`; returns the metrics logged."""
     jobs = children(client, run_id)
     metric, direction = str(cfg.objective.metric), str(cfg.objective.direction)
-    table = report.jobs_table(jobs, swept, metric)
-    summary: Dict[str, Any] = report.counts(table)
-    best = report.best_job(table, metric, direction)
+    table = tables.jobs_table(jobs, swept, metric)
+    summary: Dict[str, Any] = tables.counts(table)
+    best = tables.best_job(table, metric, direction)
     if best is not None:
         summary[f"best_{metric}"] = float(best[metric])
-        tags |= {"best_run_name": best["name"], "best_run_id": best["run_id"]}
+        tags |= {names.BEST_RUN_NAME: best["name"], names.BEST_RUN_ID: best["run_id"]}
         if cfg.tracking.register_as:
             tags |= crown(client, cfg, next(job for job in jobs if job.info.run_id == best["run_id"]))
     if "seed" in swept:
@@ -81,8 +79,8 @@ def _report(client: MlflowClient, cfg: DictConfig, run_id: str, swept: List[str]
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in summary.items()])
     client.log_text(run_id, table.to_csv(index=False), "sweep/summary.csv")
-    client.log_figure(run_id, figures.parallel_coordinates(table, swept, metric, direction), "sweep/parallel_coordinates.png")
-    client.log_figure(run_id, figures.pareto(table, metric, direction), "sweep/pareto.png")
+    client.log_figure(run_id, plots.parallel_coordinates(table, swept, metric, direction), "sweep/parallel_coordinates.png")
+    client.log_figure(run_id, plots.pareto(table, metric, direction), "sweep/pareto.png")
     return summary
 
 
@@ -90,21 +88,21 @@ def crown(client: MlflowClient, cfg: DictConfig, best: Run) -> Dict[str, str]:
     """Register the best job's model (its last epoch, or its best with register_from=best) and point
     the alias `champion` at it; returns the parent's tags naming it."""
     name = cfg.tracking.register_as
-    source = best.data.tags.get(BEST_MODEL_URI if cfg.tracking.register_from == "best" else MODEL_URI)
+    source = best.data.tags.get(names.BEST_MODEL_URI if cfg.tracking.register_from == "best" else names.MODEL_URI)
     if source is None:
         log.warning("the best job %s logged no model: no champion registered", best.info.run_id)
         return {}
     version = register(client, source, name, best)
-    client.set_registered_model_alias(name, CHAMPION, version)
+    client.set_registered_model_alias(name, names.CHAMPION, version)
     url = model_version_url(cfg.tracking.uri, name, version)
-    log.info("champion: models:/%s@%s is version %s, from run %s: %s", name, CHAMPION, version, best.info.run_id, url)
-    return {CHAMPION: f"models:/{name}/{version}", "champion_url": url}
+    log.info("champion: models:/%s@%s is version %s, from run %s: %s", name, names.CHAMPION, version, best.info.run_id, url)
+    return {names.CHAMPION: f"models:/{name}/{version}", "champion_url": url}
 
 
 def _log_seed_groups(client: MlflowClient, run_id: str, table: pd.DataFrame, keys: List[str]) -> Dict[str, float]:
     """Log the seed groups of a sweep over `seed`; returns n, mean and std of the best group (by
     mean val_acc) as metrics, e.g. `seeds_val_acc_mean`."""
-    groups = report.seed_groups(table, keys)
+    groups = tables.seed_groups(table, keys)
     client.log_text(run_id, groups.to_csv(index=False), "sweep/seed_groups.csv")
     if groups.empty:
         return {}

@@ -10,16 +10,18 @@ the trials comes from MLflow, so no launcher or shared Optuna storage has to coo
 
 import logging
 import warnings
-from typing import Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional
 
-import optuna
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from omegaconf import DictConfig
 
 from mnist_cnn.config.job import sweep_info
+from mnist_cnn.names import PRUNED_AT
 from mnist_cnn.sweep.parent import children
-from mnist_cnn.errors import PRUNED_AT
+
+if TYPE_CHECKING:
+    import optuna
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,8 @@ class SweepPruner:
         return self._replay(siblings, histories, own)
 
     def _replay(self, siblings: List[Run], histories: Dict[str, Dict[int, float]], own: Dict[int, float]) -> bool:
+        import optuna  # slow to import, and only the jobs of a pruned sweep need it
+
         verbosity = optuna.logging.get_verbosity()
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "Trial 3 finished" for replayed siblings
         try:
@@ -55,17 +59,21 @@ class SweepPruner:
         finally:
             optuna.logging.set_verbosity(verbosity)
 
-    def _pruner(self) -> optuna.pruners.BasePruner:
+    def _pruner(self) -> "optuna.pruners.BasePruner":
         """Epochs 1..prune_warmup_epochs are never pruned (Optuna counts steps as given: our epochs, from 1)."""
+        import optuna  # see _replay
+
         first_prunable = self.objective.prune_warmup_epochs + 1
         if self.objective.pruner == "median":
             return optuna.pruners.MedianPruner(n_startup_trials=0, n_warmup_steps=first_prunable)  # prune_min_runs gates above
         return optuna.pruners.HyperbandPruner(min_resource=first_prunable, max_resource=max(self.epochs, first_prunable))
 
 
-def _replay_trial(study: optuna.Study, run: Run, history: Dict[int, float]) -> None:
+def _replay_trial(study: "optuna.Study", run: Run, history: Dict[int, float]) -> None:
     """One sibling as a trial: its epochs reported (and judged, which is how Hyperband records the
     rungs a trial reached), then ended as the run ended."""
+    import optuna  # see SweepPruner._replay
+
     trial = study.ask()
     for step in sorted(history):
         trial.report(history[step], step)
@@ -87,5 +95,7 @@ def sweep_pruner(cfg: DictConfig) -> Optional[SweepPruner]:
     if parent is None:
         log.info("objective.pruner=%s applies to the jobs of a tracked sweep (-m); this run is not pruned", cfg.objective.pruner)
         return None
+    import optuna  # see SweepPruner._replay
+
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # ask/tell in optuna 2.x
     return SweepPruner(cfg, parent)

@@ -17,16 +17,22 @@ from hydra.utils import instantiate
 from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
 from mlflow.entities import Run
 from omegaconf import DictConfig
-from optuna.distributions import BaseDistribution, CategoricalDistribution, IntUniformDistribution, IntLogUniformDistribution
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    IntLogUniformDistribution,
+    IntUniformDistribution,
+)
 from optuna.trial import TrialState
+
+from mnist_cnn.names import PRUNED_AT
+from mnist_cnn.sweep.parent import children
+from mnist_cnn.tracking import store
 
 
 def warm_start(impl: Any, config: DictConfig, arguments: List[str]) -> None:
     """Give the plugin's sweeper `impl` a storage holding the study so far (the children of sweep
     `config.resume_sweep`), and the number of trials still to run."""
-    from mnist_cnn.sweep.parent import children
-    from mnist_cnn.tracking import store
-
     params = [f"{k}={v}" for k, v in (impl.params or {}).items()] + arguments
     distributions, fixed = create_params_from_overrides(params)
     distributions = {k: d for k, d in distributions.items() if k not in fixed}  # as the plugin does: a fixed value wins
@@ -50,8 +56,6 @@ def warm_start(impl: Any, config: DictConfig, arguments: List[str]) -> None:
 
 
 def _is_done(job: Run) -> bool:
-    from mnist_cnn.errors import PRUNED_AT
-
     return job.info.status in ("FINISHED", "FAILED") or PRUNED_AT in job.data.tags
 
 

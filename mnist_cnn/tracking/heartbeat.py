@@ -16,10 +16,10 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Dict, Optional
 
+from mnist_cnn.names import HEARTBEAT, HEARTBEAT_INTERVAL, HOST, PID
+
 log = logging.getLogger(__name__)
 
-HEARTBEAT, INTERVAL = "mnist_cnn.heartbeat", "mnist_cnn.heartbeat_s"
-HOST, PID = "mnist_cnn.host", "mnist_cnn.pid"  # where the training process runs
 MISSED = 3  # intervals without a heartbeat before a RUNNING run counts as STALE
 
 
@@ -29,7 +29,7 @@ def now_tag() -> str:
 
 def alive_tags(interval_s: float) -> Dict[str, str]:
     """The tags that mark a run as trained by this process, now."""
-    return {HEARTBEAT: now_tag(), INTERVAL: str(interval_s), HOST: socket.gethostname(), PID: str(os.getpid())}
+    return {HEARTBEAT: now_tag(), HEARTBEAT_INTERVAL: str(interval_s), HOST: socket.gethostname(), PID: str(os.getpid())}
 
 
 def silence_s(tags: Dict[str, str], start_time_ms: int) -> float:
@@ -40,7 +40,7 @@ def silence_s(tags: Dict[str, str], start_time_ms: int) -> float:
 
 
 def stale_after_s(tags: Dict[str, str]) -> float:
-    return MISSED * float(tags.get(INTERVAL, 30.0))
+    return MISSED * float(tags.get(HEARTBEAT_INTERVAL, 30.0))
 
 
 def is_stale(run: Any) -> bool:

@@ -1,4 +1,5 @@
-"""Finding what a command names: a run and its logged config, the run and classes behind a model.
+"""Finding what a command names: a run and its logged config, a run free to be resumed and its last
+checkpoint, the run and classes behind a model.
 
 A model is named as MLflow names it (`runs:/ID/model`, `models:/NAME/3`, `models:/NAME@champion`,
 `models:/NAME/latest`, `models:/m-...`, a folder) or by the id of the run that logged it; that run's
@@ -17,8 +18,11 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.utils.models import get_model_name_and_version
 
+from mnist_cnn import names
 from mnist_cnn.data.datasets import dataset_info
-from mnist_cnn.errors import DataError, ModelError
+from mnist_cnn.errors import CheckpointError, DataError, ModelError
+from mnist_cnn.tracking import store
+from mnist_cnn.tracking.heartbeat import is_stale, silence_s, stale_after_s
 from mnist_cnn.tracking.redact import redact
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -41,10 +45,37 @@ def find_run(client: MlflowClient, run_id: str, where: str) -> Run:
 def run_config(client: MlflowClient, run_id: str, folder: str, where: str) -> Dict[str, Any]:
     """The resolved config run `run_id` logged as config.yaml."""
     try:
-        path = client.download_artifacts(run_id, "config.yaml", folder)
+        path = client.download_artifacts(run_id, names.CONFIG_FILE, folder)
     except (MlflowException, OSError) as e:
-        raise ModelError(f"{where}: run {run_id} has no config.yaml artifact; it was not made by mnist-cnn-train.") from e
+        raise ModelError(f"{where}: run {run_id} has no {names.CONFIG_FILE} artifact; it was not made by mnist-cnn-train.") from e
     return yaml.safe_load(Path(path).read_text())
+
+
+def resumable_run(uri: str, run_id: str, where: str) -> MlflowClient:
+    """A client for `uri`, once run `run_id` is known to be there and free to continue: not FINISHED,
+    and not RUNNING with a live process behind it."""
+    client = store.connect(uri)
+    run = find_run(client, run_id, where)
+    if run.info.status == "FINISHED":
+        raise CheckpointError(f"{where}: run {run_id} already FINISHED; there is nothing to resume.")
+    if run.info.status == "RUNNING" and not is_stale(run):
+        tags = run.data.tags
+        raise CheckpointError(
+            f"{where}: run {run_id} is RUNNING and its heartbeat is {silence_s(tags, run.info.start_time):.0f} s old: "
+            f"a process (pid {tags.get(names.PID, '?')} on {tags.get(names.HOST, '?')}) may still be training it. Stop that "
+            f"process first; a run whose heartbeat is older than {stale_after_s(tags):.0f} s counts as stale and can "
+            "be resumed."
+        )
+    return client
+
+
+def fetch_run(client: MlflowClient, run_id: str, folder: str, where: str) -> Tuple[Dict[str, Any], Optional[Path]]:
+    """Run `run_id`'s config tree, and its last checkpoint downloaded into `folder` (None when no
+    epoch had completed)."""
+    tree = run_config(client, run_id, folder, where)
+    if names.CHECKPOINT not in {a.path for a in client.list_artifacts(run_id, names.CHECKPOINT_FOLDER)}:
+        return tree, None  # stopped before its first epoch ended: start again in the same run
+    return tree, Path(client.download_artifacts(run_id, names.CHECKPOINT, folder))
 
 
 def resolve_model(client: MlflowClient, spec: str) -> ModelRef:

@@ -19,12 +19,10 @@ from mlflow.entities import LoggedModel, Run
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
+from mnist_cnn.names import EPOCH, FINGERPRINTS
+
 # mlflow warns about pickle on every save; the module docstring and the README say it once.
 PICKLE_ADVICE_LOGGER = "mlflow.pytorch"
-# The tags that say what a model is: copied onto every registered version.
-FINGERPRINTS = ("seed", "weights_sha256", "data_sha256", "config_sha256", "git_commit", "git_dirty", "deterministic", "device")
-EPOCH = "epoch"  # the tag of a model logged for one epoch (trainer.keep_best)
-MODEL_URI, BEST_MODEL_URI, BEST_EPOCH = "model_uri", "best_model_uri", "best_epoch"  # run tags naming its models
 
 
 def log_model(run_id: str, model: torch.nn.Module, in_shape: tuple, num_classes: int, epoch: Optional[int] = None) -> str:

@@ -24,16 +24,17 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking.context.registry import resolve_tags
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_cnn import interrupts
+from mnist_cnn import interrupts, names
 from mnist_cnn.config.job import job_overrides, sweep_info
-from mnist_cnn.errors import PRUNED_AT, Pruned, TrackingError, TrackingLostError
+from mnist_cnn.errors import Pruned, TrackingError, TrackingLostError
+from mnist_cnn.tracking import model as logged
 from mnist_cnn.tracking import store
-from mnist_cnn.tracking.fingerprint import environment_tags
-from mnist_cnn.tracking.heartbeat import HEARTBEAT, Heartbeat, alive_tags, now_tag
+from mnist_cnn.tracking.environment import environment_tags
+from mnist_cnn.tracking.heartbeat import Heartbeat, alive_tags, now_tag
 from mnist_cnn.tracking.inputs import dataset_input
 from mnist_cnn.tracking.links import model_version_url, run_url
-from mnist_cnn.tracking.names import run_name
 from mnist_cnn.tracking.redact import redact
+from mnist_cnn.tracking.run_names import run_name
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +62,16 @@ class Tracker:
         """The epoch's metrics with a heartbeat in one request (linked to the epoch's model, if one was
         logged), then its checkpoint."""
         if epoch in self.logged_steps:  # a resume replays an epoch whose metrics made it before the stop
-            self.set_tags({HEARTBEAT: now_tag()})
+            self.set_tags({names.HEARTBEAT: now_tag()})
         else:
             self.log_metrics(metrics, epoch, model_id)
-        self.call(self.client.log_artifact, self.run_id, str(checkpoint), "checkpoints")
+        self.call(self.client.log_artifact, self.run_id, str(checkpoint), names.CHECKPOINT_FOLDER)
 
     @_when_tracking
     def log_metrics(self, metrics: Dict[str, float], step: int, model_id: Optional[str] = None) -> None:
         now = int(time.time() * 1000)
         batch = [Metric(key, float(value), now, step, model_id=model_id) for key, value in metrics.items()]
-        self.call(self.client.log_batch, self.run_id, metrics=batch, tags=[RunTag(HEARTBEAT, now_tag())])
+        self.call(self.client.log_batch, self.run_id, metrics=batch, tags=[RunTag(names.HEARTBEAT, now_tag())])
 
     @_when_tracking
     def reconcile(self, metrics: Dict[str, float], epoch: int) -> None:
@@ -83,17 +84,12 @@ class Tracker:
             self.log_metrics(metrics, epoch)
 
     @_when_tracking
-    def log_report(self, report: Any, history: Optional[List[Dict[str, float]]], folder: str = "") -> None:
-        """The test set's classification report and the figures (learning curves when there is a
-        history), under `folder`."""
-        from mnist_cnn.report import figures  # matplotlib: only when there is something to draw
-
-        artifacts = {"plots/confusion_matrix.png": figures.confusion_matrix(report), "plots/misclassified.png": figures.misclassified(report)}
-        if history:
-            artifacts["plots/learning_curves.png"] = figures.learning_curves(history)
-        self.call(self.client.log_dict, self.run_id, report.as_dict(), f"{folder}classification_report.json")
-        for path, figure in artifacts.items():
-            self.call(self.client.log_figure, self.run_id, figure, folder + path)
+    def log_report(self, report: Dict[str, Any], figures: Dict[str, Any], folder: str = "") -> None:
+        """A classification report as `classification_report.json` and its figures (file name ->
+        matplotlib Figure) under `plots/`, both inside `folder`."""
+        self.call(self.client.log_dict, self.run_id, report, f"{folder}classification_report.json")
+        for name, figure in figures.items():
+            self.call(self.client.log_figure, self.run_id, figure, f"{folder}plots/{name}")
 
     @_when_tracking
     def set_tags(self, tags: Dict[str, str]) -> None:
@@ -103,16 +99,14 @@ class Tracker:
     def log_model(self, model: torch.nn.Module, in_shape: tuple, num_classes: int, register_as: Optional[str] = None, register_from: str = "last") -> None:
         """Log the final model (tagged `model_uri`); with `register_as`, also register it, or the best
         epoch kept (`register_from=best`), as a new version of that model."""
-        from mnist_cnn.tracking import model as logged
-
         def upload() -> None:
             run = self.client.get_run(self.run_id)
             # MLflow files a model under the active experiment, not its run's: `runs:/ID/model` finds it only there.
             mlflow.set_experiment(experiment_id=run.info.experiment_id)
             uri = logged.log_model(self.run_id, model, in_shape, num_classes)
-            self.set_tags({logged.MODEL_URI: uri})
+            self.set_tags({names.MODEL_URI: uri})
             if register_as:
-                source = uri if register_from == "last" else run.data.tags[logged.BEST_MODEL_URI]
+                source = uri if register_from == "last" else run.data.tags[names.BEST_MODEL_URI]
                 version = logged.register(self.client, source, register_as, run)
                 log.info("registered as models:/%s/%s: %s", register_as, version, model_version_url(self.uri, register_as, version))
 
@@ -121,13 +115,11 @@ class Tracker:
     @_when_tracking
     def log_epoch_model(self, model: torch.nn.Module, in_shape: tuple, num_classes: int, epoch: int) -> str:
         """Log this epoch's model (trainer.keep_best) unless a resumed run already has it; returns its id."""
-        from mnist_cnn.tracking import model as logged
-
         def upload() -> str:
             run = self.client.get_run(self.run_id)
             if epoch in self.logged_steps:  # only an epoch a resume replays can have its model already
                 for kept in logged.epoch_models(self.client, run):
-                    if kept.tags[logged.EPOCH] == str(epoch):
+                    if kept.tags[names.EPOCH] == str(epoch):
                         return kept.model_id
             mlflow.set_experiment(experiment_id=run.info.experiment_id)
             return logged.log_model(self.run_id, model, in_shape, num_classes, epoch).removeprefix("models:/")
@@ -137,15 +129,13 @@ class Tracker:
     @_when_tracking
     def keep_best(self, k: int, objective: DictConfig) -> None:
         """Delete all but the `k` best epoch models by `objective`; tag the run with the best one."""
-        from mnist_cnn.tracking import model as logged
-
         def prune() -> None:
             models = logged.epoch_models(self.client, self.client.get_run(self.run_id))
             ranked = logged.rank(models, str(objective.metric), objective.direction == "maximize")
             for doomed in ranked[k:]:
                 logged.delete_model(self.client, doomed)
             if ranked:
-                self.set_tags({logged.BEST_EPOCH: ranked[0].tags[logged.EPOCH], logged.BEST_MODEL_URI: f"models:/{ranked[0].model_id}"})
+                self.set_tags({names.BEST_EPOCH: ranked[0].tags[names.EPOCH], names.BEST_MODEL_URI: f"models:/{ranked[0].model_id}"})
 
         self.call(prune)
 
@@ -196,12 +186,12 @@ def tracked_run(cfg: DictConfig, opening: Opening, run_id: Optional[str], checkp
         if opened:
             background.close()
             command = resume_command(opened, cfg.tracking.uri)
-            end_run(client, opened, "KILLED", {"interrupted": "stopped by Ctrl-C or SIGTERM", "resume_command": command})
+            end_run(client, opened, "KILLED", {names.INTERRUPTED: "stopped by Ctrl-C or SIGTERM", names.RESUME_COMMAND: command})
             log.warning("run %s KILLED after its last complete epoch; continue it with:\n  %s", opened, command)
         raise
     except Pruned as e:
         background.close()
-        end_run(client, opened, "KILLED", {PRUNED_AT: str(e.epoch)})
+        end_run(client, opened, "KILLED", {names.PRUNED_AT: str(e.epoch)})
         log.info("run %s pruned after epoch %d: its siblings did better", opened, e.epoch)
         raise
     except TrackingLostError as e:
@@ -209,7 +199,7 @@ def tracked_run(cfg: DictConfig, opening: Opening, run_id: Optional[str], checkp
     except BaseException as e:
         if opened:
             background.close()
-            end_run(client, opened, "FAILED", {"error": error_tag(e)})
+            end_run(client, opened, "FAILED", {names.ERROR: error_tag(e)})
             e.mlflow_run_id = opened  # lets a sweep job know its failure is already recorded
         raise
     else:
@@ -252,7 +242,7 @@ def _new_run(client: MlflowClient, cfg: DictConfig) -> str:
     """A RUNNING run in `tracking.experiment`, named after the job's overrides, a child of its sweep."""
     sweep = sweep_info()
     name = cfg.tracking.run_name or run_name(job_overrides(), only=sweep.get("swept"))
-    parent = {"mlflow.parentRunId": sweep["parent_run_id"]} if sweep.get("parent_run_id") else {}
+    parent = {names.PARENT_RUN: sweep["parent_run_id"]} if sweep.get("parent_run_id") else {}
     experiment_id = store.experiment_id(client, cfg.tracking.experiment)
     return client.create_run(experiment_id, run_name=name, tags=resolve_tags(parent)).info.run_id
 
@@ -265,12 +255,12 @@ def _record_start(client: MlflowClient, cfg: DictConfig, opening: Opening, run_i
         params_batch = [Param(k, redact(str(v))) for k, v in flat.items()]
         for start in range(0, len(params_batch), 100):  # MLflow takes at most 100 params a request
             client.log_batch(run_id, params=params_batch[start : start + 100])
-        client.log_text(run_id, redact(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
+        client.log_text(run_id, redact(OmegaConf.to_yaml(cfg, resolve=True)), names.CONFIG_FILE)
         _log_dataset(client, run_id, dataset_input(**opening.dataset))
-        tags = {**opening.tags, "hydra_overrides": " ".join(job_overrides())}
+        tags = {**opening.tags, names.HYDRA_OVERRIDES: " ".join(job_overrides())}
     else:
         client.update_run(run_id, status="RUNNING")
-        tags = {**opening.tags, "resume_overrides": " ".join(job_overrides())}  # the run's own overrides stay
+        tags = {**opening.tags, names.RESUME_OVERRIDES: " ".join(job_overrides())}  # the run's own overrides stay
     all_tags = {**tags, **environment_tags(), **alive_tags(cfg.tracking.heartbeat_s)}
     client.log_batch(run_id, tags=as_tags(all_tags))
     return run_id
@@ -297,7 +287,7 @@ def end_run(client: MlflowClient, run_id: str, status: str, tags: Dict[str, str]
             if tags:
                 client.log_batch(run_id, tags=as_tags(tags))
             if status == "FINISHED":  # a resumed run: what its interruption left no longer applies
-                for key in {"interrupted", "resume_command", "error", PRUNED_AT} & set(client.get_run(run_id).data.tags):
+                for key in set(names.STOPPED) & set(client.get_run(run_id).data.tags):
                     client.delete_tag(run_id, key)
             client.set_terminated(run_id, status)
         except Exception as e:  # noqa: BLE001 - the store is gone: the heartbeat will show the run STALE
@@ -354,4 +344,4 @@ def record_failed_job(cfg: DictConfig, error: Exception) -> None:
     """A sweep job that failed before its run was opened (bad config or data) still gets a FAILED run."""
     client = store.connect(cfg.tracking.uri)
     run_id = _new_run(client, cfg)
-    end_run(client, run_id, "FAILED", {"error": error_tag(error), "hydra_overrides": " ".join(job_overrides())})
+    end_run(client, run_id, "FAILED", {names.ERROR: error_tag(error), names.HYDRA_OVERRIDES: " ".join(job_overrides())})

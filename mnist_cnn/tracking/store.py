@@ -26,6 +26,7 @@ from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from mnist_cnn.config.paths import DEFAULT_TRACKING_URI, sqlite_path
 from mnist_cnn.errors import TrackingError
 from mnist_cnn.tracking.redact import redact, split_http_credentials
 
@@ -39,9 +40,8 @@ SETTINGS = {  # MLflow's own variables, set unless the environment already does
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # a checkpoint download is not worth three bars
 }
 QUICK = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
-SQLITE = "sqlite:///"
 FIX = (
-    "Use sqlite:///PATH.db for a local store (the default is sqlite:///mlflow.db, or $MLFLOW_TRACKING_URI), or "
+    f"Use sqlite:///PATH.db for a local store (the default is $MLFLOW_TRACKING_URI, else {DEFAULT_TRACKING_URI}), or "
     "the http(s):// address of a running MLflow server."
 )
 
@@ -53,7 +53,7 @@ def connect(uri: str, create: bool = True) -> MlflowClient:
         os.environ.setdefault(key, value)
     uri, credentials = split_http_credentials(uri)
     os.environ.update(credentials)
-    path = Path(uri[len(SQLITE) :]) if uri.startswith(SQLITE) and uri != SQLITE + ":memory:" else None
+    path = sqlite_path(uri)
     if path is not None and not create and not path.is_file():
         raise TrackingError(f"tracking.uri={redact(uri)!r}: there is no MLflow store at {path.expanduser().absolute()}. {FIX}")
     if path is not None:

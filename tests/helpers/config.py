@@ -4,10 +4,9 @@ import copy
 from functools import lru_cache
 from typing import Iterable
 
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from mnist_cnn.cli.train import CONF_DIR
+from mnist_cnn.config import tree
 
 # Small and fast: tiny data with checksums off, a 100-image validation split, one epoch, no bar.
 TINY = (
@@ -27,5 +26,4 @@ def make_cfg(overrides: Iterable[str] = ()) -> DictConfig:
 
 @lru_cache(maxsize=None)
 def _compose(overrides: tuple) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+    return tree.compose(list(overrides))

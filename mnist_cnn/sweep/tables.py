@@ -10,10 +10,8 @@ from typing import Iterable, List, Optional
 import pandas as pd
 from mlflow.entities import Run
 
-from mnist_cnn.tracking.names import run_name
-from mnist_cnn.errors import PRUNED_AT
-
-SEED_METRICS = ("val_acc", "test_acc")  # what --group-seeds averages
+from mnist_cnn.names import PRUNED_AT, SEED_METRICS, TRAIN_TIME
+from mnist_cnn.tracking.run_names import run_name
 
 
 def jobs_table(jobs: Iterable[Run], swept: List[str], metric: str) -> pd.DataFrame:
@@ -26,10 +24,10 @@ def jobs_table(jobs: Iterable[Run], swept: List[str], metric: str) -> pd.DataFra
         row[PRUNED_AT] = int(job.data.tags[PRUNED_AT]) if PRUNED_AT in job.data.tags else None
         for key in swept:  # `optimizer=sgd` chooses an option: its params say optimizer.name=sgd
             row[key] = params.get(key, params.get(f"{key}.name"))
-        for key in dict.fromkeys([metric, "train_time_s", *SEED_METRICS]):
+        for key in dict.fromkeys([metric, TRAIN_TIME, *SEED_METRICS]):
             row[key] = metrics.get(key, math.nan)
         rows.append(row)
-    table = pd.DataFrame(rows, columns=["run_id", "name", "status", PRUNED_AT, *swept, *dict.fromkeys([metric, "train_time_s", *SEED_METRICS])])
+    table = pd.DataFrame(rows, columns=["run_id", "name", "status", PRUNED_AT, *swept, *dict.fromkeys([metric, TRAIN_TIME, *SEED_METRICS])])
     return table.astype({PRUNED_AT: "Int64"})  # an epoch, or <NA>
 
 

@@ -7,17 +7,17 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Dict, Tuple
 
+from mnist_cnn import names
 from mnist_cnn.config.job import slurm_job_id
 
-SLURM_JOB = "slurm_job_id"
 PACKAGES = ("torch", "torchvision", "numpy", "mlflow", "hydra-core", "omegaconf")
 
 
 def environment_tags() -> Dict[str, str]:
     commit, dirty = git_state()
     versions = {f"version.{k}": v for k, v in package_versions().items()}
-    slurm = {SLURM_JOB: slurm_job_id()} if slurm_job_id() else {}
-    return {**versions, "git_commit": commit, "git_dirty": str(dirty), **slurm}
+    slurm = {names.SLURM_JOB: slurm_job_id()} if slurm_job_id() else {}
+    return {**versions, names.GIT_COMMIT: commit, names.GIT_DIRTY: str(dirty), **slurm}
 
 
 def git_state() -> Tuple[str, bool]:

@@ -1,7 +1,7 @@
 """The figures of a sweep: how each swept key relates to the objective, and what the objective
 costs in training time. Built without pyplot, like `mnist_cnn.report.figures`.
 
-Both read the jobs table of `mnist_cnn.sweep.report.jobs_table`: one row per job, swept values as
+Both read the jobs table of `mnist_cnn.sweep.tables.jobs_table`: one row per job, swept values as
 the strings MLflow stores ("1e-06", "64", "sgd"), so each axis decides for itself whether it is
 numeric.
 """
@@ -14,8 +14,8 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from mnist_cnn.errors import PRUNED_AT
-from mnist_cnn.sweep.report import best_job
+from mnist_cnn.names import PRUNED_AT, TRAIN_TIME
+from mnist_cnn.sweep.tables import best_job
 
 
 def parallel_coordinates(table: pd.DataFrame, swept: list[str], metric: str, direction: str) -> Figure:
@@ -44,7 +44,7 @@ def parallel_coordinates(table: pd.DataFrame, swept: list[str], metric: str, dir
     return fig
 
 
-def pareto_front(table: pd.DataFrame, metric: str, direction: str, cost: str = "train_time_s") -> pd.DataFrame:
+def pareto_front(table: pd.DataFrame, metric: str, direction: str, cost: str = TRAIN_TIME) -> pd.DataFrame:
     """The FINISHED jobs no other one beats: none is at least as good on `metric` and as cheap in
     `cost` while strictly better in one of them. Jobs missing either value are ignored; the front
     comes sorted by cost, and jobs tied on both values are all on it."""
@@ -58,14 +58,14 @@ def pareto_front(table: pd.DataFrame, metric: str, direction: str, cost: str = "
     return front.sort_values(cost, kind="stable")
 
 
-def pareto(table: pd.DataFrame, metric: str, direction: str, cost: str = "train_time_s") -> Figure:
+def pareto(table: pd.DataFrame, metric: str, direction: str, cost: str = TRAIN_TIME) -> Figure:
     """`metric` against `cost` for each FINISHED job, the Pareto front marked, joined by a step line
     and named."""
     jobs = _costed(table, metric, cost)
     left_out = len(table) - len(jobs)
     fig = Figure(figsize=(8, 5.5), dpi=100, layout="constrained")
     ax = fig.subplots()
-    title = f"sweep: {metric} against {'train time' if cost == 'train_time_s' else cost}"
+    title = f"sweep: {metric} against {'train time' if cost == TRAIN_TIME else cost}"
     ax.set_title(title + (f"\n({left_out} of {len(table)} jobs left out: pruned, failed or unfinished)" if left_out else ""))
     if jobs.empty:
         return _nothing(ax, f"no finished job has both {metric} and {cost}")
@@ -80,7 +80,7 @@ def pareto(table: pd.DataFrame, metric: str, direction: str, cost: str = "train_
         left = job[cost] <= middle
         ax.annotate(job["name"], (job[cost], job[metric]), xytext=(8 if left else -8, 8 if k % 2 == 0 else -14),
                     textcoords="offset points", ha="left" if left else "right", fontsize=8).set_in_layout(False)
-    ax.set(xlabel="train time (s)" if cost == "train_time_s" else cost, ylabel=metric)
+    ax.set(xlabel="train time (s)" if cost == TRAIN_TIME else cost, ylabel=metric)
     ax.margins(x=0.05, y=0.1)
     ax.grid(alpha=0.3)
     ax.legend(title="better: " + ("up" if direction == "maximize" else "down") + " and left")

@@ -1,0 +1,58 @@
+"""Every name under which a run is recorded in MLflow and read back: tags, metrics, artifacts.
+
+One place, so that the code that writes a tag and the code that reads it (a resumed sweep, the
+pruner, `mnist-cnn-runs`, the champion) cannot drift apart. Tags prefixed `mnist_cnn.` are the
+ones a user never needs to read.
+"""
+
+# What a run is: its fingerprints, copied onto every registered version of its model.
+SEED, DEVICE, DETERMINISTIC = "seed", "device", "deterministic"
+CONFIG_SHA256, DATA_SHA256, WEIGHTS_SHA256 = "config_sha256", "data_sha256", "weights_sha256"
+GIT_COMMIT, GIT_DIRTY = "git_commit", "git_dirty"
+PRECISION, PRECISION_REASON = "precision", "precision_reason"  # what the run trains in (trainer.precision resolved), and why
+FINGERPRINTS = (SEED, WEIGHTS_SHA256, DATA_SHA256, CONFIG_SHA256, GIT_COMMIT, GIT_DIRTY, DETERMINISTIC, DEVICE, PRECISION)
+WORLD_SIZE = "world_size"  # processes that shared each batch
+SLURM_JOB = "slurm_job_id"  # a requeued Slurm job finds its run by it
+
+# How it was started and how it ended.
+HYDRA_OVERRIDES, RESUME_OVERRIDES = "hydra_overrides", "resume_overrides"
+RESUMED_AT_EPOCH = "resumed_at_epoch"
+INTERRUPTED, RESUME_COMMAND, ERROR = "interrupted", "resume_command", "error"
+PRUNED_AT = "pruned_at_epoch"  # a sweep's pruner stopped it after this epoch
+STOPPED = (INTERRUPTED, RESUME_COMMAND, ERROR, PRUNED_AT)  # what a run that finishes after all no longer carries
+
+# Alive: a RUNNING run's heartbeat (tracking.heartbeat), and where its process runs.
+HEARTBEAT, HEARTBEAT_INTERVAL = "mnist_cnn.heartbeat", "mnist_cnn.heartbeat_s"
+HOST, PID = "mnist_cnn.host", "mnist_cnn.pid"
+
+# Its models.
+MODEL_URI, BEST_MODEL_URI, BEST_EPOCH = "model_uri", "best_model_uri", "best_epoch"
+EPOCH = "epoch"  # the tag of a model logged for one epoch (trainer.keep_best)
+
+# A sweep's parent run.
+SWEEP_ARGV = "sweep_argv"  # the sweep's command-line overrides (JSON), for resume_sweep
+SWEPT = "swept"  # the swept keys (JSON)
+CHAMPION = "champion"  # the alias of the best job's registered model, and the parent's tag naming it
+BEST_RUN_ID, BEST_RUN_NAME = "best_run_id", "best_run_name"
+PARENT_RUN = "mlflow.parentRunId"  # MLflow's own: a sweep's jobs are its parent's children
+
+# An evaluation of a registered model (mnist-cnn-eval), logged as a run of its own.
+EVALUATED_MODEL, SOURCE_RUN = "mnist_cnn.evaluated_model", "mnist_cnn.source_run"
+
+# Metrics. Every epoch: what pruning and trainer.keep_best can rank.
+EPOCH_METRICS = ("val_acc", "val_loss", "train_acc", "train_loss")
+TRAIN_TIME = "train_time_s"  # the seconds of every epoch with its validation
+# What objective.metric may name: every run logs these (val_* need a validation split).
+OBJECTIVES = ("val_acc", "val_loss", "test_acc", "test_loss", "train_acc", "train_loss", TRAIN_TIME)
+SEED_METRICS = ("val_acc", "test_acc")  # what a sweep over seeds averages
+
+
+def time_metric(phase: str) -> str:
+    """The metric of one phase of a run's wall time (timing.PHASES): `time_train_s`."""
+    return f"time_{phase}_s"
+
+
+# Artifacts.
+CONFIG_FILE = "config.yaml"  # the resolved config, credentials masked
+CHECKPOINT_FOLDER = "checkpoints"
+CHECKPOINT = f"{CHECKPOINT_FOLDER}/last.pt"  # rewritten every epoch

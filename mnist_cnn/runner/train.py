@@ -1,0 +1,104 @@
+"""The training story: check everything, then train, evaluate and record one run.
+
+`run(cfg, output_dir)` is what `mnist-cnn-train` calls after Hydra has composed the config. Every
+check that can fail on a bad config or bad data happens before an MLflow run is opened (setup), so
+a bad config never leaves a run behind. Each epoch ends with a checkpoint on local disk, then its
+metrics and the checkpoint in MLflow (record). With `resume=RUN_ID` or `resume=path/last.pt` it
+continues that run where the uninterrupted run would have been, bit for bit (start). In a sweep, a
+pruner may stop the run after an epoch (sweep.prune). With trainer.strategy=ddp every process
+torchrun starts runs this story on its share of each batch, and only rank 0 records it
+(engine.distributed).
+"""
+
+import logging
+from contextlib import ExitStack, nullcontext
+from pathlib import Path
+from typing import Dict, Optional
+
+from omegaconf import DictConfig
+
+from mnist_cnn import interrupts, names
+from mnist_cnn.engine import distributed
+from mnist_cnn.engine.distributed import SINGLE, World
+from mnist_cnn.engine.loop import StepSettings, check_divergence, evaluate, train_epoch
+from mnist_cnn.engine.state import TrainingState
+from mnist_cnn.errors import Pruned
+from mnist_cnn.model.build import count_params
+from mnist_cnn.runner.record import save_and_log_epoch, test_and_log_model
+from mnist_cnn.runner.setup import build_state, prepare, step_settings
+from mnist_cnn.runner.start import StartPoint, where_to_start
+from mnist_cnn.sweep.prune import SweepPruner, sweep_pruner
+from mnist_cnn.tracking.run import Opening, Tracker, tracked_run
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig, output_dir: Path) -> Dict[str, float]:
+    """Train `cfg` (or continue run `cfg.resume`) to the end; returns the final metrics (also logged).
+    Under torchrun, every process calls this and rank 0 decides where the run starts."""
+    interrupts.reset()
+    with distributed.process_group(cfg) as world:
+        start, done = distributed.from_main(world, where_to_start, cfg, world.size)
+        if done is not None:
+            return done
+        return fit(start, output_dir, world if start.cfg.trainer.strategy == "ddp" else SINGLE)
+
+
+def fit(start: StartPoint, output_dir: Path, world: World = SINGLE) -> Dict[str, float]:
+    """Train from `start` to the last epoch, then test and log the model; every rank trains, rank 0 records."""
+    cfg = start.cfg
+    prepared = distributed.on_every_rank(world, prepare, cfg, world)
+    state, precision_tags = build_state(cfg, prepared, start.checkpoint, world)
+    settings = step_settings(cfg, state.device)
+    tags = {**prepared.tags, **precision_tags, **({names.RESUMED_AT_EPOCH: str(state.epoch + 1)} if cfg.resume else {})}
+    params = {"n_params": count_params(state.model), "trainer.precision": state.precision}  # the precision it resolved
+    checkpoint = output_dir / "checkpoints" / "last.pt"
+    opening = Opening(params, tags, prepared.dataset)
+    pruner = sweep_pruner(cfg) if world.main else None
+    recorded = tracked_run(cfg, opening, start.run_id, checkpoint) if world.main else nullcontext(Tracker(None, None))
+    try:
+        with ExitStack() as stack:
+            tracker = distributed.on_every_rank(world, stack.enter_context, recorded)  # a store that cannot open stops every rank
+            stack.enter_context(interrupts.graceful())
+            if state.history:
+                tracker.reconcile(state.history[-1], state.epoch)
+            state.clock.first_step()
+            for epoch in range(state.epoch + 1, cfg.trainer.epochs + 1):
+                state.history.append(train_and_validate(state, settings, epoch, len(prepared.classes), cfg.data.eval_batch_size, world))
+                if world.main:  # the only rank with side effects
+                    with state.clock.phase("checkpoint"):
+                        save_and_log_epoch(cfg, tracker, state, len(prepared.classes), checkpoint)
+                end_of_epoch(world, tracker, pruner, state.history, last=epoch == cfg.trainer.epochs)
+            if not world.main:
+                return state.history[-1]
+            final = test_and_log_model(cfg, tracker, state, prepared.classes)
+    except Pruned:
+        return state.history[-1]  # the sweeper gets the last value of objective.metric
+    return {**state.history[-1], **final}
+
+
+def end_of_epoch(world: World, tracker: Tracker, pruner: Optional[SweepPruner], history, last: bool) -> None:
+    """Every rank ends the epoch alike: pruned (the sweep's pruner, asked by rank 0), stopped (Ctrl-C
+    or SIGTERM on any rank), or on to the next."""
+    prune = bool(pruner and not last and tracker.call(pruner.should_prune, tracker.client, tracker.run_id, history))
+    stop, prune = distributed.agree(world, interrupts.requested(), prune)
+    if prune:
+        raise Pruned(len(history))
+    if stop:
+        raise KeyboardInterrupt("stop requested")
+
+
+def train_and_validate(state: TrainingState, settings: StepSettings, epoch: int, classes: int, eval_batch: int, world: World = SINGLE) -> Dict[str, float]:
+    """One epoch: train, stop on divergence, then time it and score the validation split (rank 0
+    alone, on the whole split: only it logs the result)."""
+    clock = state.clock
+    with clock.phase("train") as lap:
+        metrics = train_epoch(state, settings, epoch, world)
+        check_divergence(metrics, classes, epoch)  # the global epoch's: every rank stops alike
+    samples = min(len(state.splits["train"]), state.steps_per_epoch * settings.batch_size)
+    metrics.update(lr=float(state.optimizer.param_groups[0]["lr"]), epoch_time_s=lap.seconds, samples_per_s=samples / lap.seconds)
+    if state.splits["val"] is not None and world.main:
+        with clock.phase("val") as lap:
+            val = evaluate(distributed.unwrap(state.forward), state.splits["val"], eval_batch, state.precision)
+        metrics.update(val_loss=val["loss"], val_acc=val["acc"], val_time_s=lap.seconds)
+    return metrics

@@ -1,0 +1,10 @@
+"""A run's training state before its first epoch, built as `fit` builds it, without tracking."""
+
+from mnist_cnn.engine.distributed import SINGLE
+from mnist_cnn.runner import setup
+
+
+def fresh_state(cfg):
+    """(TrainingState, StepSettings) for `cfg`: model and data on the device, optimizer, scheduler, generator."""
+    state, _ = setup.build_state(cfg, setup.prepare(cfg, SINGLE), None, SINGLE)
+    return state, setup.step_settings(cfg, state.device)
