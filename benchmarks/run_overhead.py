@@ -28,6 +28,7 @@ from typing import Dict, List, Tuple
 
 from mlflow import MlflowClient
 
+from mnist_cnn.names import time_metric
 from mnist_cnn.timing import PHASES
 
 ONE_BATCH = ["trainer.limit_batches=1", "trainer.epochs=1", "trainer.progress=false"]

@@ -105,8 +105,7 @@ def mnist_cnn_loop(data_root: Path, precision: str, compiled: bool = False) -> C
     overrides = ["experiment=seed_tutorial", f"data.root={data_root}", "trainer.progress=false", "tracking.enabled=false"]
     cfg = _compose(overrides + [f"trainer.precision={precision}"])
     cfg.trainer.compile = compiled
-    state, _ = setup.build_state(cfg, setup.prepare(cfg, SINGLE), None, SINGLE)
-    settings = setup.step_settings(cfg, state.device)
+    state, settings, _ = setup.build_state(cfg, setup.prepare(cfg, SINGLE), None, SINGLE)
 
     def steps(n: int) -> None:
         loop.train_epoch(state, dataclasses.replace(settings, limit_batches=n), 1)

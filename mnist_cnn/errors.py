@@ -1,7 +1,8 @@
 """Errors that mean "the input is wrong" or "a service is gone", each with a message that names
 what was wrong and how to fix it, and the exit codes every command uses.
 
-The commands print these as one paragraph, without a traceback, and exit with `exit_code(error)`.
+The commands print a UserError as one paragraph, without a traceback, and exit with its
+`exit_code`; any other exception is a bug, printed with its traceback (EXIT_CRASH).
 """
 
 EXIT_OK = 0

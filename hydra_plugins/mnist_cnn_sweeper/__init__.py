@@ -1,7 +1,7 @@
 """mnist_cnn's Optuna sweeper: Hydra's, able to `resume_sweep=PARENT_RUN_ID`.
 
 Hydra instantiates sweepers only from the `hydra_plugins` namespace, so the class lives here;
-the work is in mnist_cnn.sweep.warm_start. conf/hparams_search/lr_batch.yaml selects it.
+the work is in mnist_cnn.sweep.warm_start. The search spaces in mnist_cnn/conf/hparams_search/ select it.
 """
 
 from typing import Any, List

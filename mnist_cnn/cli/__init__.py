@@ -1,1 +1,2 @@
-"""Console commands: `mnist-cnn-train` (Hydra; also `python -m mnist_cnn`) and `mnist-cnn-runs`."""
+"""Console commands: `mnist-cnn-train` (Hydra; also `python -m mnist_cnn`), `mnist-cnn-runs`,
+`mnist-cnn-predict` and `mnist-cnn-eval`."""

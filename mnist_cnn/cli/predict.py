@@ -44,7 +44,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 def load_model(model: str, tracking_uri: str):
     """The module MODEL names, ready for inference, and its class names; UserError if unusable."""
     import mlflow.pytorch  # MLflow and torch take seconds to import: only after the arguments are parsed
-    import torch
+    import torch  # as above
 
     from mnist_cnn.tracking import store  # MLflow
     from mnist_cnn.tracking.lookup import class_names, resolve_model  # MLflow

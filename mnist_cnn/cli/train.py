@@ -49,7 +49,7 @@ def main() -> None:
 
 def exit_now(code: Union[int, str, None]) -> NoReturn:
     """End the process without Python's own teardown, which frees the millions of objects torch,
-    MLflow and SQLAlchemy made one by one: 1 to 2 s after every run on 2 cores. Everything a run
+    MLflow and SQLAlchemy made one by one: seconds after every run (docs/speed.md). Everything a run
     writes is closed by then; exit handlers, log files and the console are flushed first."""
     if isinstance(code, str):  # sys.exit("message"): printed, status 1, as Python does
         print(code, file=sys.stderr)

@@ -22,8 +22,8 @@ TIMEOUT_S = 10.0
 
 def fetch(info: DatasetInfo, raw: Path, bases: List[str]) -> None:
     """Download `bases` (file names without .gz) of dataset `info` into `raw` as .gz files."""
-    from torchvision import datasets
-    from torchvision.datasets.utils import download_url
+    from torchvision import datasets  # seconds to import, and only a download needs it
+    from torchvision.datasets.utils import download_url  # see above
 
     source = getattr(datasets, info.folder)  # MNIST, FashionMNIST, KMNIST: their mirrors and MD5 sums
     md5 = dict(source.resources)

@@ -13,6 +13,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from mnist_cnn.data.datasets import ALL_FILES, FILES, IMAGE_MAGIC, LABEL_MAGIC, SIDE, DatasetInfo, dataset_info
+from mnist_cnn.data.download import fetch
 from mnist_cnn.data.splits import Split
 from mnist_cnn.errors import DataError
 
@@ -26,8 +27,6 @@ def load_split(root: str, name: str, split: str, download: str = "never", verify
     raw = Path(root).expanduser() / info.folder / "raw"
     missing = [base for base in FILES[split] if _find(raw, base) is None]
     if missing and download == "auto":
-        from mnist_cnn.data.download import fetch  # torchvision takes seconds to import
-
         fetch(info, raw, missing)
         missing = [base for base in FILES[split] if _find(raw, base) is None]
     if missing:
@@ -71,8 +70,8 @@ _READ: Dict[tuple, Tuple[torch.Tensor, str]] = {}
 
 def _read_cached(path: Path, magic: int, info: Optional[DatasetInfo]) -> Tuple[torch.Tensor, str]:
     """`_read_idx`, once per process for a file unchanged since (same size and modification time): the
-    jobs of a sweep share the decompressed, checked tensors (never written to) instead of paying
-    0.2 s each for the same 55 MB."""
+    jobs of a sweep share the decompressed, checked tensors (never written to) instead of each
+    decompressing and checking the same 55 MB again."""
     stat = path.stat()
     key = (path.resolve(), stat.st_size, stat.st_mtime_ns, magic, info is not None)
     if key not in _READ:

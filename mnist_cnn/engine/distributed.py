@@ -37,7 +37,6 @@ from typing import Any, Callable, Iterator, List, Tuple
 
 import torch
 import torch.distributed as dist
-from omegaconf import DictConfig
 from torch import nn
 
 from mnist_cnn import interrupts
@@ -66,12 +65,11 @@ SINGLE = World()
 
 
 @contextmanager
-def process_group(cfg: DictConfig) -> Iterator[World]:
-    """Join torchrun's process group for a DDP run, and always leave it (errors and signals too).
-
-    A resume joins it whatever the command's strategy: the run's own config, which only rank 0 can
-    read, says which it is."""
-    if "WORLD_SIZE" not in os.environ or not (cfg.trainer.strategy == "ddp" or cfg.resume):
+def process_group(join: bool) -> Iterator[World]:
+    """Under torchrun and with `join` (a DDP run, or a resume, whose strategy only rank 0 can read in
+    the run's own config), join torchrun's process group, and always leave it (errors and signals
+    too); else SINGLE."""
+    if "WORLD_SIZE" not in os.environ or not join:
         yield SINGLE
         return
     # The run's device is not known yet: gloo serves CPU tensors, NCCL (set up lazily) CUDA ones.

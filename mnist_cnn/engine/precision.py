@@ -1,10 +1,8 @@
 """`trainer.precision`: fp32 or bf16 as configured, or (null) whichever trains this network faster on
 this device, measured on it rather than assumed.
 
-Whether bf16 pays depends on the device and the net: on an H200 and on a 2-core Xeon with
-AVX512-BF16 these nets ran slower in bf16, on an AMD EPYC with AVX512-BF16 faster (README, Speed).
-CPUs without AVX-512 bf16
-kernels (AVX2 only, or ATEN_CPU_CAPABILITY=avx2) run bf16 several times slower, so there only fp32 is
+Whether bf16 pays depends on the device and the net: the README's Speed section has machines where
+these nets ran slower in bf16 and one where they ran faster. CPUs without AVX-512 bf16 kernels (AVX2 only, or ATEN_CPU_CAPABILITY=avx2) run bf16 several times slower, so there only fp32 is
 considered. Otherwise a few training steps of the run's own model and batch are timed in each
 precision, taking turns, on a copy of the model and under a forked RNG: the run's weights, batchnorm
 statistics and random streams are untouched. bf16 is picked only when clearly faster (MARGIN): it

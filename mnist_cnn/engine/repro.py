@@ -26,7 +26,7 @@ def set_deterministic(enabled: bool, compiled: bool = False) -> None:
     else:  # the same switch without importing torch._inductor for its flag: a second of every start-up
         torch._C._set_deterministic_algorithms(enabled)
     # Deterministic mode also fills every new tensor with NaN, to catch reads of uninitialised memory:
-    # a debugging aid that changes no result; about 50 fills a step of the tutorial net on a CPU.
+    # a debugging aid that changes no result, and dozens of fills a step (docs/speed.md).
     torch.utils.deterministic.fill_uninitialized_memory = False
     torch.backends.cudnn.deterministic = enabled
     torch.backends.cudnn.benchmark = not enabled

@@ -3,8 +3,8 @@
 Each function returns a `matplotlib.figure.Figure` built without pyplot, so nothing global is
 touched and nothing is left open; labels use the dataset's class names (Fashion-MNIST shows
 "Sneaker", not 7). Margins are fixed rather than computed by a layout engine: these grids never
-change shape, and constrained layout measured every label again at each save, doubling the half
-second the figures cost each run.
+change shape, and constrained layout measured every label again at each save (its cost is in
+docs/speed.md).
 """
 
 from typing import Dict, List, Optional, Sequence

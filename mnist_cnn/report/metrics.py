@@ -3,8 +3,8 @@
 The confusion matrix is one `bincount` on the device; per-class precision, recall and F1 follow
 from its rows and columns. Only the small results (a CxC matrix, a few numbers per class, the
 handful of images the figures show) come back to the host. (torchmetrics computes the same, but
-importing it pulls in torchvision's detection ops and torch._dynamo: 3 to 8 s of every run's start
-on 2 CPU cores, for three divisions.)
+importing it pulls in torchvision's detection ops and torch._dynamo, seconds of every run's start
+for three divisions: docs/speed.md.)
 """
 
 from dataclasses import dataclass, field

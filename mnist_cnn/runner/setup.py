@@ -79,9 +79,11 @@ def prepare(cfg: DictConfig, world: World) -> Prepared:
     return Prepared(model.to(device), splits, info.classes, tags, dataset)
 
 
-def build_state(cfg: DictConfig, prepared: Prepared, checkpoint: Optional[Dict[str, Any]], world: World) -> Tuple[TrainingState, Dict[str, str]]:
-    """The run's TrainingState, restored from `checkpoint` when it continues; and the tags that say
-    which precision it trains in and why."""
+def build_state(
+    cfg: DictConfig, prepared: Prepared, checkpoint: Optional[Dict[str, Any]], world: World
+) -> Tuple[TrainingState, StepSettings, Dict[str, str]]:
+    """The run's TrainingState, restored from `checkpoint` when it continues; the settings of its
+    step loop; and the tags that say which precision it trains in and why."""
     model, device = prepared.model, prepared.splits["train"].labels.device
     choice = resolve_precision(cfg, model, device, world, checkpoint)
     optimizer = build_optimizer(cfg.optimizer, model.parameters())
@@ -102,7 +104,8 @@ def build_state(cfg: DictConfig, prepared: Prepared, checkpoint: Optional[Dict[s
         state.restore(checkpoint)
         log.info("resuming after epoch %d (step %d)", checkpoint["epoch"], checkpoint["global_step"])
     kept = checkpoint is not None and "precision" in checkpoint  # a resumed run keeps the reason it was tagged with
-    return state, {names.PRECISION: choice.precision, **({} if kept else {names.PRECISION_REASON: choice.reason})}
+    tags = {names.PRECISION: choice.precision, **({} if kept else {names.PRECISION_REASON: choice.reason})}
+    return state, step_settings(cfg, device), tags
 
 
 def resolve_precision(cfg: DictConfig, model: nn.Module, device: torch.device, world: World, checkpoint: Optional[Dict[str, Any]]) -> precision.Choice:

@@ -25,7 +25,7 @@ from mnist_cnn.engine.state import TrainingState
 from mnist_cnn.errors import Pruned
 from mnist_cnn.model.build import count_params
 from mnist_cnn.runner.record import save_and_log_epoch, test_and_log_model
-from mnist_cnn.runner.setup import build_state, prepare, step_settings
+from mnist_cnn.runner.setup import build_state, prepare
 from mnist_cnn.runner.start import StartPoint, where_to_start
 from mnist_cnn.sweep.prune import SweepPruner, sweep_pruner
 from mnist_cnn.tracking.run import Opening, Tracker, tracked_run
@@ -37,7 +37,7 @@ def run(cfg: DictConfig, output_dir: Path) -> Dict[str, float]:
     """Train `cfg` (or continue run `cfg.resume`) to the end; returns the final metrics (also logged).
     Under torchrun, every process calls this and rank 0 decides where the run starts."""
     interrupts.reset()
-    with distributed.process_group(cfg) as world:
+    with distributed.process_group(join=cfg.trainer.strategy == "ddp" or bool(cfg.resume)) as world:
         start, done = distributed.from_main(world, where_to_start, cfg, world.size)
         if done is not None:
             return done
@@ -48,8 +48,7 @@ def fit(start: StartPoint, output_dir: Path, world: World = SINGLE) -> Dict[str,
     """Train from `start` to the last epoch, then test and log the model; every rank trains, rank 0 records."""
     cfg = start.cfg
     prepared = distributed.on_every_rank(world, prepare, cfg, world)
-    state, precision_tags = build_state(cfg, prepared, start.checkpoint, world)
-    settings = step_settings(cfg, state.device)
+    state, settings, precision_tags = build_state(cfg, prepared, start.checkpoint, world)
     tags = {**prepared.tags, **precision_tags, **({names.RESUMED_AT_EPOCH: str(state.epoch + 1)} if cfg.resume else {})}
     params = {"n_params": count_params(state.model), "trainer.precision": state.precision}  # the precision it resolved
     checkpoint = output_dir / "checkpoints" / "last.pt"

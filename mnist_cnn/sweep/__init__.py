@@ -1,5 +1,6 @@
-"""Multiruns as one experiment: the parent run of a sweep and its report, pruning hopeless jobs,
-resuming a stopped sweep, the champion model, and the Optuna sweeper that can resume.
+"""Multiruns as one experiment: the parent run of a sweep and its report (tables, plots), pruning
+hopeless jobs, relaunching a stopped sweep and restarting its jobs, the champion model, and the
+warm start of the Optuna sweeper that can resume.
 
 Everything here works through the MLflow store every job already writes to, so it behaves the
 same under every Hydra launcher (basic, joblib, submitit, Slurm).

@@ -14,6 +14,7 @@ from mnist_cnn import names
 from mnist_cnn.config.keys import is_run_setting, override_key
 from mnist_cnn.config.paths import default_tracking_uri
 from mnist_cnn.errors import CheckpointError, ConfigError
+from mnist_cnn.tracking.heartbeat import is_stale
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
 
@@ -49,8 +50,7 @@ def _tracking_uri(argv: List[str]) -> str:
 
 def _recorded_overrides(uri: str, parent_id: str, where: str) -> List[str]:
     from mnist_cnn.tracking import store  # MLflow takes seconds to import: only for a sweep being resumed
-    from mnist_cnn.tracking.heartbeat import is_stale
-    from mnist_cnn.tracking.lookup import find_run
+    from mnist_cnn.tracking.lookup import find_run  # MLflow, as above
 
     parent = find_run(store.connect(uri, create=False), parent_id, where)
     if names.SWEEP_ARGV not in parent.data.tags:

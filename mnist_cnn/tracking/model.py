@@ -17,6 +17,7 @@ import torch
 from mlflow import MlflowClient
 from mlflow.entities import LoggedModel, Run
 from mlflow.models import ModelSignature
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.types import Schema, TensorSpec
 
 from mnist_cnn.names import EPOCH, FINGERPRINTS
@@ -87,7 +88,5 @@ def rank(models: List[LoggedModel], metric: str, maximize: bool) -> List[LoggedM
 
 def delete_model(client: MlflowClient, model: LoggedModel) -> None:
     """Delete a logged model and its files (MLflow's delete alone keeps the files until `mlflow gc`)."""
-    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
     get_artifact_repository(model.artifact_location).delete_artifacts()
     client.delete_logged_model(model.model_id)

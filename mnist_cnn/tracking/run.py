@@ -21,6 +21,7 @@ import torch
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking.context.registry import resolve_tags
 from omegaconf import DictConfig, OmegaConf
 
@@ -218,8 +219,6 @@ def _ui_hint(tracking_uri: str) -> str:
 
 def _system_metrics(run_id: str, uri: str, resumed: bool) -> Any:
     """MLflow's own monitor of CPU, memory, disk and network (and GPUs with nvidia-ml-py), every 10 s."""
-    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
     monitor = SystemMetricsMonitor(run_id, resume_logging=resumed, tracking_uri=uri)
     monitor.start()
     return monitor

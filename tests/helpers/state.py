@@ -6,5 +6,5 @@ from mnist_cnn.runner import setup
 
 def fresh_state(cfg):
     """(TrainingState, StepSettings) for `cfg`: model and data on the device, optimizer, scheduler, generator."""
-    state, _ = setup.build_state(cfg, setup.prepare(cfg, SINGLE), None, SINGLE)
-    return state, setup.step_settings(cfg, state.device)
+    state, settings, _ = setup.build_state(cfg, setup.prepare(cfg, SINGLE), None, SINGLE)
+    return state, settings

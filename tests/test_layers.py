@@ -1,0 +1,263 @@
+"""The package's layers, written once here, and the tests that keep every import within them.
+
+A layer imports only from the layers below it, and the units of one layer never import each other,
+so no two subpackages can import each other in a loop. Imports inside functions count like the
+others. They are allowed only for what is slow to import and not always needed (HEAVY: torch,
+torchvision, MLflow, Optuna, matplotlib, or a module of this package that imports one of them at
+its top), each with a comment saying why.
+
+`python -m tests.test_layers` prints the diagram of the units and their imports that
+docs/architecture.md shows; a test keeps the two equal.
+"""
+
+import ast
+import json
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Dict, List, Set, Tuple
+
+import pytest
+
+from tests.helpers import processes
+from tests.helpers.config import TINY
+
+ROOT = Path(__file__).parents[1]
+PACKAGES = ("mnist_cnn", "hydra_plugins/mnist_cnn_sweeper")  # our code: the package and the Optuna sweeper Hydra loads
+
+# Lowest first: (name, units). A unit is a subpackage of mnist_cnn or one of its top-level modules.
+LAYERS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
+    ("words", ("names", "errors")),  # what runs are recorded under; what can go wrong, with exit codes
+    ("process", ("interrupts", "timing")),  # process-wide state: signals, the wall clock of a run
+    ("inputs", ("data", "model")),  # MNIST-format files and splits; layer kinds, shape inference, the builder
+    ("config", ("config",)),  # the schema, the config tree, the checks that run before torch loads
+    ("engine", ("engine",)),  # the step loop, optimizers, checkpoints, reproducibility, precision, DDP, CUDA graphs
+    ("results", ("report", "tracking")),  # scoring and figures; everything MLflow sees
+    ("sweeps", ("sweep",)),  # multiruns as one experiment: the parent run, pruning, resuming a sweep
+    ("story", ("runner",)),  # one run: where it starts, its set-up, its epochs, what it records
+    ("entry points", ("cli", "hydra_plugins")),  # console commands; the Optuna sweeper Hydra loads
+    ("python -m", ("__main__",)),  # `python -m mnist_cnn` is mnist-cnn-train
+)
+BASE = 2  # the layers below this one are used from everywhere: the diagram leaves out the arrows into them
+HEAVY = ("torch", "torchvision", "mlflow", "optuna", "matplotlib")
+
+
+@dataclass(frozen=True)
+class Import:
+    source: str  # the importing module, e.g. mnist_cnn.runner.train
+    target: str  # the imported module (for `from X import name`, X.name when that is a module)
+    line: int
+    in_function: bool
+    commented: bool  # the import's line carries a comment
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+@lru_cache(maxsize=None)
+def modules() -> Dict[str, Path]:
+    return {module_name(p): p for package in PACKAGES for p in sorted((ROOT / package).rglob("*.py"))}
+
+
+def unit(module: str) -> str:
+    """mnist_cnn.runner.train -> runner; mnist_cnn.names -> names; hydra_plugins.x -> hydra_plugins."""
+    parts = module.split(".")
+    return parts[0] if parts[0] == "hydra_plugins" else (parts[1] if len(parts) > 1 else "mnist_cnn")
+
+
+@lru_cache(maxsize=None)
+def imports() -> Tuple[Import, ...]:
+    found = []
+    for name, path in modules().items():
+        text = path.read_text(encoding="utf-8")
+        lines = text.splitlines()
+        for node, in_function in _walk(ast.parse(text), False):
+            for target in _targets(node):
+                found.append(Import(name, target, node.lineno, in_function, "#" in lines[node.lineno - 1]))
+    return tuple(found)
+
+
+def _walk(node: ast.AST, in_function: bool):
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, (ast.Import, ast.ImportFrom)):
+            yield child, in_function
+        yield from _walk(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)))
+
+
+def _targets(node: ast.AST) -> List[str]:
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    assert node.level == 0, "relative imports: write them absolute"
+    submodules = [f"{node.module}.{alias.name}" for alias in node.names if f"{node.module}.{alias.name}" in modules()]
+    return submodules or [node.module]
+
+
+def ours(module: str) -> bool:
+    return module.split(".")[0] in ("mnist_cnn",) or module.startswith("hydra_plugins.mnist_cnn_sweeper")
+
+
+def layer_of(name: str) -> int:
+    for index, (_, units) in enumerate(LAYERS):
+        if name in units:
+            return index
+    raise AssertionError(f"{name} is in no layer: add it to LAYERS in tests/test_layers.py")
+
+
+@lru_cache(maxsize=None)
+def heavy_modules() -> Set[str]:
+    """Our modules that import a HEAVY one at their top, themselves or through another of ours."""
+    top = defaultdict(set)
+    for i in imports():
+        if not i.in_function:
+            top[i.source].add(i.target)
+    heavy = {m for m, targets in top.items() if any(t.split(".")[0] in HEAVY for t in targets)}
+    while True:
+        more = {m for m, targets in top.items() if m not in heavy and targets & heavy}
+        if not more:
+            return heavy
+        heavy |= more
+
+
+def unit_edges() -> Dict[str, Set[str]]:
+    edges = defaultdict(set)
+    for i in imports():
+        if ours(i.target) and unit(i.source) != unit(i.target):
+            edges[unit(i.source)].add(unit(i.target))
+    return edges
+
+
+def test_every_unit_imports_only_from_the_layers_below_it():
+    wrong = []
+    for i in imports():
+        if not ours(i.target) or unit(i.source) == unit(i.target) or unit(i.target) == "mnist_cnn":
+            continue
+        below = layer_of(unit(i.target)) < layer_of(unit(i.source))
+        if not below:
+            where = "the same layer" if layer_of(unit(i.target)) == layer_of(unit(i.source)) else "a higher layer"
+            wrong.append(f"{modules()[i.source].relative_to(ROOT)}:{i.line} imports {i.target}, from {where}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_no_module_imports_itself_back_within_a_unit():
+    """Modules of one subpackage may import each other, but never in a loop."""
+    graph = defaultdict(set)
+    for i in imports():
+        if ours(i.target) and i.target in modules() and unit(i.source) == unit(i.target) and i.source != i.target:
+            graph[i.source].add(i.target)
+    state: Dict[str, int] = {}
+
+    def visit(node: str, path: List[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            assert state.get(nxt) != 1, "import cycle: " + " -> ".join(path + [node, nxt])
+            if nxt not in state:
+                visit(nxt, path + [node])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [])
+
+
+def test_imports_inside_functions_are_heavy_modules_with_a_reason():
+    wrong = []
+    for i in imports():
+        if not i.in_function:
+            continue
+        heavy = i.target.split(".")[0] in HEAVY or (ours(i.target) and i.target in heavy_modules())
+        if not heavy or not i.commented:
+            why = "a comment saying why" if heavy else "a reason: it is not slow to import; import it at the top"
+            wrong.append(f"{modules()[i.source].relative_to(ROOT)}:{i.line} imports {i.target} in a function without {why}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_config_checks_and_the_command_line_import_nothing_heavy_at_their_top():
+    """A bad config fails before torch or MLflow loads (test_cli checks it in a fresh process too)."""
+    light = ("mnist_cnn.cli.train", "mnist_cnn.config.checks", "mnist_cnn.config.tree", "mnist_cnn.sweep.callback")
+    assert not set(light) & heavy_modules()
+
+
+def diagram() -> str:
+    """A Mermaid flowchart of the units, one box per layer (top: the entry points), and their
+    imports; arrows into the BASE layers are left out (every layer uses them)."""
+    edges = unit_edges()
+    shown = [(index, label, units) for index, (label, units) in enumerate(LAYERS) if units != ("__main__",)]
+    lines = ["```mermaid", "flowchart TB"]
+    for index, label, units in reversed(shown):
+        lines.append(f'  subgraph L{index}["{label}"]')
+        lines += [f"    {u}" for u in units]
+        lines.append("  end")
+    drawn = {u for _, _, units in shown for u in units}
+    for source in sorted(edges.keys() & drawn):
+        for target in sorted(edges[source]):
+            if target in drawn and layer_of(target) >= BASE:
+                lines.append(f"  {source} --> {target}")
+    lines.append("```")
+    return "\n".join(lines)
+
+
+def test_the_architecture_page_shows_the_imports_as_they_are():
+    page = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    assert diagram() in page, "docs/architecture.md is out of date: paste the output of `python -m tests.test_layers` there"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(diagram() + "\n")
+
+
+# Run in a fresh process as `python -c`: `mnist-cnn-train ARGS` under a profiler that notes each
+# call, into a module of the package, of a function given the config (or a node of it) by a caller
+# in another module; prints how often each module was entered so, as JSON, when the process ends.
+TRACE_CONFIG = """
+import atexit, collections, json, sys
+from omegaconf import DictConfig
+entries, started = collections.Counter(), set()
+
+def ours(frame):
+    while frame is not None and "/mnist_cnn/" not in frame.f_code.co_filename:
+        frame = frame.f_back
+    return frame
+
+def given(frame):
+    code = frame.f_code
+    names = list(code.co_varnames[: code.co_argcount + code.co_kwonlyargcount])
+    values = [frame.f_locals.get(name) for name in names]
+    if code.co_flags & 0x04:  # *args
+        values += list(frame.f_locals.get(code.co_varnames[len(names)], ()))
+    return values
+
+def profile(frame, event, arg):
+    code = frame.f_code
+    if event != "call" or "/mnist_cnn/" not in code.co_filename:
+        return
+    if code.co_flags & 0x20:  # a generator (a context manager's too): its first step only, not each resumption
+        if id(frame) in started:
+            return
+        started.add(id(frame))
+    caller = ours(frame.f_back)
+    if any(isinstance(v, DictConfig) for v in given(frame)) and (caller is None or caller.f_code.co_filename != code.co_filename):
+        entries[code.co_filename.rpartition("/mnist_cnn/")[2]] += 1
+
+atexit.register(lambda: print("ENTRIES " + json.dumps(entries)))
+sys.argv = ["mnist-cnn-train"] + sys.argv[1:]
+sys.setprofile(profile)
+from mnist_cnn.cli.train import main
+main()
+"""
+
+
+@pytest.mark.slow
+def test_following_the_config_from_the_command_line_enters_each_module_at_most_twice(tiny_root, store_uri, tmp_path):
+    """From the command line to the end of fit, the config (or a node of it) is handed into each
+    module at most twice: the story reads top to bottom instead of going back and forth."""
+    command = [sys.executable, "-c", TRACE_CONFIG, f"data.root={tiny_root}", f"tracking.uri={store_uri}", *TINY]
+    out = processes.run(command, tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    entries = json.loads(out.stdout.rpartition("ENTRIES ")[2])
+    print(entries)
+    assert "runner/train.py" in entries and "runner/record.py" in entries  # the whole story was followed
+    assert max(entries.values()) <= 2, entries
