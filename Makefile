@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install train test test-all test-gpu test-cluster ui mlflow-server clean
+.PHONY: install train test test-all test-gpu test-cluster lint format ui mlflow-server clean
 
 install: $(VENV)/.installed
 
@@ -26,6 +26,16 @@ test: install
 # Everything that needs no cluster: sweeps across launchers, real servers that die, processes killed mid-run, install.
 test-all: install
 	$(PY) -m pytest -m "not cluster" $(PYTEST_ARGS)
+
+# ruff (pyproject.toml [tool.ruff]): the formatter's check, then the linter (pyflakes, pycodestyle, import order,
+# bugbear); CI runs it. `make format` rewrites the files and fixes what the linter can.
+lint: install
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 # The tests marked `gpu` (the CUDA-graph step, DDP over NCCL, runs on cuda), on a machine with a CUDA GPU;
 # `make test` and `make test-all` list them as skipped where torch sees no GPU.

@@ -38,7 +38,9 @@ def train(args: List[str], folder: Path) -> float:
     """Wall seconds of one `mnist-cnn-train ARGS` process run in `folder`; its output goes to a log there."""
     start = time.perf_counter()
     with open(folder / "train.log", "a") as log:
-        done = subprocess.run([sys.executable, "-m", "mnist_cnn", *args], cwd=folder, stdout=log, stderr=subprocess.STDOUT)
+        done = subprocess.run(
+            [sys.executable, "-m", "mnist_cnn", *args], cwd=folder, stdout=log, stderr=subprocess.STDOUT
+        )
     if done.returncode != 0:
         sys.exit(f"run_overhead: mnist-cnn-train {' '.join(args)} exited {done.returncode}; see {folder / 'train.log'}")
     return time.perf_counter() - start
@@ -49,7 +51,11 @@ def finished_runs(uri: str) -> List[Dict[str, float]]:
     none), newest first."""
     client = MlflowClient(uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
-    return [r.data.metrics for r in client.search_runs(experiments, "attributes.status = 'FINISHED'") if "test_acc" in r.data.metrics]
+    return [
+        r.data.metrics
+        for r in client.search_runs(experiments, "attributes.status = 'FINISHED'")
+        if "test_acc" in r.data.metrics
+    ]
 
 
 def single_runs(common: List[str], repeats: int, tmp: Path) -> Tuple[List[float], Dict[str, float]]:
@@ -58,7 +64,9 @@ def single_runs(common: List[str], repeats: int, tmp: Path) -> Tuple[List[float]
     folder = tmp / "single"
     folder.mkdir()
     uri = f"sqlite:///{folder}/mlflow.db"
-    walls = [train([*common, f"tracking.uri={uri}", f"hydra.run.dir={folder}/out{r}"], folder) for r in range(1 + repeats)]
+    walls = [
+        train([*common, f"tracking.uri={uri}", f"hydra.run.dir={folder}/out{r}"], folder) for r in range(1 + repeats)
+    ]
     return walls, finished_runs(uri)[0]  # newest first
 
 
@@ -89,21 +97,29 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         (first, *walls), logged = single_runs(common, args.repeats, tmp)
-        print(f"{what}, tracked: wall {statistics.median(walls):.2f} s (median of {', '.join(f'{w:.2f}' for w in walls)}; "
-              f"the first, which created the store, {first:.2f} s)")
+        print(
+            f"{what}, tracked: wall {statistics.median(walls):.2f} s (median of "
+            f"{', '.join(f'{w:.2f}' for w in walls)}; "
+            f"the first, which created the store, {first:.2f} s)"
+        )
         print("  where the last one's time went: " + "  ".join(f"{p} {logged[time_metric(p)]:.2f}" for p in PHASES))
         print(f"  train_time_s {logged['train_time_s']:.2f}, test_acc {logged['test_acc']:.4f}")
         if args.whole:
             return
-        untracked = [train([*common, "tracking.enabled=false", f"hydra.run.dir={tmp}/untracked{r}"], tmp) for r in range(args.repeats)]
+        untracked = [
+            train([*common, "tracking.enabled=false", f"hydra.run.dir={tmp}/untracked{r}"], tmp)
+            for r in range(args.repeats)
+        ]
         print(f"1-batch run, tracking.enabled=false: wall {statistics.median(untracked):.2f} s")
         one, _ = sweep(common, 1, tmp)
         many, jobs = sweep(common, args.jobs, tmp)
         extra = (many - one) / (args.jobs - 1)
         own = statistics.mean(work(m) for m in jobs)
         print(f"sweep of {args.jobs} 1-batch jobs: wall {many:.2f} s; of 1 job: {one:.2f} s")
-        print(f"  each extra job: {extra:.2f} s, of which its own work (train_time_s + time_test_s) {own:.2f} s: "
-              f"{extra - own:.2f} s beyond it")
+        print(
+            f"  each extra job: {extra:.2f} s, of which its own work (train_time_s + time_test_s) {own:.2f} s: "
+            f"{extra - own:.2f} s beyond it"
+        )
 
 
 if __name__ == "__main__":

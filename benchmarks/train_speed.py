@@ -1,18 +1,19 @@
 """Training speed: the tutorial's own loop against mnist_cnn's, side by side in one process.
 
-    python benchmarks/train_speed.py [--steps 100] [--rounds 5] [--data-root ../shared/data] [--precision fp32|bf16] [--compile]
+    python benchmarks/train_speed.py [--steps 100] [--rounds 5] [--data-root ../shared/data]
+                                     [--precision fp32|bf16] [--compile]
     python benchmarks/train_speed.py --fast99 [--seeds 1 2 3] [--precision fp32|bf16] [--experiment fast99_gpu]
     python benchmarks/train_speed.py --profile [--steps 100] [--precision fp32|bf16]
     python benchmarks/train_speed.py --tracking-overhead [--steps 200]
 
-(a) is the tutorial exactly as written ("PyTorch로 시작하는 딥 러닝 입문", 08-02 "CNN으로 MNIST 분류하기"): torchvision's MNIST with
-`transforms.ToTensor()`, `DataLoader(batch_size=100, shuffle=True, drop_last=True)`, fp32, its CNN
-class, Adam 1e-3. (b) is `mnist_cnn.engine.loop.train_epoch` on the same network (experiment=seed_tutorial),
-same batch size and data: once in fp32, and once more with the trainer's own choice of precision
-when that is not fp32 (`trainer.precision: null` measures fp32 against bf16 for this net, as a run
-does); with --compile each mnist_cnn loop also under torch.compile. The loops take turns, `--rounds`
-times `--steps` steps each, so a noisy machine slows both alike; the script prints each loop's
-median ms/step and the median of the rounds' ratios b/a.
+(a) is the tutorial exactly as written ("PyTorch로 시작하는 딥 러닝 입문", 08-02 "CNN으로 MNIST 분류하기"):
+torchvision's MNIST with `transforms.ToTensor()`, `DataLoader(batch_size=100, shuffle=True,
+drop_last=True)`, fp32, its CNN class, Adam 1e-3. (b) is `mnist_cnn.engine.loop.train_epoch` on the
+same network (experiment=seed_tutorial), same batch size and data: once in fp32, and once more with
+the trainer's own choice of precision when that is not fp32 (`trainer.precision: null` measures fp32
+against bf16 for this net, as a run does); with --compile each mnist_cnn loop also under
+torch.compile. The loops take turns, `--rounds` times `--steps` steps each, so a noisy machine slows
+both alike; the script prints each loop's median ms/step and the median of the rounds' ratios b/a.
 
 --fast99 trains experiment=fast99 once per seed, each run tracked in a fresh sqlite store as a user's
 would be, and prints its `train_time_s` and test accuracy, then the median time, the mean accuracy,
@@ -50,7 +51,9 @@ from mnist_cnn.engine.distributed import SINGLE
 from mnist_cnn.runner import setup, train
 
 WARMUP = 10
-TUTORIAL_EPOCHS_TO_99 = 8  # this loop first reached 99.0% test accuracy after epoch 8 here (0.9902; issue 12 saw 9 elsewhere)
+TUTORIAL_EPOCHS_TO_99 = (
+    8  # this loop first reached 99.0% test accuracy after epoch 8 here (0.9902; issue 12 saw 9 elsewhere)
+)
 STEPS_PER_EPOCH = 600  # 60,000 images in batches of 100, drop_last
 
 
@@ -102,7 +105,12 @@ def tutorial_loop(raw_dir: Path) -> Callable[[int], None]:
 def mnist_cnn_loop(data_root: Path, precision: str, compiled: bool = False) -> Callable[[int], None]:
     """mnist_cnn's loop on the tutorial's net and batch in `precision` (with `compiled`, the model
     under torch.compile, as trainer.compile=true runs it); returns `steps(n)`."""
-    overrides = ["experiment=seed_tutorial", f"data.root={data_root}", "trainer.progress=false", "tracking.enabled=false"]
+    overrides = [
+        "experiment=seed_tutorial",
+        f"data.root={data_root}",
+        "trainer.progress=false",
+        "tracking.enabled=false",
+    ]
     cfg = _compose(overrides + [f"trainer.precision={precision}"])
     cfg.trainer.compile = compiled
     state, settings, _ = setup.build_state(cfg, setup.prepare(cfg, SINGLE), None, SINGLE)
@@ -171,7 +179,10 @@ def speed(data_root: Path, raw_dir: Path, steps: int, rounds: int, precision: st
     times = side_by_side(loops, steps, rounds)
     for name, t in times.items():
         ratio = statistics.median(a / b for a, b in zip(times[tutorial], t))
-        print(f"{name:40s} {1000 * statistics.median(t):6.1f} ms/step   ratio {'b/a ' if name != tutorial else ''}{ratio:.2f}")
+        print(
+            f"{name:40s} {1000 * statistics.median(t):6.1f} ms/step   ratio "
+            f"{'b/a ' if name != tutorial else ''}{ratio:.2f}"
+        )
 
 
 def profile(data_root: Path, steps: int, precision: str) -> None:
@@ -197,18 +208,29 @@ def fast99(data_root: Path, raw_dir: Path, seeds: List[int], precision: str, exp
     times, accs = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in seeds:
-            cfg = _compose([
-                f"experiment={experiment}", f"seed={seed}", f"data.root={data_root}", "trainer.progress=false",
-                f"tracking.uri=sqlite:///{tmp}/mlflow.db", f"tracking.run_name={experiment}_seed{seed}",
-                *([f"trainer.precision={precision}"] if precision else []),
-            ])
+            cfg = _compose(
+                [
+                    f"experiment={experiment}",
+                    f"seed={seed}",
+                    f"data.root={data_root}",
+                    "trainer.progress=false",
+                    f"tracking.uri=sqlite:///{tmp}/mlflow.db",
+                    f"tracking.run_name={experiment}_seed{seed}",
+                    *([f"trainer.precision={precision}"] if precision else []),
+                ]
+            )
             metrics = train.run(cfg, Path(tmp) / f"seed{seed}")
             times.append(metrics["train_time_s"])
             accs.append(metrics["test_acc"])
-            print(f"(b) {experiment} seed {seed}: train_time_s {times[-1]:6.2f}  test_acc {accs[-1]:.4f}  (precision {cfg.trainer.precision})")
+            print(
+                f"(b) {experiment} seed {seed}: train_time_s {times[-1]:6.2f}  test_acc {accs[-1]:.4f}  (precision "
+                f"{cfg.trainer.precision})"
+            )
     median = statistics.median(times)
-    print(f"{experiment}: median train_time_s {median:.2f}, mean test_acc {statistics.mean(accs):.4f}, "
-          f"time to 99% {to99 / median:.1f}x faster than the tutorial loop")
+    print(
+        f"{experiment}: median train_time_s {median:.2f}, mean test_acc {statistics.mean(accs):.4f}, "
+        f"time to 99% {to99 / median:.1f}x faster than the tutorial loop"
+    )
 
 
 def tracking_overhead(data_root: Path, steps: int) -> None:
@@ -216,15 +238,26 @@ def tracking_overhead(data_root: Path, steps: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(2):
             for tracked in (True, False):
-                cfg = _compose([
-                    "experiment=seed_tutorial", f"data.root={data_root}", "trainer.progress=false", "trainer.epochs=3",
-                    f"trainer.limit_batches={steps}", f"tracking.enabled={tracked}", "tracking.log_model=false",
-                    f"tracking.uri=sqlite:///{tmp}/mlflow{repeat}.db", f"tracking.run_name=overhead{repeat}",
-                ])
+                cfg = _compose(
+                    [
+                        "experiment=seed_tutorial",
+                        f"data.root={data_root}",
+                        "trainer.progress=false",
+                        "trainer.epochs=3",
+                        f"trainer.limit_batches={steps}",
+                        f"tracking.enabled={tracked}",
+                        "tracking.log_model=false",
+                        f"tracking.uri=sqlite:///{tmp}/mlflow{repeat}.db",
+                        f"tracking.run_name=overhead{repeat}",
+                    ]
+                )
                 final = train.run(cfg, Path(tmp) / f"out{repeat}{tracked}")
                 times[tracked].append(final["train_time_s"] + final["time_checkpoint_s"])
     on, off = min(times[True]), min(times[False])
-    print(f"train_time_s + time_checkpoint_s with tracking: {', '.join(f'{t:.2f}' for t in times[True])}; without: {', '.join(f'{t:.2f}' for t in times[False])}")
+    print(
+        f"train_time_s + time_checkpoint_s with tracking: {', '.join(f'{t:.2f}' for t in times[True])}; without: "
+        f"{', '.join(f'{t:.2f}' for t in times[False])}"
+    )
     print(f"tracking overhead (best of 2 each): {100 * (on - off) / off:+.1f}% of training time")
 
 
@@ -233,10 +266,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--data-root", type=Path, default=Path(__file__).parents[2] / "shared" / "data")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], help="for (b) and fast99; default: fp32 and the trainer's choice for this machine (fast99: the latter)")
-    parser.add_argument("--fast99", action="store_true", help="time experiment=fast99 per seed against the tutorial's time to 99%%")
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        help="for (b) and fast99; default: fp32 and the trainer's choice for this machine (fast99: the latter)",
+    )
+    parser.add_argument(
+        "--fast99", action="store_true", help="time experiment=fast99 per seed against the tutorial's time to 99%%"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--experiment", default="fast99", help="with --fast99: the preset to time (fast99_gpu, best_gpu, ...)")
+    parser.add_argument(
+        "--experiment", default="fast99", help="with --fast99: the preset to time (fast99_gpu, best_gpu, ...)"
+    )
     parser.add_argument("--profile", action="store_true", help="torch.profiler's top operators in mnist_cnn's loop")
     parser.add_argument("--tracking-overhead", action="store_true", help="measure MLflow tracking against none")
     parser.add_argument("--compile", action="store_true", help="also time each mnist_cnn loop under torch.compile")
@@ -245,8 +286,11 @@ def main() -> None:
         return tracking_overhead(args.data_root, args.steps)
     if args.profile:
         return profile(args.data_root, args.steps, args.precision)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-          f"cuda {torch.cuda.is_available()}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
+        f"{torch.backends.cpu.get_cpu_capability()}, "
+        f"cuda {torch.cuda.is_available()}"
+    )
     with tempfile.TemporaryDirectory() as tmp:  # torchvision's MNIST reads plain IDX files: decompress the .gz copies
         raw = Path(tmp) / "MNIST" / "raw"
         raw.mkdir(parents=True)

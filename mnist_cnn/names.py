@@ -9,8 +9,21 @@ ones a user never needs to read.
 SEED, DEVICE, DETERMINISTIC = "seed", "device", "deterministic"
 CONFIG_SHA256, DATA_SHA256, WEIGHTS_SHA256 = "config_sha256", "data_sha256", "weights_sha256"
 GIT_COMMIT, GIT_DIRTY = "git_commit", "git_dirty"
-PRECISION, PRECISION_REASON = "precision", "precision_reason"  # what the run trains in (trainer.precision resolved), and why
-FINGERPRINTS = (SEED, WEIGHTS_SHA256, DATA_SHA256, CONFIG_SHA256, GIT_COMMIT, GIT_DIRTY, DETERMINISTIC, DEVICE, PRECISION)
+PRECISION, PRECISION_REASON = (
+    "precision",
+    "precision_reason",
+)  # what the run trains in (trainer.precision resolved), and why
+FINGERPRINTS = (
+    SEED,
+    WEIGHTS_SHA256,
+    DATA_SHA256,
+    CONFIG_SHA256,
+    GIT_COMMIT,
+    GIT_DIRTY,
+    DETERMINISTIC,
+    DEVICE,
+    PRECISION,
+)
 WORLD_SIZE = "world_size"  # processes that shared each batch
 SLURM_JOB = "slurm_job_id"  # a requeued Slurm job finds its run by it
 

@@ -8,12 +8,13 @@ over a resumed run's processes: the seconds ride in the checkpoint. On a GPU the
 synchronised before each reading, so queued work is counted in the phase that queued it.
 
 The first job of a process also keeps Python's garbage collector out of its start-up. Importing
-torch, MLflow, SQLAlchemy and matplotlib leaves hundreds of thousands of objects and little
-garbage, yet with the default thresholds the collector walks them again and again (docs/speed.md
-has the count and its cost). So it is off from `job_started()` until the first step, when everything alive (modules, the model, the
-store's client) is frozen into the permanent generation and collection resumes for what training
-makes. Later jobs of a sweep keep it on and freeze nothing: what a job leaves must stay collectable
-(of the first job's own objects, any caught in a reference cycle stay until the process ends).
+torch, MLflow, SQLAlchemy and matplotlib leaves hundreds of thousands of objects and little garbage,
+yet with the default thresholds the collector walks them again and again (docs/speed.md has the
+count and its cost). So it is off from `job_started()` until the first step, when everything alive
+(modules, the model, the store's client) is frozen into the permanent generation and collection
+resumes for what training makes. Later jobs of a sweep keep it on and freeze nothing: what a job
+leaves must stay collectable (of the first job's own objects, any caught in a reference cycle stay
+until the process ends).
 """
 
 import gc

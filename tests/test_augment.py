@@ -16,7 +16,9 @@ NONE = OmegaConf.create({"translate": 0.0, "rotate": 0.0, "scale": 0.0})
 def digits(n: int = 8) -> Split:
     """Blank borders with a random blob in the middle, like MNIST."""
     images = torch.zeros(n, 28, 28, dtype=torch.uint8)
-    images[:, 8:20, 10:18] = torch.randint(1, 256, (n, 12, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    images[:, 8:20, 10:18] = torch.randint(
+        1, 256, (n, 12, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
     return Split(images, torch.arange(n) % 10)
 
 
@@ -29,7 +31,9 @@ def test_no_warp_leaves_images_as_they_are():
 
 def test_a_shift_of_one_pixel_moves_the_image_by_one_pixel():
     images = digits(2).images.unsqueeze(1).float() / 255
-    theta = torch.tensor([[1.0, 0.0, 2 / 28], [0.0, 1.0, 0.0]]).expand(2, 2, 3)  # 1/28 of the side, in [-1, 1] coordinates
+    theta = torch.tensor([[1.0, 0.0, 2 / 28], [0.0, 1.0, 0.0]]).expand(
+        2, 2, 3
+    )  # 1/28 of the side, in [-1, 1] coordinates
     shifted = augment.warp(images, theta)
     assert torch.allclose(shifted[..., :-1], images[..., 1:], atol=1e-6)
     assert torch.equal(shifted[..., -1], torch.zeros_like(shifted[..., -1]))  # black comes in at the edge
@@ -60,7 +64,9 @@ def test_training_batches_are_warped_alike_for_one_seed_and_evaluation_never():
 def test_ddp_shards_are_warped_as_in_one_process():
     split = digits(32)
     whole = list(batches(split, 8, torch.Generator().manual_seed(5), augment=WARPS))
-    shards = [list(batches(split, 8, torch.Generator().manual_seed(5), shard=(rank, 2), augment=WARPS)) for rank in (0, 1)]
+    shards = [
+        list(batches(split, 8, torch.Generator().manual_seed(5), shard=(rank, 2), augment=WARPS)) for rank in (0, 1)
+    ]
     for (images, labels), (x0, y0), (x1, y1) in zip(whole, *shards):
         assert torch.allclose(images[0::2], x0) and torch.allclose(images[1::2], x1)
         assert torch.equal(labels[0::2], y0) and torch.equal(labels[1::2], y1)
@@ -69,7 +75,10 @@ def test_ddp_shards_are_warped_as_in_one_process():
 def test_an_augmented_run_repeats_bit_for_bit_and_differs_from_a_plain_one(tiny_cfg, store_uri, tmp_path):
     warps = ("data.augment.rotate=15", "data.augment.translate=0.1", "data.augment.scale=0.1")
     for name, extra in (("a", warps), ("b", warps), ("plain", ())):
-        train.run(tiny_cfg("trainer.epochs=2", "tracking.log_model=false", f"tracking.run_name={name}", *extra), tmp_path / name)
+        train.run(
+            tiny_cfg("trainer.epochs=2", "tracking.log_model=false", f"tracking.run_name={name}", *extra),
+            tmp_path / name,
+        )
     runs = runs_by_name(store_uri)
     sha = {name: run.data.tags["weights_sha256"] for name, run in runs.items()}
     assert sha["a"] == sha["b"] != sha["plain"]
@@ -80,4 +89,6 @@ def test_an_augmented_run_repeats_bit_for_bit_and_differs_from_a_plain_one(tiny_
 def test_each_warp_alone_changes_the_images(key):
     one = OmegaConf.merge(NONE, {key: WARPS[key]})
     images = digits(16).images.unsqueeze(1).float() / 255
-    assert not torch.allclose(augment.warp(images, augment.draw(one, 16, torch.Generator().manual_seed(0))), images, atol=1e-3)
+    assert not torch.allclose(
+        augment.warp(images, augment.draw(one, 16, torch.Generator().manual_seed(0))), images, atol=1e-3
+    )

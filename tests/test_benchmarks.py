@@ -14,7 +14,9 @@ SPEED = [sys.executable, str(ROOT / "benchmarks" / "train_speed.py")]
 
 @pytest.mark.slow
 def test_train_speed_prints_both_loops_and_their_ratio(real_root, tmp_path):
-    result = processes.run([*SPEED, "--data-root", str(real_root), "--steps", "3", "--rounds", "2", "--precision", "fp32"], tmp_path)
+    result = processes.run(
+        [*SPEED, "--data-root", str(real_root), "--steps", "3", "--rounds", "2", "--precision", "fp32"], tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert re.search(r"\(a\) tutorial loop .* ms/step +ratio 1\.00", result.stdout)
     ratio = re.search(r"\(b\) mnist_cnn loop, fp32 +[\d.]+ ms/step +ratio b/a ([\d.]+)", result.stdout)
@@ -27,7 +29,9 @@ def test_fast99_reaches_99_percent_in_one_epoch(real_root, tmp_path):
     assert result.returncode == 0, result.stderr
     assert re.search(r"tutorial loop: one epoch [\d.]+ s, so [0-9] epochs to 99%", result.stdout)
     acc = re.search(r"fast99 seed 2: train_time_s +[\d.]+ +test_acc ([\d.]+)", result.stdout)
-    assert acc and float(acc.group(1)) >= 0.989, result.stdout  # seed 2: 0.9916 (bf16) and 0.9914 (fp32) on 2 EPYC cores
+    assert acc and float(acc.group(1)) >= 0.989, (
+        result.stdout
+    )  # seed 2: 0.9916 (bf16) and 0.9914 (fp32) on 2 EPYC cores
     assert re.search(r"time to 99% [\d.]+x faster than the tutorial loop", result.stdout)
 
 
@@ -40,10 +44,25 @@ def test_gpu_check_says_so_without_a_gpu(tmp_path):
 
 @pytest.mark.slow
 def test_run_overhead_prints_the_wall_times_beside_the_logged_phases(tiny_root, tmp_path):
-    command = [sys.executable, str(ROOT / "benchmarks" / "run_overhead.py"), "--data-root", str(tiny_root), "--repeats", "1",
-               "--jobs", "2", "data.verify_checksums=false", "data.val_size=100"]
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "run_overhead.py"),
+        "--data-root",
+        str(tiny_root),
+        "--repeats",
+        "1",
+        "--jobs",
+        "2",
+        "data.verify_checksums=false",
+        "data.val_size=100",
+    ]
     result = processes.run(command, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert re.search(r"1-batch run, tracked: wall [\d.]+ s \(median of [\d.]+; the first, which created the store, [\d.]+ s\)", result.stdout)
+    assert re.search(
+        r"1-batch run, tracked: wall [\d.]+ s \(median of [\d.]+; the first, which created the store, [\d.]+ s\)",
+        result.stdout,
+    )
     assert re.search(r"where the last one's time went: startup [\d.]+ .* total [\d.]+", result.stdout)
-    assert re.search(r"each extra job: -?[\d.]+ s, of which its own work .* -?[\d.]+ s beyond it", result.stdout), result.stdout
+    assert re.search(r"each extra job: -?[\d.]+ s, of which its own work .* -?[\d.]+ s beyond it", result.stdout), (
+        result.stdout
+    )

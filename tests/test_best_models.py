@@ -1,7 +1,6 @@
 """trainer.keep_best: the K best epochs kept as logged models, linked to their metrics, the rest
 deleted with their files; tracking.register_from=best registers the best of them."""
 
-
 from mlflow import MlflowClient
 
 from mnist_cnn.runner import train
@@ -10,7 +9,13 @@ from tests.helpers.mlflow_store import only_run
 
 
 def test_the_two_best_epochs_are_kept_and_the_best_one_is_registered(tiny_cfg, store_uri, tmp_path):
-    cfg = tiny_cfg("trainer.epochs=4", "trainer.keep_best=2", "tracking.register_as=tiny", "tracking.register_from=best", "optimizer.lr=3e-3")
+    cfg = tiny_cfg(
+        "trainer.epochs=4",
+        "trainer.keep_best=2",
+        "tracking.register_as=tiny",
+        "tracking.register_from=best",
+        "optimizer.lr=3e-3",
+    )
     train.run(cfg, tmp_path / "out")
     run, client = only_run(store_uri), MlflowClient(store_uri)
     val_acc = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_acc")}
@@ -28,7 +33,11 @@ def test_the_two_best_epochs_are_kept_and_the_best_one_is_registered(tiny_cfg, s
 
     assert run.data.tags["best_epoch"] == str(best_two[0])
     version = client.get_model_version("tiny", "1")
-    assert version.source == run.data.tags["best_model_uri"] == f"models:/{next(m.model_id for m in kept if m.tags['epoch'] == str(best_two[0]))}"
+    assert (
+        version.source
+        == run.data.tags["best_model_uri"]
+        == f"models:/{next(m.model_id for m in kept if m.tags['epoch'] == str(best_two[0]))}"
+    )
     assert run.data.tags["model_uri"] != version.source  # the final epoch's model is logged as well, not registered
 
 

@@ -24,8 +24,15 @@ def small_state():
 
 
 def state(model, optimizer, scheduler, epoch, rng, **extra):
-    return dict(model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                epoch=epoch, global_step=10 * epoch, rng=rng, **extra)
+    return dict(
+        model=model.state_dict(),
+        optimizer=optimizer.state_dict(),
+        scheduler=scheduler.state_dict(),
+        epoch=epoch,
+        global_step=10 * epoch,
+        rng=rng,
+        **extra,
+    )
 
 
 def save(path, epoch=1, **extra):
@@ -35,7 +42,9 @@ def save(path, epoch=1, **extra):
 
 
 def test_round_trip_restores_model_optimizer_scheduler_epoch_and_the_config(tmp_path):
-    path, (model, scheduler) = save(tmp_path / "ckpt" / "last.pt", epoch=3, config="seed: 3\n", run_id="abc", metrics={"val_acc": 0.5})
+    path, (model, scheduler) = save(
+        tmp_path / "ckpt" / "last.pt", epoch=3, config="seed: 3\n", run_id="abc", metrics={"val_acc": 0.5}
+    )
     loaded = load_checkpoint(path)
     assert loaded["epoch"] == 3 and loaded["global_step"] == 30
     assert torch.equal(loaded["model"]["weight"], model.weight)
@@ -50,12 +59,22 @@ def test_every_rng_continues_where_it_was_saved(tmp_path):
     repro.seed_everything(5)
     generator = torch.Generator().manual_seed(5)
     rng = repro.rng_state(generator)
-    expected = (random.random(), np.random.rand(), torch.rand(1).item(), torch.randperm(9, generator=generator).tolist())
+    expected = (
+        random.random(),
+        np.random.rand(),
+        torch.rand(1).item(),
+        torch.randperm(9, generator=generator).tolist(),
+    )
     path = save_checkpoint(tmp_path / "last.pt", state(*small_state(), 1, rng))
     repro.seed_everything(99)
     other = torch.Generator().manual_seed(99)
     repro.restore_rng_state(load_checkpoint(path)["rng"], other)
-    assert (random.random(), np.random.rand(), torch.rand(1).item(), torch.randperm(9, generator=other).tolist()) == expected
+    assert (
+        random.random(),
+        np.random.rand(),
+        torch.rand(1).item(),
+        torch.randperm(9, generator=other).tolist(),
+    ) == expected
 
 
 def test_a_truncated_checkpoint_is_refused(tmp_path):
@@ -90,7 +109,10 @@ def test_a_pickled_object_outside_the_allow_list_is_refused(tmp_path, wrapped):
         buffer = io.BytesIO()
         torch.save(evil, buffer, pickle_module=pickle)
         data = buffer.getvalue()
-        evil = {"sha256": hashlib.sha256(data).hexdigest(), "state": torch.frombuffer(bytearray(data), dtype=torch.uint8)}
+        evil = {
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "state": torch.frombuffer(bytearray(data), dtype=torch.uint8),
+        }
     torch.save(evil, path, pickle_module=pickle)
     with pytest.raises(CheckpointError, match="holds objects other than tensors") as e:
         load_checkpoint(path)

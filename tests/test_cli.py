@@ -26,7 +26,10 @@ def test_config_checks_run_before_torch_or_mlflow_is_imported(tmp_path):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["model.layers.1.kernel_size=17"], "model.layers[1] block: input is 14x14 (padding 1), kernel_size 17 does not fit"),
+        (
+            ["model.layers.1.kernel_size=17"],
+            "model.layers[1] block: input is 14x14 (padding 1), kernel_size 17 does not fit",
+        ),
         (["+trainer.epoch=2"], "trainer.epoch: not a key of TrainerConfig (did you mean epochs?"),
         (["optimizer.lr=inf"], "optimizer.lr must be > 0 (and finite), got inf."),
     ],
@@ -40,7 +43,9 @@ def test_a_bad_config_is_one_message_exit_2_and_no_run(tiny_root, store_uri, tmp
 
 
 def test_an_override_hydra_cannot_compose_is_exit_2_too(tiny_root, store_uri, tmp_path):
-    out = processes.run(processes.train_command(tiny_root, store_uri, "optimizer=adam", "optimizer.momentum=0.9"), tmp_path)
+    out = processes.run(
+        processes.train_command(tiny_root, store_uri, "optimizer=adam", "optimizer.momentum=0.9"), tmp_path
+    )
     assert out.returncode == 2 and "Key 'momentum' not in 'AdamConfig'" in out.stderr
 
 
@@ -55,10 +60,13 @@ def test_a_malformed_yaml_file_is_one_line_with_file_and_line(tiny_root, store_u
     configs = tmp_path / "conf"
     (configs / "experiment").mkdir(parents=True)
     (configs / "experiment" / "broken.yaml").write_text("# @package _global_\ntrainer:\n  epochs: 2\n   seed: 3\n")
-    out = processes.run(processes.train_command(tiny_root, store_uri, "--config-dir", str(configs), "experiment=broken"), tmp_path)
+    out = processes.run(
+        processes.train_command(tiny_root, store_uri, "--config-dir", str(configs), "experiment=broken"), tmp_path
+    )
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
-        f"mnist-cnn-train: {configs}/experiment/broken.yaml line 4, column 8: mapping values are not allowed here; fix the YAML there."
+        f"mnist-cnn-train: {configs}/experiment/broken.yaml line 4, column 8: mapping values are not allowed here; "
+        "fix the YAML there."
     ]
 
 
@@ -82,7 +90,11 @@ def test_a_relative_data_root_means_the_folder_the_command_started_in(tiny_root,
 
 def test_the_module_and_the_console_script_are_one_command(tmp_path):
     script = Path(sys.executable).parent / "mnist-cnn-train"
-    by_module = subprocess.run([*processes.TRAIN, "--cfg", "job", "seed=5"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
-    by_script = subprocess.run([str(script), "--cfg", "job", "seed=5"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    by_module = subprocess.run(
+        [*processes.TRAIN, "--cfg", "job", "seed=5"], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
+    by_script = subprocess.run(
+        [str(script), "--cfg", "job", "seed=5"], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
     assert by_module.returncode == by_script.returncode == 0
     assert by_module.stdout == by_script.stdout and "seed: 5" in by_module.stdout

@@ -35,7 +35,15 @@ def experiment() -> str:
 
 def sweep(folder, data_root, experiment, *overrides, timeout=900):
     """`mnist-cnn-train -m ... tracking=server` against the cluster's server; returns (parent, children)."""
-    command = [*processes.TRAIN, "-m", f"data.root={data_root}", *TINY, "tracking=server", f"tracking.experiment={experiment}", *overrides]
+    command = [
+        *processes.TRAIN,
+        "-m",
+        f"data.root={data_root}",
+        *TINY,
+        "tracking=server",
+        f"tracking.experiment={experiment}",
+        *overrides,
+    ]
     out = processes.run(command, folder, timeout=timeout)
     assert out.returncode == 0, out.stderr[-4000:]
     return family(experiment)
@@ -49,7 +57,12 @@ def family(experiment: str):
     return parents[0], [r for r in found if r is not parents[0]]
 
 
-SLURM = ("hydra/launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1")
+SLURM = (
+    "hydra/launcher=slurm",
+    "hydra.launcher.partition=debug",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.mem_gb=1",
+)
 
 
 def test_a_slurm_sweep_logs_every_job_to_the_team_server(uri, experiment, tiny_root, tmp_path):
@@ -70,8 +83,19 @@ def test_a_slurm_sweep_logs_every_job_to_the_team_server(uri, experiment, tiny_r
 def test_a_job_requeued_mid_run_continues_its_own_run(uri, experiment, real_root, tmp_path):
     """`scontrol requeue` while epoch 2 of 4 trains: SIGTERM, Slurm holds the job, restarts it; it
     continues the same run from its checkpoint: one FINISHED run, no epoch twice."""
-    command = [*processes.TRAIN, "-m", f"data.root={real_root}", "trainer.progress=false", "tracking=server", f"tracking.experiment={experiment}",
-               *SLURM, "seed=1", "trainer.epochs=4", "trainer.limit_batches=300", "tracking.log_model=false"]
+    command = [
+        *processes.TRAIN,
+        "-m",
+        f"data.root={real_root}",
+        "trainer.progress=false",
+        "tracking=server",
+        f"tracking.experiment={experiment}",
+        *SLURM,
+        "seed=1",
+        "trainer.epochs=4",
+        "trainer.limit_batches=300",
+        "tracking.log_model=false",
+    ]
     job = processes.start(command, tmp_path)
     client, run = MlflowClient(), None
     deadline = time.time() + 300
@@ -91,13 +115,24 @@ def test_a_job_requeued_mid_run_continues_its_own_run(uri, experiment, real_root
     again = children[0]
     assert again.info.status == "FINISHED" and int(again.data.tags["resumed_at_epoch"]) >= 2
     history = [(m.step, round(m.value, 4)) for m in client.get_metric_history(run.info.run_id, "val_acc")]
-    print(f"requeued run {run.info.run_id}: resumed_at_epoch {again.data.tags['resumed_at_epoch']}, val_acc history {history}")
+    print(
+        f"requeued run {run.info.run_id}: resumed_at_epoch {again.data.tags['resumed_at_epoch']}, val_acc history "
+        f"{history}"
+    )
     assert [step for step, _ in history] == [1, 2, 3, 4]
 
 
 def test_eight_jobs_at_once_lose_and_duplicate_nothing(uri, experiment, tiny_root, tmp_path):
     seeds = ",".join(str(s) for s in range(1, 9))
-    parent, children = sweep(tmp_path, tiny_root, experiment, "hydra/launcher=joblib", "hydra.launcher.n_jobs=8", f"seed={seeds}", "trainer.epochs=2")
+    parent, children = sweep(
+        tmp_path,
+        tiny_root,
+        experiment,
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=8",
+        f"seed={seeds}",
+        "trainer.epochs=2",
+    )
     assert sorted(int(c.data.params["seed"]) for c in children) == list(range(1, 9))
     client = MlflowClient()
     for child in children:
@@ -110,7 +145,13 @@ def test_eight_jobs_at_once_lose_and_duplicate_nothing(uri, experiment, tiny_roo
 
 
 def test_a_wrong_password_is_refused_and_written_nowhere(uri, experiment, tiny_root, tmp_path):
-    command = [*processes.TRAIN, f"data.root={tiny_root}", *TINY, "tracking=server", f"tracking.experiment={experiment}"]
+    command = [
+        *processes.TRAIN,
+        f"data.root={tiny_root}",
+        *TINY,
+        "tracking=server",
+        f"tracking.experiment={experiment}",
+    ]
     out = processes.run(command, tmp_path, env={"MLFLOW_TRACKING_PASSWORD": "not-the-password"})
     assert out.returncode == 2, out.stderr[-3000:]
     said = out.stdout + out.stderr
@@ -121,9 +162,25 @@ def test_a_wrong_password_is_refused_and_written_nowhere(uri, experiment, tiny_r
 def test_ddp_on_two_cpu_processes_is_one_run_as_accurate_as_one_process(uri, experiment, real_root, tmp_path):
     """torchrun with 2 processes (gloo) and one process, the same global batch of 64 on the real
     MNIST: one run each on the server, test accuracies within 1 point."""
-    same = [f"data.root={real_root}", "trainer.progress=false", "tracking=server", f"tracking.experiment={experiment}",
-            "trainer.epochs=1", "trainer.limit_batches=200", "data.batch_size=64", "tracking.log_model=false"]
-    torchrun = [processes.TRAIN[0], "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", "-m", "mnist_cnn"]
+    same = [
+        f"data.root={real_root}",
+        "trainer.progress=false",
+        "tracking=server",
+        f"tracking.experiment={experiment}",
+        "trainer.epochs=1",
+        "trainer.limit_batches=200",
+        "data.batch_size=64",
+        "tracking.log_model=false",
+    ]
+    torchrun = [
+        processes.TRAIN[0],
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={free_port()}",
+        "-m",
+        "mnist_cnn",
+    ]
     for name, command in (("ddp", [*torchrun, "trainer.strategy=ddp"]), ("single", processes.TRAIN)):
         out = processes.run([*command, *same, f"tracking.run_name={name}"], tmp_path, timeout=600)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]

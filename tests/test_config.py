@@ -60,7 +60,11 @@ def test_keys_that_do_not_apply_and_unknown_choices_fail_at_compose(overrides, m
         (["+trainer.epoch=2"], "trainer.epoch: not a key of TrainerConfig (did you mean epochs?"),
         (["+model.layers.0.kernal=3"], "model.layers.0.kernal: not a key of LayerSpec (did you mean kernel_size?"),
         (["+seeds=3"], "seeds: not a key of Config (did you mean seed?"),
-        (["optimizer.name=adamw"], "optimizer.name is 'adamw' but the optimizer keys are those of 'adam'; choose the option with optimizer=adamw"),
+        (
+            ["optimizer.name=adamw"],
+            "optimizer.name is 'adamw' but the optimizer keys are those of 'adam'; choose the option with "
+            "optimizer=adamw",
+        ),
         (["optimizer.name=rmsprop"], "optimizer.name is 'rmsprop'"),
         (["optimizer.lr=inf"], "optimizer.lr must be > 0 (and finite), got inf."),
         (["optimizer.lr=nan"], "optimizer.lr must be > 0 (and finite), got nan."),
@@ -69,7 +73,10 @@ def test_keys_that_do_not_apply_and_unknown_choices_fail_at_compose(overrides, m
         (["optimizer.betas=[0.9,1.5]"], "optimizer.betas must be in [0, 1) (and finite), got 1.5."),
         (["optimizer.betas=[0.9]"], "optimizer.betas must hold 2 numbers, got 1."),
         (["optimizer=sgd", "optimizer.momentum=1.0"], "optimizer.momentum must be in [0, 1)"),
-        (["optimizer=sgd", "optimizer.momentum=0", "optimizer.nesterov=true"], "optimizer.nesterov=true needs optimizer.momentum > 0."),
+        (
+            ["optimizer=sgd", "optimizer.momentum=0", "optimizer.nesterov=true"],
+            "optimizer.nesterov=true needs optimizer.momentum > 0.",
+        ),
         (["scheduler=onecycle", "scheduler.pct_start=1"], "scheduler.pct_start must be in (0, 1)"),
         (["scheduler=onecycle", "scheduler.max_lr=-inf"], "scheduler.max_lr must be > 0"),
         (["scheduler=step", "scheduler.step_size=0"], "scheduler.step_size must be >= 1"),
@@ -81,13 +88,29 @@ def test_keys_that_do_not_apply_and_unknown_choices_fail_at_compose(overrides, m
         (["data.val_size=-5"], "data.val_size must be >= 0 (and finite), got -5."),
         (["trainer.limit_batches=0"], "trainer.limit_batches must be >= 1"),
         (["tracking.heartbeat_s=0"], "tracking.heartbeat_s must be > 0"),
-        (["trainer.strategy=ddp"], "trainer.strategy=ddp runs under torchrun, which starts the processes that share each batch; start it as:\n  torchrun --nproc_per_node=2 -m mnist_cnn trainer.strategy=ddp"),
+        (
+            ["trainer.strategy=ddp"],
+            "trainer.strategy=ddp runs under torchrun, which starts the processes that share each batch; start it "
+            "as:\n  torchrun --nproc_per_node=2 -m mnist_cnn trainer.strategy=ddp",
+        ),
         (["data.val_size=0"], "objective.metric=val_acc needs a validation split; set data.val_size > 0."),
         (["model.layers.0.pool_size=15"], "model.layers[1] block: input is 1x1, pool_size 2 does not fit."),
-        (["objective.pruner=median", "objective.metric=test_acc"], "objective.pruner=median rank epochs by objective.metric, but test_acc is logged only once"),
-        (["trainer.keep_best=2", "objective.metric=train_time_s"], "trainer.keep_best=2 rank epochs by objective.metric, but train_time_s"),
-        (["objective.pruner=hyperband", "tracking.enabled=false"], "objective.pruner=hyperband work through the MLflow store; drop tracking.enabled=false."),
-        (["tracking.register_from=best"], "tracking.register_from=best needs the best epochs kept: set trainer.keep_best=1 or more."),
+        (
+            ["objective.pruner=median", "objective.metric=test_acc"],
+            "objective.pruner=median rank epochs by objective.metric, but test_acc is logged only once",
+        ),
+        (
+            ["trainer.keep_best=2", "objective.metric=train_time_s"],
+            "trainer.keep_best=2 rank epochs by objective.metric, but train_time_s",
+        ),
+        (
+            ["objective.pruner=hyperband", "tracking.enabled=false"],
+            "objective.pruner=hyperband work through the MLflow store; drop tracking.enabled=false.",
+        ),
+        (
+            ["tracking.register_from=best"],
+            "tracking.register_from=best needs the best epochs kept: set trainer.keep_best=1 or more.",
+        ),
         (["resume=abc", "resume_sweep=def"], "give only one of them"),
         (["trainer.keep_best=-1"], "trainer.keep_best must be >= 0"),
     ],
@@ -109,12 +132,19 @@ def test_every_option_has_its_schema_and_yaml_and_they_agree():
         for option in options:
             composed = make_cfg([f"{group}={option.name}"])[group]
             assert OmegaConf.get_type(composed) is option
-            assert composed == OmegaConf.structured(option), f"{group}/{option.name}.yaml differs from {option.__name__}"
+            assert composed == OmegaConf.structured(option), (
+                f"{group}/{option.name}.yaml differs from {option.__name__}"
+            )
 
 
 def test_single_schema_groups_default_to_their_yaml():
     cfg = make_cfg()
-    for key, schema in (("data", DataConfig), ("trainer", TrainerConfig), ("tracking", TrackingConfig), ("objective", ObjectiveConfig)):
+    for key, schema in (
+        ("data", DataConfig),
+        ("trainer", TrainerConfig),
+        ("tracking", TrackingConfig),
+        ("objective", ObjectiveConfig),
+    ):
         yaml_node = OmegaConf.to_container(cfg[key], resolve=False)
         schema_node = OmegaConf.to_container(OmegaConf.structured(schema), resolve=False)
         assert yaml_node == schema_node, key
@@ -133,7 +163,9 @@ def test_a_logged_config_comes_back_typed():
     back = typed_config(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     assert back == cfg and OmegaConf.get_type(back.optimizer).__name__ == "SGDConfig"
     with pytest.raises(OmegaConfBaseException, match="Key 'momentum' not in 'AdamConfig'"):
-        typed_config({**OmegaConf.to_container(make_cfg(), resolve=True), "optimizer": {"name": "adam", "momentum": 0.5}})
+        typed_config(
+            {**OmegaConf.to_container(make_cfg(), resolve=True), "optimizer": {"name": "adam", "momentum": 0.5}}
+        )
 
 
 def test_run_settings_are_one_list_for_fingerprints_names_and_resume():
@@ -141,7 +173,13 @@ def test_run_settings_are_one_list_for_fingerprints_names_and_resume():
     same = make_cfg(["data.root=/b", "trainer.progress=false", "tracking.experiment=x", "data.download=never"])
     assert config_sha256(base) == config_sha256(same)  # where it reads and logs: the same experiment
     assert config_sha256(base) != config_sha256(make_cfg(["data.root=/a", "optimizer.lr=0.01"]))
-    settings = ["data.root=/b", "trainer.progress=false", "tracking.uri=sqlite:///x.db", "hydra.launcher.n_jobs=2", "+resume=x"]
+    settings = [
+        "data.root=/b",
+        "trainer.progress=false",
+        "tracking.uri=sqlite:///x.db",
+        "hydra.launcher.n_jobs=2",
+        "+resume=x",
+    ]
     assert [s for s in settings if not is_run_setting(override_key(s))] == []
     assert run_name(settings + ["optimizer.lr=0.01", "seed=2"]) == "lr=0.01,seed=2"
     for key in RUN_SETTINGS:  # every entry names a real key
@@ -170,4 +208,3 @@ def test_seed_tutorial_preset_is_the_tutorial_recipe():
     assert (cfg.data.batch_size, cfg.data.val_size, cfg.data.normalize, cfg.data.drop_last) == (100, 0, False, True)
     assert (cfg.trainer.epochs, cfg.scheduler.name) == (15, "none")
     assert 60_000 // cfg.data.batch_size == 600
-

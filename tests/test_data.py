@@ -68,12 +68,24 @@ def test_a_folder_in_place_of_a_file_is_named(tmp_path):
 @pytest.mark.parametrize(
     "corrupt, message",
     [
-        (lambda raw: rewrite(raw / IMAGES, idx_bytes(np.zeros((5, 28, 28)), 0x00000802)), "IDX magic number is 0x00000802, expected 0x00000803"),
-        (lambda raw: rewrite(raw / IMAGES, idx_bytes(np.zeros((5, 32, 32)), IMAGE_MAGIC)), "images are 32x32, expected 28x28"),
-        (lambda raw: rewrite(raw / IMAGES, idx_bytes(np.zeros((30, 28, 28)), IMAGE_MAGIC)[:-100]), "header promises 30 items"),
+        (
+            lambda raw: rewrite(raw / IMAGES, idx_bytes(np.zeros((5, 28, 28)), 0x00000802)),
+            "IDX magic number is 0x00000802, expected 0x00000803",
+        ),
+        (
+            lambda raw: rewrite(raw / IMAGES, idx_bytes(np.zeros((5, 32, 32)), IMAGE_MAGIC)),
+            "images are 32x32, expected 28x28",
+        ),
+        (
+            lambda raw: rewrite(raw / IMAGES, idx_bytes(np.zeros((30, 28, 28)), IMAGE_MAGIC)[:-100]),
+            "header promises 30 items",
+        ),
         (lambda raw: rewrite(raw / IMAGES, b""), "IDX magic number is missing"),
         (lambda raw: (raw / IMAGES).write_bytes(b"not gzip at all"), "cannot be read"),
-        (lambda raw: rewrite(raw / LABELS, idx_bytes(np.full(30, 10), LABEL_MAGIC)), "label 10 is out of range for mnist (10 classes)"),
+        (
+            lambda raw: rewrite(raw / LABELS, idx_bytes(np.full(30, 10), LABEL_MAGIC)),
+            "label 10 is out of range for mnist (10 classes)",
+        ),
         (lambda raw: rewrite(raw / LABELS, idx_bytes(np.zeros(29), LABEL_MAGIC)), "holds 30 images but"),
     ],
     ids=["magic", "size", "truncated", "empty", "not-gzip", "label-range", "count-mismatch"],

@@ -20,13 +20,21 @@ from tests.helpers.mlflow_store import HISTORY, all_runs, free_port, history, on
 
 def torchrun(nproc: int, *args: str) -> list:
     """`torchrun --nproc_per_node=N -m mnist_cnn ARGS`, on a free port of its own."""
-    launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}"]
+    launcher = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        f"--master_port={free_port()}",
+    ]
     return [*launcher, "-m", "mnist_cnn", *args]
 
 
 def ddp_command(nproc: int, root, uri: str, *overrides: str) -> list:
     """The tiny-data command of processes.train_command, under torchrun with trainer.strategy=ddp."""
-    return torchrun(nproc, *processes.train_command(root, uri, "trainer.strategy=ddp", *overrides)[len(processes.TRAIN) :])
+    return torchrun(
+        nproc, *processes.train_command(root, uri, "trainer.strategy=ddp", *overrides)[len(processes.TRAIN) :]
+    )
 
 
 def numbered_split(n: int) -> Split:
@@ -52,27 +60,40 @@ def test_the_shards_of_a_global_batch_are_disjoint_equal_and_make_up_the_batch(n
         together = torch.cat(parts)
         assert len(set(together.tolist())) == len(together)  # disjoint
         kept = len(whole[step]) - len(whole[step]) % world
-        assert sorted(together.tolist()) == sorted(whole[step][:kept].tolist())  # the batch (its first multiple of world)
+        assert sorted(together.tolist()) == sorted(
+            whole[step][:kept].tolist()
+        )  # the batch (its first multiple of world)
     assert num_batches(n, batch_size, False, None) == len(whole)  # one process: unchanged
 
 
 def test_ddp_outside_torchrun_names_the_torchrun_command(tiny_root, store_uri, tmp_path):
-    out = processes.run(processes.train_command(tiny_root, store_uri, "trainer.strategy=ddp", "optimizer.lr=0.002"), tmp_path)
+    out = processes.run(
+        processes.train_command(tiny_root, store_uri, "trainer.strategy=ddp", "optimizer.lr=0.002"), tmp_path
+    )
     console = out.stdout + out.stderr
     assert out.returncode == 2 and "Traceback" not in console, console[-2000:]
     assert "trainer.strategy=ddp runs under torchrun" in console
-    assert "torchrun --nproc_per_node=2 -m mnist_cnn data.root=" in console and "trainer.strategy=ddp optimizer.lr=0.002" in console
+    assert (
+        "torchrun --nproc_per_node=2 -m mnist_cnn data.root=" in console
+        and "trainer.strategy=ddp optimizer.lr=0.002" in console
+    )
 
 
 @pytest.mark.parametrize(
     "world, overrides, message",
     [
-        ("2", ["trainer.strategy=ddp", "data.batch_size=65"], "data.batch_size=65 does not divide by the 2 processes torchrun started"),
+        (
+            "2",
+            ["trainer.strategy=ddp", "data.batch_size=65"],
+            "data.batch_size=65 does not divide by the 2 processes torchrun started",
+        ),
         ("4", ["trainer.strategy=ddp", "data.batch_size=50"], "data.batch_size=50 does not divide by the 4 processes"),
         ("2", [], "torchrun started 2 processes but trainer.strategy=single"),
     ],
 )
-def test_under_torchrun_a_batch_that_does_not_split_evenly_or_a_single_strategy_is_refused(monkeypatch, world, overrides, message):
+def test_under_torchrun_a_batch_that_does_not_split_evenly_or_a_single_strategy_is_refused(
+    monkeypatch, world, overrides, message
+):
     monkeypatch.setenv("WORLD_SIZE", world)
     with pytest.raises(ConfigError, match=message):
         check_config(make_cfg(overrides))
@@ -81,7 +102,9 @@ def test_under_torchrun_a_batch_that_does_not_split_evenly_or_a_single_strategy_
 def test_under_torchrun_a_divisible_batch_and_a_single_process_pass(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     check_config(make_cfg(["trainer.strategy=ddp", "data.batch_size=64"]))
-    check_config(make_cfg(["resume=0123456789abcdef0123456789abcdef"]))  # a resume keeps its run's strategy: checked on it
+    check_config(
+        make_cfg(["resume=0123456789abcdef0123456789abcdef"])
+    )  # a resume keeps its run's strategy: checked on it
     monkeypatch.setenv("WORLD_SIZE", "1")
     check_config(make_cfg([]))
 
@@ -101,14 +124,26 @@ def test_ddp_on_cpu_processes_is_one_mlflow_run_written_once(tiny_root, store_ur
     assert run.data.metrics["test_acc"] > 0.5
     assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/last.pt"]
     console = out.stdout + out.stderr
-    assert console.count("epoch 1/2") == 1 and console.count("model seed_cnn on cpu") == 1  # rank 0 alone tells the story
+    assert (
+        console.count("epoch 1/2") == 1 and console.count("model seed_cnn on cpu") == 1
+    )  # rank 0 alone tells the story
 
 
 @pytest.mark.slow
-def test_ddp_on_two_processes_learns_what_one_process_learns_from_the_same_global_batches(real_root, store_uri, tmp_path):
+def test_ddp_on_two_processes_learns_what_one_process_learns_from_the_same_global_batches(
+    real_root, store_uri, tmp_path
+):
     """The same optimizer steps (global batch 64, 200 steps) on the real MNIST, up to float reduction order."""
-    settings = (f"data.root={real_root}", f"tracking.uri={store_uri}", "trainer.epochs=1", "trainer.limit_batches=200",
-                "data.batch_size=64", "trainer.progress=false", "tracking.log_model=false", "seed=1")
+    settings = (
+        f"data.root={real_root}",
+        f"tracking.uri={store_uri}",
+        "trainer.epochs=1",
+        "trainer.limit_batches=200",
+        "data.batch_size=64",
+        "trainer.progress=false",
+        "tracking.log_model=false",
+        "seed=1",
+    )
     done = {}
     for name, command in (("single", processes.TRAIN), ("ddp", torchrun(2, "trainer.strategy=ddp"))):
         started = time.perf_counter()
@@ -117,11 +152,15 @@ def test_ddp_on_two_processes_learns_what_one_process_learns_from_the_same_globa
         done[name] = (time.perf_counter() - started, next(r for r in runs(store_uri) if r.info.run_name == name))
     for name, (wall, run) in done.items():
         m = run.data.metrics
-        print(f"{name}: test_acc {m['test_acc']:.4f}  train_loss {m['train_loss']:.6f}  val_acc {m['val_acc']:.4f}  "
-              f"train_time_s {m['train_time_s']:.1f}  wall {wall:.1f} s  world_size {run.data.tags['world_size']}")
+        print(
+            f"{name}: test_acc {m['test_acc']:.4f}  train_loss {m['train_loss']:.6f}  val_acc {m['val_acc']:.4f}  "
+            f"train_time_s {m['train_time_s']:.1f}  wall {wall:.1f} s  world_size {run.data.tags['world_size']}"
+        )
     single, ddp = done["single"][1].data.metrics, done["ddp"][1].data.metrics
     assert abs(single["test_acc"] - ddp["test_acc"]) <= 0.01
-    assert ddp["train_loss"] == pytest.approx(single["train_loss"], rel=1e-3)  # the same steps, not just as good a model
+    assert ddp["train_loss"] == pytest.approx(
+        single["train_loss"], rel=1e-3
+    )  # the same steps, not just as good a model
 
 
 @pytest.mark.slow
@@ -141,19 +180,25 @@ def test_a_ddp_run_stopped_by_sigterm_resumes_under_torchrun_to_the_uninterrupte
     output = line + cut.communicate(timeout=120)[0]
     stopped_in = time.monotonic() - signalled
     assert cut.returncode != 0, output[-3000:]
-    assert stopped_in < 20 and "forcefully exiting" not in output, output[-3000:]  # no rank hung: torchrun kills after 30 s
+    assert stopped_in < 20 and "forcefully exiting" not in output, output[
+        -3000:
+    ]  # no rank hung: torchrun kills after 30 s
     run = next(r for r in runs(store_uri) if r.info.run_name == "cut")
     assert run.info.status == "KILLED", output[-3000:]
     assert [s for s, _ in history(store_uri, run.info.run_id)["val_acc"]] == [1]  # epoch 2 left no trace
 
-    again = processes.run(torchrun(2, f"resume={run.info.run_id}", f"tracking.uri={store_uri}", f"data.root={root}"), tmp_path)
+    again = processes.run(
+        torchrun(2, f"resume={run.info.run_id}", f"tracking.uri={store_uri}", f"data.root={root}"), tmp_path
+    )
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     by_name = {r.info.run_name: r for r in runs(store_uri)}
     assert set(by_name) == {"full", "cut"}
     resumed = by_name["cut"]
     assert resumed.info.status == "FINISHED" and resumed.data.tags["resumed_at_epoch"] == "2"
     assert resumed.data.tags["world_size"] == "2"
-    assert history(store_uri, resumed.info.run_id) == history(store_uri, by_name["full"].info.run_id)  # each epoch once, same numbers
+    assert history(store_uri, resumed.info.run_id) == history(
+        store_uri, by_name["full"].info.run_id
+    )  # each epoch once, same numbers
     assert resumed.data.tags["weights_sha256"] == by_name["full"].data.tags["weights_sha256"]
 
 
@@ -161,7 +206,9 @@ def test_a_ddp_run_stopped_by_sigterm_resumes_under_torchrun_to_the_uninterrupte
 def test_a_failure_on_rank_0_stops_every_rank_with_one_message(tiny_root, store_uri, tmp_path):
     """Rank 0 resolves a resume alone; when it fails, the other ranks leave quietly instead of waiting."""
     missing = "0123456789abcdef0123456789abcdef"
-    out = processes.run(torchrun(2, f"resume={missing}", f"tracking.uri={store_uri}", f"data.root={tiny_root}"), tmp_path, timeout=120)
+    out = processes.run(
+        torchrun(2, f"resume={missing}", f"tracking.uri={store_uri}", f"data.root={tiny_root}"), tmp_path, timeout=120
+    )
     assert out.returncode != 0
     console = out.stdout + out.stderr
     assert console.count(f"no run {missing} in this tracking store") == 1, console[-3000:]
@@ -170,7 +217,9 @@ def test_a_failure_on_rank_0_stops_every_rank_with_one_message(tiny_root, store_
 @pytest.mark.slow
 def test_a_sweep_with_ddp_is_refused_job_by_job(tiny_root, store_uri, tmp_path):
     """A multirun's jobs each train in one process: with trainer.strategy=ddp each fails at once, recorded FAILED."""
-    out = processes.run(processes.train_command(tiny_root, store_uri, "trainer.strategy=ddp", "seed=1,2", multirun=True), tmp_path)
+    out = processes.run(
+        processes.train_command(tiny_root, store_uri, "trainer.strategy=ddp", "seed=1,2", multirun=True), tmp_path
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     failed = [r for r in all_runs(store_uri) if r.info.status == "FAILED"]
     assert len(failed) == 2

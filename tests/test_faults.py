@@ -31,13 +31,18 @@ def test_processes_opening_a_new_sqlite_store_at_once_all_succeed(tmp_path):
         "client = store.connect(sys.argv[1]); "
         "run = client.create_run(store.experiment_id(client, 'mnist')); client.set_terminated(run.info.run_id)"
     )
-    workers = [subprocess.Popen([sys.executable, "-c", code, uri], stderr=subprocess.PIPE, text=True, cwd=tmp_path) for _ in range(4)]
+    workers = [
+        subprocess.Popen([sys.executable, "-c", code, uri], stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+        for _ in range(4)
+    ]
     errors = [w.communicate(timeout=300)[1] for w in workers]
     assert [w.returncode for w in workers] == [0] * 4, errors
     assert len(all_runs(uri)) == 4 and {r.info.status for r in all_runs(uri)} == {"FINISHED"}
 
 
-def test_a_job_that_loses_the_race_to_insert_the_dataset_still_opens_its_run(tiny_cfg, store_uri, tmp_path, monkeypatch):
+def test_a_job_that_loses_the_race_to_insert_the_dataset_still_opens_its_run(
+    tiny_cfg, store_uri, tmp_path, monkeypatch
+):
     """Two sweep jobs starting together both insert the dataset; the second fails on the unique key
     (PostgreSQL's message, seen on the Slurm cluster) and asks again, finding the first's row."""
     real, raised = MlflowClient.log_inputs, []
@@ -45,7 +50,9 @@ def test_a_job_that_loses_the_race_to_insert_the_dataset_still_opens_its_run(tin
     def log_inputs(self, *args, **kwargs):
         if not raised:
             raised.append(True)
-            raise MlflowException('(psycopg.errors.UniqueViolation) duplicate key value violates unique constraint "dataset_pk"')
+            raise MlflowException(
+                '(psycopg.errors.UniqueViolation) duplicate key value violates unique constraint "dataset_pk"'
+            )
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(MlflowClient, "log_inputs", log_inputs)
@@ -73,7 +80,10 @@ def test_a_store_from_an_older_mlflow_says_how_to_upgrade_it(store_template, tmp
     old.write_bytes(store_template.read_bytes())
     with sqlite3.connect(old) as db:
         db.execute("UPDATE alembic_version SET version_num = 'a8c4a736bde6'")
-    with pytest.raises(TrackingError, match=f"made by an older MLflow. Back it up, then upgrade it with: mlflow db upgrade sqlite:///{old}"):
+    with pytest.raises(
+        TrackingError,
+        match=f"made by an older MLflow. Back it up, then upgrade it with: mlflow db upgrade sqlite:///{old}",
+    ):
         store.connect(f"sqlite:///{old}")
 
 
@@ -110,7 +120,9 @@ def test_runs_against_a_server_that_never_answers_fails_within_15_s(tmp_path):
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)
         start = time.perf_counter()
-        out = processes.run([*RUNS, "--tracking-uri", f"http://127.0.0.1:{silent.getsockname()[1]}"], tmp_path, timeout=120)
+        out = processes.run(
+            [*RUNS, "--tracking-uri", f"http://127.0.0.1:{silent.getsockname()[1]}"], tmp_path, timeout=120
+        )
         seconds = time.perf_counter() - start
     assert out.returncode == 2 and "cannot open the MLflow store (no answer within 10 s)" in out.stderr
     assert seconds < 15
@@ -122,7 +134,9 @@ def test_a_server_that_dies_mid_run_ends_training_with_the_way_back(tiny_root, t
     says how to resume; once the server is back, that command finishes the same run."""
     server = Server(tmp_path / "server", free_port()).start()
     try:
-        command = processes.train_command(tiny_root, server.uri, "trainer.epochs=3", "tracking.log_model=false", "tracking.run_name=lost")
+        command = processes.train_command(
+            tiny_root, server.uri, "trainer.epochs=3", "tracking.log_model=false", "tracking.run_name=lost"
+        )
         job = processes.start(command, tmp_path)
         for line in job.stdout:
             if "epoch 1/3" in line:
@@ -153,7 +167,9 @@ def test_sigterm_stops_training_while_the_server_hangs(tiny_root, tmp_path):
     """The server is frozen (SIGSTOP) mid-run: a second SIGTERM stops the process within seconds."""
     server = Server(tmp_path / "server", free_port()).start()
     try:
-        job = processes.start(processes.train_command(tiny_root, server.uri, "trainer.epochs=50", "tracking.log_model=false"), tmp_path)
+        job = processes.start(
+            processes.train_command(tiny_root, server.uri, "trainer.epochs=50", "tracking.log_model=false"), tmp_path
+        )
         for line in job.stdout:
             if "epoch 1/50" in line:
                 os.killpg(server.process.pid, signal.SIGSTOP)
@@ -168,7 +184,6 @@ def test_sigterm_stops_training_while_the_server_hangs(tiny_root, tmp_path):
     finally:
         os.killpg(server.process.pid, signal.SIGCONT)
         server.stop()
-
 
 
 def test_reading_commands_never_create_an_empty_store(tmp_path, capsys):

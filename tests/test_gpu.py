@@ -101,7 +101,9 @@ def test_a_run_on_the_gpu_resumes_to_the_uninterrupted_result_bit_for_bit(tiny_c
     resume(monkeypatch, tiny_cfg(), runs_by_name(store_uri)["cut"].info.run_id)
     runs = runs_by_name(store_uri)
     full, cut = runs["full"], runs["cut"]
-    assert cut.info.status == "FINISHED" and cut.data.tags["resumed_at_epoch"] == "2" and cut.data.tags["device"] == "cuda"
+    assert (
+        cut.info.status == "FINISHED" and cut.data.tags["resumed_at_epoch"] == "2" and cut.data.tags["device"] == "cuda"
+    )
     assert cut.data.tags["weights_sha256"] == full.data.tags["weights_sha256"]
     assert history(store_uri, cut.info.run_id) == history(store_uri, full.info.run_id)
 
@@ -109,7 +111,9 @@ def test_a_run_on_the_gpu_resumes_to_the_uninterrupted_result_bit_for_bit(tiny_c
 @pytest.mark.slow
 def test_ddp_over_nccl_trains_one_run(tiny_root, store_uri, tmp_path):
     """One process on one GPU under torchrun: NCCL for the gradients, the step eager (no capture under DDP)."""
-    out = processes.run(ddp_command(1, tiny_root, store_uri, "trainer.device=cuda", "trainer.epochs=2"), tmp_path, timeout=300)
+    out = processes.run(
+        ddp_command(1, tiny_root, store_uri, "trainer.device=cuda", "trainer.epochs=2"), tmp_path, timeout=300
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     run = only_run(store_uri)
     assert run.info.status == "FINISHED" and run.data.tags["world_size"] == "1" and run.data.tags["device"] == "cuda:0"
@@ -119,7 +123,9 @@ def test_ddp_over_nccl_trains_one_run(tiny_root, store_uri, tmp_path):
 @pytest.mark.slow
 def test_a_whole_run_on_the_gpu_through_the_command_line(tiny_root, store_uri, tmp_path):
     """`mnist-cnn-train trainer.device=cuda ...`: captured steps by default, every epoch logged, the model tested."""
-    out = processes.run(processes.train_command(tiny_root, store_uri, *ON_GPU, "trainer.epochs=2", "scheduler=cosine"), tmp_path)
+    out = processes.run(
+        processes.train_command(tiny_root, store_uri, *ON_GPU, "trainer.epochs=2", "scheduler=cosine"), tmp_path
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     run = only_run(store_uri)
     assert run.info.status == "FINISHED" and run.data.tags["device"] == "cuda"

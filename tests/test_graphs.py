@@ -40,7 +40,9 @@ def test_null_captures_the_step_on_cuda_except_under_ddp_or_compile(overrides, d
 
 def test_true_on_a_device_that_resolved_to_the_cpu_is_refused():
     """trainer.device=auto on a machine without a GPU: only known once the device is resolved."""
-    with pytest.raises(ConfigError, match="trainer.cuda_graph=true needs a CUDA GPU but the run is on cpu; set it to null"):
+    with pytest.raises(
+        ConfigError, match="trainer.cuda_graph=true needs a CUDA GPU but the run is on cpu; set it to null"
+    ):
         graphs.captures(make_cfg(["trainer.cuda_graph=true"]).trainer, CPU)
 
 
@@ -54,9 +56,18 @@ def test_true_where_auto_found_no_gpu_fails_before_a_run_opens(tiny_cfg, store_u
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["trainer.device=cpu"], "trainer.cuda_graph=true needs a GPU but trainer.device=cpu; set trainer.cuda_graph to null"),
-        (["trainer.strategy=ddp"], "trainer.cuda_graph=true does not work with trainer.strategy=ddp (its all-reduce hooks); set"),
-        (["trainer.compile=true"], "trainer.cuda_graph=true with trainer.compile=true: compile has CUDA graphs of its own; set"),
+        (
+            ["trainer.device=cpu"],
+            "trainer.cuda_graph=true needs a GPU but trainer.device=cpu; set trainer.cuda_graph to null",
+        ),
+        (
+            ["trainer.strategy=ddp"],
+            "trainer.cuda_graph=true does not work with trainer.strategy=ddp (its all-reduce hooks); set",
+        ),
+        (
+            ["trainer.compile=true"],
+            "trainer.cuda_graph=true with trainer.compile=true: compile has CUDA graphs of its own; set",
+        ),
     ],
     ids=["cpu", "ddp", "compile"],
 )
@@ -79,11 +90,14 @@ def test_true_where_no_capture_can_happen_is_a_config_error(monkeypatch, overrid
     ],
 )
 def test_the_optimizer_steps_inside_the_graph_unless_the_scheduler_cycles_momentum(optimizer, scheduler, in_graph):
-    """OneCycleLR sets beta1 (Adam) or momentum (SGD) to a new Python float every step: a graph would keep the captured one."""
+    """OneCycleLR sets beta1 (Adam) or momentum (SGD) to a new Python float every step: a graph
+    would keep the captured one."""
     cfg = make_cfg([f"optimizer={optimizer}", f"scheduler={scheduler}"])
     built = build_optimizer(cfg.optimizer, torch.nn.Linear(2, 2).parameters())
     assert graphs.optimizer_in_graph(built, build_scheduler(cfg.scheduler, built, 10, 2)) is in_graph
-    assert not graphs.optimizer_in_graph(torch.optim.RMSprop(torch.nn.Linear(2, 2).parameters()), None)  # no capturable step
+    assert not graphs.optimizer_in_graph(
+        torch.optim.RMSprop(torch.nn.Linear(2, 2).parameters()), None
+    )  # no capturable step
 
 
 @pytest.mark.parametrize("name, flag", [("adam", "capturable"), ("adamw", "capturable"), ("sgd", "fused")])
@@ -99,17 +113,25 @@ def test_the_settings_for_a_capture_are_undone_where_the_run_continues_eagerly(n
     assert optimizer.param_groups == built
     graphs._graph_settings(optimizer, CPU)
     group = optimizer.param_groups[0]
-    assert group[flag] is True and group["lr"].dtype == torch.float32 and group["lr"].item() == pytest.approx(built[0]["lr"])
+    assert (
+        group[flag] is True
+        and group["lr"].dtype == torch.float32
+        and group["lr"].item() == pytest.approx(built[0]["lr"])
+    )
     graphs._eager_settings(optimizer)
     assert group[flag] == optimizer.defaults[flag] and isinstance(group["lr"], float)
-    assert group["lr"] == pytest.approx(built[0]["lr"]) and all(s["step"].is_cpu for s in optimizer.state.values() if "step" in s)
+    assert group["lr"] == pytest.approx(built[0]["lr"]) and all(
+        s["step"].is_cpu for s in optimizer.state.values() if "step" in s
+    )
 
 
 def plain_epoch(model, split, cfg, optimizer, scheduler, generator, epoch):
     """The epoch as train_epoch ran it before engine.graphs: PyTorch's loop, op by op."""
     loss_sum, correct, seen = torch.zeros(()), torch.zeros((), dtype=torch.long), 0
     d = cfg.data
-    for images, labels in batches(split, d.batch_size, generator, d.drop_last, cfg.trainer.limit_batches, augment=d.augment):
+    for images, labels in batches(
+        split, d.batch_size, generator, d.drop_last, cfg.trainer.limit_batches, augment=d.augment
+    ):
         with autocast(images.device, cfg.trainer.precision):
             logits = model(images)
             loss = F.cross_entropy(logits, labels, label_smoothing=cfg.trainer.label_smoothing)
@@ -125,13 +147,22 @@ def plain_epoch(model, split, cfg, optimizer, scheduler, generator, epoch):
 
 @pytest.mark.parametrize("overrides", [("optimizer=adam", "scheduler=onecycle"), ("optimizer=sgd", "scheduler=step")])
 def test_on_the_cpu_an_epoch_is_the_plain_pytorch_loop_bit_for_bit(tiny_cfg, overrides):
-    cfg = tiny_cfg("model=bn_cnn", "trainer.device=cpu", "trainer.precision=fp32", "data.batch_size=48", "data.augment.rotate=10", *overrides)
+    cfg = tiny_cfg(
+        "model=bn_cnn",
+        "trainer.device=cpu",
+        "trainer.precision=fp32",
+        "data.batch_size=48",
+        "data.augment.rotate=10",
+        *overrides,
+    )
     results = []
     for ours in (False, True):
         state, settings = fresh_state(cfg)
         if ours:
             metrics = loop.train_epoch(state, settings, 1)
         else:
-            metrics = plain_epoch(state.model, state.splits["train"], cfg, state.optimizer, state.scheduler, state.generator, 1)
+            metrics = plain_epoch(
+                state.model, state.splits["train"], cfg, state.optimizer, state.scheduler, state.generator, 1
+            )
         results.append((metrics, repro.weights_sha256(state.model), state.optimizer.param_groups[0]["lr"]))
     assert results[0] == results[1]

@@ -17,10 +17,15 @@ def test_installed_package_finds_configs_and_presets_from_any_folder(tmp_path):
     assert built.returncode == 0, built.stderr[-2000:]
     assert (site / "mnist_cnn" / "conf" / "experiment" / "seed_tutorial.yaml").is_file()
 
-    code = "import mnist_cnn, sys; print(mnist_cnn.__file__); sys.argv[1:] = ['--cfg', 'job', 'experiment=seed_tutorial']; " \
-           "from mnist_cnn.cli.train import main; main()"
+    code = (
+        "import mnist_cnn, sys; print(mnist_cnn.__file__); sys.argv[1:] = ['--cfg', 'job', "
+        "'experiment=seed_tutorial']; "
+        "from mnist_cnn.cli.train import main; main()"
+    )
     env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.startswith(str(site))  # the installed copy ran, not the checkout
     assert "seed: 777" in out.stdout and "name: seed_cnn" in out.stdout

@@ -65,7 +65,9 @@ def test_ctrl_c_twice_ends_the_run_killed_even_during_its_final_write(tiny_cfg, 
     with pytest.raises(KeyboardInterrupt):
         train.run(tiny_cfg("trainer.epochs=3", "tracking.log_model=false"), tmp_path / "out")
     run = only_run(store_uri)
-    assert run.info.status == "KILLED" and run.data.tags["resume_command"].startswith(f"mnist-cnn-train resume={run.info.run_id}")
+    assert run.info.status == "KILLED" and run.data.tags["resume_command"].startswith(
+        f"mnist-cnn-train resume={run.info.run_id}"
+    )
     assert [step for step, _ in history(store_uri, run.info.run_id)["train_loss"]] == [1]
 
 
@@ -96,7 +98,9 @@ def test_a_stop_while_the_run_is_opened_waits_then_leaves_a_resumable_run(tiny_c
     monkeypatch.undo()
     monkeypatch.chdir(tmp_path)
     run = only_run(store_uri)
-    assert run.info.status == "KILLED" and "config.yaml" in {a.path for a in MlflowClient(store_uri).list_artifacts(run.info.run_id)}
+    assert run.info.status == "KILLED" and "config.yaml" in {
+        a.path for a in MlflowClient(store_uri).list_artifacts(run.info.run_id)
+    }
     monkeypatch.setattr(start, "job_overrides", lambda: [f"resume={run.info.run_id}"])
     train.run(tiny_cfg(f"resume={run.info.run_id}"), tmp_path / "again")
     assert only_run(store_uri).info.status == "FINISHED"

@@ -171,7 +171,9 @@ def test_imports_inside_functions_are_heavy_modules_with_a_reason():
         heavy = i.target.split(".")[0] in HEAVY or (ours(i.target) and i.target in heavy_modules())
         if not heavy or not i.commented:
             why = "a comment saying why" if heavy else "a reason: it is not slow to import; import it at the top"
-            wrong.append(f"{modules()[i.source].relative_to(ROOT)}:{i.line} imports {i.target} in a function without {why}")
+            wrong.append(
+                f"{modules()[i.source].relative_to(ROOT)}:{i.line} imports {i.target} in a function without {why}"
+            )
     assert not wrong, "\n".join(wrong)
 
 
@@ -202,7 +204,9 @@ def diagram() -> str:
 
 def test_the_architecture_page_shows_the_imports_as_they_are():
     page = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
-    assert diagram() in page, "docs/architecture.md is out of date: paste the output of `python -m tests.test_layers` there"
+    assert diagram() in page, (
+        "docs/architecture.md is out of date: paste the output of `python -m tests.test_layers` there"
+    )
 
 
 if __name__ == "__main__":
@@ -239,7 +243,8 @@ def profile(frame, event, arg):
             return
         started.add(id(frame))
     caller = ours(frame.f_back)
-    if any(isinstance(v, DictConfig) for v in given(frame)) and (caller is None or caller.f_code.co_filename != code.co_filename):
+    from_elsewhere = caller is None or caller.f_code.co_filename != code.co_filename
+    if from_elsewhere and any(isinstance(v, DictConfig) for v in given(frame)):
         entries[code.co_filename.rpartition("/mnist_cnn/")[2]] += 1
 
 atexit.register(lambda: print("ENTRIES " + json.dumps(entries)))

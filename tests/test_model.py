@@ -78,21 +78,48 @@ def test_strides_and_padding_change_the_inferred_flatten_size():
 
 
 BAD = [
-    ([{"type": "conv", "out_channels": 0, "kernel_size": 3}], "model.layers[0] conv: out_channels must be a positive integer"),
-    ([{"type": "conv", "out_channels": 4, "kernel_size": -1}], "model.layers[0] conv: kernel_size must be a positive integer"),
+    (
+        [{"type": "conv", "out_channels": 0, "kernel_size": 3}],
+        "model.layers[0] conv: out_channels must be a positive integer",
+    ),
+    (
+        [{"type": "conv", "out_channels": 4, "kernel_size": -1}],
+        "model.layers[0] conv: kernel_size must be a positive integer",
+    ),
     ([{"type": "conv", "out_channels": 4, "kernel_size": 3, "stride": 0}], "model.layers[0] conv: stride must be"),
     ([{"type": "conv", "out_channels": 4, "kernel_size": 3, "padding": -1}], "model.layers[0] conv: padding must be"),
     ([{"type": "conv", "kernel_size": 3}], "model.layers[0] conv: out_channels is required"),
-    ([{"type": "conv", "out_channels": 4, "kernel_size": 29}], "model.layers[0] conv: input is 28x28 (padding 0), kernel_size 29 does not fit"),
+    (
+        [{"type": "conv", "out_channels": 4, "kernel_size": 29}],
+        "model.layers[0] conv: input is 28x28 (padding 0), kernel_size 29 does not fit",
+    ),
     ([{"type": "dropout", "p": 1.5}], "model.layers[0] dropout: p must be in [0, 1)"),
-    ([{"type": "flatten"}, {"type": "linear", "out_features": 0}], "model.layers[1] linear: out_features must be a positive integer"),
+    (
+        [{"type": "flatten"}, {"type": "linear", "out_features": 0}],
+        "model.layers[1] linear: out_features must be a positive integer",
+    ),
     ([{"type": "conv3d"}], "model.layers[0]: unknown type 'conv3d'"),
     ([{"type": "relu", "kernel_size": 2}], "model.layers[0] relu: key 'kernel_size' does not apply to relu"),
-    ([{"type": "block", "out_channels": 4, "kernel_size": 3, "pool": "median"}], "model.layers[0] block: pool must be one of max, avg, none, got 'median'"),
-    ([{"type": "conv", "out_channels": 4, "kernel_size": 3, "init": "zeros"}], "model.layers[0] conv: init must be one of"),
-    ([{"type": "linear", "out_features": 10}], "model.layers[0] linear: input is 1x28x28; add a layer {type: flatten} before it"),
-    ([{"type": "flatten"}, {"type": "conv", "out_channels": 4, "kernel_size": 3}], "model.layers[1] conv: input is already flat (784 features)"),
-    ([{"type": "flatten"}, {"type": "linear", "out_features": 12}], "model.layers[1] linear: out_features is 12 but the dataset has 10 classes"),
+    (
+        [{"type": "block", "out_channels": 4, "kernel_size": 3, "pool": "median"}],
+        "model.layers[0] block: pool must be one of max, avg, none, got 'median'",
+    ),
+    (
+        [{"type": "conv", "out_channels": 4, "kernel_size": 3, "init": "zeros"}],
+        "model.layers[0] conv: init must be one of",
+    ),
+    (
+        [{"type": "linear", "out_features": 10}],
+        "model.layers[0] linear: input is 1x28x28; add a layer {type: flatten} before it",
+    ),
+    (
+        [{"type": "flatten"}, {"type": "conv", "out_channels": 4, "kernel_size": 3}],
+        "model.layers[1] conv: input is already flat (784 features)",
+    ),
+    (
+        [{"type": "flatten"}, {"type": "linear", "out_features": 12}],
+        "model.layers[1] linear: out_features is 12 but the dataset has 10 classes",
+    ),
     ([{"type": "flatten"}, {"type": "linear", "out_features": 10}, {"type": "relu"}], "no classifier head"),
     ([], "no classifier head"),
 ]
@@ -132,7 +159,12 @@ def test_one_registry_of_layer_kinds_drives_schema_planner_builder_and_docs():
         return [Layer("", "GELU", shape)]
 
     try:
-        layers = [{"type": "flatten"}, {"type": "linear", "out_features": 32}, {"type": "gelu"}, {"type": "linear", "out_features": 10}]
+        layers = [
+            {"type": "flatten"},
+            {"type": "linear", "out_features": 32},
+            {"type": "gelu"},
+            {"type": "linear", "out_features": 10},
+        ]
         model = build(layers)
         assert isinstance(model.gelu2, torch.nn.GELU) and model(torch.rand(2, *IN_SHAPE)).shape == (2, 10)
     finally:

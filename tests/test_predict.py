@@ -37,7 +37,9 @@ VARIANTS = {
     "64x64": lambda digit: Image.fromarray(255 - digit).resize((64, 64), Image.Resampling.BICUBIC),
     "100x100-rgb": lambda digit: Image.fromarray(digit).resize((100, 100), Image.Resampling.BICUBIC).convert("RGB"),
     "rgb-white-margin": lambda digit: _on_white_canvas(Image.fromarray(255 - digit)),
-    "ink-on-transparent": lambda digit: Image.merge("RGBA", [Image.new("L", (28, 28), 0)] * 3 + [Image.fromarray(digit)]),
+    "ink-on-transparent": lambda digit: Image.merge(
+        "RGBA", [Image.new("L", (28, 28), 0)] * 3 + [Image.fromarray(digit)]
+    ),
     "16-bit-grey": lambda digit: Image.fromarray((255 - digit).astype(np.uint16) * 257),
 }
 RESIZED = {"64x64", "100x100-rgb"}  # resampled twice (by the user, then back to 20x20): close, not equal
@@ -196,7 +198,9 @@ def test_the_command_prints_json_names_a_bad_file_and_exits_2(trained, mnist_tes
     out = processes.run(command, tmp_path, timeout=300)
     assert out.returncode == 2, out.stderr[-2000:]
     (error,) = out.stderr.strip().splitlines()
-    assert error.startswith(f"mnist-cnn-predict: {broken}: cannot be read (") and error.endswith("truncated or corrupt.")
+    assert error.startswith(f"mnist-cnn-predict: {broken}: cannot be read (") and error.endswith(
+        "truncated or corrupt."
+    )
     rows = json.loads(out.stdout)
     assert [row["file"] for row in rows] == list(map(str, paths))  # the bad file left out, the others all there
     for row in rows:
@@ -210,7 +214,13 @@ def test_the_command_prints_json_names_a_bad_file_and_exits_2(trained, mnist_tes
 def test_a_model_uri_leads_back_to_the_run_that_trained_it(trained, tmp_path):
     client, run_id = trained["client"], trained["run_id"]
     (logged,) = client.search_logged_models([client.get_run(run_id).info.experiment_id])
-    uris = [f"runs:/{run_id}/model", "models:/digits/1", "models:/digits@champion", "models:/digits/latest", logged.model_uri]
+    uris = [
+        f"runs:/{run_id}/model",
+        "models:/digits/1",
+        "models:/digits@champion",
+        "models:/digits/latest",
+        logged.model_uri,
+    ]
     for uri in uris:
         assert resolve_model(client, uri).run_id == run_id, uri
     folder = client.download_artifacts(run_id, "model", str(tmp_path))  # a model that no run logged
@@ -239,11 +249,33 @@ UNKNOWN_RUN = "0" * 32
 @pytest.mark.parametrize(
     "model, uri, message",
     [
-        (UNKNOWN_RUN, "{store}", f"--model {UNKNOWN_RUN}: cannot load it from the tracking store {{store}} (MlflowException: Run with id={UNKNOWN_RUN} not found)"),
-        ("models:/nosuch/1", "{store}", "--model models:/nosuch/1: not in the tracking store {store} (Model Version (name=nosuch, version=1) not found)."),
-        ("models:/digits@nope", "{store}", "--model models:/digits@nope: not in the tracking store {store} (Registered model alias nope not found.)."),
-        (UNKNOWN_RUN, "sqlite:///{tmp}/nothere.db", "tracking.uri='sqlite:///{tmp}/nothere.db': there is no MLflow store at {tmp}/nothere.db."),
-        (UNKNOWN_RUN, "http://alice:secret@127.0.0.1:{port}", "tracking.uri='http://127.0.0.1:{port}': cannot open the MLflow store (connection refused)."),
+        (
+            UNKNOWN_RUN,
+            "{store}",
+            f"--model {UNKNOWN_RUN}: cannot load it from the tracking store {{store}} (MlflowException: Run with "
+            f"id={UNKNOWN_RUN} not found)",
+        ),
+        (
+            "models:/nosuch/1",
+            "{store}",
+            "--model models:/nosuch/1: not in the tracking store {store} (Model Version (name=nosuch, version=1) not "
+            "found).",
+        ),
+        (
+            "models:/digits@nope",
+            "{store}",
+            "--model models:/digits@nope: not in the tracking store {store} (Registered model alias nope not found.).",
+        ),
+        (
+            UNKNOWN_RUN,
+            "sqlite:///{tmp}/nothere.db",
+            "tracking.uri='sqlite:///{tmp}/nothere.db': there is no MLflow store at {tmp}/nothere.db.",
+        ),
+        (
+            UNKNOWN_RUN,
+            "http://alice:secret@127.0.0.1:{port}",
+            "tracking.uri='http://127.0.0.1:{port}': cannot open the MLflow store (connection refused).",
+        ),
     ],
     ids=["unknown-run", "unknown-registered-model", "unknown-alias", "no-store-file", "unreachable-server"],
 )

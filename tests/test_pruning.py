@@ -57,10 +57,14 @@ def test_a_lower_loss_is_better_when_the_objective_is_minimized(tiny_cfg, store_
     losses = ([0.9, 0.5, 0.3], [0.8, 0.4, 0.2], [0.85, 0.45, 0.25])
     client, parent, judged = sweep_of(store_uri)
     for values in losses:  # the same shape as above, on val_loss
-        run_id = client.create_run(client.get_run(parent).info.experiment_id, tags={"mlflow.parentRunId": parent}).info.run_id
+        run_id = client.create_run(
+            client.get_run(parent).info.experiment_id, tags={"mlflow.parentRunId": parent}
+        ).info.run_id
         client.log_batch(run_id, metrics=[Metric("val_loss", v, 0, step) for step, v in enumerate(values, start=1)])
         client.set_terminated(run_id)
-    cfg = tiny_cfg("trainer.epochs=3", "objective.pruner=median", "objective.metric=val_loss", "objective.direction=minimize")
+    cfg = tiny_cfg(
+        "trainer.epochs=3", "objective.pruner=median", "objective.metric=val_loss", "objective.direction=minimize"
+    )
     assert SweepPruner(cfg, parent).should_prune(client, judged, [{"val_loss": 2.3}, {"val_loss": 2.3}])
     assert not SweepPruner(cfg, parent).should_prune(client, judged, [{"val_loss": 0.7}, {"val_loss": 0.3}])
 
@@ -70,7 +74,15 @@ def test_a_grid_prunes_its_hopeless_jobs_and_crowns_the_best_finished_one(tiny_r
     """The issue's grid on tiny data: lr 1e-6 and 2e-6 cannot learn in 3 epochs; the three good
     learning rates finish, the two hopeless ones stop after epoch 2, and the champion is the best."""
     lrs = "optimizer.lr=1e-3,2e-3,3e-3,1e-6,2e-6"
-    command = processes.train_command(tiny_root, store_uri, lrs, "trainer.epochs=3", "objective.pruner=median", "tracking.register_as=tiny", multirun=True)
+    command = processes.train_command(
+        tiny_root,
+        store_uri,
+        lrs,
+        "trainer.epochs=3",
+        "objective.pruner=median",
+        "tracking.register_as=tiny",
+        multirun=True,
+    )
     started = time.time()
     out = processes.run(command, tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -78,7 +90,11 @@ def test_a_grid_prunes_its_hopeless_jobs_and_crowns_the_best_finished_one(tiny_r
     parent = next(r for r in found if "mlflow.parentRunId" not in r.data.tags)
     jobs = {r.info.run_name: r for r in found if r is not parent}
     assert {name: r.info.status for name, r in jobs.items()} == {
-        "lr=0.001": "FINISHED", "lr=0.002": "FINISHED", "lr=0.003": "FINISHED", "lr=1e-06": "KILLED", "lr=2e-06": "KILLED"
+        "lr=0.001": "FINISHED",
+        "lr=0.002": "FINISHED",
+        "lr=0.003": "FINISHED",
+        "lr=1e-06": "KILLED",
+        "lr=2e-06": "KILLED",
     }
     for name in ("lr=1e-06", "lr=2e-06"):
         pruned = jobs[name]
@@ -92,7 +108,9 @@ def test_a_grid_prunes_its_hopeless_jobs_and_crowns_the_best_finished_one(tiny_r
 
     top = max(r.data.metrics["val_acc"] for r in jobs.values() if r.info.status == "FINISHED")
     best = parent.data.tags["best_run_id"]
-    assert best in {r.info.run_id for r in jobs.values() if r.info.status == "FINISHED" and r.data.metrics["val_acc"] == top}
+    assert best in {
+        r.info.run_id for r in jobs.values() if r.info.status == "FINISHED" and r.data.metrics["val_acc"] == top
+    }
     champion = client.get_model_version_by_alias("tiny", "champion")
     assert champion.run_id == best and parent.data.tags["champion"] == f"models:/tiny/{champion.version}"
     assert len(client.search_model_versions("name = 'tiny'")) == 1  # only the champion is registered

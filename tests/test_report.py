@@ -56,7 +56,9 @@ def test_figures_use_the_datasets_class_names():
     assert "Sneaker" in [t.get_text() for t in matrix.axes[0].get_xticklabels()]
     mistakes = figures.misclassified(report)
     assert mistakes.axes[0].get_title() == "true: Sneaker\npredicted: Sandal (0.11)"
-    curves = figures.learning_curves([{"train_loss": 1.0, "val_loss": 0.9, "train_acc": 0.5, "val_acc": 0.6}, {"train_loss": 0.5}])
+    curves = figures.learning_curves(
+        [{"train_loss": 1.0, "val_loss": 0.9, "train_acc": 0.5, "val_acc": 0.6}, {"train_loss": 0.5}]
+    )
     assert [line.get_label() for line in curves.axes[0].get_lines()] == ["train", "val"]
 
 
@@ -80,12 +82,17 @@ def test_a_registered_model_evaluates_to_its_runs_test_accuracy(tiny_cfg, store_
     assert code == 0 and f"test_acc {run.data.metrics['test_acc']:.4f}" in out and "support" in out
     again = client.get_run(run.info.run_id)
     assert again.data.metrics["eval_test_acc"] == run.data.metrics["test_acc"]  # reproduced exactly
-    assert {a.path for a in client.list_artifacts(run.info.run_id, "eval")} >= {"eval/classification_report.json", "eval/plots"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "eval")} >= {
+        "eval/classification_report.json",
+        "eval/plots",
+    }
 
     code, out, _ = eval_cli_run(["models:/digits/1", "--tracking-uri", store_uri], capsys)
     evaluation = runs_by_name(store_uri)["eval digits/1"]
     assert code == 0 and evaluation.data.metrics["test_acc"] == run.data.metrics["test_acc"]
-    assert evaluation.data.tags["mnist_cnn.evaluated_model"] == "models:/digits/1" and evaluation.info.status == "FINISHED"
+    assert (
+        evaluation.data.tags["mnist_cnn.evaluated_model"] == "models:/digits/1" and evaluation.info.status == "FINISHED"
+    )
 
 
 @pytest.mark.parametrize(
@@ -111,4 +118,3 @@ def test_a_model_that_does_not_fit_the_data_is_named(tiny_cfg, store_uri, tmp_pa
     code, _, err = eval_cli_run([run_id, "--tracking-uri", store_uri], capsys)
     assert code == 2 and "does not take images of shape (N, 1, 28, 28)" in err
     assert "eval_test_acc" not in MlflowClient(store_uri).get_run(run_id).data.metrics
-

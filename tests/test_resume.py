@@ -65,7 +65,9 @@ def test_same_seed_gives_the_same_weights_and_metrics_and_another_seed_does_not(
 
 
 @pytest.mark.parametrize("stop_epoch", [1, 2], ids=["before-the-first-epoch-ended", "in-epoch-2"])
-def test_a_run_in_a_named_experiment_resumes_to_the_uninterrupted_result(tiny_cfg, store_uri, tmp_path, monkeypatch, stop_epoch):
+def test_a_run_in_a_named_experiment_resumes_to_the_uninterrupted_result(
+    tiny_cfg, store_uri, tmp_path, monkeypatch, stop_epoch
+):
     """The printed resume command works outside the default experiment, keeps the run's own tracking
     settings (log_model=false), and a run stopped before any checkpoint starts again in the same run."""
     augment = ("data.augment.rotate=15", "data.augment.translate=0.1")  # its random warps must resume too
@@ -116,11 +118,19 @@ def test_an_untracked_run_resumes_from_its_checkpoint_file(tiny_cfg, store_uri, 
     assert all_runs(store_uri) == []
 
 
-def test_resume_refuses_overrides_that_change_the_result_and_accepts_run_settings(tiny_cfg, store_uri, tmp_path, monkeypatch):
+def test_resume_refuses_overrides_that_change_the_result_and_accepts_run_settings(
+    tiny_cfg, store_uri, tmp_path, monkeypatch
+):
     run_id = killed_in_epoch_2(tiny_cfg(*FAST), store_uri, tmp_path / "out", monkeypatch)
     with pytest.raises(ConfigError, match=r"optimizer.lr=0.5 would change the result of the run being resumed"):
         resume(monkeypatch, tiny_cfg("optimizer.lr=0.5"), run_id, "optimizer.lr=0.5", "data.root=/elsewhere")
-    final = resume(monkeypatch, tiny_cfg("optimizer.lr=0.001", "trainer.progress=false"), run_id, "optimizer.lr=0.001", "trainer.progress=false")
+    final = resume(
+        monkeypatch,
+        tiny_cfg("optimizer.lr=0.001", "trainer.progress=false"),
+        run_id,
+        "optimizer.lr=0.001",
+        "trainer.progress=false",
+    )
     assert final["test_acc"] > 0.5 and only_run(store_uri).info.status == "FINISHED"
     with pytest.raises(CheckpointError, match=f"run {run_id} already FINISHED; there is nothing to resume"):
         resume(monkeypatch, tiny_cfg(), run_id)
@@ -138,7 +148,9 @@ def test_a_run_with_a_fresh_heartbeat_is_refused_and_a_stale_one_resumed(tiny_cf
     client.update_run(run_id, status="RUNNING")  # as if another process (our parent, alive) trained it now
     client.set_tag(run_id, PID, str(os.getppid()))
     client.set_tag(run_id, HEARTBEAT, datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    with pytest.raises(CheckpointError, match=r"is RUNNING and its heartbeat is \d+ s old: a process \(pid \d+ on .*\) may still"):
+    with pytest.raises(
+        CheckpointError, match=r"is RUNNING and its heartbeat is \d+ s old: a process \(pid \d+ on .*\) may still"
+    ):
         resume(monkeypatch, tiny_cfg(), run_id)
     old = datetime.now(timezone.utc) - timedelta(minutes=10)
     client.set_tag(run_id, HEARTBEAT, old.isoformat(timespec="seconds"))  # silent for 10 min: stale
@@ -147,7 +159,14 @@ def test_a_run_with_a_fresh_heartbeat_is_refused_and_a_stale_one_resumed(tiny_cf
 
 
 def train_in_subprocess(tmp_path, root, uri, *overrides):
-    base = ("model=bn_cnn", "data.val_size=200", "trainer.epochs=3", "seed=3", "tracking.log_model=false", "tracking.heartbeat_s=1")
+    base = (
+        "model=bn_cnn",
+        "data.val_size=200",
+        "trainer.epochs=3",
+        "seed=3",
+        "tracking.log_model=false",
+        "tracking.heartbeat_s=1",
+    )
     return processes.train_command(root, uri, *base, *overrides)
 
 

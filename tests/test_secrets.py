@@ -40,9 +40,17 @@ def test_http_credentials_move_into_mlflows_variables(monkeypatch):
         "http://h:5000/",
         {"MLFLOW_TRACKING_USERNAME": "alice", "MLFLOW_TRACKING_PASSWORD": SECRET, "MLFLOW_TRACKING_TOKEN": "t"},
     )
-    argv = ["mnist-cnn-train", f"tracking.uri=http://alice:{SECRET}@h:5000", f"+tracking.uri=postgresql://u:{SECRET}@db/m", "seed=1"]
+    argv = [
+        "mnist-cnn-train",
+        f"tracking.uri=http://alice:{SECRET}@h:5000",
+        f"+tracking.uri=postgresql://u:{SECRET}@db/m",
+        "seed=1",
+    ]
     assert move_credentials(argv) == [
-        "mnist-cnn-train", "tracking.uri=http://h:5000", "+tracking.uri=${oc.env:MLFLOW_TRACKING_URI}", "seed=1"
+        "mnist-cnn-train",
+        "tracking.uri=http://h:5000",
+        "+tracking.uri=${oc.env:MLFLOW_TRACKING_URI}",
+        "seed=1",
     ]
     assert os.environ["MLFLOW_TRACKING_PASSWORD"] == SECRET and SECRET in os.environ["MLFLOW_TRACKING_URI"]
 
@@ -64,7 +72,9 @@ def test_a_run_against_a_password_protected_server_writes_the_password_nowhere(t
     server = Server(tmp_path / "server", free_port(), app_name="basic-auth").start()
     try:
         uri = f"http://admin:{server.admin_password}@127.0.0.1:{server.port}"
-        job = processes.start(processes.train_command(tiny_root, uri, "trainer.epochs=3", "tracking.log_model=false"), tmp_path)
+        job = processes.start(
+            processes.train_command(tiny_root, uri, "trainer.epochs=3", "tracking.log_model=false"), tmp_path
+        )
         for line in job.stdout:
             if "epoch 1/3" in line:
                 job.send_signal(signal.SIGTERM)  # KILLED, with a resume command
@@ -78,7 +88,11 @@ def test_a_run_against_a_password_protected_server_writes_the_password_nowhere(t
         (run,) = client.search_runs([client.get_experiment_by_name("mnist").experiment_id])
         assert run.info.status == "KILLED" and run.data.params["tracking.uri"] == server.uri
         assert run.data.tags["resume_command"] == f"mnist-cnn-train resume={run.info.run_id} tracking.uri={server.uri}"
-        written = [str(run.data.params), str(run.data.tags), client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))]
+        written = [
+            str(run.data.params),
+            str(run.data.tags),
+            client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path)),
+        ]
         written[-1] = open(written[-1]).read()
         for path in (tmp_path / "outputs").rglob("*"):
             if path.is_file():
@@ -112,6 +126,13 @@ def test_ui_links_open_the_training_view_and_never_show_credentials():
     from mnist_cnn.tracking.links import experiment_url, model_version_url, run_url
 
     view = "?workflowType=machine_learning"
-    assert run_url(f"http://alice:{SECRET}@host:5000/", "1", "abc") == f"http://host:5000/#/experiments/1/runs/abc{view}"
-    assert experiment_url("sqlite:////x/mlflow.db", "3") == f"http://127.0.0.1:5000/#/experiments/3/runs{view}"  # make ui
-    assert model_version_url("https://mlflow.example.com", "my digits", "2") == f"https://mlflow.example.com/#/models/my%20digits/versions/2{view}"
+    assert (
+        run_url(f"http://alice:{SECRET}@host:5000/", "1", "abc") == f"http://host:5000/#/experiments/1/runs/abc{view}"
+    )
+    assert (
+        experiment_url("sqlite:////x/mlflow.db", "3") == f"http://127.0.0.1:5000/#/experiments/3/runs{view}"
+    )  # make ui
+    assert (
+        model_version_url("https://mlflow.example.com", "my digits", "2")
+        == f"https://mlflow.example.com/#/models/my%20digits/versions/2{view}"
+    )

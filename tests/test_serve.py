@@ -18,16 +18,44 @@ from tests.helpers.mlflow_store import free_port
 
 @pytest.mark.slow
 def test_mlflow_models_serve_answers_real_digits(real_root, store_uri, tmp_path):
-    cfg = make_cfg([f"data.root={real_root}", "trainer.epochs=1", "trainer.limit_batches=150", "data.batch_size=128",
-                    "optimizer.lr=3e-3", "trainer.progress=false", f"tracking.uri={store_uri}", "tracking.register_as=digits"])
+    cfg = make_cfg(
+        [
+            f"data.root={real_root}",
+            "trainer.epochs=1",
+            "trainer.limit_batches=150",
+            "data.batch_size=128",
+            "optimizer.lr=3e-3",
+            "trainer.progress=false",
+            f"tracking.uri={store_uri}",
+            "tracking.register_as=digits",
+        ]
+    )
     train.run(cfg, tmp_path / "out")
     port = free_port()
-    command = ["mlflow", "models", "serve", "-m", "models:/digits/1",
-               "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
+    command = [
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        "models:/digits/1",
+        "--env-manager",
+        "local",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     bin_dir = str(Path(sys.executable).parent)  # MLflow starts `uvicorn` from the PATH: the venv's, as when activated
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "MLFLOW_TRACKING_URI": store_uri, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "MLFLOW_TRACKING_URI": store_uri,
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
     log = open(tmp_path / "serve.log", "w")
-    server = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = subprocess.Popen(
+        command, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.time() + 120

@@ -32,17 +32,32 @@ def assert_four_good_children(parent, children):
     assert {c.info.status for c in children} == {"FINISHED"}
     for child in children:
         assert {"train_loss", "val_acc", "test_acc", "lr", "epoch_time_s"} <= set(child.data.metrics)
-    assert sorted(c.info.run_name for c in children) == ["lr=0.001,seed=1", "lr=0.001,seed=2", "lr=0.003,seed=1", "lr=0.003,seed=2"]
+    assert sorted(c.info.run_name for c in children) == [
+        "lr=0.001,seed=1",
+        "lr=0.001,seed=2",
+        "lr=0.003,seed=1",
+        "lr=0.003,seed=2",
+    ]
     assert parent.info.status == "FINISHED"
     assert parent.data.metrics["n_jobs"] == 4 and parent.data.metrics["n_failed"] == 0
     best = max(children, key=lambda c: c.data.metrics["val_acc"])
     assert parent.data.metrics["best_val_acc"] == best.data.metrics["val_acc"]
-    assert parent.data.tags["best_run_id"] in {c.info.run_id for c in children if c.data.metrics["val_acc"] == best.data.metrics["val_acc"]}
+    assert parent.data.tags["best_run_id"] in {
+        c.info.run_id for c in children if c.data.metrics["val_acc"] == best.data.metrics["val_acc"]
+    }
 
 
 @pytest.mark.slow
 def test_parallel_joblib_sweep_is_one_parent_with_four_children(tiny_root, store_uri, tmp_path, capsys):
-    parent, children = sweep(tmp_path, tiny_root, store_uri, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "optimizer.lr=1e-3,3e-3", "seed=1,2")
+    parent, children = sweep(
+        tmp_path,
+        tiny_root,
+        store_uri,
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "optimizer.lr=1e-3,3e-3",
+        "seed=1,2",
+    )
     assert_four_good_children(parent, children)
     assert parent.data.tags["launcher"] == "JoblibLauncher" and parent.data.tags["sweeper"] == "BasicSweeper"
     assert "optimizer.lr=1e-3,3e-3 seed=1,2" in parent.data.tags["sweep_overrides"]
@@ -55,7 +70,9 @@ def test_parallel_joblib_sweep_is_one_parent_with_four_children(tiny_root, store
 
 @pytest.mark.slow
 def test_submitit_local_sweep_is_one_parent_with_four_children(tiny_root, store_uri, tmp_path):
-    parent, children = sweep(tmp_path, tiny_root, store_uri, "hydra/launcher=submitit_local", "optimizer.lr=1e-3,3e-3", "seed=1,2")
+    parent, children = sweep(
+        tmp_path, tiny_root, store_uri, "hydra/launcher=submitit_local", "optimizer.lr=1e-3,3e-3", "seed=1,2"
+    )
     assert_four_good_children(parent, children)
 
 
@@ -104,7 +121,11 @@ def test_runs_table_sorts_and_formats_runs(tiny_cfg, store_uri, tmp_path, capsys
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("run_id,name,status,overrides,val_acc,test_acc,epochs,wall_s,train_loss")
     losses = [float(line.rsplit(",", 1)[1]) for line in lines[1:]]
-    assert len(losses) == 2 and losses == sorted(losses) and losses[0] == min(r.data.metrics["train_loss"] for r in made.values())
+    assert (
+        len(losses) == 2
+        and losses == sorted(losses)
+        and losses[0] == min(r.data.metrics["train_loss"] for r in made.values())
+    )
 
     runs.main(["--tracking-uri", store_uri])
     table = capsys.readouterr().out
@@ -118,11 +139,20 @@ def test_runs_table_rejects_an_unknown_experiment_with_exit_code_2(store_uri, ca
 
 
 def test_run_names_come_from_the_overrides_that_matter():
-    overrides = ["optimizer.lr=0.003", "data.batch_size=256", "data.root=/x", "tracking.uri=sqlite:///y.db", "model.layers.0.out_channels=16"]
+    overrides = [
+        "optimizer.lr=0.003",
+        "data.batch_size=256",
+        "data.root=/x",
+        "tracking.uri=sqlite:///y.db",
+        "model.layers.0.out_channels=16",
+    ]
     assert run_name(overrides) == "lr=0.003,bs=256,l0.ch=16"
     assert run_name(overrides, only=["data.batch_size"]) == "bs=256"
     assert run_name(["data.root=/x"]) is None
-    assert run_name(["optimizer.lr=0.0024713734184878826", "optimizer=sgd", "seed=1"]) == "lr=0.002471,optimizer=sgd,seed=1"
+    assert (
+        run_name(["optimizer.lr=0.0024713734184878826", "optimizer=sgd", "seed=1"])
+        == "lr=0.002471,optimizer=sgd,seed=1"
+    )
 
 
 def test_group_seeds_averages_each_configuration_over_its_seeds(tiny_cfg, store_uri, tmp_path, capsys):
@@ -141,8 +171,17 @@ def test_group_seeds_averages_each_configuration_over_its_seeds(tiny_cfg, store_
             values = [r.data.metrics[metric] for r in group]
             mean = sum(values) / 2
             assert row["n"] == 2 and row[f"{metric}_mean"] == pytest.approx(mean)
-            assert row[f"{metric}_std"] == pytest.approx((sum((v - mean) ** 2 for v in values)) ** 0.5)  # sample std, n-1 = 1
+            assert row[f"{metric}_std"] == pytest.approx(
+                (sum((v - mean) ** 2 for v in values)) ** 0.5
+            )  # sample std, n-1 = 1
 
     runs.main(["--tracking-uri", store_uri, "--group-seeds"])
     table = capsys.readouterr().out
-    assert table.splitlines()[0].split() == ["config", "n", "val_acc_mean", "val_acc_std", "test_acc_mean", "test_acc_std"]
+    assert table.splitlines()[0].split() == [
+        "config",
+        "n",
+        "val_acc_mean",
+        "val_acc_std",
+        "test_acc_mean",
+        "test_acc_std",
+    ]

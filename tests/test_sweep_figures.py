@@ -15,8 +15,17 @@ SWEPT = ["optimizer.lr", "data.batch_size", "optimizer.name", "seed"]
 def jobs(*rows: tuple) -> pd.DataFrame:
     """A jobs table like `jobs_table`'s: (name, status, pruned at, metric, train time, **swept)."""
     return pd.DataFrame(
-        [{"name": name, "status": status, "pruned_at_epoch": pruned, "val_acc": metric, "train_time_s": time, **swept}
-         for name, status, pruned, metric, time, swept in rows]
+        [
+            {
+                "name": name,
+                "status": status,
+                "pruned_at_epoch": pruned,
+                "val_acc": metric,
+                "train_time_s": time,
+                **swept,
+            }
+            for name, status, pruned, metric, time, swept in rows
+        ]
     )
 
 
@@ -34,9 +43,24 @@ def failed(name: str, **swept) -> tuple:
 
 def four_keys() -> pd.DataFrame:
     return jobs(
-        finished("b", 0.975, 30.0, **{"optimizer.lr": "0.001", "data.batch_size": "128", "optimizer.name": "sgd", "seed": "2"}),
-        finished("a", 0.987, 34.0, **{"optimizer.lr": "0.001", "data.batch_size": "64", "optimizer.name": "adam", "seed": "1"}),
-        finished("c", 0.991, 55.0, **{"optimizer.lr": "0.0001", "data.batch_size": "32", "optimizer.name": "adam", "seed": "1"}),
+        finished(
+            "b",
+            0.975,
+            30.0,
+            **{"optimizer.lr": "0.001", "data.batch_size": "128", "optimizer.name": "sgd", "seed": "2"},
+        ),
+        finished(
+            "a",
+            0.987,
+            34.0,
+            **{"optimizer.lr": "0.001", "data.batch_size": "64", "optimizer.name": "adam", "seed": "1"},
+        ),
+        finished(
+            "c",
+            0.991,
+            55.0,
+            **{"optimizer.lr": "0.0001", "data.batch_size": "32", "optimizer.name": "adam", "seed": "1"},
+        ),
         pruned("d", 0.41, **{"optimizer.lr": "1e-05", "data.batch_size": "32", "optimizer.name": "adam", "seed": "2"}),
         pruned("e", 0.12, **{"optimizer.lr": "1e-06", "data.batch_size": "128", "optimizer.name": "sgd", "seed": "1"}),
         failed("f", **{"optimizer.lr": "0.03"}),
@@ -69,8 +93,11 @@ def test_pareto_front_keeps_only_the_jobs_nothing_beats():
 
 def test_pareto_front_follows_the_direction():
     losses = jobs(
-        finished("a", 0.05, 20.0), finished("b", 0.03, 30.0), finished("c", 0.06, 25.0),
-        finished("d", 0.03, 40.0), finished("e", 0.02, 50.0),
+        finished("a", 0.05, 20.0),
+        finished("b", 0.03, 30.0),
+        finished("c", 0.06, 25.0),
+        finished("d", 0.03, 40.0),
+        finished("e", 0.02, 50.0),
     )
     assert pareto_front(losses, "val_acc", "minimize")["name"].tolist() == ["a", "b", "e"]
     assert pareto_front(losses, "val_acc", "maximize")["name"].tolist() == ["a", "c"]
@@ -111,8 +138,10 @@ def test_parallel_coordinates_axes_show_the_swept_values():
 
 
 def test_parallel_coordinates_with_one_key_or_one_value(tmp_path):
-    table = jobs(finished("a", 0.98, 20.0, **{"optimizer.lr": "0.001", "seed": "1"}),
-                 finished("b", 0.99, 30.0, **{"optimizer.lr": "0.002", "seed": "1"}))
+    table = jobs(
+        finished("a", 0.98, 20.0, **{"optimizer.lr": "0.001", "seed": "1"}),
+        finished("b", 0.99, 30.0, **{"optimizer.lr": "0.002", "seed": "1"}),
+    )
     one_key = parallel_coordinates(table, ["optimizer.lr"], "val_acc", "maximize")
     assert len(one_key.axes[0].get_lines()) == 2
     assert_png(one_key, tmp_path / "one_key.png")

@@ -19,7 +19,9 @@ RECORDED = ["hydra/launcher=joblib", "optimizer.lr=1e-3,3e-3", "seed=1,2", "data
 
 def parent_run(uri: str, status: str = "KILLED", tags: dict = None) -> str:
     client = MlflowClient(uri)
-    run_id = client.create_run(client.create_experiment("sweeps"), tags={SWEEP_ARGV: json.dumps(RECORDED), **(tags or {})}).info.run_id
+    run_id = client.create_run(
+        client.create_experiment("sweeps"), tags={SWEEP_ARGV: json.dumps(RECORDED), **(tags or {})}
+    ).info.run_id
     if status != "RUNNING":
         client.set_terminated(run_id, status)
     return run_id
@@ -27,8 +29,17 @@ def parent_run(uri: str, status: str = "KILLED", tags: dict = None) -> str:
 
 def test_the_recorded_overrides_come_back_and_run_settings_may_change(store_uri):
     parent = parent_run(store_uri)
-    argv = sweep_arguments(["train", "-m", f"resume_sweep={parent}", f"tracking.uri={store_uri}", "data.root=/elsewhere"])
-    assert argv == ["train", "-m", f"resume_sweep={parent}", f"tracking.uri={store_uri}", "data.root=/elsewhere", *RECORDED[:3]]
+    argv = sweep_arguments(
+        ["train", "-m", f"resume_sweep={parent}", f"tracking.uri={store_uri}", "data.root=/elsewhere"]
+    )
+    assert argv == [
+        "train",
+        "-m",
+        f"resume_sweep={parent}",
+        f"tracking.uri={store_uri}",
+        "data.root=/elsewhere",
+        *RECORDED[:3],
+    ]
     same = ["train", "-m", *RECORDED, f"resume_sweep={parent}", f"tracking.uri={store_uri}"]
     assert sweep_arguments(same) == same  # the same command line again, with resume_sweep added
     assert sweep_arguments(["train", "-m", "seed=1,2"]) == ["train", "-m", "seed=1,2"]
@@ -55,7 +66,11 @@ def test_resume_sweep_names_a_run_that_is_no_sweep_or_still_running(store_uri):
     cases = [
         ("0" * 32, ModelError, "no run 00000000000000000000000000000000 in this tracking store"),
         (single, ConfigError, "is not the parent run of a sweep"),
-        (parent_run(store_uri, "RUNNING", alive_tags(30)), CheckpointError, "is still running (its heartbeat is fresh); stop that sweep first."),
+        (
+            parent_run(store_uri, "RUNNING", alive_tags(30)),
+            CheckpointError,
+            "is still running (its heartbeat is fresh); stop that sweep first.",
+        ),
     ]
     for run_id, error, message in cases:
         with pytest.raises(error) as e:
@@ -87,7 +102,9 @@ def test_a_sweep_stopped_by_sigterm_finishes_with_each_job_once(tiny_root, store
     assert parent.info.status == "KILLED" and len(finished) >= 2 and len(before) <= 4
     assert any(r.info.status == "KILLED" for r in before) or len(before) < 4, "the signal must stop the sweep midway"
 
-    out = processes.run([*processes.TRAIN, "-m", f"resume_sweep={parent.info.run_id}", f"tracking.uri={store_uri}"], tmp_path)
+    out = processes.run(
+        [*processes.TRAIN, "-m", f"resume_sweep={parent.info.run_id}", f"tracking.uri={store_uri}"], tmp_path
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"resuming sweep {parent.info.run_id} with its overrides" in out.stderr
     parent, after = children(store_uri)
@@ -95,11 +112,19 @@ def test_a_sweep_stopped_by_sigterm_finishes_with_each_job_once(tiny_root, store
     assert {r.info.status for r in after} == {"FINISHED"}
     for run_id, run in finished.items():  # untouched: same end, same metrics, same tags
         again = next(r for r in after if r.info.run_id == run_id)
-        assert (again.info.end_time, again.data.metrics, again.data.tags) == (run.info.end_time, run.data.metrics, run.data.tags)
+        assert (again.info.end_time, again.data.metrics, again.data.tags) == (
+            run.info.end_time,
+            run.data.metrics,
+            run.data.tags,
+        )
     for stopped in (r for r in before if r.info.status == "KILLED"):  # continued in its own run
         resumed = next(r for r in after if r.info.run_id == stopped.info.run_id)
         assert resumed.data.metrics["test_acc"] > 0 and "interrupted" not in resumed.data.tags
-    assert parent.info.status == "FINISHED" and parent.data.metrics["n_jobs"] == 4 and parent.data.metrics["n_finished"] == 4
+    assert (
+        parent.info.status == "FINISHED"
+        and parent.data.metrics["n_jobs"] == 4
+        and parent.data.metrics["n_finished"] == 4
+    )
     assert parent.data.metrics["seeds_n"] == 4  # the seeds as one group: mean and std of 4
     seeds = [r.data.metrics["val_acc"] for r in after]
     assert parent.data.metrics["seeds_val_acc_mean"] == pytest.approx(sum(seeds) / 4)
@@ -108,11 +133,19 @@ def test_a_sweep_stopped_by_sigterm_finishes_with_each_job_once(tiny_root, store
 @pytest.mark.slow
 def test_a_resumed_optuna_sweep_counts_the_trials_it_already_ran(tiny_root, store_uri, tmp_path):
     search = ("hparams_search=lr_batch", "trainer.limit_batches=3", "tracking.log_model=false")
-    first = processes.run(processes.train_command(tiny_root, store_uri, *search, "hydra.sweeper.n_trials=2", multirun=True), tmp_path)
+    first = processes.run(
+        processes.train_command(tiny_root, store_uri, *search, "hydra.sweeper.n_trials=2", multirun=True), tmp_path
+    )
     assert first.returncode == 0, first.stderr[-3000:]
     parent, before = children(store_uri)
 
-    more = [*processes.TRAIN, "-m", f"resume_sweep={parent.info.run_id}", f"tracking.uri={store_uri}", "hydra.sweeper.n_trials=3"]
+    more = [
+        *processes.TRAIN,
+        "-m",
+        f"resume_sweep={parent.info.run_id}",
+        f"tracking.uri={store_uri}",
+        "hydra.sweeper.n_trials=3",
+    ]
     out = processes.run(more, tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     parent, after = children(store_uri)

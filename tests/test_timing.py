@@ -20,7 +20,9 @@ def epoch_seconds(uri: str, run_id: str) -> float:
     return sum(m.value for key in ("epoch_time_s", "val_time_s") for m in client.get_metric_history(run_id, key))
 
 
-def test_a_run_logs_each_phase_of_its_wall_time_and_train_time_is_its_epochs(tiny_cfg, store_uri, tmp_path, monkeypatch):
+def test_a_run_logs_each_phase_of_its_wall_time_and_train_time_is_its_epochs(
+    tiny_cfg, store_uri, tmp_path, monkeypatch
+):
     monkeypatch.setattr(timing._Job, "first", False)  # not the process's first job: its clock starts now
     timing.job_started()
     final = train.run(tiny_cfg(*FAST), tmp_path / "out")

@@ -41,19 +41,30 @@ def test_one_epoch_lands_everything_in_mlflow(tiny_cfg, store_uri, tmp_path):
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1], key
     assert run.data.metrics["test_acc"] == pytest.approx(final["test_acc"])
     assert {"git_commit", "version.torch", "device", HEARTBEAT, "mnist_cnn.pid"} <= set(run.data.tags)
-    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"config.yaml", "checkpoints", "plots", "classification_report.json"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {
+        "config.yaml",
+        "checkpoints",
+        "plots",
+        "classification_report.json",
+    }
     assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/last.pt"]
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert plots == {"plots/learning_curves.png", "plots/confusion_matrix.png", "plots/misclassified.png"}
-    report = json.loads(Path(client.download_artifacts(run.info.run_id, "classification_report.json", str(tmp_path))).read_text())
-    assert report["accuracy"] == pytest.approx(final["test_acc"]) and [c["name"] for c in report["classes"]] == list("0123456789")
+    report = json.loads(
+        Path(client.download_artifacts(run.info.run_id, "classification_report.json", str(tmp_path))).read_text()
+    )
+    assert report["accuracy"] == pytest.approx(final["test_acc"]) and [c["name"] for c in report["classes"]] == list(
+        "0123456789"
+    )
     per_class = [run.data.metrics[f"test_acc_class_{k}"] for k in range(10)]
     assert [c["recall"] for c in report["classes"]] == pytest.approx(per_class)
     assert sum(c["support"] for c in report["classes"]) == 200
     assert (tmp_path / "out" / "checkpoints" / "last.pt").is_file()
 
 
-def test_a_run_names_its_dataset_and_links_to_the_model_training_view(tiny_cfg, tiny_root, store_uri, tmp_path, capsys, monkeypatch):
+def test_a_run_names_its_dataset_and_links_to_the_model_training_view(
+    tiny_cfg, tiny_root, store_uri, tmp_path, capsys, monkeypatch
+):
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
     real = train.train_and_validate
 
@@ -62,7 +73,9 @@ def test_a_run_names_its_dataset_and_links_to_the_model_training_view(tiny_cfg, 
         return real(*args, **kwargs)
 
     monkeypatch.setattr(train, "train_and_validate", slow_epoch)
-    train.run(tiny_cfg("trainer.epochs=2", "tracking.log_model=false", "tracking.system_metrics=true"), tmp_path / "out")
+    train.run(
+        tiny_cfg("trainer.epochs=2", "tracking.log_model=false", "tracking.system_metrics=true"), tmp_path / "out"
+    )
     run = only_run(store_uri)
     (dataset,) = run.inputs.dataset_inputs
     profile = json.loads(dataset.dataset.profile)
@@ -171,15 +184,22 @@ def test_null_picks_whichever_precision_measured_faster_and_bf16_only_by_a_margi
 
 
 def test_measuring_leaves_the_model_and_every_rng_untouched():
-    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Dropout(0.5), torch.nn.Flatten(),
-                                torch.nn.Linear(4 * 26 * 26, 10))
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.Dropout(0.5),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4 * 26 * 26, 10),
+    )
     before = {k: v.clone() for k, v in model.state_dict().items()}
     torch.manual_seed(3)
     expected = torch.rand(3)
     torch.manual_seed(3)
     times = precision.step_times(model, 8, torch.device("cpu"))
     assert torch.equal(torch.rand(3), expected)
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()) and all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()) and all(
+        p.grad is None for p in model.parameters()
+    )
     assert set(times) == {"fp32", "bf16"} and all(t > 0 for t in times.values())
 
 
@@ -214,15 +234,26 @@ def test_a_crash_ends_the_run_failed_with_the_error(tiny_cfg, store_uri, tmp_pat
 
 
 def test_a_nan_loss_ends_the_run_failed_with_advice(tiny_cfg, store_uri, tmp_path):
-    with pytest.raises(DivergedError, match=r"train_loss became nan in epoch 1 .* training diverged. Lower optimizer.lr"):
+    with pytest.raises(
+        DivergedError, match=r"train_loss became nan in epoch 1 .* training diverged. Lower optimizer.lr"
+    ):
         train.run(tiny_cfg("optimizer=sgd", "optimizer.lr=1e6", "tracking.log_model=false"), tmp_path / "out")
     assert only_run(store_uri).info.status == "FAILED"
 
 
 def test_a_finite_explosion_at_chance_accuracy_is_divergence_too(real_root, store_uri, tmp_path):
     """Adam at lr=100 on MNIST keeps a finite loss of millions and 10% accuracy: FAILED, not FINISHED."""
-    cfg = make_cfg([f"data.root={real_root}", "trainer.limit_batches=30", "trainer.epochs=1", "trainer.progress=false",
-                    "optimizer.lr=100", f"tracking.uri={store_uri}", "tracking.log_model=false"])
+    cfg = make_cfg(
+        [
+            f"data.root={real_root}",
+            "trainer.limit_batches=30",
+            "trainer.epochs=1",
+            "trainer.progress=false",
+            "optimizer.lr=100",
+            f"tracking.uri={store_uri}",
+            "tracking.log_model=false",
+        ]
+    )
     with pytest.raises(DivergedError, match=r"in epoch 1 \(chance level 2.30\) with train_acc 0.\d+ \(chance 0.10\)"):
         train.run(cfg, tmp_path / "out")
     assert only_run(store_uri).info.status == "FAILED"

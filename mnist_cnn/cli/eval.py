@@ -21,8 +21,14 @@ from mnist_cnn.tracking.redact import redact
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="mnist-cnn-eval", description=__doc__.splitlines()[0])
-    parser.add_argument("model", metavar="MODEL", help="run id, runs:/ID/model, models:/NAME/VERSION or models:/NAME@ALIAS")
-    parser.add_argument("--tracking-uri", default=default_tracking_uri(), help="the MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    parser.add_argument(
+        "model", metavar="MODEL", help="run id, runs:/ID/model, models:/NAME/VERSION or models:/NAME@ALIAS"
+    )
+    parser.add_argument(
+        "--tracking-uri",
+        default=default_tracking_uri(),
+        help="the MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
+    )
     parser.add_argument("--data-root", metavar="DIR", help="where the dataset is, if not where the run read it")
     return parser.parse_args(argv)
 
@@ -67,12 +73,21 @@ def _log_back(client, ref, report) -> str:
     if ref.registered:
         source = client.get_run(ref.run_id)
         tags = {names.EVALUATED_MODEL: ref.uri, names.SOURCE_RUN: ref.run_id}
-        run_id = client.create_run(source.info.experiment_id, run_name=f"eval {ref.uri[len('models:/'):]}", tags=tags).info.run_id
+        run_id = client.create_run(
+            source.info.experiment_id, run_name=f"eval {ref.uri[len('models:/') :]}", tags=tags
+        ).info.run_id
         prefix, folder = "", ""
     else:
         run_id, prefix, folder = ref.run_id, "eval_", "eval/"
     tracker = Tracker(client, run_id, client.tracking_uri)
-    tracker.log_metrics({f"{prefix}test_acc": report.accuracy, f"{prefix}test_loss": report.loss, **report.class_metrics(f"{prefix}test")}, step=0)
+    tracker.log_metrics(
+        {
+            f"{prefix}test_acc": report.accuracy,
+            f"{prefix}test_loss": report.loss,
+            **report.class_metrics(f"{prefix}test"),
+        },
+        step=0,
+    )
     tracker.log_report(report.as_dict(), run_figures(report), folder=folder)
     if ref.registered:
         client.set_terminated(run_id)
@@ -86,12 +101,20 @@ def main(argv: Optional[List[str]] = None) -> None:
     except UserError as e:
         print(f"mnist-cnn-eval: {redact(str(e))}", file=sys.stderr)
         sys.exit(e.exit_code)
-    print(f"{ref.uri} (run {ref.run_id}) on the {len(report.confusion.sum(1))}-class test split, {int(report.confusion.sum())} images:")
+    print(
+        f"{ref.uri} (run {ref.run_id}) on the {len(report.confusion.sum(1))}-class test split, "
+        f"{int(report.confusion.sum())} images:"
+    )
     print(f"{'class':>5}  {'name':<12} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>7}")
     for row in report.as_dict()["classes"]:
-        print(f"{row['class']:>5}  {row['name']:<12} {row['precision']:9.4f} {row['recall']:7.4f} {row['f1']:7.4f} {row['support']:7d}")
-    print(f"test_acc {report.accuracy:.4f}  test_loss {report.loss:.4f}  (its training run logged {trained:.4f}; "
-          f"this evaluation is logged to run {logged})")
+        print(
+            f"{row['class']:>5}  {row['name']:<12} {row['precision']:9.4f} {row['recall']:7.4f} {row['f1']:7.4f} "
+            f"{row['support']:7d}"
+        )
+    print(
+        f"test_acc {report.accuracy:.4f}  test_loss {report.loss:.4f}  (its training run logged {trained:.4f}; "
+        f"this evaluation is logged to run {logged})"
+    )
 
 
 if __name__ == "__main__":

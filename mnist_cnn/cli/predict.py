@@ -29,7 +29,9 @@ FIX = (
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="mnist-cnn-predict", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="run id, runs:/<id>/model, models:/NAME/VERSION or models:/NAME@ALIAS")
+    parser.add_argument(
+        "--model", required=True, help="run id, runs:/<id>/model, models:/NAME/VERSION or models:/NAME@ALIAS"
+    )
     parser.add_argument(
         "--tracking-uri",
         metavar="URI",
@@ -60,7 +62,9 @@ def load_model(model: str, tracking_uri: str):
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001 - MlflowException, OSError, ImportError (an s3:// client), unpickling errors
-        raise UserError(f"--model {model}: cannot load it from the tracking store {tracking_uri} ({store.describe(e)}). {FIX}") from e
+        raise UserError(
+            f"--model {model}: cannot load it from the tracking store {tracking_uri} ({store.describe(e)}). {FIX}"
+        ) from e
     return net, class_names(client, ref.run_id, n_classes)
 
 

@@ -36,7 +36,11 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--top", type=int, metavar="N", help="show only the first N runs")
     parser.add_argument("--format", choices=["table", "csv", "json"], default="table")
     parser.add_argument("--link", action="store_true", help="print the experiment's page in the MLflow UI instead")
-    parser.add_argument("--group-seeds", action="store_true", help="one row per configuration apart from seed: n, mean and std of val/test accuracy")
+    parser.add_argument(
+        "--group-seeds",
+        action="store_true",
+        help="one row per configuration apart from seed: n, mean and std of val/test accuracy",
+    )
     return parser.parse_args(argv)
 
 
@@ -51,7 +55,9 @@ def search(args: argparse.Namespace) -> list:
     where = f"tags.mlflow.parentRunId = '{args.sweep}'" if args.sweep else ""
     runs = client.search_runs([experiment.experiment_id], where, max_results=50_000)
     if not runs:
-        raise UserError(f"no runs in {args.experiment!r}" + (f" under parent run {args.sweep}" if args.sweep else "") + ".")
+        raise UserError(
+            f"no runs in {args.experiment!r}" + (f" under parent run {args.sweep}" if args.sweep else "") + "."
+        )
     return runs
 
 
@@ -73,7 +79,10 @@ def seed_table(args: argparse.Namespace) -> pd.DataFrame:
     from mnist_cnn.sweep.tables import seed_groups  # MLflow's entities and pandas
 
     runs = [r for r in search(args) if r.info.status == "FINISHED" and r.data.params]
-    rows = [{**r.data.params, "status": r.info.status, **{m: r.data.metrics.get(m, math.nan) for m in SEED_METRICS}} for r in runs]
+    rows = [
+        {**r.data.params, "status": r.info.status, **{m: r.data.metrics.get(m, math.nan) for m in SEED_METRICS}}
+        for r in runs
+    ]
     table = pd.DataFrame(rows)
     settings = [c for c in table.columns if c not in ("seed", "status", *SEED_METRICS) and not is_run_setting(c)]
     differing = [c for c in settings if table[c].nunique(dropna=False) > 1]

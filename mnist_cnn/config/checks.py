@@ -90,22 +90,28 @@ def _check_ddp(cfg: DictConfig) -> None:
         )
     if cfg.data.batch_size % int(world):
         raise ConfigError(
-            f"data.batch_size={cfg.data.batch_size} does not divide by the {world} processes torchrun started (WORLD_SIZE): "
+            f"data.batch_size={cfg.data.batch_size} does not divide by the {world} processes torchrun started "
+            "(WORLD_SIZE): "
             f"it is the global batch, shared evenly; choose a multiple of {world}, or another --nproc_per_node."
         )
 
 
 def _check_cuda_graph(cfg: DictConfig) -> None:
-    """trainer.cuda_graph=true asks for a capture that has to happen (engine.graphs); null turns it off where it cannot."""
+    """trainer.cuda_graph=true asks for a capture that has to happen (engine.graphs); null turns it
+    off where it cannot."""
     if not cfg.trainer.cuda_graph:
         return
     fix = "set trainer.cuda_graph to null or false"
     if cfg.trainer.device == "cpu":
         raise ConfigError(f"trainer.cuda_graph=true needs a GPU but trainer.device=cpu; {fix}.")
     if cfg.trainer.strategy == "ddp":
-        raise ConfigError(f"trainer.cuda_graph=true does not work with trainer.strategy=ddp (its all-reduce hooks); {fix}.")
+        raise ConfigError(
+            f"trainer.cuda_graph=true does not work with trainer.strategy=ddp (its all-reduce hooks); {fix}."
+        )
     if cfg.trainer.compile:
-        raise ConfigError(f"trainer.cuda_graph=true with trainer.compile=true: compile has CUDA graphs of its own; {fix}.")
+        raise ConfigError(
+            f"trainer.cuda_graph=true with trainer.compile=true: compile has CUDA graphs of its own; {fix}."
+        )
 
 
 def _typed_nodes(node, path: str = "") -> Iterator[Tuple[str, DictConfig]]:

@@ -53,7 +53,11 @@ def config_dirs(args: List[str]) -> List[Path]:
             dirs.append(Path(arg.partition("=")[2]))
         elif arg.lstrip("+").startswith("hydra.searchpath="):
             entries = arg.partition("=")[2].strip("[]").split(",")
-            dirs += [Path(e.strip().strip("'\"").removeprefix("file://")) for e in entries if e.strip().strip("'\"").startswith("file://")]
+            dirs += [
+                Path(e.strip().strip("'\"").removeprefix("file://"))
+                for e in entries
+                if e.strip().strip("'\"").startswith("file://")
+            ]
     return dirs
 
 

@@ -97,7 +97,9 @@ def _read_idx(path: Path, magic: int, info: Optional[DatasetInfo]) -> Tuple[torc
         raise DataError(f"{path}: images are {dims[1]}x{dims[2]}, expected {SIDE}x{SIDE}; {fix}.")
     expected = header + int(torch.Size(dims).numel())
     if len(data) != expected:
-        raise DataError(f"{path}: header promises {dims[0]} items ({expected} bytes) but the file has {len(data)} bytes; {fix}.")
+        raise DataError(
+            f"{path}: header promises {dims[0]} items ({expected} bytes) but the file has {len(data)} bytes; {fix}."
+        )
     digest = hashlib.sha256(data).hexdigest()
     if info is not None and info.sha256 and info.sha256.get(path.name.removesuffix(".gz")) != digest:
         raise DataError(

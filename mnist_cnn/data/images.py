@@ -106,5 +106,7 @@ def _centre_by_mass(ink: np.ndarray) -> np.ndarray:
     dst_top, dst_left = max(0, top), max(0, left)
     height = min(ink.shape[0] - src_top, SIDE - dst_top)
     width = min(ink.shape[1] - src_left, SIDE - dst_left)
-    field[dst_top : dst_top + height, dst_left : dst_left + width] = ink[src_top : src_top + height, src_left : src_left + width]
+    field[dst_top : dst_top + height, dst_left : dst_left + width] = ink[
+        src_top : src_top + height, src_left : src_left + width
+    ]
     return field

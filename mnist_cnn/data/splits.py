@@ -37,7 +37,9 @@ def split_validation(train: Split, val_size: int, seed: int) -> Tuple[Split, Opt
     if val_size == 0:
         return train, None
     if not 0 < val_size < len(train):
-        raise ConfigError(f"data.val_size must be between 0 and {len(train) - 1} (the training set size), got {val_size}.")
+        raise ConfigError(
+            f"data.val_size must be between 0 and {len(train) - 1} (the training set size), got {val_size}."
+        )
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
     return train.subset(order[val_size:]), train.subset(order[:val_size])
 
@@ -67,7 +69,9 @@ def batches(
         thetas = _to_device(augmentation.draw(augment, count * batch_size, generator), split.images.device)
     for start in range(0, count * batch_size, batch_size):
         index = order[start : start + batch_size]
-        cut = len(index) - len(index) % world  # equal shards, never an empty one: a last partial batch is cut to a multiple of world
+        cut = (
+            len(index) - len(index) % world
+        )  # equal shards, never an empty one: a last partial batch is cut to a multiple of world
         index = index[:cut][rank::world]
         images = split.images[index].unsqueeze(1).float().div_(255)
         if warps:

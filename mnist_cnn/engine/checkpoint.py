@@ -30,7 +30,10 @@ def save_checkpoint(path: Path, state: Dict[str, Any]) -> Path:
     payload = buffer.getvalue()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    outer = {"sha256": hashlib.sha256(payload).hexdigest(), "state": torch.frombuffer(bytearray(payload), dtype=torch.uint8)}
+    outer = {
+        "sha256": hashlib.sha256(payload).hexdigest(),
+        "state": torch.frombuffer(bytearray(payload), dtype=torch.uint8),
+    }
     torch.save(outer, tmp)
     os.replace(tmp, path)
     return path
@@ -45,10 +48,14 @@ def load_checkpoint(path: Path, label: Optional[str] = None) -> Dict[str, Any]:
         raise CheckpointError(f"{label} does not exist; check the path or run id.")
     outer = _load(label, path.read_bytes())
     if not isinstance(outer, dict) or not {"sha256", "state"} <= set(outer):
-        raise CheckpointError(f"{label} was not written by mnist_cnn (no checksummed state); use a checkpoint it wrote.")
+        raise CheckpointError(
+            f"{label} was not written by mnist_cnn (no checksummed state); use a checkpoint it wrote."
+        )
     payload = outer["state"].numpy().tobytes()
     if hashlib.sha256(payload).hexdigest() != outer["sha256"]:
-        raise CheckpointError(f"{label} does not match its own SHA-256: it was modified or damaged; use another checkpoint.")
+        raise CheckpointError(
+            f"{label} does not match its own SHA-256: it was modified or damaged; use another checkpoint."
+        )
     state = _load(label, payload)
     missing = REQUIRED - set(state if isinstance(state, dict) else ())
     if missing:
@@ -66,4 +73,6 @@ def _load(label: str, data: bytes) -> Any:
         ) from e
     except Exception as e:  # truncated zip, not a torch file at all, ...
         reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}" if str(e) else type(e).__name__
-        raise CheckpointError(f"{label} cannot be read ({reason}): it is truncated or corrupt; use another checkpoint.") from e
+        raise CheckpointError(
+            f"{label} cannot be read ({reason}): it is truncated or corrupt; use another checkpoint."
+        ) from e

@@ -75,7 +75,9 @@ def process_group(join: bool) -> Iterator[World]:
     # The run's device is not known yet: gloo serves CPU tensors, NCCL (set up lazily) CUDA ones.
     dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
     try:
-        world = World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), dist.new_group(backend="gloo"))
+        world = World(
+            dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), dist.new_group(backend="gloo")
+        )
         if not world.main:
             logging.getLogger().setLevel(logging.WARNING)  # rank 0 tells the story once
         yield world
@@ -199,4 +201,3 @@ def _exit_code(error: BaseException) -> int:
     if isinstance(error, SystemExit):
         return error.code if isinstance(error.code, int) else EXIT_CRASH
     return getattr(error, "exit_code", EXIT_CRASH)
-

@@ -45,7 +45,9 @@ from mnist_cnn.errors import ConfigError
 
 WARMUP = 3  # eager steps before the capture, as in PyTorch's whole-network capture example
 
-Forward = Callable[[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]  # (images, labels) -> (logits, loss)
+Forward = Callable[
+    [torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]
+]  # (images, labels) -> (logits, loss)
 
 
 def captures(trainer: DictConfig, device: torch.device) -> bool:
@@ -56,7 +58,9 @@ def captures(trainer: DictConfig, device: torch.device) -> bool:
     if trainer.cuda_graph is None:
         return device.type == "cuda" and trainer.strategy != "ddp" and not trainer.compile
     if trainer.cuda_graph and device.type != "cuda":
-        raise ConfigError(f"trainer.cuda_graph=true needs a CUDA GPU but the run is on {device.type}; set it to null or false.")
+        raise ConfigError(
+            f"trainer.cuda_graph=true needs a CUDA GPU but the run is on {device.type}; set it to null or false."
+        )
     return bool(trainer.cuda_graph)
 
 
@@ -65,7 +69,9 @@ def optimizer_in_graph(optimizer: torch.optim.Optimizer, scheduler) -> bool:
     return _capture_flag(optimizer) is not None and not getattr(scheduler, "cycle_momentum", False)
 
 
-def training_step(forward: Forward, optimizer: torch.optim.Optimizer, scheduler, captured: bool, device: torch.device) -> "EagerStep":
+def training_step(
+    forward: Forward, optimizer: torch.optim.Optimizer, scheduler, captured: bool, device: torch.device
+) -> "EagerStep":
     """The step train_epoch runs on each batch: `captured` (what `captures` decided for the run), else
     eager; the optimizer set for the step it will take."""
     in_graph = captured and optimizer_in_graph(optimizer, scheduler)
@@ -166,7 +172,9 @@ def _graph_settings(optimizer: torch.optim.Optimizer, device: torch.device) -> N
     flag = _capture_flag(optimizer)
     for group in optimizer.param_groups:
         group[flag] = True
-        if not (torch.is_tensor(group["lr"]) and group["lr"].device == device):  # a checkpoint's tensors load on the CPU
+        if not (
+            torch.is_tensor(group["lr"]) and group["lr"].device == device
+        ):  # a checkpoint's tensors load on the CPU
             group["lr"] = torch.full((), float(group["lr"]), dtype=torch.float32, device=device)
     for state in optimizer.state.values():
         if torch.is_tensor(state.get("step")) and state["step"].device != device:

@@ -59,7 +59,15 @@ def train_epoch(state: TrainingState, settings: StepSettings, epoch: int, world:
 
     step = graphs.training_step(forward, state.optimizer, state.scheduler, settings.cuda_graph, device)
     s = settings
-    loader = batches(state.splits["train"], s.batch_size, state.generator, s.drop_last, s.limit_batches, (world.rank, world.size), s.augment)
+    loader = batches(
+        state.splits["train"],
+        s.batch_size,
+        state.generator,
+        s.drop_last,
+        s.limit_batches,
+        (world.rank, world.size),
+        s.augment,
+    )
     quiet = None if s.progress and world.main else True  # None: tqdm shows the bar only on a terminal
     stop = distributed.StopVote(world)
     seen = 0
@@ -70,7 +78,9 @@ def train_epoch(state: TrainingState, settings: StepSettings, epoch: int, world:
             state.scheduler.step()
         seen += len(labels)
     stop.close()
-    loss_sum, correct, seen = distributed.all_sum(world, step.loss_sum, step.correct, seen)  # every rank gets the global epoch's
+    loss_sum, correct, seen = distributed.all_sum(
+        world, step.loss_sum, step.correct, seen
+    )  # every rank gets the global epoch's
     return {"train_loss": loss_sum / seen, "train_acc": correct / seen}
 
 
@@ -92,7 +102,9 @@ def check_divergence(metrics: Dict[str, float], num_classes: int, epoch: int) ->
 
 
 @torch.inference_mode()
-def predictions(model: nn.Module, split: Split, batch_size: int, precision: str = "fp32") -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+def predictions(
+    model: nn.Module, split: Split, batch_size: int, precision: str = "fp32"
+) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
     """(fp32 logits, labels) for a whole split, in large batches, without gradients."""
     model.eval()
     for images, labels in batches(split, batch_size):

@@ -2,14 +2,15 @@
 this device, measured on it rather than assumed.
 
 Whether bf16 pays depends on the device and the net: the README's Speed section has machines where
-these nets ran slower in bf16 and one where they ran faster. CPUs without AVX-512 bf16 kernels (AVX2 only, or ATEN_CPU_CAPABILITY=avx2) run bf16 several times slower, so there only fp32 is
-considered. Otherwise a few training steps of the run's own model and batch are timed in each
-precision, taking turns, on a copy of the model and under a forked RNG: the run's weights, batchnorm
-statistics and random streams are untouched. bf16 is picked only when clearly faster (MARGIN): it
-also costs accuracy. The choice is cached per process (a sweep on the basic launcher measures each
-net once), and a run records it, so a resumed run keeps its precision. Jobs of a sweep that run side
-by side on one machine (joblib, Slurm) each measure while the others run, and may pick differently:
-give such sweeps trainer.precision explicitly.
+these nets ran slower in bf16 and one where they ran faster. CPUs without AVX-512 bf16 kernels (AVX2
+only, or ATEN_CPU_CAPABILITY=avx2) run bf16 several times slower, so there only fp32 is considered.
+Otherwise a few training steps of the run's own model and batch are timed in each precision, taking
+turns, on a copy of the model and under a forked RNG: the run's weights, batchnorm statistics and
+random streams are untouched. bf16 is picked only when clearly faster (MARGIN): it also costs
+accuracy. The choice is cached per process (a sweep on the basic launcher measures each net once),
+and a run records it, so a resumed run keeps its precision. Jobs of a sweep that run side by side on
+one machine (joblib, Slurm) each measure while the others run, and may pick differently: give such
+sweeps trainer.precision explicitly.
 
 On a GPU, fp32 matmuls use TF32 tensor cores (`torch.set_float32_matmul_precision("high")`);
 convolutions already do by default (cudnn.allow_tf32).
@@ -57,7 +58,9 @@ def bf16_kernels(device: torch.device) -> bool:
     """GPUs that support bf16; CPUs with AMX or AVX512-BF16 where torch runs its AVX-512 kernels."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    hardware = getattr(torch.cpu, "_is_amx_tile_supported", bool)() or getattr(torch.cpu, "_is_avx512_bf16_supported", bool)()
+    hardware = (
+        getattr(torch.cpu, "_is_amx_tile_supported", bool)() or getattr(torch.cpu, "_is_avx512_bf16_supported", bool)()
+    )
     return hardware and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
@@ -70,11 +73,18 @@ def choose(name: Optional[str], model: nn.Module, batch_size: int, device: torch
         return Choice(options[0], "configured (trainer.precision)")
     if len(options) == 1:
         return Choice("fp32", f"{device.type} has no fast bf16 kernels here, so bf16 was not tried")
-    key = (str(device), repr(model), batch_size, next(model.parameters()).is_contiguous(memory_format=torch.channels_last))
+    key = (
+        str(device),
+        repr(model),
+        batch_size,
+        next(model.parameters()).is_contiguous(memory_format=torch.channels_last),
+    )
     if key not in _measured:
         times = step_times(model, batch_size, device)
         faster = "bf16" if times["fp32"] > MARGIN * times["bf16"] else "fp32"
-        _measured[key] = Choice(faster, f"measured a step of batch {batch_size}: fp32 {times['fp32']:.2f} ms, bf16 {times['bf16']:.2f} ms")
+        _measured[key] = Choice(
+            faster, f"measured a step of batch {batch_size}: fp32 {times['fp32']:.2f} ms, bf16 {times['bf16']:.2f} ms"
+        )
     return _measured[key]
 
 

@@ -59,7 +59,10 @@ class TrainingState:
         """Load a checkpoint into the freshly built state (its model, optimizer and scheduler built
         from the same config). The clock and precision were taken from it when the state was built."""
         if len(checkpoint.get("history", [])) != checkpoint["epoch"]:
-            raise CheckpointError(f"the checkpoint of epoch {checkpoint['epoch']} lacks the metrics of its epochs; resume from one mnist_cnn wrote.")
+            raise CheckpointError(
+                f"the checkpoint of epoch {checkpoint['epoch']} lacks the metrics of its epochs; resume from one "
+                "mnist_cnn wrote."
+            )
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         if self.scheduler is not None:

@@ -192,7 +192,9 @@ def linear(spec: dict, shape: Shape, where: str) -> List[Layer]:
     if len(shape) != 1:
         raise ConfigError(f"{where}: input is {fmt(shape)}; add a layer {{type: flatten}} before it.")
     out = _positive(spec, "out_features", where)
-    return [Layer("", "Linear", (out,), dict(in_features=shape[0], out_features=out), _choice(spec, "init", Init, where))]
+    return [
+        Layer("", "Linear", (out,), dict(in_features=shape[0], out_features=out), _choice(spec, "init", Init, where))
+    ]
 
 
 def _pool(kind_: str, kernel: int, stride: int, shape: Shape, where: str, key: str, name: str) -> Layer:

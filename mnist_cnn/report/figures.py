@@ -34,7 +34,11 @@ def learning_curves(history: List[Dict[str, float]]) -> Figure:
             values = [h.get(f"{split}_{kind}") for h in history]
             if any(v is not None for v in values):
                 ax.plot(epochs, [np.nan if v is None else v for v in values], style, label=split)
-        ax.set(xlabel="epoch", ylabel="loss" if kind == "loss" else "accuracy", title="loss" if kind == "loss" else "accuracy")
+        ax.set(
+            xlabel="epoch",
+            ylabel="loss" if kind == "loss" else "accuracy",
+            title="loss" if kind == "loss" else "accuracy",
+        )
         ax.set_xticks(epochs)
         ax.grid(alpha=0.3)
         ax.legend()
@@ -47,7 +51,9 @@ def confusion_matrix(report: Report) -> Figure:
     rows = counts / np.maximum(counts.sum(1, keepdims=True), 1)
     fig = Figure(figsize=(15, 6.5), dpi=100)
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.17, top=0.88, wspace=0.25)
-    for ax, matrix, title, fmt in zip(fig.subplots(1, 2), (counts, rows), ("counts", "share of each true class"), ("d", ".2f")):
+    for ax, matrix, title, fmt in zip(
+        fig.subplots(1, 2), (counts, rows), ("counts", "share of each true class"), ("d", ".2f")
+    ):
         image = ax.imshow(matrix, cmap="Blues")
         _annotate(ax, matrix, fmt)
         _class_ticks(ax, report.classes)
@@ -68,7 +74,10 @@ def misclassified(report: Report, columns: int = 4) -> Figure:
         ax.axis("off")
     for ax, m in zip(axes, mistakes):
         ax.imshow(m.image.numpy(), cmap="gray_r", vmin=0, vmax=255)
-        ax.set_title(f"true: {report.classes[m.true]}\npredicted: {report.classes[m.predicted]} ({m.probability:.2f})", fontsize=9)
+        ax.set_title(
+            f"true: {report.classes[m.true]}\npredicted: {report.classes[m.predicted]} ({m.probability:.2f})",
+            fontsize=9,
+        )
     if not mistakes:
         axes[0].text(0.5, 0.5, "no test image was misclassified", ha="center", va="center")
     fig.suptitle("most confident mistakes on the test set")
@@ -81,7 +90,15 @@ def _annotate(ax, matrix: np.ndarray, fmt: str) -> None:
     for (i, j), value in np.ndenumerate(matrix):
         if format(value, fmt) in ("0", "0.00"):
             continue
-        ax.text(j, i, format(value, fmt), ha="center", va="center", fontsize=7, color="white" if value > threshold else "black")
+        ax.text(
+            j,
+            i,
+            format(value, fmt),
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="white" if value > threshold else "black",
+        )
 
 
 def _class_ticks(ax, classes: Sequence[str]) -> None:

@@ -59,13 +59,24 @@ def check_fits(model: torch.nn.Module, shape: Tuple[int, ...], num_classes: int,
     try:
         out = model(torch.zeros(2, *shape))
     except Exception as e:  # noqa: BLE001 - any failure here means the shapes do not match
-        raise ModelError(f"{name}: does not take images of shape (N, {', '.join(map(str, shape))}) ({type(e).__name__}: {str(e)[:200]}).") from e
+        raise ModelError(
+            f"{name}: does not take images of shape (N, {', '.join(map(str, shape))}) ({type(e).__name__}: "
+            f"{str(e)[:200]})."
+        ) from e
     if tuple(out.shape) != (2, num_classes):
-        raise ModelError(f"{name}: gives {tuple(out.shape[1:])} outputs for each image, but the dataset has {num_classes} classes.")
+        raise ModelError(
+            f"{name}: gives {tuple(out.shape[1:])} outputs for each image, but the dataset has {num_classes} classes."
+        )
 
 
-def score(model: torch.nn.Module, split: Split, classes: Tuple[str, ...], batch_size: int, precision: str = "fp32",
-          n_mistakes: int = 16) -> Report:
+def score(
+    model: torch.nn.Module,
+    split: Split,
+    classes: Tuple[str, ...],
+    batch_size: int,
+    precision: str = "fp32",
+    n_mistakes: int = 16,
+) -> Report:
     """One pass over `split`: loss, accuracy, the per-class table and the most confident mistakes."""
     probabilities = []
     loss_sum = torch.zeros((), device=split.labels.device)

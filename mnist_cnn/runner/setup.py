@@ -51,7 +51,9 @@ def prepare(cfg: DictConfig, world: World) -> Prepared:
     plan = check_config(cfg)
     repro.seed_everything(cfg.seed)  # the same initial weights on every rank
     device = distributed.device_for(world, resolve_device(cfg.trainer.device))
-    graphs.captures(cfg.trainer, device)  # trainer.cuda_graph=true where `auto` found no GPU fails here, before a run opens
+    graphs.captures(
+        cfg.trainer, device
+    )  # trainer.cuda_graph=true where `auto` found no GPU fails here, before a run opens
     deterministic = cfg.trainer.deterministic if cfg.trainer.deterministic is not None else device.type == "cpu"
     repro.set_deterministic(deterministic, compiled=cfg.trainer.compile)
     info = dataset_info(cfg.data.name)
@@ -60,7 +62,9 @@ def prepare(cfg: DictConfig, world: World) -> Prepared:
     load = dict(root=cfg.data.root, name=cfg.data.name, download=cfg.data.download, verify=cfg.data.verify_checksums)
     full_train, test = load_split(split="train", **load), load_split(split="test", **load)
     train, val = split_validation(full_train, cfg.data.val_size, cfg.seed)
-    num_batches(len(train), cfg.data.batch_size, cfg.data.drop_last, cfg.trainer.limit_batches, world.size)  # an empty epoch fails here
+    num_batches(
+        len(train), cfg.data.batch_size, cfg.data.drop_last, cfg.trainer.limit_batches, world.size
+    )  # an empty epoch fails here
     log.info("data %s: %d train, %d val, %d test images", cfg.data.name, len(train), len(val or []), len(test))
     splits = {"train": train.to(device), "val": val.to(device) if val else None, "test": test.to(device)}
     data_sha256 = hashlib.sha256((full_train.sha256 + test.sha256).encode()).hexdigest()
@@ -73,7 +77,9 @@ def prepare(cfg: DictConfig, world: World) -> Prepared:
         names.WORLD_SIZE: str(world.size),
     }
     sizes = {name: len(split) for name, split in splits.items() if split is not None}
-    dataset = dict(name=cfg.data.name, folder=str(Path(cfg.data.root) / info.folder / "raw"), sizes=sizes, sha256=data_sha256)
+    dataset = dict(
+        name=cfg.data.name, folder=str(Path(cfg.data.root) / info.folder / "raw"), sizes=sizes, sha256=data_sha256
+    )
     if cfg.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return Prepared(model.to(device), splits, info.classes, tags, dataset)
@@ -87,7 +93,9 @@ def build_state(
     model, device = prepared.model, prepared.splits["train"].labels.device
     choice = resolve_precision(cfg, model, device, world, checkpoint)
     optimizer = build_optimizer(cfg.optimizer, model.parameters())
-    steps = num_batches(len(prepared.splits["train"]), cfg.data.batch_size, cfg.data.drop_last, cfg.trainer.limit_batches, world.size)
+    steps = num_batches(
+        len(prepared.splits["train"]), cfg.data.batch_size, cfg.data.drop_last, cfg.trainer.limit_batches, world.size
+    )
     forward = torch.compile(model) if cfg.trainer.compile else model  # shares weights with `model`
     state = TrainingState(
         model=model,
@@ -98,7 +106,9 @@ def build_state(
         splits=prepared.splits,
         steps_per_epoch=steps,
         precision=choice.precision,
-        clock=Stopwatch(torch.cuda.synchronize if device.type == "cuda" else None, checkpoint.get("timing") if checkpoint else None),
+        clock=Stopwatch(
+            torch.cuda.synchronize if device.type == "cuda" else None, checkpoint.get("timing") if checkpoint else None
+        ),
     )
     if checkpoint is not None:
         state.restore(checkpoint)
@@ -108,7 +118,9 @@ def build_state(
     return state, step_settings(cfg, device), tags
 
 
-def resolve_precision(cfg: DictConfig, model: nn.Module, device: torch.device, world: World, checkpoint: Optional[Dict[str, Any]]) -> precision.Choice:
+def resolve_precision(
+    cfg: DictConfig, model: nn.Module, device: torch.device, world: World, checkpoint: Optional[Dict[str, Any]]
+) -> precision.Choice:
     """What the run trains in: the checkpoint's precision when it continues, else trainer.precision,
     or for null the faster one measured (engine.precision; rank 0 measures, every rank follows)."""
     if checkpoint is not None and "precision" in checkpoint:

@@ -48,7 +48,9 @@ def where_to_start(cfg: DictConfig, world_size: int = 1) -> Tuple[Optional[Start
             return None, done
     start = start_point(cfg, job_overrides()) if cfg.resume else StartPoint(cfg, None, None)
     if world_size > 1 and start.cfg.trainer.strategy != "ddp":  # a resumed run keeps its own strategy
-        raise ConfigError(f"resume={cfg.resume}: that run trained with trainer.strategy=single; continue it without torchrun.")
+        raise ConfigError(
+            f"resume={cfg.resume}: that run trained with trainer.strategy=single; continue it without torchrun."
+        )
     return start, None
 
 
@@ -58,13 +60,18 @@ def start_point(cfg: DictConfig, overrides: List[str]) -> StartPoint:
     if _is_path(target):
         checkpoint = load_checkpoint(Path(target).expanduser())
         if "config" not in checkpoint:
-            raise CheckpointError(f"checkpoint {target} carries no config (an older mnist_cnn wrote it); resume its run id instead.")
+            raise CheckpointError(
+                f"checkpoint {target} carries no config (an older mnist_cnn wrote it); resume its run id instead."
+            )
         tree, run_id = yaml.safe_load(checkpoint["config"]), checkpoint.get("run_id")
     else:
         client = resumable_run(cfg.tracking.uri, target, where)
         with tempfile.TemporaryDirectory() as tmp:
             tree, path = fetch_run(client, target, tmp, where)
-            checkpoint, run_id = (load_checkpoint(path, f"run {target} artifact {names.CHECKPOINT}") if path else None), target
+            checkpoint, run_id = (
+                (load_checkpoint(path, f"run {target} artifact {names.CHECKPOINT}") if path else None),
+                target,
+            )
     run_cfg = typed_config(tree)
     refused = [o for o in overrides if not is_run_setting(override_key(o)) and _differs(override_key(o), cfg, run_cfg)]
     if refused:

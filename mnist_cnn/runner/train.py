@@ -57,13 +57,17 @@ def fit(start: StartPoint, output_dir: Path, world: World = SINGLE) -> Dict[str,
     recorded = tracked_run(cfg, opening, start.run_id, checkpoint) if world.main else nullcontext(Tracker(None, None))
     try:
         with ExitStack() as stack:
-            tracker = distributed.on_every_rank(world, stack.enter_context, recorded)  # a store that cannot open stops every rank
+            tracker = distributed.on_every_rank(
+                world, stack.enter_context, recorded
+            )  # a store that cannot open stops every rank
             stack.enter_context(interrupts.graceful())
             if state.history:
                 tracker.reconcile(state.history[-1], state.epoch)
             state.clock.first_step()
             for epoch in range(state.epoch + 1, cfg.trainer.epochs + 1):
-                state.history.append(train_and_validate(state, settings, epoch, len(prepared.classes), cfg.data.eval_batch_size, world))
+                state.history.append(
+                    train_and_validate(state, settings, epoch, len(prepared.classes), cfg.data.eval_batch_size, world)
+                )
                 if world.main:  # the only rank with side effects
                     with state.clock.phase("checkpoint"):
                         save_and_log_epoch(cfg, tracker, state, len(prepared.classes), checkpoint)
@@ -87,7 +91,9 @@ def end_of_epoch(world: World, tracker: Tracker, pruner: Optional[SweepPruner], 
         raise KeyboardInterrupt("stop requested")
 
 
-def train_and_validate(state: TrainingState, settings: StepSettings, epoch: int, classes: int, eval_batch: int, world: World = SINGLE) -> Dict[str, float]:
+def train_and_validate(
+    state: TrainingState, settings: StepSettings, epoch: int, classes: int, eval_batch: int, world: World = SINGLE
+) -> Dict[str, float]:
     """One epoch: train, stop on divergence, then time it and score the validation split (rank 0
     alone, on the whole split: only it logs the result)."""
     clock = state.clock
@@ -95,7 +101,9 @@ def train_and_validate(state: TrainingState, settings: StepSettings, epoch: int,
         metrics = train_epoch(state, settings, epoch, world)
         check_divergence(metrics, classes, epoch)  # the global epoch's: every rank stops alike
     samples = min(len(state.splits["train"]), state.steps_per_epoch * settings.batch_size)
-    metrics.update(lr=float(state.optimizer.param_groups[0]["lr"]), epoch_time_s=lap.seconds, samples_per_s=samples / lap.seconds)
+    metrics.update(
+        lr=float(state.optimizer.param_groups[0]["lr"]), epoch_time_s=lap.seconds, samples_per_s=samples / lap.seconds
+    )
     if state.splits["val"] is not None and world.main:
         with clock.phase("val") as lap:
             val = evaluate(distributed.unwrap(state.forward), state.splits["val"], eval_batch, state.precision)

@@ -1,11 +1,12 @@
 """Hydra multirun -> one MLflow parent run with every job as its child.
 
-`MlflowSweepCallback` (registered in conf/config.yaml under hydra.callbacks) runs in the launching
-process. Before any job starts it opens the tracking store once and the parent run (or, with
-`resume_sweep=ID`, reopens that one); its id is written into the sweep folder with the swept keys,
-where every job finds them whatever launcher started it (local, joblib, submitit, Slurm). When the
-sweep ends, or is stopped, the parent gets the sweep's report (sweep.parent) and is closed. In every job it also masks credentials
-in the files Hydra wrote (`.hydra/*.yaml`). MLflow is imported only where a method needs it.
+`MlflowSweepCallback` (registered in mnist_cnn/conf/config.yaml under hydra.callbacks) runs in the
+launching process. Before any job starts it opens the tracking store once and the parent run (or,
+with `resume_sweep=ID`, reopens that one); its id is written into the sweep folder with the swept
+keys, where every job finds them whatever launcher started it (local, joblib, submitit, Slurm).
+When the sweep ends, or is stopped, the parent gets the sweep's report (sweep.parent) and is
+closed. In every job it also masks credentials in the files Hydra wrote (`.hydra/*.yaml`). MLflow
+is imported only where a method needs it: Hydra makes this callback for single runs too.
 """
 
 import atexit
@@ -64,9 +65,13 @@ class MlflowSweepCallback(Callback):
 
         sweep_dir = Path(config.hydra.sweep.dir)
         grid = list(config.hydra.overrides.task)
-        self.swept = [o.get_key_element() for o in OverridesParser.create().parse_overrides(grid) if o.is_sweep_override()]
+        self.swept = [
+            o.get_key_element() for o in OverridesParser.create().parse_overrides(grid) if o.is_sweep_override()
+        ]
         self.swept += list(config.hydra.sweeper.get("params") or {})  # Optuna's search space
-        self.swept = list(dict.fromkeys(self.swept))  # a key searched by Optuna may be overridden on the command line too
+        self.swept = list(
+            dict.fromkeys(self.swept)
+        )  # a key searched by Optuna may be overridden on the command line too
         if config.resume_sweep:
             self.run_id = config.resume_sweep
             self.heartbeat = reopen_parent_run(config, self.run_id, {"resumed_in": str(sweep_dir)})
@@ -95,6 +100,11 @@ class MlflowSweepCallback(Callback):
         run_id, self.run_id = self.run_id, None
         self.heartbeat.stop()
         summary, link = close_parent_run(config, run_id, status, self.swept)
-        log.info("sweep parent run %s: %s\n  %s", run_id, ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()), link)
+        log.info(
+            "sweep parent run %s: %s\n  %s",
+            run_id,
+            ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()),
+            link,
+        )
         if "resume_command" in summary:
             log.warning("sweep stopped; finish it, each job once, with:\n  %s", summary["resume_command"])

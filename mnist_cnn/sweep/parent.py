@@ -52,7 +52,9 @@ def close_parent_run(cfg: DictConfig, run_id: str, status: str, swept: List[str]
     """Record the sweep's report on its parent run, crown the champion, then end the run (even if
     the report fails); returns the summary and the parent's link in the UI."""
     client = store.connect(cfg.tracking.uri)
-    tags: Dict[str, str] = {names.RESUME_COMMAND: resume_command(run_id, cfg.tracking.uri, sweep=True)} if status == "KILLED" else {}
+    tags: Dict[str, str] = (
+        {names.RESUME_COMMAND: resume_command(run_id, cfg.tracking.uri, sweep=True)} if status == "KILLED" else {}
+    )
     try:
         summary = _report(client, cfg, run_id, swept, tags)
     finally:
@@ -61,7 +63,9 @@ def close_parent_run(cfg: DictConfig, run_id: str, status: str, swept: List[str]
     return {**summary, **tags}, run_url(cfg.tracking.uri, experiment_id, run_id)
 
 
-def _report(client: MlflowClient, cfg: DictConfig, run_id: str, swept: List[str], tags: Dict[str, str]) -> Dict[str, Any]:
+def _report(
+    client: MlflowClient, cfg: DictConfig, run_id: str, swept: List[str], tags: Dict[str, str]
+) -> Dict[str, Any]:
     """Log the counts, best job, seed groups, summary.csv and figures; add the best job and the
     champion to `tags`; returns the metrics logged."""
     jobs = children(client, run_id)
@@ -79,7 +83,9 @@ def _report(client: MlflowClient, cfg: DictConfig, run_id: str, swept: List[str]
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in summary.items()])
     client.log_text(run_id, table.to_csv(index=False), "sweep/summary.csv")
-    client.log_figure(run_id, plots.parallel_coordinates(table, swept, metric, direction), "sweep/parallel_coordinates.png")
+    client.log_figure(
+        run_id, plots.parallel_coordinates(table, swept, metric, direction), "sweep/parallel_coordinates.png"
+    )
     client.log_figure(run_id, plots.pareto(table, metric, direction), "sweep/pareto.png")
     return summary
 
@@ -95,7 +101,9 @@ def crown(client: MlflowClient, cfg: DictConfig, best: Run) -> Dict[str, str]:
     version = register(client, source, name, best)
     client.set_registered_model_alias(name, names.CHAMPION, version)
     url = model_version_url(cfg.tracking.uri, name, version)
-    log.info("champion: models:/%s@%s is version %s, from run %s: %s", name, names.CHAMPION, version, best.info.run_id, url)
+    log.info(
+        "champion: models:/%s@%s is version %s, from run %s: %s", name, names.CHAMPION, version, best.info.run_id, url
+    )
     return {names.CHAMPION: f"models:/{name}/{version}", "champion_url": url}
 
 

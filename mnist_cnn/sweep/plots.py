@@ -66,7 +66,9 @@ def pareto(table: pd.DataFrame, metric: str, direction: str, cost: str = TRAIN_T
     fig = Figure(figsize=(8, 5.5), dpi=100, layout="constrained")
     ax = fig.subplots()
     title = f"sweep: {metric} against {'train time' if cost == TRAIN_TIME else cost}"
-    ax.set_title(title + (f"\n({left_out} of {len(table)} jobs left out: pruned, failed or unfinished)" if left_out else ""))
+    ax.set_title(
+        title + (f"\n({left_out} of {len(table)} jobs left out: pruned, failed or unfinished)" if left_out else "")
+    )
     if jobs.empty:
         return _nothing(ax, f"no finished job has both {metric} and {cost}")
     front = pareto_front(jobs, metric, direction, cost)
@@ -78,8 +80,14 @@ def pareto(table: pd.DataFrame, metric: str, direction: str, cost: str = TRAIN_T
         # Names are long ("optimizer=adam,optimizer.lr=0.001,..."): they run towards the middle,
         # alternately above and below, and never shrink the plot to make room.
         left = job[cost] <= middle
-        ax.annotate(job["name"], (job[cost], job[metric]), xytext=(8 if left else -8, 8 if k % 2 == 0 else -14),
-                    textcoords="offset points", ha="left" if left else "right", fontsize=8).set_in_layout(False)
+        ax.annotate(
+            job["name"],
+            (job[cost], job[metric]),
+            xytext=(8 if left else -8, 8 if k % 2 == 0 else -14),
+            textcoords="offset points",
+            ha="left" if left else "right",
+            fontsize=8,
+        ).set_in_layout(False)
     ax.set(xlabel="train time (s)" if cost == TRAIN_TIME else cost, ylabel=metric)
     ax.margins(x=0.05, y=0.1)
     ax.grid(alpha=0.3)
@@ -127,14 +135,26 @@ def _draw_jobs(fig: Figure, ax, jobs: pd.DataFrame, positions: np.ndarray, metri
     best = winner.name if winner is not None else None  # its index
     pruned = jobs[PRUNED_AT].notna().to_numpy()
     for row, (index, job), dashed in zip(positions, jobs.iterrows(), pruned):
-        ax.plot(range(len(row)), row, color=cmap(norm(job[metric])), label=job["name"], marker="o", markersize=3,
-                linestyle="--" if dashed else "-",
-                linewidth=3.5 if index == best else 1.5, zorder=3 if index == best else 2)
+        ax.plot(
+            range(len(row)),
+            row,
+            color=cmap(norm(job[metric])),
+            label=job["name"],
+            marker="o",
+            markersize=3,
+            linestyle="--" if dashed else "-",
+            linewidth=3.5 if index == best else 1.5,
+            zorder=3 if index == best else 2,
+        )
     extend = "both" if low and high else "min" if low else "max" if high else "neither"
     fig.colorbar(ScalarMappable(norm, cmap), ax=ax, label=metric, extend=extend)
     styles = [Line2D([], [], color="gray", label="finished")]
     styles += [Line2D([], [], color="gray", linestyle="--", label="pruned")] if pruned.any() else []
-    styles += [Line2D([], [], color="gray", linewidth=3.5, label=f"best: {jobs.loc[best, 'name']}")] if best is not None else []
+    styles += (
+        [Line2D([], [], color="gray", linewidth=3.5, label=f"best: {jobs.loc[best, 'name']}")]
+        if best is not None
+        else []
+    )
     fig.legend(handles=styles, loc="outside lower center", ncols=len(styles), fontsize=9)
 
 

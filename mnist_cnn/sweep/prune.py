@@ -39,7 +39,9 @@ class SweepPruner:
         finished = sum(r.info.status == "FINISHED" for r in siblings)
         if finished < self.objective.prune_min_runs:
             return False
-        histories = {r.info.run_id: {m.step: m.value for m in client.get_metric_history(r.info.run_id, metric)} for r in siblings}
+        histories = {
+            r.info.run_id: {m.step: m.value for m in client.get_metric_history(r.info.run_id, metric)} for r in siblings
+        }
         own = {epoch: metrics[metric] for epoch, metrics in enumerate(history, start=1)}
         return self._replay(siblings, histories, own)
 
@@ -49,7 +51,9 @@ class SweepPruner:
         verbosity = optuna.logging.get_verbosity()
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "Trial 3 finished" for replayed siblings
         try:
-            study = optuna.create_study(study_name=f"sweep-{self.parent}", direction=str(self.objective.direction), pruner=self._pruner())
+            study = optuna.create_study(
+                study_name=f"sweep-{self.parent}", direction=str(self.objective.direction), pruner=self._pruner()
+            )
             for run in siblings:
                 _replay_trial(study, run, histories[run.info.run_id])
             trial = study.ask()
@@ -65,8 +69,12 @@ class SweepPruner:
 
         first_prunable = self.objective.prune_warmup_epochs + 1
         if self.objective.pruner == "median":
-            return optuna.pruners.MedianPruner(n_startup_trials=0, n_warmup_steps=first_prunable)  # prune_min_runs gates above
-        return optuna.pruners.HyperbandPruner(min_resource=first_prunable, max_resource=max(self.epochs, first_prunable))
+            return optuna.pruners.MedianPruner(
+                n_startup_trials=0, n_warmup_steps=first_prunable
+            )  # prune_min_runs gates above
+        return optuna.pruners.HyperbandPruner(
+            min_resource=first_prunable, max_resource=max(self.epochs, first_prunable)
+        )
 
 
 def _replay_trial(study: "optuna.Study", run: Run, history: Dict[int, float]) -> None:
@@ -93,7 +101,10 @@ def sweep_pruner(cfg: DictConfig) -> Optional[SweepPruner]:
         return None
     parent = sweep_info().get("parent_run_id")
     if parent is None:
-        log.info("objective.pruner=%s applies to the jobs of a tracked sweep (-m); this run is not pruned", cfg.objective.pruner)
+        log.info(
+            "objective.pruner=%s applies to the jobs of a tracked sweep (-m); this run is not pruned",
+            cfg.objective.pruner,
+        )
         return None
     import optuna  # see SweepPruner._replay
 

@@ -54,9 +54,12 @@ def _recorded_overrides(uri: str, parent_id: str, where: str) -> List[str]:
 
     parent = find_run(store.connect(uri, create=False), parent_id, where)
     if names.SWEEP_ARGV not in parent.data.tags:
-        raise ConfigError(f"{where}: run {parent_id} is not the parent run of a sweep; give the id of one (mnist-cnn-runs lists them).")
+        raise ConfigError(
+            f"{where}: run {parent_id} is not the parent run of a sweep; give the id of one (mnist-cnn-runs lists "
+            "them)."
+        )
     if parent.info.status == "RUNNING" and not is_stale(parent):
-        raise CheckpointError(f"{where}: sweep {parent_id} is still running (its heartbeat is fresh); stop that sweep first.")
+        raise CheckpointError(
+            f"{where}: sweep {parent_id} is still running (its heartbeat is fresh); stop that sweep first."
+        )
     return json.loads(parent.data.tags[names.SWEEP_ARGV])
-
-

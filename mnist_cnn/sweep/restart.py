@@ -40,7 +40,11 @@ def job_start(cfg: DictConfig) -> Tuple[DictConfig, Optional[Dict[str, float]]]:
     run_id, status = earlier.info.run_id, earlier.info.status
     done = ("FINISHED",) if slurm_restarts() else ("FINISHED", "FAILED")  # a requeue retries what its stop failed
     if status in done or names.PRUNED_AT in earlier.data.tags:
-        log.info("run %s did this job already (%s): not run again", run_id, "PRUNED" if names.PRUNED_AT in earlier.data.tags else status)
+        log.info(
+            "run %s did this job already (%s): not run again",
+            run_id,
+            "PRUNED" if names.PRUNED_AT in earlier.data.tags else status,
+        )
         return cfg, dict(earlier.data.metrics) if status != "FAILED" else {}
     log.info("continuing this job's run %s (%s) from its last checkpoint", run_id, status)
     cfg = cfg.copy()
@@ -52,8 +56,21 @@ def requeued_run(cfg: DictConfig) -> Optional[Run]:
     """The run that this Slurm job opened before it was requeued; None if it opened none."""
     client = store.connect(cfg.tracking.uri)
     experiment = client.get_experiment_by_name(cfg.tracking.experiment)
-    found = client.search_runs([experiment.experiment_id], f"tags.{names.SLURM_JOB} = '{slurm_job_id()}'", order_by=["attributes.start_time DESC"]) if experiment else []
-    log.info("Slurm requeued job %s (restart %d): %s", slurm_job_id(), slurm_restarts(), f"run {found[0].info.run_id}" if found else "no run yet")
+    found = (
+        client.search_runs(
+            [experiment.experiment_id],
+            f"tags.{names.SLURM_JOB} = '{slurm_job_id()}'",
+            order_by=["attributes.start_time DESC"],
+        )
+        if experiment
+        else []
+    )
+    log.info(
+        "Slurm requeued job %s (restart %d): %s",
+        slurm_job_id(),
+        slurm_restarts(),
+        f"run {found[0].info.run_id}" if found else "no run yet",
+    )
     return found[0] if found else None
 
 
@@ -61,6 +78,10 @@ def earlier_run(cfg: DictConfig) -> Optional[Run]:
     """The child of sweep `cfg.resume_sweep` that ran this job's config (the same config_sha256):
     the finished one if any, else the latest; None if the job never started."""
     sha = config_sha256(cfg)
-    same = [r for r in children(store.connect(cfg.tracking.uri), cfg.resume_sweep) if r.data.tags.get(names.CONFIG_SHA256) == sha]
+    same = [
+        r
+        for r in children(store.connect(cfg.tracking.uri), cfg.resume_sweep)
+        if r.data.tags.get(names.CONFIG_SHA256) == sha
+    ]
     done = [r for r in same if r.info.status == "FINISHED"]
     return (done or same or [None])[-1]

@@ -27,7 +27,10 @@ def jobs_table(jobs: Iterable[Run], swept: List[str], metric: str) -> pd.DataFra
         for key in dict.fromkeys([metric, TRAIN_TIME, *SEED_METRICS]):
             row[key] = metrics.get(key, math.nan)
         rows.append(row)
-    table = pd.DataFrame(rows, columns=["run_id", "name", "status", PRUNED_AT, *swept, *dict.fromkeys([metric, TRAIN_TIME, *SEED_METRICS])])
+    table = pd.DataFrame(
+        rows,
+        columns=["run_id", "name", "status", PRUNED_AT, *swept, *dict.fromkeys([metric, TRAIN_TIME, *SEED_METRICS])],
+    )
     return table.astype({PRUNED_AT: "Int64"})  # an epoch, or <NA>
 
 
@@ -42,7 +45,12 @@ def best_job(table: pd.DataFrame, metric: str, direction: str) -> Optional[pd.Se
 def counts(table: pd.DataFrame) -> dict:
     """n_jobs; n_finished; n_pruned; n_failed: the rest (failed, stopped by a signal, or stale)."""
     finished, pruned = int((table["status"] == "FINISHED").sum()), int(table[PRUNED_AT].notna().sum())
-    return {"n_jobs": len(table), "n_finished": finished, "n_pruned": pruned, "n_failed": len(table) - finished - pruned}
+    return {
+        "n_jobs": len(table),
+        "n_finished": finished,
+        "n_pruned": pruned,
+        "n_failed": len(table) - finished - pruned,
+    }
 
 
 def seed_groups(table: pd.DataFrame, keys: List[str]) -> pd.DataFrame:
@@ -50,7 +58,9 @@ def seed_groups(table: pd.DataFrame, keys: List[str]) -> pd.DataFrame:
     differ), n, then mean and std of each SEED_METRICS, best mean val_acc first. FINISHED jobs only;
     std is NaN for a single seed."""
     finished = table[table["status"] == "FINISHED"].copy()
-    finished["config"] = [run_name([f"{k}={row[k]}" for k in keys], only=keys) or "(all runs)" for _, row in finished.iterrows()]
+    finished["config"] = [
+        run_name([f"{k}={row[k]}" for k in keys], only=keys) or "(all runs)" for _, row in finished.iterrows()
+    ]
     grouped = finished.groupby("config", sort=False)[list(SEED_METRICS)]
     out = grouped.agg(["count", "mean", "std"])
     out.columns = [f"{metric}_{stat}" for metric, stat in out.columns]

@@ -76,8 +76,12 @@ def _trial_params(job: Run, distributions: Dict[str, BaseDistribution]) -> Dict[
     return values
 
 
-def _as_trial(job: Run, values: Dict[str, Any] | None, distributions: Dict[str, BaseDistribution], metric: str) -> optuna.trial.FrozenTrial:
+def _as_trial(
+    job: Run, values: Dict[str, Any] | None, distributions: Dict[str, BaseDistribution], metric: str
+) -> optuna.trial.FrozenTrial:
     value = job.data.metrics.get(metric, math.nan)
     if job.info.status == "FAILED" or values is None or math.isnan(value):
-        return optuna.trial.create_trial(state=TrialState.FAIL, params=values or {}, distributions=distributions if values else {})
+        return optuna.trial.create_trial(
+            state=TrialState.FAIL, params=values or {}, distributions=distributions if values else {}
+        )
     return optuna.trial.create_trial(params=values, distributions=distributions, value=value)

@@ -29,7 +29,12 @@ def now_tag() -> str:
 
 def alive_tags(interval_s: float) -> Dict[str, str]:
     """The tags that mark a run as trained by this process, now."""
-    return {HEARTBEAT: now_tag(), HEARTBEAT_INTERVAL: str(interval_s), HOST: socket.gethostname(), PID: str(os.getpid())}
+    return {
+        HEARTBEAT: now_tag(),
+        HEARTBEAT_INTERVAL: str(interval_s),
+        HOST: socket.gethostname(),
+        PID: str(os.getpid()),
+    }
 
 
 def silence_s(tags: Dict[str, str], start_time_ms: int) -> float:

@@ -47,7 +47,9 @@ def run_config(client: MlflowClient, run_id: str, folder: str, where: str) -> Di
     try:
         path = client.download_artifacts(run_id, names.CONFIG_FILE, folder)
     except (MlflowException, OSError) as e:
-        raise ModelError(f"{where}: run {run_id} has no {names.CONFIG_FILE} artifact; it was not made by mnist-cnn-train.") from e
+        raise ModelError(
+            f"{where}: run {run_id} has no {names.CONFIG_FILE} artifact; it was not made by mnist-cnn-train."
+        ) from e
     return yaml.safe_load(Path(path).read_text())
 
 
@@ -62,7 +64,8 @@ def resumable_run(uri: str, run_id: str, where: str) -> MlflowClient:
         tags = run.data.tags
         raise CheckpointError(
             f"{where}: run {run_id} is RUNNING and its heartbeat is {silence_s(tags, run.info.start_time):.0f} s old: "
-            f"a process (pid {tags.get(names.PID, '?')} on {tags.get(names.HOST, '?')}) may still be training it. Stop that "
+            f"a process (pid {tags.get(names.PID, '?')} on {tags.get(names.HOST, '?')}) may still be training it. "
+            "Stop that "
             f"process first; a run whose heartbeat is older than {stale_after_s(tags):.0f} s counts as stale and can "
             "be resumed."
         )
@@ -90,9 +93,13 @@ def resolve_model(client: MlflowClient, spec: str) -> ModelRef:
         if len(found) == 1:  # models:/m-<id>: a logged model, not a registered one
             return ModelRef(uri, client.get_logged_model(found[0]).source_run_id, registered=False)
         version = client.get_model_version(*found)
-        run_id = version.run_id or (client.get_logged_model(version.model_id).source_run_id if version.model_id else None)
+        run_id = version.run_id or (
+            client.get_logged_model(version.model_id).source_run_id if version.model_id else None
+        )
     except MlflowException as e:
-        raise ModelError(f"{spec}: not in the tracking store {redact(client.tracking_uri)} ({str(e).splitlines()[0][:200]}).") from e
+        raise ModelError(
+            f"{spec}: not in the tracking store {redact(client.tracking_uri)} ({str(e).splitlines()[0][:200]})."
+        ) from e
     return ModelRef(uri, run_id, registered=True)
 
 

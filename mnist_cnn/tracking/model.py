@@ -26,7 +26,9 @@ from mnist_cnn.names import EPOCH, FINGERPRINTS
 PICKLE_ADVICE_LOGGER = "mlflow.pytorch"
 
 
-def log_model(run_id: str, model: torch.nn.Module, in_shape: tuple, num_classes: int, epoch: Optional[int] = None) -> str:
+def log_model(
+    run_id: str, model: torch.nn.Module, in_shape: tuple, num_classes: int, epoch: Optional[int] = None
+) -> str:
     """Log an fp32 CPU copy of `model` (the caller's model stays where it is); it takes float images
     in [0, 1] of shape (N, *in_shape) and returns logits. The final model is named `model`; with
     `epoch`, it is `epoch_N`, at that step. Returns the model's URI (`models:/m-...`)."""

@@ -59,7 +59,9 @@ class Tracker:
         self.logged_steps: set = set()
 
     @_when_tracking
-    def log_epoch(self, metrics: Dict[str, float], epoch: int, checkpoint: Path, model_id: Optional[str] = None) -> None:
+    def log_epoch(
+        self, metrics: Dict[str, float], epoch: int, checkpoint: Path, model_id: Optional[str] = None
+    ) -> None:
         """The epoch's metrics with a heartbeat in one request (linked to the epoch's model, if one was
         logged), then its checkpoint."""
         if epoch in self.logged_steps:  # a resume replays an epoch whose metrics made it before the stop
@@ -97,9 +99,17 @@ class Tracker:
         self.call(self.client.log_batch, self.run_id, tags=as_tags(tags))
 
     @_when_tracking
-    def log_model(self, model: torch.nn.Module, in_shape: tuple, num_classes: int, register_as: Optional[str] = None, register_from: str = "last") -> None:
+    def log_model(
+        self,
+        model: torch.nn.Module,
+        in_shape: tuple,
+        num_classes: int,
+        register_as: Optional[str] = None,
+        register_from: str = "last",
+    ) -> None:
         """Log the final model (tagged `model_uri`); with `register_as`, also register it, or the best
         epoch kept (`register_from=best`), as a new version of that model."""
+
         def upload() -> None:
             run = self.client.get_run(self.run_id)
             # MLflow files a model under the active experiment, not its run's: `runs:/ID/model` finds it only there.
@@ -109,13 +119,19 @@ class Tracker:
             if register_as:
                 source = uri if register_from == "last" else run.data.tags[names.BEST_MODEL_URI]
                 version = logged.register(self.client, source, register_as, run)
-                log.info("registered as models:/%s/%s: %s", register_as, version, model_version_url(self.uri, register_as, version))
+                log.info(
+                    "registered as models:/%s/%s: %s",
+                    register_as,
+                    version,
+                    model_version_url(self.uri, register_as, version),
+                )
 
         self.call(upload)
 
     @_when_tracking
     def log_epoch_model(self, model: torch.nn.Module, in_shape: tuple, num_classes: int, epoch: int) -> str:
         """Log this epoch's model (trainer.keep_best) unless a resumed run already has it; returns its id."""
+
         def upload() -> str:
             run = self.client.get_run(self.run_id)
             if epoch in self.logged_steps:  # only an epoch a resume replays can have its model already
@@ -130,13 +146,19 @@ class Tracker:
     @_when_tracking
     def keep_best(self, k: int, objective: DictConfig) -> None:
         """Delete all but the `k` best epoch models by `objective`; tag the run with the best one."""
+
         def prune() -> None:
             models = logged.epoch_models(self.client, self.client.get_run(self.run_id))
             ranked = logged.rank(models, str(objective.metric), objective.direction == "maximize")
             for doomed in ranked[k:]:
                 logged.delete_model(self.client, doomed)
             if ranked:
-                self.set_tags({names.BEST_EPOCH: ranked[0].tags[names.EPOCH], names.BEST_MODEL_URI: f"models:/{ranked[0].model_id}"})
+                self.set_tags(
+                    {
+                        names.BEST_EPOCH: ranked[0].tags[names.EPOCH],
+                        names.BEST_MODEL_URI: f"models:/{ranked[0].model_id}",
+                    }
+                )
 
         self.call(prune)
 
@@ -147,7 +169,9 @@ class Tracker:
         except Exception as e:  # noqa: BLE001 - whatever the store raised, the run cannot be recorded
             if not store.is_store_failure(e):
                 raise
-            raise TrackingLostError(f"the MLflow store at {redact(self.uri)} stopped answering ({store.describe(e)})") from e
+            raise TrackingLostError(
+                f"the MLflow store at {redact(self.uri)} stopped answering ({store.describe(e)})"
+            ) from e
 
 
 @dataclass
@@ -187,7 +211,12 @@ def tracked_run(cfg: DictConfig, opening: Opening, run_id: Optional[str], checkp
         if opened:
             background.close()
             command = resume_command(opened, cfg.tracking.uri)
-            end_run(client, opened, "KILLED", {names.INTERRUPTED: "stopped by Ctrl-C or SIGTERM", names.RESUME_COMMAND: command})
+            end_run(
+                client,
+                opened,
+                "KILLED",
+                {names.INTERRUPTED: "stopped by Ctrl-C or SIGTERM", names.RESUME_COMMAND: command},
+            )
             log.warning("run %s KILLED after its last complete epoch; continue it with:\n  %s", opened, command)
         raise
     except Pruned as e:
@@ -207,14 +236,21 @@ def tracked_run(cfg: DictConfig, opening: Opening, run_id: Optional[str], checkp
         background.close()
         end_run(client, opened, "FINISHED", {})
         experiment_id = client.get_run(opened).info.experiment_id
-        print(f"MLflow run {opened} finished in experiment {cfg.tracking.experiment!r} ({redact(cfg.tracking.uri)}):\n"
-              f"  {run_url(cfg.tracking.uri, experiment_id, opened)}{_ui_hint(cfg.tracking.uri)}", flush=True)
+        print(
+            f"MLflow run {opened} finished in experiment {cfg.tracking.experiment!r} ({redact(cfg.tracking.uri)}):\n"
+            f"  {run_url(cfg.tracking.uri, experiment_id, opened)}{_ui_hint(cfg.tracking.uri)}",
+            flush=True,
+        )
     finally:
         background.close()
 
 
 def _ui_hint(tracking_uri: str) -> str:
-    return "" if tracking_uri.startswith(("http://", "https://")) else "  (for this local store, start the UI with `make ui`)"
+    return (
+        ""
+        if tracking_uri.startswith(("http://", "https://"))
+        else "  (for this local store, start the UI with `make ui`)"
+    )
 
 
 def _system_metrics(run_id: str, uri: str, resumed: bool) -> Any:
@@ -290,7 +326,9 @@ def end_run(client: MlflowClient, run_id: str, status: str, tags: Dict[str, str]
                     client.delete_tag(run_id, key)
             client.set_terminated(run_id, status)
         except Exception as e:  # noqa: BLE001 - the store is gone: the heartbeat will show the run STALE
-            log.warning("could not mark run %s %s (%s); mnist-cnn-runs will show it as STALE", run_id, status, store.describe(e))
+            log.warning(
+                "could not mark run %s %s (%s); mnist-cnn-runs will show it as STALE", run_id, status, store.describe(e)
+            )
 
 
 def resume_command(target: str, uri: str, sweep: bool = False) -> str:

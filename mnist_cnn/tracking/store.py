@@ -55,7 +55,9 @@ def connect(uri: str, create: bool = True) -> MlflowClient:
     os.environ.update(credentials)
     path = sqlite_path(uri)
     if path is not None and not create and not path.is_file():
-        raise TrackingError(f"tracking.uri={redact(uri)!r}: there is no MLflow store at {path.expanduser().absolute()}. {FIX}")
+        raise TrackingError(
+            f"tracking.uri={redact(uri)!r}: there is no MLflow store at {path.expanduser().absolute()}. {FIX}"
+        )
     if path is not None:
         _check_writable(uri, path)
     try:
@@ -76,7 +78,8 @@ def experiment_id(client: MlflowClient, name: str) -> str:
         experiment = client.get_experiment_by_name(name)
         if experiment is not None and experiment.lifecycle_stage == "deleted":
             raise TrackingError(
-                f"tracking.experiment={name!r} was deleted; restore it (mlflow experiments restore) or pick another name."
+                f"tracking.experiment={name!r} was deleted; restore it (mlflow experiments restore) or pick another "
+                "name."
             )
         if experiment is not None:
             return experiment.experiment_id
@@ -104,7 +107,9 @@ def quick() -> Iterator[None]:
 
 def is_store_failure(error: BaseException) -> bool:
     """True for what a failing store raises, as opposed to a bug in the caller."""
-    return isinstance(error, (MlflowException, requests.RequestException, OSError)) or type(error).__module__.startswith("sqlalchemy")
+    return isinstance(error, (MlflowException, requests.RequestException, OSError)) or type(
+        error
+    ).__module__.startswith("sqlalchemy")
 
 
 def describe(error: BaseException) -> str:
@@ -151,7 +156,8 @@ def _diagnose(uri: str, path: Optional[Path], error: BaseException) -> str:
         )
     if "error code 401" in text or "error code 403" in text:
         return (
-            f"{where}: the server refused these credentials ({'401 not authenticated' if '401' in text else '403 forbidden'}). "
+            f"{where}: the server refused these credentials "
+            f"({'401 not authenticated' if '401' in text else '403 forbidden'}). "
             "Set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) to an account "
             "of that server that may write runs."
         )
@@ -165,7 +171,9 @@ def _half_migrated(path: Path, error_text: str) -> bool:
         return True
     try:
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-            rows = db.execute("SELECT name FROM sqlite_master WHERE type='table' AND name LIKE '_alembic_tmp_%'").fetchall()
+            rows = db.execute(
+                "SELECT name FROM sqlite_master WHERE type='table' AND name LIKE '_alembic_tmp_%'"
+            ).fetchall()
     except sqlite3.Error:
         return False
     return bool(rows)

@@ -78,9 +78,18 @@ class Server:
     def start(self, timeout: float = 90) -> "Server":
         self.folder.mkdir(parents=True, exist_ok=True)
         command = [
-            str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
-            "--workers", "1", "--backend-store-uri", f"sqlite:///{self.folder}/server.db",
-            "--artifacts-destination", str(self.folder / "artifacts"),
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{self.folder}/server.db",
+            "--artifacts-destination",
+            str(self.folder / "artifacts"),
         ]
         env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
         if self.app_name == "basic-auth":

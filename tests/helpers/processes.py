@@ -16,7 +16,9 @@ def train_command(data_root: Path, uri: str, *overrides: str, multirun: bool = F
     return [*TRAIN, *(["-m"] if multirun else []), f"data.root={data_root}", f"tracking.uri={uri}", *TINY, *overrides]
 
 
-def run(command: Iterable[str], cwd: Path, timeout: float = 600, env: Optional[dict] = None) -> subprocess.CompletedProcess:
+def run(
+    command: Iterable[str], cwd: Path, timeout: float = 600, env: Optional[dict] = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(list(command), capture_output=True, text=True, cwd=cwd, timeout=timeout, env=_env(env))
 
 
