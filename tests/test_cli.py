@@ -98,3 +98,16 @@ def test_the_module_and_the_console_script_are_one_command(tmp_path):
     )
     assert by_module.returncode == by_script.returncode == 0
     assert by_module.stdout == by_script.stdout and "seed: 5" in by_module.stdout
+
+
+def test_a_users_own_folder_of_experiments_joins_the_tree_with_config_dir(tmp_path):
+    """`--config-dir DIR`: DIR/experiment/mine.yaml is `experiment=mine` (and its YAML is checked too)."""
+    (tmp_path / "mine" / "experiment").mkdir(parents=True)
+    (tmp_path / "mine" / "experiment" / "mine.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /optimizer: sgd\ntrainer:\n  epochs: 7\n"
+    )
+    out = processes.run(
+        [*processes.TRAIN, "--config-dir", str(tmp_path / "mine"), "experiment=mine", "--cfg", "job"], tmp_path
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "  name: sgd\n" in out.stdout and "  epochs: 7\n" in out.stdout

@@ -1,11 +1,15 @@
 """The typed config: what composes, what the checks reject (naming the key), and the one list of
 keys that do not change a result."""
 
+import subprocess
+from pathlib import Path
+
 import pytest
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from mnist_cnn.config import tree
 from mnist_cnn.config.checks import check_config
 from mnist_cnn.config.keys import RUN_SETTINGS, config_sha256, is_run_setting, override_key
 from mnist_cnn.config.paths import make_paths_absolute
@@ -208,3 +212,24 @@ def test_seed_tutorial_preset_is_the_tutorial_recipe():
     assert (cfg.data.batch_size, cfg.data.val_size, cfg.data.normalize, cfg.data.drop_last) == (100, 0, False, True)
     assert (cfg.trainer.epochs, cfg.scheduler.name) == (15, "none")
     assert 60_000 // cfg.data.batch_size == 600
+
+
+MINE = "# @package _global_\ndefaults:\n  - override /optimizer: sgd\ntrainer:\n  epochs: 7\n"
+
+
+def test_users_add_their_own_experiments_from_any_folder_through_the_searchpath(tmp_path):
+    """`hydra.searchpath=[file://DIR]`: DIR/experiment/mine.yaml is `experiment=mine`, beside the shipped ones."""
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "mine.yaml").write_text(MINE)
+    cfg = tree.compose([f"hydra.searchpath=[file://{tmp_path}]", "experiment=mine"])
+    assert cfg.trainer.epochs == 7 and cfg.optimizer.name == "sgd" and cfg.optimizer.momentum == 0.9
+    assert tree.compose([f"hydra.searchpath=[file://{tmp_path}]", "experiment=fast99"]).trainer.epochs == 1
+    assert tree.config_dirs([f"hydra.searchpath=[file://{tmp_path}]", "-cd", "/x"]) == [CONF_DIR, tmp_path, Path("/x")]
+
+
+def test_the_config_tree_is_real_files_in_the_package_and_the_repository_has_no_symlink():
+    """Every group, experiment/ and hparams_search/ included, lives in mnist_cnn/conf: one path per
+    file, and a checkout on a filesystem without symlinks works as any other."""
+    assert {p.name for p in CONF_DIR.iterdir() if p.is_dir()} >= {"model", "optimizer", "experiment", "hparams_search"}
+    listed = subprocess.run(["git", "ls-files", "-s"], capture_output=True, text=True, cwd=CONF_DIR, check=True).stdout
+    assert [line for line in listed.splitlines() if line.startswith("120000")] == []  # git's mode for a symlink

@@ -1,4 +1,5 @@
-"""A regular (non-editable) install carries its configs and presets and runs from any folder."""
+"""A regular (non-editable) install carries its whole config tree, presets and search spaces
+included, and runs from any folder."""
 
 import subprocess
 import sys
@@ -15,7 +16,13 @@ def test_installed_package_finds_configs_and_presets_from_any_folder(tmp_path):
     pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(REPO)]
     built = subprocess.run(pip, capture_output=True, text=True, timeout=600)
     assert built.returncode == 0, built.stderr[-2000:]
-    assert (site / "mnist_cnn" / "conf" / "experiment" / "seed_tutorial.yaml").is_file()
+    shipped = sorted(
+        p.relative_to(REPO / "mnist_cnn").as_posix() for p in (REPO / "mnist_cnn" / "conf").rglob("*.yaml")
+    )
+    installed = sorted(
+        p.relative_to(site / "mnist_cnn").as_posix() for p in (site / "mnist_cnn" / "conf").rglob("*.yaml")
+    )
+    assert installed == shipped and "conf/experiment/seed_tutorial.yaml" in installed  # every group, presets included
 
     code = (
         "import mnist_cnn, sys; print(mnist_cnn.__file__); sys.argv[1:] = ['--cfg', 'job', "

@@ -15,8 +15,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 from mlflow import MlflowClient
+from omegaconf import OmegaConf
 
 from mnist_cnn import interrupts
+from mnist_cnn.config.keys import config_sha256
 from mnist_cnn.engine import loop, precision
 from mnist_cnn.errors import ConfigError, DivergedError
 from mnist_cnn.names import HEARTBEAT
@@ -307,3 +309,20 @@ def test_real_mnist_end_to_end(real_root, store_uri, tmp_path):
     assert final["test_acc"] > 0.85  # 60 steps of Adam already learn most digits
     run = only_run(store_uri)
     assert run.info.status == "FINISHED" and run.data.metrics["val_acc"] > 0.85
+
+
+def test_a_run_never_rewrites_its_config_and_records_what_it_resolved(tiny_cfg, store_uri, tmp_path):
+    """trainer.precision=null stays null in the config (and so in config_sha256 and config.yaml);
+    what it resolved to is the run's `precision` tag and its trainer.precision param."""
+    cfg = tiny_cfg("tracking.log_model=false")
+    before = OmegaConf.to_yaml(cfg)
+    train.run(cfg, tmp_path / "out")
+    assert OmegaConf.to_yaml(cfg) == before
+    run = only_run(store_uri)
+    assert (
+        run.data.tags["precision"] in ("fp32", "bf16")
+        and run.data.params["trainer.precision"] == run.data.tags["precision"]
+    )
+    logged = MlflowClient(store_uri).download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))
+    assert OmegaConf.load(logged).trainer.precision is None
+    assert run.data.tags["config_sha256"] == config_sha256(cfg)
