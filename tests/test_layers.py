@@ -11,7 +11,9 @@ docs/architecture.md shows; a test keeps the two equal.
 """
 
 import ast
+import importlib
 import json
+import re
 import sys
 from collections import defaultdict
 from dataclasses import dataclass
@@ -27,18 +29,18 @@ from tests.helpers.config import TINY
 ROOT = Path(__file__).parents[1]
 PACKAGES = ("mnist_cnn", "hydra_plugins/mnist_cnn_sweeper")  # our code: the package and the Optuna sweeper Hydra loads
 
-# Lowest first: (name, units). A unit is a subpackage of mnist_cnn or one of its top-level modules.
-LAYERS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
-    ("words", ("names", "errors")),  # what runs are recorded under; what can go wrong, with exit codes
-    ("process", ("interrupts", "timing")),  # process-wide state: signals, the wall clock of a run
-    ("inputs", ("data", "model")),  # MNIST-format files and splits; layer kinds, shape inference, the builder
-    ("config", ("config",)),  # the schema, the config tree, the checks that run before torch loads
-    ("engine", ("engine",)),  # the step loop, optimizers, checkpoints, reproducibility, precision, DDP, CUDA graphs
-    ("results", ("report", "tracking")),  # scoring and figures; everything MLflow sees
-    ("sweeps", ("sweep",)),  # multiruns as one experiment: the parent run, pruning, resuming a sweep
-    ("story", ("runner",)),  # one run: where it starts, its set-up, its epochs, what it records
-    ("entry points", ("cli", "hydra_plugins")),  # console commands; the Optuna sweeper Hydra loads
-    ("python -m", ("__main__",)),  # `python -m mnist_cnn` is mnist-cnn-train
+# Lowest first: (name, units, what they are). A unit is a subpackage of mnist_cnn or a top-level module.
+LAYERS: Tuple[Tuple[str, Tuple[str, ...], str], ...] = (
+    ("words", ("names", "errors"), "what runs are recorded under in MLflow; what can go wrong, with exit codes"),
+    ("process", ("interrupts", "timing"), "what Ctrl-C and SIGTERM do to a run; where its wall time goes"),
+    ("inputs", ("data", "model"), "MNIST-format files, checks and splits; layer kinds, shape inference, the builder"),
+    ("config", ("config",), "the config tree, its typed schema, the checks that run before torch loads"),
+    ("engine", ("engine",), "the training state, step loop, optimizers, checkpoints, precision, CUDA graphs, DDP"),
+    ("results", ("report", "tracking"), "scoring a model class by class with figures; everything MLflow sees"),
+    ("sweeps", ("sweep",), "a multirun as one experiment: its parent run, pruning, resuming it, the champion"),
+    ("story", ("runner",), "one run: where it starts, its set-up, its epochs, what it records"),
+    ("entry points", ("cli", "hydra_plugins"), "the console commands; the Optuna sweeper Hydra loads"),
+    ("python -m", ("__main__",), "`python -m mnist_cnn` is mnist-cnn-train"),
 )
 BASE = 2  # the layers below this one are used from everywhere: the diagram leaves out the arrows into them
 HEAVY = ("torch", "torchvision", "mlflow", "optuna", "matplotlib")
@@ -101,7 +103,7 @@ def ours(module: str) -> bool:
 
 
 def layer_of(name: str) -> int:
-    for index, (_, units) in enumerate(LAYERS):
+    for index, (_, units, _) in enumerate(LAYERS):
         if name in units:
             return index
     raise AssertionError(f"{name} is in no layer: add it to LAYERS in tests/test_layers.py")
@@ -184,11 +186,13 @@ def test_the_config_checks_and_the_command_line_import_nothing_heavy_at_their_to
 
 
 def diagram() -> str:
-    """A Mermaid flowchart of the units, one box per layer (top: the entry points), and their
-    imports; arrows into the BASE layers are left out (every layer uses them)."""
+    """The layers as a table, then a Mermaid flowchart of the units, one box per layer (top: the
+    entry points), and their imports; arrows into the BASE layers are left out (every layer uses them)."""
     edges = unit_edges()
-    shown = [(index, label, units) for index, (label, units) in enumerate(LAYERS) if units != ("__main__",)]
-    lines = ["```mermaid", "flowchart TB"]
+    shown = [(index, label, units) for index, (label, units, _) in enumerate(LAYERS) if units != ("__main__",)]
+    lines = ["| layer | units | what they are |", "|---|---|---|"]
+    lines += [f"| {label} | {', '.join(f'`{u}`' for u in units)} | {what} |" for label, units, what in reversed(LAYERS)]
+    lines += ["", "```mermaid", "flowchart TB"]
     for index, label, units in reversed(shown):
         lines.append(f'  subgraph L{index}["{label}"]')
         lines += [f"    {u}" for u in units]
@@ -266,3 +270,26 @@ def test_following_the_config_from_the_command_line_enters_each_module_at_most_t
     print(entries)
     assert "runner/train.py" in entries and "runner/record.py" in entries  # the whole story was followed
     assert max(entries.values()) <= 2, entries
+
+
+def test_every_function_the_architecture_page_names_exists():
+    page = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    named = sorted(set(re.findall(r"`(mnist_cnn(?:\.\w+)+)`", page)))
+    assert len(named) > 30
+    missing = [name for name in named if not _resolves(name)]
+    assert not missing, f"docs/architecture.md names what the code does not have: {missing}"
+
+
+def _resolves(dotted: str) -> bool:
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            thing = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for attribute in parts[cut:]:
+            if not hasattr(thing, attribute):
+                return False
+            thing = getattr(thing, attribute)
+        return True
+    return False
