@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Callable, Dict, List
 
 import torch
+from mlflow import MlflowClient
 from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
@@ -48,6 +49,7 @@ from mnist_cnn.config import tree
 from mnist_cnn.engine import loop
 from mnist_cnn.engine import precision as precision_choice
 from mnist_cnn.engine.distributed import SINGLE
+from mnist_cnn.names import PRECISION
 from mnist_cnn.runner import setup, train
 
 WARMUP = 10
@@ -139,6 +141,14 @@ def trainers_choice(data_root: Path) -> str:
     return choice.precision
 
 
+def _trained_in(uri: str, run_name: str) -> str:
+    """The precision run `run_name` trained in: its `precision` tag (trainer.precision resolved)."""
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("mnist")
+    (run,) = client.search_runs([experiment.experiment_id], f"attributes.run_name = '{run_name}'")
+    return run.data.tags[PRECISION]
+
+
 def _compose(overrides: List[str]):
     return tree.compose(overrides)
 
@@ -224,7 +234,7 @@ def fast99(data_root: Path, raw_dir: Path, seeds: List[int], precision: str, exp
             accs.append(metrics["test_acc"])
             print(
                 f"(b) {experiment} seed {seed}: train_time_s {times[-1]:6.2f}  test_acc {accs[-1]:.4f}  (precision "
-                f"{cfg.trainer.precision})"
+                f"{_trained_in(cfg.tracking.uri, cfg.tracking.run_name)})"
             )
     median = statistics.median(times)
     print(
