@@ -9,10 +9,8 @@ ones a user never needs to read.
 SEED, DEVICE, DETERMINISTIC = "seed", "device", "deterministic"
 CONFIG_SHA256, DATA_SHA256, WEIGHTS_SHA256 = "config_sha256", "data_sha256", "weights_sha256"
 GIT_COMMIT, GIT_DIRTY = "git_commit", "git_dirty"
-PRECISION, PRECISION_REASON = (
-    "precision",
-    "precision_reason",
-)  # what the run trains in (trainer.precision resolved), and why
+# what the run trains in (trainer.precision resolved), and why
+PRECISION, PRECISION_REASON = "precision", "precision_reason"
 FINGERPRINTS = (
     SEED,
     WEIGHTS_SHA256,

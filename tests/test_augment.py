@@ -31,9 +31,8 @@ def test_no_warp_leaves_images_as_they_are():
 
 def test_a_shift_of_one_pixel_moves_the_image_by_one_pixel():
     images = digits(2).images.unsqueeze(1).float() / 255
-    theta = torch.tensor([[1.0, 0.0, 2 / 28], [0.0, 1.0, 0.0]]).expand(
-        2, 2, 3
-    )  # 1/28 of the side, in [-1, 1] coordinates
+    # 1/28 of the side, in [-1, 1] coordinates
+    theta = torch.tensor([[1.0, 0.0, 2 / 28], [0.0, 1.0, 0.0]]).expand(2, 2, 3)
     shifted = augment.warp(images, theta)
     assert torch.allclose(shifted[..., :-1], images[..., 1:], atol=1e-6)
     assert torch.equal(shifted[..., -1], torch.zeros_like(shifted[..., -1]))  # black comes in at the edge

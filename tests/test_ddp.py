@@ -60,9 +60,8 @@ def test_the_shards_of_a_global_batch_are_disjoint_equal_and_make_up_the_batch(n
         together = torch.cat(parts)
         assert len(set(together.tolist())) == len(together)  # disjoint
         kept = len(whole[step]) - len(whole[step]) % world
-        assert sorted(together.tolist()) == sorted(
-            whole[step][:kept].tolist()
-        )  # the batch (its first multiple of world)
+        # the batch (its first multiple of world)
+        assert sorted(together.tolist()) == sorted(whole[step][:kept].tolist())
     assert num_batches(n, batch_size, False, None) == len(whole)  # one process: unchanged
 
 
@@ -102,9 +101,8 @@ def test_under_torchrun_a_batch_that_does_not_split_evenly_or_a_single_strategy_
 def test_under_torchrun_a_divisible_batch_and_a_single_process_pass(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     check_config(make_cfg(["trainer.strategy=ddp", "data.batch_size=64"]))
-    check_config(
-        make_cfg(["resume=0123456789abcdef0123456789abcdef"])
-    )  # a resume keeps its run's strategy: checked on it
+    # a resume keeps its run's strategy: checked on it
+    check_config(make_cfg(["resume=0123456789abcdef0123456789abcdef"]))
     monkeypatch.setenv("WORLD_SIZE", "1")
     check_config(make_cfg([]))
 
@@ -124,9 +122,8 @@ def test_ddp_on_cpu_processes_is_one_mlflow_run_written_once(tiny_root, store_ur
     assert run.data.metrics["test_acc"] > 0.5
     assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/last.pt"]
     console = out.stdout + out.stderr
-    assert (
-        console.count("epoch 1/2") == 1 and console.count("model seed_cnn on cpu") == 1
-    )  # rank 0 alone tells the story
+    # rank 0 alone tells the story
+    assert console.count("epoch 1/2") == 1 and console.count("model seed_cnn on cpu") == 1
 
 
 @pytest.mark.slow
@@ -158,9 +155,8 @@ def test_ddp_on_two_processes_learns_what_one_process_learns_from_the_same_globa
         )
     single, ddp = done["single"][1].data.metrics, done["ddp"][1].data.metrics
     assert abs(single["test_acc"] - ddp["test_acc"]) <= 0.01
-    assert ddp["train_loss"] == pytest.approx(
-        single["train_loss"], rel=1e-3
-    )  # the same steps, not just as good a model
+    # the same steps, not just as good a model
+    assert ddp["train_loss"] == pytest.approx(single["train_loss"], rel=1e-3)
 
 
 @pytest.mark.slow
@@ -180,9 +176,8 @@ def test_a_ddp_run_stopped_by_sigterm_resumes_under_torchrun_to_the_uninterrupte
     output = line + cut.communicate(timeout=120)[0]
     stopped_in = time.monotonic() - signalled
     assert cut.returncode != 0, output[-3000:]
-    assert stopped_in < 20 and "forcefully exiting" not in output, output[
-        -3000:
-    ]  # no rank hung: torchrun kills after 30 s
+    # no rank hung: torchrun kills after 30 s
+    assert stopped_in < 20 and "forcefully exiting" not in output, output[-3000:]
     run = next(r for r in runs(store_uri) if r.info.run_name == "cut")
     assert run.info.status == "KILLED", output[-3000:]
     assert [s for s, _ in history(store_uri, run.info.run_id)["val_acc"]] == [1]  # epoch 2 left no trace
@@ -196,9 +191,8 @@ def test_a_ddp_run_stopped_by_sigterm_resumes_under_torchrun_to_the_uninterrupte
     resumed = by_name["cut"]
     assert resumed.info.status == "FINISHED" and resumed.data.tags["resumed_at_epoch"] == "2"
     assert resumed.data.tags["world_size"] == "2"
-    assert history(store_uri, resumed.info.run_id) == history(
-        store_uri, by_name["full"].info.run_id
-    )  # each epoch once, same numbers
+    # each epoch once, same numbers
+    assert history(store_uri, resumed.info.run_id) == history(store_uri, by_name["full"].info.run_id)
     assert resumed.data.tags["weights_sha256"] == by_name["full"].data.tags["weights_sha256"]
 
 

@@ -95,9 +95,8 @@ def test_the_optimizer_steps_inside_the_graph_unless_the_scheduler_cycles_moment
     cfg = make_cfg([f"optimizer={optimizer}", f"scheduler={scheduler}"])
     built = build_optimizer(cfg.optimizer, torch.nn.Linear(2, 2).parameters())
     assert graphs.optimizer_in_graph(built, build_scheduler(cfg.scheduler, built, 10, 2)) is in_graph
-    assert not graphs.optimizer_in_graph(
-        torch.optim.RMSprop(torch.nn.Linear(2, 2).parameters()), None
-    )  # no capturable step
+    # no capturable step
+    assert not graphs.optimizer_in_graph(torch.optim.RMSprop(torch.nn.Linear(2, 2).parameters()), None)
 
 
 @pytest.mark.parametrize("name, flag", [("adam", "capturable"), ("adamw", "capturable"), ("sgd", "fused")])

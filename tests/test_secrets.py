@@ -129,9 +129,8 @@ def test_ui_links_open_the_training_view_and_never_show_credentials():
     assert (
         run_url(f"http://alice:{SECRET}@host:5000/", "1", "abc") == f"http://host:5000/#/experiments/1/runs/abc{view}"
     )
-    assert (
-        experiment_url("sqlite:////x/mlflow.db", "3") == f"http://127.0.0.1:5000/#/experiments/3/runs{view}"
-    )  # make ui
+    # make ui
+    assert experiment_url("sqlite:////x/mlflow.db", "3") == f"http://127.0.0.1:5000/#/experiments/3/runs{view}"
     assert (
         model_version_url("https://mlflow.example.com", "my digits", "2")
         == f"https://mlflow.example.com/#/models/my%20digits/versions/2{view}"

@@ -171,9 +171,8 @@ def test_group_seeds_averages_each_configuration_over_its_seeds(tiny_cfg, store_
             values = [r.data.metrics[metric] for r in group]
             mean = sum(values) / 2
             assert row["n"] == 2 and row[f"{metric}_mean"] == pytest.approx(mean)
-            assert row[f"{metric}_std"] == pytest.approx(
-                (sum((v - mean) ** 2 for v in values)) ** 0.5
-            )  # sample std, n-1 = 1
+            # sample std, n-1 = 1
+            assert row[f"{metric}_std"] == pytest.approx((sum((v - mean) ** 2 for v in values)) ** 0.5)
 
     runs.main(["--tracking-uri", store_uri, "--group-seeds"])
     table = capsys.readouterr().out

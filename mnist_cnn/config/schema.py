@@ -188,9 +188,8 @@ class TrainerConfig:
     precision: Optional[Precision] = None  # null: the faster of fp32 and bf16 for this net and device, measured
     channels_last: bool = True
     compile: bool = False
-    label_smoothing: float = ranged(
-        0.0, FRACTION
-    )  # training loss only: targets (1 - ls) on the label, ls spread over all classes
+    # training loss only: targets (1 - ls) on the label, ls spread over all classes
+    label_smoothing: float = ranged(0.0, FRACTION)
     keep_best: int = ranged(0, NON_NEGATIVE)  # K > 0: keep the K best epochs (by objective.metric) as logged models
     strategy: Strategy = Strategy.single  # ddp: data-parallel over the processes torchrun starts (engine.distributed)
     cuda_graph: Optional[bool] = (

@@ -69,9 +69,8 @@ def batches(
         thetas = _to_device(augmentation.draw(augment, count * batch_size, generator), split.images.device)
     for start in range(0, count * batch_size, batch_size):
         index = order[start : start + batch_size]
-        cut = (
-            len(index) - len(index) % world
-        )  # equal shards, never an empty one: a last partial batch is cut to a multiple of world
+        # equal shards, never an empty one: a last partial batch is cut to a multiple of world
+        cut = len(index) - len(index) % world
         index = index[:cut][rank::world]
         images = split.images[index].unsqueeze(1).float().div_(255)
         if warps:

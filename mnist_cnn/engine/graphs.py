@@ -45,9 +45,8 @@ from mnist_cnn.errors import ConfigError
 
 WARMUP = 3  # eager steps before the capture, as in PyTorch's whole-network capture example
 
-Forward = Callable[
-    [torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]
-]  # (images, labels) -> (logits, loss)
+# (images, labels) -> (logits, loss)
+Forward = Callable[[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
 
 
 def captures(trainer: DictConfig, device: torch.device) -> bool:

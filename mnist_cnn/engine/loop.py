@@ -78,9 +78,8 @@ def train_epoch(state: TrainingState, settings: StepSettings, epoch: int, world:
             state.scheduler.step()
         seen += len(labels)
     stop.close()
-    loss_sum, correct, seen = distributed.all_sum(
-        world, step.loss_sum, step.correct, seen
-    )  # every rank gets the global epoch's
+    # every rank gets the global epoch's
+    loss_sum, correct, seen = distributed.all_sum(world, step.loss_sum, step.correct, seen)
     return {"train_loss": loss_sum / seen, "train_acc": correct / seen}
 
 

@@ -18,7 +18,6 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from mnist_cnn.errors import ConfigError
 
 Shape = Tuple[int, ...]  # one sample: (channels, height, width), or (features,) once flat
-IN_SHAPE: Shape = (1, 28, 28)
 
 
 class Init(StrEnum):

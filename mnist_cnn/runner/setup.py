@@ -41,6 +41,8 @@ class Prepared:
 
     model: nn.Module
     splits: Dict[str, Optional[Split]]  # train, val (None without a validation split), test
+    steps_per_epoch: int  # never 0: an empty epoch is a config error
+    cuda_graph: bool  # whether each full batch's step replays a captured CUDA graph (engine.graphs.captures)
     classes: Tuple[str, ...]  # the dataset's class names
     tags: Dict[str, str]  # fingerprints: device, seed, data and config hashes, ...
     dataset: Dict[str, Any]  # name, folder, sizes (per split), sha256: the run's MLflow input
@@ -51,9 +53,7 @@ def prepare(cfg: DictConfig, world: World) -> Prepared:
     plan = check_config(cfg)
     repro.seed_everything(cfg.seed)  # the same initial weights on every rank
     device = distributed.device_for(world, resolve_device(cfg.trainer.device))
-    graphs.captures(
-        cfg.trainer, device
-    )  # trainer.cuda_graph=true where `auto` found no GPU fails here, before a run opens
+    captured = graphs.captures(cfg.trainer, device)  # cuda_graph=true without a GPU fails here, before a run opens
     deterministic = cfg.trainer.deterministic if cfg.trainer.deterministic is not None else device.type == "cpu"
     repro.set_deterministic(deterministic, compiled=cfg.trainer.compile)
     info = dataset_info(cfg.data.name)
@@ -62,9 +62,7 @@ def prepare(cfg: DictConfig, world: World) -> Prepared:
     load = dict(root=cfg.data.root, name=cfg.data.name, download=cfg.data.download, verify=cfg.data.verify_checksums)
     full_train, test = load_split(split="train", **load), load_split(split="test", **load)
     train, val = split_validation(full_train, cfg.data.val_size, cfg.seed)
-    num_batches(
-        len(train), cfg.data.batch_size, cfg.data.drop_last, cfg.trainer.limit_batches, world.size
-    )  # an empty epoch fails here
+    steps = num_batches(len(train), cfg.data.batch_size, cfg.data.drop_last, cfg.trainer.limit_batches, world.size)
     log.info("data %s: %d train, %d val, %d test images", cfg.data.name, len(train), len(val or []), len(test))
     splits = {"train": train.to(device), "val": val.to(device) if val else None, "test": test.to(device)}
     data_sha256 = hashlib.sha256((full_train.sha256 + test.sha256).encode()).hexdigest()
@@ -82,7 +80,7 @@ def prepare(cfg: DictConfig, world: World) -> Prepared:
     )
     if cfg.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return Prepared(model.to(device), splits, info.classes, tags, dataset)
+    return Prepared(model.to(device), splits, steps, captured, info.classes, tags, dataset)
 
 
 def build_state(
@@ -93,9 +91,7 @@ def build_state(
     model, device = prepared.model, prepared.splits["train"].labels.device
     choice = resolve_precision(cfg, model, device, world, checkpoint)
     optimizer = build_optimizer(cfg.optimizer, model.parameters())
-    steps = num_batches(
-        len(prepared.splits["train"]), cfg.data.batch_size, cfg.data.drop_last, cfg.trainer.limit_batches, world.size
-    )
+    steps = prepared.steps_per_epoch
     forward = torch.compile(model) if cfg.trainer.compile else model  # shares weights with `model`
     state = TrainingState(
         model=model,
@@ -115,7 +111,7 @@ def build_state(
         log.info("resuming after epoch %d (step %d)", checkpoint["epoch"], checkpoint["global_step"])
     kept = checkpoint is not None and "precision" in checkpoint  # a resumed run keeps the reason it was tagged with
     tags = {names.PRECISION: choice.precision, **({} if kept else {names.PRECISION_REASON: choice.reason})}
-    return state, step_settings(cfg, device), tags
+    return state, step_settings(cfg, prepared.cuda_graph), tags
 
 
 def resolve_precision(
@@ -132,8 +128,8 @@ def resolve_precision(
     return choice
 
 
-def step_settings(cfg: DictConfig, device: torch.device) -> StepSettings:
-    """What the step loop reads from the config, with the CUDA-graph choice resolved for `device`."""
+def step_settings(cfg: DictConfig, cuda_graph: bool) -> StepSettings:
+    """What the step loop reads from the config, with the CUDA-graph choice resolved (`prepare`)."""
     d = cfg.data
     return StepSettings(
         batch_size=d.batch_size,
@@ -141,6 +137,6 @@ def step_settings(cfg: DictConfig, device: torch.device) -> StepSettings:
         limit_batches=cfg.trainer.limit_batches,
         augment=d.augment,
         label_smoothing=cfg.trainer.label_smoothing,
-        cuda_graph=graphs.captures(cfg.trainer, device),
+        cuda_graph=cuda_graph,
         progress=cfg.trainer.progress,
     )

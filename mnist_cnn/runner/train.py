@@ -57,9 +57,8 @@ def fit(start: StartPoint, output_dir: Path, world: World = SINGLE) -> Dict[str,
     recorded = tracked_run(cfg, opening, start.run_id, checkpoint) if world.main else nullcontext(Tracker(None, None))
     try:
         with ExitStack() as stack:
-            tracker = distributed.on_every_rank(
-                world, stack.enter_context, recorded
-            )  # a store that cannot open stops every rank
+            # a store that cannot open stops every rank
+            tracker = distributed.on_every_rank(world, stack.enter_context, recorded)
             stack.enter_context(interrupts.graceful())
             if state.history:
                 tracker.reconcile(state.history[-1], state.epoch)

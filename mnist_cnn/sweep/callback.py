@@ -69,9 +69,8 @@ class MlflowSweepCallback(Callback):
             o.get_key_element() for o in OverridesParser.create().parse_overrides(grid) if o.is_sweep_override()
         ]
         self.swept += list(config.hydra.sweeper.get("params") or {})  # Optuna's search space
-        self.swept = list(
-            dict.fromkeys(self.swept)
-        )  # a key searched by Optuna may be overridden on the command line too
+        # a key searched by Optuna may be overridden on the command line too
+        self.swept = list(dict.fromkeys(self.swept))
         if config.resume_sweep:
             self.run_id = config.resume_sweep
             self.heartbeat = reopen_parent_run(config, self.run_id, {"resumed_in": str(sweep_dir)})

@@ -69,9 +69,8 @@ class SweepPruner:
 
         first_prunable = self.objective.prune_warmup_epochs + 1
         if self.objective.pruner == "median":
-            return optuna.pruners.MedianPruner(
-                n_startup_trials=0, n_warmup_steps=first_prunable
-            )  # prune_min_runs gates above
+            # prune_min_runs gates above
+            return optuna.pruners.MedianPruner(n_startup_trials=0, n_warmup_steps=first_prunable)
         return optuna.pruners.HyperbandPruner(
             min_resource=first_prunable, max_resource=max(self.epochs, first_prunable)
         )
