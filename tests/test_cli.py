@@ -111,3 +111,14 @@ def test_a_users_own_folder_of_experiments_joins_the_tree_with_config_dir(tmp_pa
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "  name: sgd\n" in out.stdout and "  epochs: 7\n" in out.stdout
+
+
+def test_ending_the_process_at_once_still_stops_the_process_pools_it_started(tmp_path):
+    """exit_now skips Python's teardown but not what its exit does first: a process pool (as joblib's
+    launcher leaves one) is shut down, rather than waited for by multiprocessing's exit handler."""
+    code = (
+        "from concurrent.futures import ProcessPoolExecutor; from mnist_cnn.cli.train import exit_now; "
+        "pool = ProcessPoolExecutor(1); print(pool.submit(abs, -3).result(), flush=True); exit_now(0)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.returncode == 0 and out.stdout == "3\n", out.stderr[-2000:]

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import NoReturn, Union
 
@@ -50,10 +51,14 @@ def main() -> None:
 def exit_now(code: Union[int, str, None]) -> NoReturn:
     """End the process without Python's own teardown, which frees the millions of objects torch,
     MLflow and SQLAlchemy made one by one: seconds after every run (docs/speed.md). Everything a run
-    writes is closed by then; exit handlers, log files and the console are flushed first."""
+    writes is closed by then. First, as Python's own exit does: threads are joined and the hooks
+    that process pools register with threading run (they stop joblib's workers, which multiprocessing's
+    exit handler would otherwise wait for until they time out), then the exit handlers; log files
+    and the console are flushed last."""
     if isinstance(code, str):  # sys.exit("message"): printed, status 1, as Python does
         print(code, file=sys.stderr)
         code = 1
+    threading._shutdown()
     atexit._run_exitfuncs()
     logging.shutdown()
     sys.stdout.flush()
