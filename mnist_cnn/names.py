@@ -50,12 +50,29 @@ PARENT_RUN = "mlflow.parentRunId"  # MLflow's own: a sweep's jobs are its parent
 # An evaluation of a registered model (mnist-cnn-eval), logged as a run of its own.
 EVALUATED_MODEL, SOURCE_RUN = "mnist_cnn.evaluated_model", "mnist_cnn.source_run"
 
-# Metrics. Every epoch: what pruning and trainer.keep_best can rank.
-EPOCH_METRICS = ("val_acc", "val_loss", "train_acc", "train_loss")
+# Metrics, each epoch (val_* with a validation split):
+TRAIN_LOSS, TRAIN_ACC, VAL_LOSS, VAL_ACC = "train_loss", "train_acc", "val_loss", "val_acc"
+LR, EPOCH_TIME, VAL_TIME, SAMPLES_PER_S = "lr", "epoch_time_s", "val_time_s", "samples_per_s"
+EPOCH_METRICS = (VAL_ACC, VAL_LOSS, TRAIN_ACC, TRAIN_LOSS)  # what pruning and trainer.keep_best can rank
+# and at the end:
+TEST_LOSS, TEST_ACC = "test_loss", "test_acc"
 TRAIN_TIME = "train_time_s"  # the seconds of every epoch with its validation
-# What objective.metric may name: every run logs these (val_* need a validation split).
-OBJECTIVES = ("val_acc", "val_loss", "test_acc", "test_loss", "train_acc", "train_loss", TRAIN_TIME)
-SEED_METRICS = ("val_acc", "test_acc")  # what a sweep over seeds averages
+OBJECTIVES = (
+    VAL_ACC,
+    VAL_LOSS,
+    TEST_ACC,
+    TEST_LOSS,
+    TRAIN_ACC,
+    TRAIN_LOSS,
+    TRAIN_TIME,
+)  # what objective.metric may name
+SEED_METRICS = (VAL_ACC, TEST_ACC)  # what a sweep over seeds averages
+N_PARAMS = "n_params"  # a param: the model's size
+
+
+def class_metric(prefix: str, k: int) -> str:
+    """The accuracy on the test images of class k: `test_acc_class_3` (`eval_test_acc_class_3` for mnist-cnn-eval)."""
+    return f"{prefix}_acc_class_{k}"
 
 
 def time_metric(phase: str) -> str:

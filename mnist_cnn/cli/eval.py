@@ -62,7 +62,7 @@ def evaluate_model(args: argparse.Namespace):
     check_fits(model, IMAGE_SHAPE, len(classes), args.model)
     split = load_split(args.data_root or data["root"], data["name"], "test", data["download"], data["verify_checksums"])
     report = score(model, split, classes, data["eval_batch_size"], precision)
-    return report, ref, run.data.metrics.get("test_acc", float("nan")), _log_back(client, ref, report)
+    return report, ref, run.data.metrics.get(names.TEST_ACC, float("nan")), _log_back(client, ref, report)
 
 
 def _log_back(client, ref, report) -> str:
@@ -82,8 +82,8 @@ def _log_back(client, ref, report) -> str:
     tracker = Tracker(client, run_id, client.tracking_uri)
     tracker.log_metrics(
         {
-            f"{prefix}test_acc": report.accuracy,
-            f"{prefix}test_loss": report.loss,
+            prefix + names.TEST_ACC: report.accuracy,
+            prefix + names.TEST_LOSS: report.loss,
             **report.class_metrics(f"{prefix}test"),
         },
         step=0,

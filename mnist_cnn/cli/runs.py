@@ -17,13 +17,13 @@ from mnist_cnn import names
 from mnist_cnn.config.keys import is_run_setting
 from mnist_cnn.config.paths import default_tracking_uri
 from mnist_cnn.errors import UserError
-from mnist_cnn.names import PRUNED_AT, SEED_METRICS
+from mnist_cnn.names import PRUNED_AT, SEED_METRICS, TEST_ACC, VAL_ACC
 from mnist_cnn.tracking.heartbeat import is_stale
 from mnist_cnn.tracking.links import experiment_url, ui_base
 from mnist_cnn.tracking.redact import redact
 from mnist_cnn.tracking.run_names import run_name
 
-COLUMNS = ["run_id", "name", "status", "overrides", "val_acc", "test_acc", "epochs", "wall_s"]
+COLUMNS = ["run_id", "name", "status", "overrides", VAL_ACC, TEST_ACC, "epochs", "wall_s"]
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
@@ -31,7 +31,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--tracking-uri", default=default_tracking_uri())
     parser.add_argument("--experiment", default="mnist", help="MLflow experiment name (default: mnist)")
     parser.add_argument("--sweep", metavar="PARENT_RUN_ID", help="only the jobs of this sweep's parent run")
-    parser.add_argument("--sort", default="val_acc", metavar="METRIC", help="metric to sort by (default: val_acc)")
+    parser.add_argument("--sort", default=VAL_ACC, metavar="METRIC", help=f"metric to sort by (default: {VAL_ACC})")
     parser.add_argument("--ascending", action="store_true", help="smallest first (for losses)")
     parser.add_argument("--top", type=int, metavar="N", help="show only the first N runs")
     parser.add_argument("--format", choices=["table", "csv", "json"], default="table")
@@ -108,8 +108,8 @@ def _row(run, sort: str, stale: bool) -> dict:
         "name": info.run_name,
         "status": "STALE" if stale else (f"PRUNED@{data.tags[PRUNED_AT]}" if PRUNED_AT in data.tags else info.status),
         "overrides": run_name(overrides.split()) or "",
-        "val_acc": data.metrics.get("val_acc", math.nan),
-        "test_acc": data.metrics.get("test_acc", math.nan),
+        VAL_ACC: data.metrics.get(VAL_ACC, math.nan),
+        TEST_ACC: data.metrics.get(TEST_ACC, math.nan),
         "epochs": data.params.get("trainer.epochs"),
         "wall_s": round(wall, 1),
         sort: data.metrics.get(sort, math.nan),

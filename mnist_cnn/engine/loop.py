@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from mnist_cnn import names
 from mnist_cnn.data.splits import Split, batches
 from mnist_cnn.engine import distributed, graphs
 from mnist_cnn.engine.distributed import SINGLE, World
@@ -80,7 +81,7 @@ def train_epoch(state: TrainingState, settings: StepSettings, epoch: int, world:
     stop.close()
     # every rank gets the global epoch's
     loss_sum, correct, seen = distributed.all_sum(world, step.loss_sum, step.correct, seen)
-    return {"train_loss": loss_sum / seen, "train_acc": correct / seen}
+    return {names.TRAIN_LOSS: loss_sum / seen, names.TRAIN_ACC: correct / seen}
 
 
 def check_divergence(metrics: Dict[str, float], num_classes: int, epoch: int) -> None:
@@ -89,7 +90,7 @@ def check_divergence(metrics: Dict[str, float], num_classes: int, epoch: int) ->
     Adam at lr=1 or 100 on MNIST keeps a finite loss (hundreds to millions) and ends at 10% accuracy;
     a working run of any length is below 2x the chance loss or above 2x the chance accuracy.
     """
-    loss, acc = metrics["train_loss"], metrics["train_acc"]
+    loss, acc = metrics[names.TRAIN_LOSS], metrics[names.TRAIN_ACC]
     chance_loss, chance_acc = math.log(num_classes), 1 / num_classes
     if math.isfinite(loss) and not (loss > 2 * chance_loss and acc < 2 * chance_acc):
         return

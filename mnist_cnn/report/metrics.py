@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Tuple
 import torch
 import torch.nn.functional as F
 
+from mnist_cnn import names
 from mnist_cnn.data.splits import Split
 from mnist_cnn.engine.loop import predictions
 from mnist_cnn.errors import ModelError
@@ -39,7 +40,7 @@ class Report:
 
     def class_metrics(self, prefix: str = "test") -> Dict[str, float]:
         """`test_acc_class_<k>`: the accuracy on the images of class k."""
-        return {f"{prefix}_acc_class_{k}": value for k, value in enumerate(self.recall)}
+        return {names.class_metric(prefix, k): value for k, value in enumerate(self.recall)}
 
     def as_dict(self) -> Dict[str, Any]:
         """The classification report: precision, recall, F1 and support per class, and averages."""

@@ -42,7 +42,11 @@ def test_and_log_model(cfg: DictConfig, tracker: Tracker, state: TrainingState, 
     with clock.phase("test"):
         forward = distributed.unwrap(state.forward)  # rank 0 alone: no DDP collectives
         report = score(forward, state.splits["test"], classes, cfg.data.eval_batch_size, state.precision)
-    final = {"test_loss": report.loss, "test_acc": report.accuracy, names.TRAIN_TIME: train_time_s(state.history)}
+    final = {
+        names.TEST_LOSS: report.loss,
+        names.TEST_ACC: report.accuracy,
+        names.TRAIN_TIME: train_time_s(state.history),
+    }
     tracker.log_metrics({**final, **report.class_metrics()}, step=cfg.trainer.epochs)
     with clock.phase("figures"):
         tracker.log_report(report.as_dict(), run_figures(report, state.history))
@@ -62,14 +66,14 @@ def test_and_log_model(cfg: DictConfig, tracker: Tracker, state: TrainingState, 
 
 def train_time_s(history: List[Dict[str, float]]) -> float:
     """The seconds of every epoch with its validation, over all of a resumed run's processes."""
-    return sum(h["epoch_time_s"] + h.get("val_time_s", 0.0) for h in history)
+    return sum(h[names.EPOCH_TIME] + h.get(names.VAL_TIME, 0.0) for h in history)
 
 
 def fmt(metrics: Dict[str, float]) -> str:
     """`train_loss 0.1234  lr 1.00e-03  epoch_time_s 3.1`: a line of the console log."""
 
     def one(key: str, value: float) -> str:
-        if key == "lr":
+        if key == names.LR:
             return f"lr {value:.2e}"
         if key.endswith("_s"):
             return f"{key} {value:.1f}"

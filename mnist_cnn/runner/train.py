@@ -50,7 +50,10 @@ def fit(start: StartPoint, output_dir: Path, world: World = SINGLE) -> Dict[str,
     prepared = distributed.on_every_rank(world, prepare, cfg, world)
     state, settings, precision_tags = build_state(cfg, prepared, start.checkpoint, world)
     tags = {**prepared.tags, **precision_tags, **({names.RESUMED_AT_EPOCH: str(state.epoch + 1)} if cfg.resume else {})}
-    params = {"n_params": count_params(state.model), "trainer.precision": state.precision}  # the precision it resolved
+    params = {
+        names.N_PARAMS: count_params(state.model),
+        "trainer.precision": state.precision,
+    }  # the precision it resolved
     checkpoint = output_dir / "checkpoints" / "last.pt"
     opening = Opening(params, tags, prepared.dataset)
     pruner = sweep_pruner(cfg) if world.main else None
@@ -100,11 +103,10 @@ def train_and_validate(
         metrics = train_epoch(state, settings, epoch, world)
         check_divergence(metrics, classes, epoch)  # the global epoch's: every rank stops alike
     samples = min(len(state.splits["train"]), state.steps_per_epoch * settings.batch_size)
-    metrics.update(
-        lr=float(state.optimizer.param_groups[0]["lr"]), epoch_time_s=lap.seconds, samples_per_s=samples / lap.seconds
-    )
+    lr = float(state.optimizer.param_groups[0]["lr"])
+    metrics.update({names.LR: lr, names.EPOCH_TIME: lap.seconds, names.SAMPLES_PER_S: samples / lap.seconds})
     if state.splits["val"] is not None and world.main:
         with clock.phase("val") as lap:
             val = evaluate(distributed.unwrap(state.forward), state.splits["val"], eval_batch, state.precision)
-        metrics.update(val_loss=val["loss"], val_acc=val["acc"], val_time_s=lap.seconds)
+        metrics.update({names.VAL_LOSS: val["loss"], names.VAL_ACC: val["acc"], names.VAL_TIME: lap.seconds})
     return metrics

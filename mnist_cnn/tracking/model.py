@@ -20,7 +20,7 @@ from mlflow.models import ModelSignature
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.types import Schema, TensorSpec
 
-from mnist_cnn.names import EPOCH, FINGERPRINTS
+from mnist_cnn.names import EPOCH, FINGERPRINTS, TEST_ACC
 
 # mlflow warns about pickle on every save; the module docstring and the README say it once.
 PICKLE_ADVICE_LOGGER = "mlflow.pytorch"
@@ -65,7 +65,7 @@ def register(client: MlflowClient, model_uri: str, name: str, run: Run) -> str:
             return version.version
     tags = {k: v for k, v in run.data.tags.items() if k in FINGERPRINTS} | {"run_id": run.info.run_id}
     version = mlflow.register_model(model_uri, name, tags=tags)
-    description = f"test_acc {run.data.metrics.get('test_acc', float('nan')):.4f}, from run {run.info.run_id}"
+    description = f"{TEST_ACC} {run.data.metrics.get(TEST_ACC, float('nan')):.4f}, from run {run.info.run_id}"
     client.update_model_version(name, version.version, description)
     return version.version
 
