@@ -45,6 +45,9 @@ SWEEP_ARGV = "sweep_argv"  # the sweep's command-line overrides (JSON), for resu
 SWEPT = "swept"  # the swept keys (JSON)
 CHAMPION = "champion"  # the alias of the best job's registered model, and the parent's tag naming it
 BEST_RUN_ID, BEST_RUN_NAME = "best_run_id", "best_run_name"
+CHAMPION_URL = "champion_url"  # the champion's page in the UI
+SWEEPER, LAUNCHER = "sweeper", "launcher"  # Hydra's classes that ran it
+SWEEP_OVERRIDES, SWEEP_DIR, RESUMED_IN = "sweep_overrides", "sweep_dir", "resumed_in"  # the grid; its folders
 PARENT_RUN = "mlflow.parentRunId"  # MLflow's own: a sweep's jobs are its parent's children
 
 # An evaluation of a registered model (mnist-cnn-eval), logged as a run of its own.

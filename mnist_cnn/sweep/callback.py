@@ -19,8 +19,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from mnist_cnn import names
 from mnist_cnn.config.job import SWEEP_FILE
-from mnist_cnn.names import SWEEP_ARGV, SWEPT
 from mnist_cnn.tracking.redact import redact
 from mnist_cnn.tracking.run_names import run_name
 
@@ -73,15 +73,15 @@ class MlflowSweepCallback(Callback):
         self.swept = list(dict.fromkeys(self.swept))
         if config.resume_sweep:
             self.run_id = config.resume_sweep
-            self.heartbeat = reopen_parent_run(config, self.run_id, {"resumed_in": str(sweep_dir)})
+            self.heartbeat = reopen_parent_run(config, self.run_id, {names.RESUMED_IN: str(sweep_dir)})
         else:
             tags = {
-                "sweeper": config.hydra.sweeper._target_.rsplit(".", 1)[-1],
-                "launcher": config.hydra.launcher._target_.rsplit(".", 1)[-1],
-                "sweep_overrides": redact(" ".join(grid)),
-                SWEEP_ARGV: redact(json.dumps(list(config.hydra.overrides.hydra) + grid)),
-                SWEPT: json.dumps(self.swept),
-                "sweep_dir": str(sweep_dir),
+                names.SWEEPER: config.hydra.sweeper._target_.rsplit(".", 1)[-1],
+                names.LAUNCHER: config.hydra.launcher._target_.rsplit(".", 1)[-1],
+                names.SWEEP_OVERRIDES: redact(" ".join(grid)),
+                names.SWEEP_ARGV: redact(json.dumps(list(config.hydra.overrides.hydra) + grid)),
+                names.SWEPT: json.dumps(self.swept),
+                names.SWEEP_DIR: str(sweep_dir),
             }
             self.run_id, self.heartbeat = open_parent_run(config, name=run_name(grid) or sweep_dir.name, tags=tags)
         sweep_dir.mkdir(parents=True, exist_ok=True)

@@ -104,7 +104,7 @@ def crown(client: MlflowClient, cfg: DictConfig, best: Run) -> Dict[str, str]:
     log.info(
         "champion: models:/%s@%s is version %s, from run %s: %s", name, names.CHAMPION, version, best.info.run_id, url
     )
-    return {names.CHAMPION: f"models:/{name}/{version}", "champion_url": url}
+    return {names.CHAMPION: f"models:/{name}/{version}", names.CHAMPION_URL: url}
 
 
 def _log_seed_groups(client: MlflowClient, run_id: str, table: pd.DataFrame, keys: List[str]) -> Dict[str, float]:
