@@ -221,12 +221,14 @@ if __name__ == "__main__":
 # call, into a module of the package, of a function given the config (or a node of it) by a caller
 # in another module; prints how often each module was entered so, as JSON, when the process ends.
 TRACE_CONFIG = """
-import atexit, collections, json, sys
+import atexit, collections, json, os, sys
 from omegaconf import DictConfig
+import mnist_cnn
+PACKAGE = os.path.dirname(mnist_cnn.__file__) + os.sep  # wherever the checkout or the .venv lies
 entries, started = collections.Counter(), set()
 
 def ours(frame):
-    while frame is not None and "/mnist_cnn/" not in frame.f_code.co_filename:
+    while frame is not None and not frame.f_code.co_filename.startswith(PACKAGE):
         frame = frame.f_back
     return frame
 
@@ -240,7 +242,7 @@ def given(frame):
 
 def profile(frame, event, arg):
     code = frame.f_code
-    if event != "call" or "/mnist_cnn/" not in code.co_filename:
+    if event != "call" or not code.co_filename.startswith(PACKAGE):
         return
     if code.co_flags & 0x20:  # a generator (a context manager's too): its first step only, not each resumption
         if id(frame) in started:
@@ -249,7 +251,7 @@ def profile(frame, event, arg):
     caller = ours(frame.f_back)
     from_elsewhere = caller is None or caller.f_code.co_filename != code.co_filename
     if from_elsewhere and any(isinstance(v, DictConfig) for v in given(frame)):
-        entries[code.co_filename.rpartition("/mnist_cnn/")[2]] += 1
+        entries[code.co_filename[len(PACKAGE):]] += 1
 
 atexit.register(lambda: print("ENTRIES " + json.dumps(entries)))
 sys.argv = ["mnist-cnn-train"] + sys.argv[1:]
