@@ -3,6 +3,7 @@ back as the MNIST digit they show, and the command names each class, each bad fi
 unusable model in one line."""
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -99,6 +100,10 @@ def unreadable(kind: str, folder: Path) -> Path:
     elif kind == "truncated":
         Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)).save(path)
         path.write_bytes(path.read_bytes()[:400])
+    elif kind == "fifo":
+        os.mkfifo(path)  # opened, it would wait for a writer forever
+    elif kind == "link-loop":
+        path.symlink_to(path)
     return path
 
 
@@ -109,14 +114,28 @@ def unreadable(kind: str, folder: Path) -> Path:
         ("folder", "is a folder; pass image files (PNG or JPEG)."),
         ("not-an-image", "not an image Pillow can read; pass a PNG or JPEG file."),
         ("truncated", "the file is truncated or corrupt."),
+        ("fifo", "not a regular file (a FIFO, socket or device); pass an image file (PNG or JPEG)."),
+        ("link-loop", "too many levels of symbolic links (a link that leads back to itself)."),
     ],
-    ids=["missing", "folder", "not-an-image", "truncated"],
+    ids=["missing", "folder", "not-an-image", "truncated", "fifo", "link-loop"],
 )
 def test_an_unreadable_file_is_one_message_naming_it(tmp_path, kind, message):
     path = unreadable(kind, tmp_path)
     with pytest.raises(DataError) as error:
         load_image(path)
     assert str(error.value).startswith(f"{path}: ") and str(error.value).endswith(message)
+
+
+def test_a_picture_larger_than_pillow_reads_says_so(tmp_path, monkeypatch):
+    """Pillow refuses images over twice Image.MAX_IMAGE_PIXELS (a decompression bomb); here the limit
+    is lowered so that a 60x60 picture is over it."""
+    path = tmp_path / "huge.png"
+    Image.new("L", (60, 60), 255).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(
+        DataError, match=rf"^{path}: larger than Pillow reads \(Image size \(3600 pixels\) exceeds limit"
+    ):
+        load_image(path)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,8 @@ anti-aliasing; placed in a 28x28 field so that its centre of mass is the centre.
 the result as float pixels in [0, 1], as it saw the training images.
 """
 
+import errno
+import stat
 from pathlib import Path
 from typing import Union
 
@@ -24,24 +26,39 @@ MIN_CONTRAST = 0.1  # ink that differs from the background by less (about 25 gre
 
 def load_image(path: Union[str, Path]) -> torch.Tensor:
     """The file at `path` as a float32 tensor (1, 28, 28) in [0, 1]; DataError naming the file if it
-    cannot be read or shows no ink."""
+    cannot be read or shows no ink. Only regular files are opened: a FIFO would block forever."""
+    _check_regular_file(Path(path))
     try:
         with Image.open(path) as image:
             image.load()  # Pillow reads lazily: a truncated file fails here, not later
-    except FileNotFoundError as e:
-        raise DataError(f"{path}: no such file.") from e
-    except IsADirectoryError as e:
-        raise DataError(f"{path}: is a folder; pass image files (PNG or JPEG).") from e
     except PermissionError as e:
         raise DataError(f"{path}: permission denied; make the file readable.") from e
     except UnidentifiedImageError as e:
         raise DataError(f"{path}: not an image Pillow can read; pass a PNG or JPEG file.") from e
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:  # Pillow's ways of saying "corrupt"
+    except Image.DecompressionBombError as e:
+        raise DataError(f"{path}: larger than Pillow reads ({e}); pass a smaller picture of the character.") from e
+    except (OSError, SyntaxError, ValueError) as e:  # Pillow's ways of saying "corrupt"
         raise DataError(f"{path}: cannot be read ({e}); the file is truncated or corrupt.") from e
     try:
         return to_mnist(image)
     except DataError as e:
         raise DataError(f"{path}: {e}") from e
+
+
+def _check_regular_file(path: Path) -> None:
+    """DataError unless `path` is a regular file (after its links): one line for each other case."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError as e:
+        raise DataError(f"{path}: no such file.") from e
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise DataError(f"{path}: too many levels of symbolic links (a link that leads back to itself).") from e
+        raise DataError(f"{path}: cannot be read ({e.strerror or e}).") from e
+    if stat.S_ISDIR(mode):
+        raise DataError(f"{path}: is a folder; pass image files (PNG or JPEG).")
+    if not stat.S_ISREG(mode):
+        raise DataError(f"{path}: not a regular file (a FIFO, socket or device); pass an image file (PNG or JPEG).")
 
 
 def to_mnist(image: Image.Image) -> torch.Tensor:
