@@ -32,8 +32,10 @@ def test_config_checks_run_before_torch_or_mlflow_is_imported(tmp_path):
         ),
         (["+trainer.epoch=2"], "trainer.epoch: not a key of TrainerConfig (did you mean epochs?"),
         (["optimizer.lr=inf"], "optimizer.lr must be > 0 (and finite), got inf."),
+        (["tracking.register_as=a/b"], "tracking.register_as='a/b': MLflow's model registry refuses this name"),
+        (["resume="], "resume= is empty: give a run id or a checkpoint file, or leave resume out."),
     ],
-    ids=["impossible-model", "added-key", "infinite-lr"],
+    ids=["impossible-model", "added-key", "infinite-lr", "unregistrable-name", "empty-resume"],
 )
 def test_a_bad_config_is_one_message_exit_2_and_no_run(tiny_root, store_uri, tmp_path, overrides, message):
     out = processes.run(processes.train_command(tiny_root, store_uri, *overrides), tmp_path)
@@ -122,3 +124,19 @@ def test_ending_the_process_at_once_still_stops_the_process_pools_it_started(tmp
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert out.returncode == 0 and out.stdout == "3\n", out.stderr[-2000:]
+
+
+def test_a_sweep_whose_every_job_would_fail_on_its_model_name_is_refused_before_its_parent_opens(tiny_root, tmp_path):
+    """tracking.register_as names the champion: a name MLflow refuses would fail every job (after
+    training, before this check). One line, exit 2, and no store, parent or job."""
+    store = tmp_path / "mlflow.db"
+    command = processes.train_command(
+        tiny_root, f"sqlite:///{store}", "tracking.register_as=a:b", "seed=1,2", multirun=True
+    )
+    out = processes.run(command, tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "mnist-cnn-train: tracking.register_as='a:b': MLflow's model registry refuses this name (names cannot be "
+        "blank, contain '/' or ':', or resolve to another path such as '.' or '..'); choose another name."
+    ]
+    assert not store.exists() and not (tmp_path / "multirun").exists()

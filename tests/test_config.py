@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mnist_cnn.config import tree
-from mnist_cnn.config.checks import check_config
+from mnist_cnn.config.checks import check_config, registrable
 from mnist_cnn.config.keys import RUN_SETTINGS, config_sha256, is_run_setting, override_key
 from mnist_cnn.config.paths import make_paths_absolute
 from mnist_cnn.config.schema import OPTIONS, DataConfig, ObjectiveConfig, TrackingConfig, TrainerConfig, typed_config
@@ -117,6 +117,13 @@ def test_keys_that_do_not_apply_and_unknown_choices_fail_at_compose(overrides, m
         ),
         (["resume=abc", "resume_sweep=def"], "give only one of them"),
         (["trainer.keep_best=-1"], "trainer.keep_best must be >= 0"),
+        (["seed=-1"], "seed must be in [0, 4294967295] (and finite), got -1."),
+        (["seed=4294967296"], "seed must be in [0, 4294967295] (and finite), got 4294967296."),
+        (["tracking.register_as=a/b"], "tracking.register_as='a/b': MLflow's model registry refuses this name"),
+        (["tracking.register_as=a:b"], "tracking.register_as='a:b': MLflow's model registry refuses this name"),
+        (["tracking.register_as=.."], "cannot be blank, contain '/' or ':', or resolve to another path"),
+        (["resume="], "resume= is empty: give a run id or a checkpoint file, or leave resume out."),
+        (["resume_sweep="], "resume_sweep= is empty"),
     ],
 )
 def test_check_config_names_the_bad_key(overrides, message):
@@ -233,3 +240,17 @@ def test_the_config_tree_is_real_files_in_the_package_and_the_repository_has_no_
     assert {p.name for p in CONF_DIR.iterdir() if p.is_dir()} >= {"model", "optimizer", "experiment", "hparams_search"}
     listed = subprocess.run(["git", "ls-files", "-s"], capture_output=True, text=True, cwd=CONF_DIR, check=True).stdout
     assert [line for line in listed.splitlines() if line.startswith("120000")] == []  # git's mode for a symlink
+
+
+@pytest.mark.parametrize("name", ["digits", "a/b", "a:b", "..", ".", " ", "x/../y", "caf\u00e9 v2", "./x"])
+def test_registered_model_names_follow_mlflows_own_rule(name):
+    """config.checks repeats MLflow's rule so that it holds before MLflow is imported; this keeps the two equal."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.validation import _validate_model_name
+
+    try:
+        _validate_model_name(name)
+        mlflow_takes = True
+    except MlflowException:
+        mlflow_takes = False
+    assert registrable(name) is mlflow_takes

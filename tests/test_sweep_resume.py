@@ -64,6 +64,7 @@ def test_resume_sweep_names_a_run_that_is_no_sweep_or_still_running(store_uri):
     client = MlflowClient(store_uri)
     single = client.create_run(client.create_experiment("single")).info.run_id
     cases = [
+        ("", ConfigError, "resume_sweep= is empty: give the id of a sweep's parent run"),  # an unset shell variable
         ("0" * 32, ModelError, "no run 00000000000000000000000000000000 in this tracking store"),
         (single, ConfigError, "is not the parent run of a sweep"),
         (

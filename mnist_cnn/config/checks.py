@@ -9,8 +9,9 @@ Each error names the key and how to fix it.
 import dataclasses
 import difflib
 import os
+import posixpath
 import shlex
-from typing import Iterator, List, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -42,10 +43,38 @@ def check_config(cfg: DictConfig) -> List[Layer]:
         raise ConfigError("tracking.register_as needs the model logged; drop tracking.log_model=false.")
     if cfg.optimizer.name == "sgd" and cfg.optimizer.nesterov and cfg.optimizer.momentum == 0:
         raise ConfigError("optimizer.nesterov=true needs optimizer.momentum > 0.")
+    _check_names(cfg)
     _check_epoch_ranking(cfg)
     _check_ddp(cfg)
     _check_cuda_graph(cfg)
     return plan_layers(cfg.model.layers, IMAGE_SHAPE, len(dataset_info(cfg.data.name).classes))
+
+
+def _check_names(cfg: DictConfig) -> None:
+    """Names that would fail only after training: a registered model's, and an empty resume target
+    (an unset shell variable must not start a fresh run)."""
+    check_registered_name(cfg.tracking.register_as)
+    for key in ("resume", "resume_sweep"):
+        if cfg[key] is not None and not str(cfg[key]).strip():
+            raise ConfigError(f"{key}= is empty: give a run id or a checkpoint file, or leave {key} out.")
+
+
+def check_registered_name(name: Optional[str]) -> None:
+    """tracking.register_as must be a name MLflow's model registry takes (its own rule, repeated so
+    that it holds before MLflow is imported)."""
+    if name is not None and not registrable(name):
+        raise ConfigError(
+            f"tracking.register_as={name!r}: MLflow's model registry refuses this name (names cannot be blank, "
+            "contain '/' or ':', or resolve to another path such as '.' or '..'); choose another name."
+        )
+
+
+def registrable(name: str) -> bool:
+    """Whether MLflow's model registry takes `name` (mlflow.utils.validation._validate_model_name)."""
+    norm = posixpath.normpath(name)
+    return (
+        bool(name.strip()) and not {"/", ":"} & set(name) and norm == name and norm != "." and not norm.startswith("..")
+    )
 
 
 def _check_epoch_ranking(cfg: DictConfig) -> None:

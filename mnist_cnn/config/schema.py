@@ -40,10 +40,17 @@ class Range:
 
     def __str__(self) -> str:
         if self.high == math.inf:
-            return f"{'>' if self.low_open else '>='} {self.low:g}"
-        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+            return f"{'>' if self.low_open else '>='} {_number(self.low)}"
+        low, high = _number(self.low), _number(self.high)
+        return f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
 
 
+def _number(x: float) -> str:
+    """4294967295, not 4.29497e+09; 0.5 as 0.5."""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+SEED = Range(0, 2**32 - 1)  # what NumPy's seed takes
 POSITIVE = Range(0, low_open=True)
 NON_NEGATIVE = Range(0)
 AT_LEAST_ONE = Range(1)
@@ -221,7 +228,7 @@ class ObjectiveConfig:
 
 @dataclass
 class Config:
-    seed: int = 0
+    seed: int = ranged(0, SEED)
     model: ModelConfig = MISSING
     optimizer: OptimizerConfig = MISSING
     scheduler: SchedulerConfig = MISSING

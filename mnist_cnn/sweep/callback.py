@@ -12,6 +12,7 @@ is imported only where a method needs it: Hydra makes this callback for single r
 import atexit
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -20,7 +21,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from mnist_cnn import names
+from mnist_cnn.config.checks import check_registered_name
 from mnist_cnn.config.job import SWEEP_FILE
+from mnist_cnn.errors import EXIT_BAD_INPUT, ConfigError
 from mnist_cnn.tracking.redact import redact
 from mnist_cnn.tracking.run_names import run_name
 
@@ -30,6 +33,14 @@ log = logging.getLogger(__name__)
 def worst(objective: DictConfig) -> float:
     """What a failed job returns to the sweeper: a value it accepts and never picks as the best."""
     return float("-inf") if objective.direction == "maximize" else float("inf")
+
+
+def swept_keys(config: DictConfig) -> List[str]:
+    """The keys a sweep varies: its grid's sweep overrides, then Optuna's search space; each once (a
+    key Optuna searches may be overridden on the command line too)."""
+    grid = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    keys = [o.get_key_element() for o in grid if o.is_sweep_override()] + list(config.hydra.sweeper.get("params") or {})
+    return list(dict.fromkeys(keys))
 
 
 class MlflowSweepCallback(Callback):
@@ -56,6 +67,13 @@ class MlflowSweepCallback(Callback):
                 path.write_text(redact(text))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.swept = swept_keys(config)
+        try:  # a name every job shares that would fail each of them: refused once, before the parent opens
+            if "tracking.register_as" not in self.swept:
+                check_registered_name(config.tracking.register_as)
+        except ConfigError as e:  # Hydra would make an exception a warning and launch every job anyway
+            print(f"mnist-cnn-train: {e}", file=sys.stderr)
+            sys.exit(EXIT_BAD_INPUT)
         if not config.tracking.enabled:
             return
         from mnist_cnn.sweep.parent import (  # MLflow: seconds to import, and a single run never needs it
@@ -65,12 +83,6 @@ class MlflowSweepCallback(Callback):
 
         sweep_dir = Path(config.hydra.sweep.dir)
         grid = list(config.hydra.overrides.task)
-        self.swept = [
-            o.get_key_element() for o in OverridesParser.create().parse_overrides(grid) if o.is_sweep_override()
-        ]
-        self.swept += list(config.hydra.sweeper.get("params") or {})  # Optuna's search space
-        # a key searched by Optuna may be overridden on the command line too
-        self.swept = list(dict.fromkeys(self.swept))
         if config.resume_sweep:
             self.run_id = config.resume_sweep
             self.heartbeat = reopen_parent_run(config, self.run_id, {names.RESUMED_IN: str(sweep_dir)})

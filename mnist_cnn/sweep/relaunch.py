@@ -26,6 +26,8 @@ def sweep_arguments(argv: List[str]) -> List[str]:
     if not given:
         return argv
     parent_id, where = given[-1].partition("=")[2], given[-1]
+    if not parent_id.strip():
+        raise ConfigError("resume_sweep= is empty: give the id of a sweep's parent run (mnist-cnn-runs lists them).")
     if not set(MULTIRUN_FLAGS) & set(argv):
         raise ConfigError(f"{where} relaunches a sweep: add -m (--multirun).")
     recorded = _recorded_overrides(_tracking_uri(argv), parent_id, where)
