@@ -35,6 +35,7 @@ STOPPED = (INTERRUPTED, RESUME_COMMAND, ERROR, PRUNED_AT)  # what a run that fin
 # Alive: a RUNNING run's heartbeat (tracking.heartbeat), and where its process runs.
 HEARTBEAT, HEARTBEAT_INTERVAL = "mnist_cnn.heartbeat", "mnist_cnn.heartbeat_s"
 HOST, PID = "mnist_cnn.host", "mnist_cnn.pid"
+CLAIM = "mnist_cnn.continued_by."  # params N = 1, 2, ...: "HOST PID TIME" of each process that continued the run
 
 # Its models.
 MODEL_URI, BEST_MODEL_URI, BEST_EPOCH = "model_uri", "best_model_uri", "best_epoch"

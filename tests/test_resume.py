@@ -4,15 +4,19 @@ processes on one run."""
 
 import os
 import signal
+import socket
+import subprocess
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
+from mnist_cnn import names
 from mnist_cnn.errors import CheckpointError, ConfigError, UserError
 from mnist_cnn.names import HEARTBEAT, PID
 from mnist_cnn.runner import start, train
+from mnist_cnn.tracking import run as tracking_run
 from tests.helpers import processes
 from tests.helpers.data import write_tiny_mnist
 from tests.helpers.mlflow_store import all_runs, history, only_run, runs_by_name
@@ -203,3 +207,72 @@ def test_a_process_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path
         assert runs[name].info.status == "FINISHED" and runs[name].data.tags["resumed_at_epoch"] == "2"
         assert runs[name].data.tags["weights_sha256"] == runs["full"].data.tags["weights_sha256"]
         assert history(store_uri, runs[name].info.run_id) == history(store_uri, runs["full"].info.run_id)
+
+
+def killed_run(store_uri: str) -> str:
+    client = MlflowClient(store_uri)
+    run_id = client.create_run(client.create_experiment("claims")).info.run_id
+    client.set_terminated(run_id, "KILLED")
+    return run_id
+
+
+def other_live_process() -> str:
+    """The claim of a process that lives on this machine (the test's parent)."""
+    return f"{socket.gethostname()} {os.getppid()} {datetime.now(timezone.utc).isoformat(timespec='seconds')}"
+
+
+def test_a_run_another_live_process_continues_is_refused_naming_it(store_uri):
+    run_id = killed_run(store_uri)
+    client = MlflowClient(store_uri)
+    client.log_param(run_id, f"{names.CLAIM}1", other_live_process())
+    with pytest.raises(
+        CheckpointError, match=rf"run {run_id} is being continued by another process \(pid {os.getppid()} on "
+    ):
+        tracking_run.claim(client, run_id)
+
+
+def test_of_two_processes_that_continue_a_run_at_once_exactly_one_gets_it(store_uri, monkeypatch):
+    """Both read the run before either claimed it; the store takes only the first value of a param."""
+    run_id = killed_run(store_uri)
+    client = MlflowClient(store_uri)
+    before = client.get_run(run_id)  # what the second process saw
+    client.log_param(run_id, f"{names.CLAIM}1", other_live_process())  # the first one got there first
+    reads = iter([before])
+    real = MlflowClient.get_run
+    monkeypatch.setattr(MlflowClient, "get_run", lambda self, rid: next(reads, None) or real(self, rid))
+    with pytest.raises(CheckpointError, match=rf"pid {os.getppid()} on "):
+        tracking_run.claim(client, run_id)
+
+
+def test_a_run_whose_last_holder_has_exited_is_claimed_again(store_uri):
+    run_id = killed_run(store_uri)
+    client = MlflowClient(store_uri)
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # its pid is free now
+    client.log_param(run_id, f"{names.CLAIM}1", f"{socket.gethostname()} {gone.pid} 2026-01-01T00:00:00+00:00")
+    tracking_run.claim(client, run_id)
+    assert client.get_run(run_id).data.params[f"{names.CLAIM}2"].split(" ")[1] == str(os.getpid())
+
+
+@pytest.mark.slow
+def test_two_resumes_of_one_killed_run_started_together_leave_one_history(tmp_path, store_uri):
+    """Exactly one process continues the run; the other exits 2 naming it, and every epoch is logged once."""
+    root = write_tiny_mnist(tmp_path / "data", n_train=3000, n_test=200)
+    cut = processes.start(train_in_subprocess(tmp_path, root, store_uri, "tracking.run_name=cut"), tmp_path)
+    for line in cut.stdout:
+        if "epoch 1/3" in line:
+            cut.send_signal(signal.SIGTERM)
+            break
+    cut.communicate(timeout=60)
+    run_id = only_run(store_uri).info.run_id
+    both = [
+        processes.start(train_in_subprocess(tmp_path, root, store_uri, f"resume={run_id}"), tmp_path) for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in both]
+    assert sorted(p.returncode for p in both) == [0, 2], outputs
+    refused = outputs[[p.returncode for p in both].index(2)]
+    assert f"run {run_id} is being continued by another process (pid " in refused
+    run = only_run(store_uri)
+    assert run.info.status == "FINISHED"
+    assert [step for step, _ in history(store_uri, run_id)["val_acc"]] == [1, 2, 3]
+    assert [m.step for m in MlflowClient(store_uri).get_metric_history(run_id, "test_acc")] == [3]

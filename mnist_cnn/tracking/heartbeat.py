@@ -57,6 +57,27 @@ def is_stale(run: Any) -> bool:
     return silence_s(tags, run.info.start_time) > stale_after_s(tags) or _process_gone(tags)
 
 
+def claim_value() -> str:
+    """Who continues a run: `HOST PID TIME` (tracking.run.claim)."""
+    return f"{socket.gethostname()} {os.getpid()} {now_tag()}"
+
+
+def claim_holds(value: str, run: Any) -> bool:
+    """Whether the process that logged claim `value` on `run` may still be continuing it: on this
+    machine, while its pid lives (and is not this process); elsewhere, while the run is RUNNING with
+    a fresh heartbeat, or for the first heartbeat's worth of seconds after the claim (before the run
+    is marked RUNNING)."""
+    host, pid, claimed = (value.split(" ") + ["", "", ""])[:3]
+    if host == socket.gethostname() and pid.isdigit():  # this process's own claim is over: it asks again
+        return pid != str(os.getpid()) and not _process_gone({HOST: host, PID: pid})
+    if run.info.status == "RUNNING" and not is_stale(run):
+        return True
+    try:
+        return time.time() - datetime.fromisoformat(claimed).timestamp() < stale_after_s(run.data.tags)
+    except ValueError:
+        return False
+
+
 def _process_gone(tags: Dict[str, str]) -> bool:
     if tags.get(HOST) != socket.gethostname() or not tags.get(PID, "").isdigit():
         return False

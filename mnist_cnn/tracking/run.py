@@ -27,11 +27,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist_cnn import interrupts, names
 from mnist_cnn.config.job import job_overrides, sweep_info
-from mnist_cnn.errors import Pruned, TrackingError, TrackingLostError
+from mnist_cnn.errors import CheckpointError, Pruned, TrackingError, TrackingLostError
 from mnist_cnn.tracking import model as logged
 from mnist_cnn.tracking import store
 from mnist_cnn.tracking.environment import environment_tags
-from mnist_cnn.tracking.heartbeat import Heartbeat, alive_tags, now_tag
+from mnist_cnn.tracking.heartbeat import Heartbeat, alive_tags, claim_holds, claim_value, now_tag
 from mnist_cnn.tracking.inputs import dataset_input
 from mnist_cnn.tracking.links import model_version_url, run_url
 from mnist_cnn.tracking.redact import redact
@@ -282,6 +282,35 @@ def _new_run(client: MlflowClient, cfg: DictConfig) -> str:
     return client.create_run(experiment_id, run_name=name, tags=resolve_tags(parent)).info.run_id
 
 
+def claim(client: MlflowClient, run_id: str) -> None:
+    """Make this process the one that continues run `run_id`, or raise CheckpointError naming the one
+    that does. Each process that continues a run logs the next param `mnist_cnn.continued_by.N`;
+    MLflow's store refuses a second value for a param, so of two processes that start together
+    exactly one gets N. A later one is refused while the holder of the latest N may still be at it."""
+    run = client.get_run(run_id)
+    claims = sorted((int(k.rpartition(".")[2]), v) for k, v in run.data.params.items() if k.startswith(names.CLAIM))
+    if claims and claim_holds(claims[-1][1], run):
+        raise _taken(run_id, claims[-1][1])
+    key = f"{names.CLAIM}{claims[-1][0] + 1 if claims else 1}"
+    try:
+        client.log_param(run_id, key, claim_value())
+    except MlflowException as e:
+        holder = client.get_run(run_id).data.params.get(key)
+        if holder is None:
+            raise
+        raise _taken(run_id, holder) from e
+
+
+def _taken(run_id: str, holder: str) -> CheckpointError:
+    host, pid, since = (holder.split(" ") + ["?", "?", "?"])[:3]
+    error = CheckpointError(
+        f"run {run_id} is being continued by another process (pid {pid} on {host}, since {since}); only one "
+        "process may continue a run. Let it finish, or stop it and resume again."
+    )
+    error.mlflow_run_id = run_id  # a sweep job must not record a FAILED run of its own for this
+    return error
+
+
 def _record_start(client: MlflowClient, cfg: DictConfig, opening: Opening, run_id: Optional[str]) -> str:
     if run_id is None:
         run_id = _new_run(client, cfg)
@@ -294,6 +323,7 @@ def _record_start(client: MlflowClient, cfg: DictConfig, opening: Opening, run_i
         _log_dataset(client, run_id, dataset_input(**opening.dataset))
         tags = {**opening.tags, names.HYDRA_OVERRIDES: " ".join(job_overrides())}
     else:
+        claim(client, run_id)
         client.update_run(run_id, status="RUNNING")
         tags = {**opening.tags, names.RESUME_OVERRIDES: " ".join(job_overrides())}  # the run's own overrides stay
     all_tags = {**tags, **environment_tags(), **alive_tags(cfg.tracking.heartbeat_s)}
