@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 from datetime import datetime, timedelta, timezone
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -62,8 +63,14 @@ def test_same_seed_gives_the_same_weights_and_metrics_and_another_seed_does_not(
     assert a.data.tags["weights_sha256"] == b.data.tags["weights_sha256"] != c.data.tags["weights_sha256"]
     assert history(store_uri, a.info.run_id) == history(store_uri, b.info.run_id)
     assert history(store_uri, a.info.run_id)["train_loss"] != history(store_uri, c.info.run_id)["train_loss"]
-    for tag in ("seed", "data_sha256", "config_sha256", "git_commit", "git_dirty", "version.torch", "deterministic"):
-        assert tag in a.data.tags, tag
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent)
+    dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, cwd=Path(__file__).parent)
+    assert (a.data.tags["seed"], c.data.tags["seed"], a.data.tags["deterministic"]) == ("1", "2", "True")  # cpu: on
+    assert (a.data.tags["git_commit"], a.data.tags["git_dirty"]) == (
+        head.stdout.strip(),
+        str(bool(dirty.stdout.strip())),
+    )
+    assert a.data.tags["version.torch"] == version("torch") and a.data.tags["precision"] in ("fp32", "bf16")
     assert a.data.tags["config_sha256"] == b.data.tags["config_sha256"] != c.data.tags["config_sha256"]
     assert a.data.tags["data_sha256"] == c.data.tags["data_sha256"]
 

@@ -33,9 +33,20 @@ def test_uris_are_redacted(uri, shown):
     assert redact(f"cannot reach {uri}: refused") == f"cannot reach {shown}: refused"
 
 
+def unset_for_this_test(monkeypatch, *keys: str) -> None:
+    """Unset `keys` now and put them back as they were (unset included) when the test ends: delenv
+    alone records nothing for a variable that is not set, and what the code under test sets would
+    then stay for every later test."""
+    for key in keys:
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
+
+
+CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_URI")
+
+
 def test_http_credentials_move_into_mlflows_variables(monkeypatch):
-    for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_URI"):
-        monkeypatch.delenv(key, raising=False)
+    unset_for_this_test(monkeypatch, *CREDENTIALS)
     assert split_http_credentials(f"http://alice:{SECRET}@h:5000/?token=t") == (
         "http://h:5000/",
         {"MLFLOW_TRACKING_USERNAME": "alice", "MLFLOW_TRACKING_PASSWORD": SECRET, "MLFLOW_TRACKING_TOKEN": "t"},
@@ -56,7 +67,7 @@ def test_http_credentials_move_into_mlflows_variables(monkeypatch):
 
 
 def test_messages_and_tags_never_hold_the_password(monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    unset_for_this_test(monkeypatch, *CREDENTIALS)
     with pytest.raises(TrackingError) as e:
         store.connect(f"http://alice:{SECRET}@127.0.0.1:9")
     assert SECRET not in str(e.value) and "127.0.0.1:9" in str(e.value)
@@ -135,3 +146,8 @@ def test_ui_links_open_the_training_view_and_never_show_credentials():
         model_version_url("https://mlflow.example.com", "my digits", "2")
         == f"https://mlflow.example.com/#/models/my%20digits/versions/2{view}"
     )
+
+
+def test_no_credential_outlives_the_test_that_set_it():
+    """Runs after the tests above (file order): what move_credentials and store.connect set is gone."""
+    assert not {key for key in CREDENTIALS if SECRET in os.environ.get(key, "")}
