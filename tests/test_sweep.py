@@ -138,6 +138,23 @@ def test_runs_table_rejects_an_unknown_experiment_with_exit_code_2(store_uri, ca
     assert e.value.code == 2 and "no experiment 'nope'" in capsys.readouterr().err
 
 
+def test_runs_table_refuses_a_metric_no_run_has_and_a_count_below_one(tiny_cfg, store_uri, tmp_path, capsys):
+    train.run(tiny_cfg(*FAST), tmp_path / "out")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        runs.main(["--tracking-uri", store_uri, "--sort", "val_accuracy"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--sort val_accuracy: no run here has that metric; these do: " in err
+    assert "val_acc," in err and "Traceback" not in err
+    for top in ("-1", "0", "two"):
+        with pytest.raises(SystemExit) as e:
+            runs.main(["--tracking-uri", store_uri, "--top", top])
+        assert (
+            e.value.code == 2
+            and f"argument --top: {top!r} is not a number of runs; give 1 or more" in capsys.readouterr().err
+        )
+
+
 def test_run_names_come_from_the_overrides_that_matter():
     overrides = [
         "optimizer.lr=0.003",

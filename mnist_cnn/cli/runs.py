@@ -31,9 +31,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--tracking-uri", default=default_tracking_uri())
     parser.add_argument("--experiment", default="mnist", help="MLflow experiment name (default: mnist)")
     parser.add_argument("--sweep", metavar="PARENT_RUN_ID", help="only the jobs of this sweep's parent run")
-    parser.add_argument("--sort", default=VAL_ACC, metavar="METRIC", help=f"metric to sort by (default: {VAL_ACC})")
+    parser.add_argument("--sort", metavar="METRIC", help=f"metric to sort by (default: {VAL_ACC})")
     parser.add_argument("--ascending", action="store_true", help="smallest first (for losses)")
-    parser.add_argument("--top", type=int, metavar="N", help="show only the first N runs")
+    parser.add_argument("--top", type=_at_least_one, metavar="N", help="show only the first N runs")
     parser.add_argument("--format", choices=["table", "csv", "json"], default="table")
     parser.add_argument("--link", action="store_true", help="print the experiment's page in the MLflow UI instead")
     parser.add_argument(
@@ -42,6 +42,13 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         help="one row per configuration apart from seed: n, mean and std of val/test accuracy",
     )
     return parser.parse_args(argv)
+
+
+def _at_least_one(text: str) -> int:
+    """--top N: a whole number of runs, 1 or more (argparse names the option and exits 2 otherwise)."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of runs; give 1 or more")
+    return int(text)
 
 
 def search(args: argparse.Namespace) -> list:
@@ -64,12 +71,15 @@ def search(args: argparse.Namespace) -> list:
 def runs_table(args: argparse.Namespace) -> pd.DataFrame:
     """One row per run with the COLUMNS above plus the sort metric, sorted; UserError on bad input."""
     runs = search(args)
-    rows = [_row(run, args.sort, is_stale(run)) for run in runs]
-    table = pd.DataFrame(rows)
-    if table[args.sort].isna().all():  # e.g. a sweep whose jobs all failed: still show them, unsorted
-        known = sorted({key for run in runs for key in run.data.metrics})
-        print(f"mnist-cnn-runs: no run has the metric {args.sort!r} (these do: {', '.join(known)}).", file=sys.stderr)
-    table = table.sort_values(args.sort, ascending=args.ascending, na_position="last")
+    sort = args.sort or VAL_ACC
+    table = pd.DataFrame([_row(run, sort, is_stale(run)) for run in runs])
+    if table[sort].isna().all():
+        known = ", ".join(sorted({key for run in runs for key in run.data.metrics})) or "none"
+        if args.sort:  # asked for by name: a typo, or a metric these runs never log
+            raise UserError(f"--sort {args.sort}: no run here has that metric; these do: {known}.")
+        # the default, on runs without it (a sweep whose jobs all failed): still show them, unsorted
+        print(f"mnist-cnn-runs: no run has the metric {sort!r} (these do: {known}).", file=sys.stderr)
+    table = table.sort_values(sort, ascending=args.ascending, na_position="last")
     return table.head(args.top) if args.top else table
 
 
