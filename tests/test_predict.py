@@ -286,6 +286,17 @@ UNKNOWN_RUN = "0" * 32
             "--model models:/digits@nope: not in the tracking store {store} (Registered model alias nope not found.).",
         ),
         (
+            "models:/digits",
+            "{store}",
+            "--model models:/digits: names the registered model 'digits' but no version; add /VERSION "
+            "(models:/digits/1), /latest or @ALIAS.",
+        ),
+        (
+            "",
+            "{store}",
+            "--model '': no model named; give a run id, runs:/ID/model, models:/NAME/VERSION or models:/NAME@ALIAS.",
+        ),
+        (
             UNKNOWN_RUN,
             "sqlite:///{tmp}/nothere.db",
             "tracking.uri='sqlite:///{tmp}/nothere.db': there is no MLflow store at {tmp}/nothere.db.",
@@ -296,7 +307,15 @@ UNKNOWN_RUN = "0" * 32
             "tracking.uri='http://127.0.0.1:{port}': cannot open the MLflow store (connection refused).",
         ),
     ],
-    ids=["unknown-run", "unknown-registered-model", "unknown-alias", "no-store-file", "unreachable-server"],
+    ids=[
+        "unknown-run",
+        "unknown-registered-model",
+        "unknown-alias",
+        "no-version",
+        "empty",
+        "no-store-file",
+        "unreachable-server",
+    ],
 )
 def test_an_unusable_model_or_store_is_one_line_exit_2(store_uri, tmp_path, capsys, monkeypatch, model, uri, message):
     for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):  # restored after the test: the credentials

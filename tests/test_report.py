@@ -101,11 +101,15 @@ def test_a_registered_model_evaluates_to_its_runs_test_accuracy(tiny_cfg, store_
         ("models:/digits/7", "models:/digits/7: not in the tracking store sqlite:///"),
         ("0123456789abcdef0123456789abcdef", "no run 0123456789abcdef0123456789abcdef in this tracking store"),
         ("s3://bucket/model", "s3://bucket/model: no run logged this model, so its dataset is unknown"),
+        ("models:/digits", "models:/digits: names the registered model 'digits' but no version; add /VERSION"),
+        ("", "'': no model named; give a run id, runs:/ID/model, models:/NAME/VERSION or models:/NAME@ALIAS."),
     ],
+    ids=["unknown-version", "unknown-run", "no-run", "no-version", "empty"],
 )
 def test_an_unknown_model_is_one_line_and_exit_2(store_uri, model, message, capsys):
+    MlflowClient(store_uri).create_registered_model("digits")  # registered, with no version
     code, _, err = eval_cli_run([model, "--tracking-uri", store_uri], capsys)
-    assert code == 2 and message in err
+    assert code == 2 and message in err and err.count("\n") == 1
 
 
 def test_a_model_that_does_not_fit_the_data_is_named(tiny_cfg, store_uri, tmp_path, capsys):

@@ -26,6 +26,7 @@ from mnist_cnn.tracking.heartbeat import is_stale, silence_s, stale_after_s
 from mnist_cnn.tracking.redact import redact
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+FORMS = "a run id, runs:/ID/model, models:/NAME/VERSION or models:/NAME@ALIAS"  # how commands name a model
 
 
 @dataclass(frozen=True)
@@ -83,11 +84,19 @@ def fetch_run(client: MlflowClient, run_id: str, folder: str, where: str) -> Tup
 
 def resolve_model(client: MlflowClient, spec: str) -> ModelRef:
     """The model URI and source run of `spec`, through MLflow's own resolution of models:/ URIs."""
+    if not spec.strip():
+        raise ModelError(f"{spec!r}: no model named; give {FORMS}.")
     uri = f"runs:/{spec}/model" if RUN_ID.match(spec) else spec
     if uri.startswith("runs:/"):
         return ModelRef(uri, uri[len("runs:/") :].split("/", 1)[0], registered=False)
     if not uri.startswith("models:/"):
         return ModelRef(uri, None, registered=False)
+    name = uri[len("models:/") :]
+    if not {"/", "@"} & set(name) and _registered(client, name):  # MLflow would look for a logged model `name`
+        raise ModelError(
+            f"{spec}: names the registered model {name!r} but no version; add /VERSION "
+            f"(models:/{name}/1), /latest or @ALIAS."
+        )
     try:
         found = get_model_name_and_version(client, uri)  # a version, @alias, /latest, /Stage, or m-<id>
         if len(found) == 1:  # models:/m-<id>: a logged model, not a registered one
@@ -101,6 +110,14 @@ def resolve_model(client: MlflowClient, spec: str) -> ModelRef:
             f"{spec}: not in the tracking store {redact(client.tracking_uri)} ({str(e).splitlines()[0][:200]})."
         ) from e
     return ModelRef(uri, run_id, registered=True)
+
+
+def _registered(client: MlflowClient, name: str) -> bool:
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        return False
+    return True
 
 
 def class_names(client: MlflowClient, run_id: Optional[str], n_classes: int) -> Tuple[str, ...]:
