@@ -13,6 +13,7 @@ from mnist_cnn.data.splits import Split
 from mnist_cnn.report import figures
 from mnist_cnn.report.metrics import score
 from mnist_cnn.runner import train
+from mnist_cnn.tracking.run import Tracker
 from tests.helpers.mlflow_store import only_run, runs_by_name
 
 
@@ -93,6 +94,21 @@ def test_a_registered_model_evaluates_to_its_runs_test_accuracy(tiny_cfg, store_
     assert (
         evaluation.data.tags["mnist_cnn.evaluated_model"] == "models:/digits/1" and evaluation.info.status == "FINISHED"
     )
+
+
+def test_ctrl_c_during_an_evaluation_is_one_line_exit_130_and_no_run_left_running(
+    tiny_cfg, store_uri, tmp_path, capsys, monkeypatch
+):
+    train.run(tiny_cfg("tracking.register_as=digits", "tracking.log_model=true"), tmp_path / "out")
+    capsys.readouterr()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Tracker, "log_report", interrupted)  # while the evaluation is being logged
+    code, _, err = eval_cli_run(["models:/digits/1", "--tracking-uri", store_uri], capsys)
+    assert code == 130 and err == "mnist-cnn-eval: stopped by Ctrl-C; run the same command again to evaluate.\n"
+    assert runs_by_name(store_uri)["eval digits/1"].info.status == "KILLED"
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from typing import List, Optional
 from mnist_cnn import names
 from mnist_cnn.config.paths import default_tracking_uri
 from mnist_cnn.data.datasets import IMAGE_SHAPE, dataset_info
-from mnist_cnn.errors import ModelError, UserError
+from mnist_cnn.errors import EXIT_INTERRUPTED, ModelError, UserError
 from mnist_cnn.tracking.redact import redact
 
 
@@ -80,15 +80,14 @@ def _log_back(client, ref, report) -> str:
     else:
         run_id, prefix, folder = ref.run_id, "eval_", "eval/"
     tracker = Tracker(client, run_id, client.tracking_uri)
-    tracker.log_metrics(
-        {
-            prefix + names.TEST_ACC: report.accuracy,
-            prefix + names.TEST_LOSS: report.loss,
-            **report.class_metrics(f"{prefix}test"),
-        },
-        step=0,
-    )
-    tracker.log_report(report.as_dict(), run_figures(report), folder=folder)
+    metrics = {prefix + names.TEST_ACC: report.accuracy, prefix + names.TEST_LOSS: report.loss}
+    try:
+        tracker.log_metrics({**metrics, **report.class_metrics(f"{prefix}test")}, step=0)
+        tracker.log_report(report.as_dict(), run_figures(report), folder=folder)
+    except BaseException as e:  # Ctrl-C or a store that went away: the evaluation's own run is not left RUNNING
+        if ref.registered:
+            client.set_terminated(run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
     if ref.registered:
         client.set_terminated(run_id)
     return run_id
@@ -101,6 +100,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     except UserError as e:
         print(f"mnist-cnn-eval: {redact(str(e))}", file=sys.stderr)
         sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print("mnist-cnn-eval: stopped by Ctrl-C; run the same command again to evaluate.", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
     print(
         f"{ref.uri} (run {ref.run_id}) on the {len(report.confusion.sum(1))}-class test split, "
         f"{int(report.confusion.sum())} images:"
