@@ -34,8 +34,12 @@ def test_config_checks_run_before_torch_or_mlflow_is_imported(tmp_path):
         (["optimizer.lr=inf"], "optimizer.lr must be > 0 (and finite), got inf."),
         (["tracking.register_as=a/b"], "tracking.register_as='a/b': MLflow's model registry refuses this name"),
         (["resume="], "resume= is empty: give a run id or a checkpoint file, or leave resume out."),
+        (
+            ["hydra/launcher=joblib"],
+            "hydra/launcher=joblib launches the jobs of a sweep; add -m (--multirun), or drop it to train here.",
+        ),
     ],
-    ids=["impossible-model", "added-key", "infinite-lr", "unregistrable-name", "empty-resume"],
+    ids=["impossible-model", "added-key", "infinite-lr", "unregistrable-name", "empty-resume", "launcher-without-m"],
 )
 def test_a_bad_config_is_one_message_exit_2_and_no_run(tiny_root, store_uri, tmp_path, overrides, message):
     out = processes.run(processes.train_command(tiny_root, store_uri, *overrides), tmp_path)

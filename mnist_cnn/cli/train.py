@@ -13,7 +13,7 @@ import os
 import sys
 import threading
 from pathlib import Path
-from typing import NoReturn, Union
+from typing import List, NoReturn, Union
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -23,10 +23,11 @@ from mnist_cnn import interrupts, timing
 from mnist_cnn.config import tree
 from mnist_cnn.config.checks import check_config
 from mnist_cnn.config.job import in_multirun
+from mnist_cnn.config.keys import override_key
 from mnist_cnn.config.paths import make_paths_absolute
-from mnist_cnn.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, UserError
+from mnist_cnn.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, ConfigError, UserError
 from mnist_cnn.sweep.callback import worst
-from mnist_cnn.sweep.relaunch import sweep_arguments
+from mnist_cnn.sweep.relaunch import MULTIRUN_FLAGS, sweep_arguments
 from mnist_cnn.tracking.redact import move_credentials, redact
 
 log = logging.getLogger("mnist_cnn")
@@ -66,10 +67,21 @@ def exit_now(code: Union[int, str, None]) -> NoReturn:
     os._exit(code or 0)
 
 
+def check_launcher(argv: List[str]) -> None:
+    """A launcher (`hydra/launcher=slurm`, joblib, ...) runs the jobs of a multirun; without -m Hydra
+    would ignore it and train here, in this process."""
+    chosen = [
+        a for a in argv[1:] if override_key(a) == "hydra.launcher" or override_key(a).startswith("hydra.launcher.")
+    ]
+    if chosen and not set(MULTIRUN_FLAGS) & set(argv):
+        raise ConfigError(f"{chosen[0]} launches the jobs of a sweep; add -m (--multirun), or drop it to train here.")
+
+
 def command() -> None:
     """Prepare the command line, then hand it to Hydra; exits with the documented code."""
     sys.argv = move_credentials(sys.argv)
     try:
+        check_launcher(sys.argv)
         sys.argv = sweep_arguments(sys.argv)  # resume_sweep=ID: the sweep's own overrides
     except UserError as e:
         print(f"mnist-cnn-train: {redact(str(e))}", file=sys.stderr)
