@@ -17,7 +17,7 @@ IMAGE_MAGIC, LABEL_MAGIC = 0x00000803, 0x00000801  # unsigned bytes, 3 dims / 1 
 SIDE = 28
 IMAGE_SHAPE = (1, SIDE, SIDE)  # one sample as the model sees it: channels, height, width
 
-# SHA-256 of the decompressed files, as in shared/data/MNIST/raw/SHA256SUMS.uncompressed.
+# SHA-256 of the decompressed files of the published MNIST set (the four files torchvision fetches).
 MNIST_SHA256 = {
     "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
     "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
