@@ -124,6 +124,14 @@ def test_keys_that_do_not_apply_and_unknown_choices_fail_at_compose(overrides, m
         (["tracking.register_as=.."], "cannot be blank, contain '/' or ':', or resolve to another path"),
         (["resume="], "resume= is empty: give a run id or a checkpoint file, or leave resume out."),
         (["resume_sweep="], "resume_sweep= is empty"),
+        (
+            ["tracking.experiment=''"],
+            "tracking.experiment='': an MLflow experiment needs a name of 1 to 256 characters",
+        ),
+        (
+            [f"tracking.experiment={'x' * 1000}"],
+            "tracking.experiment='xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'... (1000 characters)",
+        ),
     ],
 )
 def test_check_config_names_the_bad_key(overrides, message):

@@ -54,9 +54,19 @@ def _check_names(cfg: DictConfig) -> None:
     """Names that would fail only after training: a registered model's, and an empty resume target
     (an unset shell variable must not start a fresh run)."""
     check_registered_name(cfg.tracking.register_as)
+    experiment = cfg.tracking.experiment
+    if not experiment.strip() or len(experiment) > EXPERIMENT_NAME_MAX:
+        shown = repr(experiment) if len(experiment) <= 40 else f"{experiment[:40]!r}... ({len(experiment)} characters)"
+        raise ConfigError(
+            f"tracking.experiment={shown}: an MLflow experiment needs a name of 1 to {EXPERIMENT_NAME_MAX} characters "
+            "(the longest its SQL stores keep); choose another name."
+        )
     for key in ("resume", "resume_sweep"):
         if cfg[key] is not None and not str(cfg[key]).strip():
             raise ConfigError(f"{key}= is empty: give a run id or a checkpoint file, or leave {key} out.")
+
+
+EXPERIMENT_NAME_MAX = 256  # MLflow's experiments.name column: VARCHAR(256) in its SQL stores (PostgreSQL enforces it)
 
 
 def check_registered_name(name: Optional[str]) -> None:

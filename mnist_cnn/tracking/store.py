@@ -74,6 +74,7 @@ def connect(uri: str, create: bool = True) -> MlflowClient:
 
 def experiment_id(client: MlflowClient, name: str) -> str:
     """The id of experiment `name`, created if missing (a parallel job may create it first)."""
+    refused = None
     for _ in range(2):
         experiment = client.get_experiment_by_name(name)
         if experiment is not None and experiment.lifecycle_stage == "deleted":
@@ -85,9 +86,10 @@ def experiment_id(client: MlflowClient, name: str) -> str:
             return experiment.experiment_id
         try:  # the tag tells UIs that read it that this is model training, not a GenAI app
             return client.create_experiment(name, tags={"mlflow.experimentKind": "custom_model_development"})
-        except MlflowException:  # created by another process in between: read it again
-            continue
-    raise TrackingError(f"tracking.experiment={name!r} could neither be found nor created.")
+        except MlflowException as e:  # created by another process in between: read it again
+            refused = e
+    reason = f" ({describe(refused)})" if refused is not None else ""
+    raise TrackingError(f"tracking.experiment={name!r} could neither be found nor created{reason}.")
 
 
 @contextmanager
