@@ -30,7 +30,14 @@ HYDRA_OVERRIDES, RESUME_OVERRIDES = "hydra_overrides", "resume_overrides"
 RESUMED_AT_EPOCH = "resumed_at_epoch"
 INTERRUPTED, RESUME_COMMAND, ERROR = "interrupted", "resume_command", "error"
 PRUNED_AT = "pruned_at_epoch"  # a sweep's pruner stopped it after this epoch
-STOPPED = (INTERRUPTED, RESUME_COMMAND, ERROR, PRUNED_AT)  # what a run that finishes after all no longer carries
+CHAMPION_ERROR = "champion_error"  # a sweep's parent: why its champion could not be registered
+STOPPED = (
+    INTERRUPTED,
+    RESUME_COMMAND,
+    ERROR,
+    PRUNED_AT,
+    CHAMPION_ERROR,
+)  # what a run that finishes after all no longer carries
 
 # Alive: a RUNNING run's heartbeat (tracking.heartbeat), and where its process runs.
 HEARTBEAT, HEARTBEAT_INTERVAL = "mnist_cnn.heartbeat", "mnist_cnn.heartbeat_s"

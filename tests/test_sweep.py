@@ -2,8 +2,11 @@
 the runs table."""
 
 import json
+import shlex
+import sqlite3
 
 import pytest
+from mlflow import MlflowClient
 
 from mnist_cnn.cli import runs
 from mnist_cnn.runner import train
@@ -201,3 +204,37 @@ def test_group_seeds_averages_each_configuration_over_its_seeds(tiny_cfg, store_
         "test_acc_mean",
         "test_acc_std",
     ]
+
+
+@pytest.mark.slow
+def test_a_registry_that_refuses_the_champion_keeps_the_report_and_fails_the_command(tiny_root, store_uri, tmp_path):
+    """The champion is registered after the report: a store that refuses it (here a trigger that
+    aborts every new registered model) leaves the counts, summary and figures on the parent, an
+    error tag, and exit 3 with the command that registers it later."""
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+        db.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON registered_models BEGIN SELECT RAISE(ABORT, 'no new models'); END"
+        )
+    command = processes.train_command(
+        tiny_root, store_uri, "trainer.limit_batches=3", "tracking.register_as=digits", "seed=1,2", multirun=True
+    )
+    out = processes.run(command, tmp_path)
+    assert out.returncode == 3, out.stderr[-3000:]
+    parent = next(r for r in runs_in(store_uri) if "mlflow.parentRunId" not in r.data.tags)
+    last = out.stderr.strip().splitlines()
+    error = parent.data.tags["champion_error"]  # what MLflow said when the insert was aborted
+    assert last[-2] == (
+        f"mnist-cnn-train: the sweep's report is on its parent run {parent.info.run_id}, but registering its champion "
+        f"as 'digits' failed ({error}). Once the store takes it, register it with:"
+    )
+    assert last[-1] == f"  mnist-cnn-train -m resume_sweep={parent.info.run_id} tracking.uri={store_uri}"
+    assert parent.info.status == "FINISHED" and parent.data.metrics["n_jobs"] == 2
+    assert error.startswith("MlflowException: ") and "champion" not in parent.data.tags
+    artifacts = {a.path for a in MlflowClient(store_uri).list_artifacts(parent.info.run_id, "sweep")}
+    assert {"sweep/summary.csv", "sweep/parallel_coordinates.png", "sweep/pareto.png"} <= artifacts
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:  # the store takes new models again: the hint works
+        db.execute("DROP TRIGGER refuse")
+    again = processes.run([*processes.TRAIN, *shlex.split(last[-1])[1:]], tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    parent = MlflowClient(store_uri).get_run(parent.info.run_id)
+    assert parent.data.tags["champion"] == "models:/digits/1" and "champion_error" not in parent.data.tags

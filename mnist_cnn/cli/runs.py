@@ -19,7 +19,7 @@ from mnist_cnn.config.paths import default_tracking_uri
 from mnist_cnn.errors import UserError
 from mnist_cnn.names import PRUNED_AT, SEED_METRICS, TEST_ACC, VAL_ACC
 from mnist_cnn.tracking.heartbeat import is_stale
-from mnist_cnn.tracking.links import experiment_url, ui_base
+from mnist_cnn.tracking.links import experiment_url, resume_command, ui_base
 from mnist_cnn.tracking.redact import redact
 from mnist_cnn.tracking.run_names import run_name
 
@@ -149,8 +149,6 @@ def main(argv: Optional[List[str]] = None) -> None:
 def _stale_hints(table: pd.DataFrame, uri: str) -> None:
     stale = table[table["status"] == "STALE"]
     if len(stale):
-        from mnist_cnn.tracking.run import resume_command  # MLflow: only when there is a stale run
-
         print(f"\n{len(stale)} STALE run(s): RUNNING, but no process has sent a heartbeat lately. Continue with:")
         for run_id in stale["run_id"]:
             print(f"  {resume_command(run_id, uri)}")

@@ -14,7 +14,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
@@ -23,7 +23,8 @@ from omegaconf import DictConfig
 from mnist_cnn import names
 from mnist_cnn.config.checks import check_registered_name
 from mnist_cnn.config.job import SWEEP_FILE
-from mnist_cnn.errors import EXIT_BAD_INPUT, ConfigError
+from mnist_cnn.errors import EXIT_BAD_INPUT, EXIT_UNAVAILABLE, ConfigError
+from mnist_cnn.tracking.links import resume_command
 from mnist_cnn.tracking.redact import redact
 from mnist_cnn.tracking.run_names import run_name
 
@@ -101,11 +102,21 @@ class MlflowSweepCallback(Callback):
         atexit.register(self._close, config, "KILLED")  # a sweep stopped by Ctrl-C never leaves it RUNNING
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self._close(config, "FINISHED")
+        run_id = self.run_id
+        summary = self._close(config, "FINISHED")
+        if names.CHAMPION_ERROR in summary:  # Hydra would make an exception a warning and exit 0
+            print(
+                f"mnist-cnn-train: the sweep's report is on its parent run {run_id}, but registering its champion as "
+                f"{config.tracking.register_as!r} failed ({summary[names.CHAMPION_ERROR]}). Once the store takes it, "
+                f"register it with:\n  {resume_command(str(run_id), config.tracking.uri, sweep=True)}",
+                file=sys.stderr,
+            )
+            sys.exit(EXIT_UNAVAILABLE)
 
-    def _close(self, config: DictConfig, status: str) -> None:
+    def _close(self, config: DictConfig, status: str) -> Dict[str, Any]:
+        """End the parent run with the sweep's report; returns its summary (empty if none is open)."""
         if self.run_id is None:
-            return
+            return {}
         from mnist_cnn.sweep.parent import close_parent_run  # MLflow: see on_multirun_start
 
         run_id, self.run_id = self.run_id, None
@@ -117,5 +128,6 @@ class MlflowSweepCallback(Callback):
             ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()),
             link,
         )
-        if "resume_command" in summary:
-            log.warning("sweep stopped; finish it, each job once, with:\n  %s", summary["resume_command"])
+        if names.RESUME_COMMAND in summary:
+            log.warning("sweep stopped; finish it, each job once, with:\n  %s", summary[names.RESUME_COMMAND])
+        return summary

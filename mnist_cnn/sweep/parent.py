@@ -16,9 +16,9 @@ from mnist_cnn import names
 from mnist_cnn.sweep import plots, tables
 from mnist_cnn.tracking import store
 from mnist_cnn.tracking.heartbeat import Heartbeat, alive_tags
-from mnist_cnn.tracking.links import model_version_url, run_url
+from mnist_cnn.tracking.links import model_version_url, resume_command, run_url
 from mnist_cnn.tracking.model import register
-from mnist_cnn.tracking.run import as_tags, end_run, resume_command
+from mnist_cnn.tracking.run import as_tags, end_run
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,9 @@ def close_parent_run(cfg: DictConfig, run_id: str, status: str, swept: List[str]
 def _report(
     client: MlflowClient, cfg: DictConfig, run_id: str, swept: List[str], tags: Dict[str, str]
 ) -> Dict[str, Any]:
-    """Log the counts, best job, seed groups, summary.csv and figures; add the best job and the
-    champion to `tags`; returns the metrics logged."""
+    """Log the counts, best job, seed groups, summary.csv and figures, then register the champion;
+    add the best job and the champion (or why it could not be registered) to `tags`; returns the
+    metrics logged."""
     jobs = children(client, run_id)
     metric, direction = str(cfg.objective.metric), str(cfg.objective.direction)
     table = tables.jobs_table(jobs, swept, metric)
@@ -76,8 +77,6 @@ def _report(
     if best is not None:
         summary[f"best_{metric}"] = float(best[metric])
         tags |= {names.BEST_RUN_NAME: best["name"], names.BEST_RUN_ID: best["run_id"]}
-        if cfg.tracking.register_as:
-            tags |= crown(client, cfg, next(job for job in jobs if job.info.run_id == best["run_id"]))
     if "seed" in swept:
         summary |= _log_seed_groups(client, run_id, table, [k for k in swept if k != "seed"])
     now = int(time.time() * 1000)
@@ -87,6 +86,13 @@ def _report(
         run_id, plots.parallel_coordinates(table, swept, metric, direction), "sweep/parallel_coordinates.png"
     )
     client.log_figure(run_id, plots.pareto(table, metric, direction), "sweep/pareto.png")
+    if best is not None and cfg.tracking.register_as:  # last: a registry that refuses loses none of the above
+        try:
+            tags |= crown(client, cfg, next(job for job in jobs if job.info.run_id == best["run_id"]))
+        except Exception as e:  # noqa: BLE001 - MLflow, SQLAlchemy or the network: kept as the parent's tag
+            if not store.is_store_failure(e):
+                raise
+            tags[names.CHAMPION_ERROR] = store.describe(e)
     return summary
 
 

@@ -1,4 +1,5 @@
-"""Links into the MLflow UI that open where they should: on the Model-training view.
+"""Where a user goes next: links into the MLflow UI that open where they should (on the
+Model-training view), and the command that continues a stopped run or sweep.
 
 MLflow 3.17's UI opens an experiment on its GenAI overview unless the address says otherwise, and
 only `?workflowType=machine_learning` placed after the `#` does (before it, it is ignored; the
@@ -8,7 +9,7 @@ is linked through its experiment. For a local store the links point at `make ui`
 
 from urllib.parse import quote
 
-from mnist_cnn.tracking.redact import split_http_credentials
+from mnist_cnn.tracking.redact import redact, split_http_credentials
 
 MAKE_UI = "http://127.0.0.1:5000"  # where `make ui` serves a local store
 VIEW = "workflowType=machine_learning"
@@ -31,3 +32,11 @@ def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
 
 def model_version_url(tracking_uri: str, name: str, version: str) -> str:
     return f"{ui_base(tracking_uri)}/#/models/{quote(name, safe='')}/versions/{version}?{VIEW}"
+
+
+def resume_command(target: str, uri: str, sweep: bool = False) -> str:
+    """The command that continues run (or checkpoint) `target`, or the sweep whose parent run it is;
+    names the store unless it holds a secret."""
+    clean = redact(uri) == uri
+    command = f"mnist-cnn-train -m resume_sweep={target}" if sweep else f"mnist-cnn-train resume={target}"
+    return command + (f" tracking.uri={uri}" if clean else "  # with MLFLOW_TRACKING_URI set")

@@ -33,7 +33,7 @@ from mnist_cnn.tracking import store
 from mnist_cnn.tracking.environment import environment_tags
 from mnist_cnn.tracking.heartbeat import Heartbeat, alive_tags, claim_holds, claim_value, now_tag
 from mnist_cnn.tracking.inputs import dataset_input
-from mnist_cnn.tracking.links import model_version_url, run_url
+from mnist_cnn.tracking.links import model_version_url, resume_command, run_url
 from mnist_cnn.tracking.redact import redact
 from mnist_cnn.tracking.run_names import run_name
 
@@ -352,21 +352,13 @@ def end_run(client: MlflowClient, run_id: str, status: str, tags: Dict[str, str]
             if tags:
                 client.log_batch(run_id, tags=as_tags(tags))
             if status == "FINISHED":  # a resumed run: what its interruption left no longer applies
-                for key in set(names.STOPPED) & set(client.get_run(run_id).data.tags):
+                for key in set(names.STOPPED) & set(client.get_run(run_id).data.tags) - set(tags):
                     client.delete_tag(run_id, key)
             client.set_terminated(run_id, status)
         except Exception as e:  # noqa: BLE001 - the store is gone: the heartbeat will show the run STALE
             log.warning(
                 "could not mark run %s %s (%s); mnist-cnn-runs will show it as STALE", run_id, status, store.describe(e)
             )
-
-
-def resume_command(target: str, uri: str, sweep: bool = False) -> str:
-    """The command that continues run (or checkpoint) `target`, or the sweep whose parent run it is;
-    names the store unless it holds a secret."""
-    clean = redact(uri) == uri
-    command = f"mnist-cnn-train -m resume_sweep={target}" if sweep else f"mnist-cnn-train resume={target}"
-    return command + (f" tracking.uri={uri}" if clean else "  # with MLFLOW_TRACKING_URI set")
 
 
 def _lost_message(error: Exception, run_id: Optional[str], checkpoint: Path, uri: str) -> str:
