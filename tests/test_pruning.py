@@ -70,9 +70,10 @@ def test_a_lower_loss_is_better_when_the_objective_is_minimized(tiny_cfg, store_
 
 
 @pytest.mark.slow
-def test_a_grid_prunes_its_hopeless_jobs_and_crowns_the_best_finished_one(tiny_root, store_uri, tmp_path):
+def test_a_grid_prunes_its_hopeless_jobs_crowns_the_best_and_its_resume_keeps_them(tiny_root, store_uri, tmp_path):
     """The issue's grid on tiny data: lr 1e-6 and 2e-6 cannot learn in 3 epochs; the three good
-    learning rates finish, the two hopeless ones stop after epoch 2, and the champion is the best."""
+    learning rates finish, the two hopeless ones stop after epoch 2, and the champion is the best;
+    resume_sweep= of the done sweep leaves the pruned jobs as they are."""
     lrs = "optimizer.lr=1e-3,2e-3,3e-3,1e-6,2e-6"
     command = processes.train_command(
         tiny_root,
@@ -124,3 +125,17 @@ def test_a_grid_prunes_its_hopeless_jobs_and_crowns_the_best_finished_one(tiny_r
     assert sorted(table["optimizer.lr"]) == [1e-6, 2e-6, 1e-3, 2e-3, 3e-3]
     assert table["pruned_at_epoch"].notna().sum() == 2
     print(f"pruned grid took {time.time() - started:.0f} s")
+
+    again = processes.run(
+        [*processes.TRAIN, "-m", f"resume_sweep={parent.info.run_id}", f"tracking.uri={store_uri}"], tmp_path
+    )  # every job is done: the pruned ones stay pruned, untouched, and nothing is recorded twice
+    assert again.returncode == 0, again.stderr[-3000:]
+    after = {r.info.run_name: r for r in runs_in(store_uri) if r.info.run_id != parent.info.run_id}
+    assert sorted(after) == sorted(jobs)
+    for name in ("lr=1e-06", "lr=2e-06"):
+        assert (after[name].info.end_time, after[name].data.tags, after[name].data.metrics) == (
+            jobs[name].info.end_time,
+            jobs[name].data.tags,
+            jobs[name].data.metrics,
+        )
+    assert len(client.search_model_versions("name = 'tiny'")) == 1

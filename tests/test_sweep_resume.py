@@ -153,3 +153,29 @@ def test_a_resumed_optuna_sweep_counts_the_trials_it_already_ran(tiny_root, stor
     assert len(after) == 3 and parent.data.metrics["n_jobs"] == 3  # n_trials counts the two done before
     assert {r.info.run_id for r in before} < {r.info.run_id for r in after}
     assert parent.data.tags["sweeper"] == "ResumableOptunaSweeper"
+
+
+@pytest.mark.slow
+def test_a_resumed_sweep_leaves_a_job_that_failed_on_its_config_alone(tiny_root, store_uri, tmp_path):
+    """A job that failed before its run opened (here optimizer.lr=-1) is recorded with its config's
+    fingerprint, so resume_sweep= finds it and neither runs it again nor records it twice."""
+    grid = ("optimizer.lr=-1,1e-3", "trainer.limit_batches=3", "tracking.log_model=false")
+    first = processes.run(processes.train_command(tiny_root, store_uri, *grid, multirun=True), tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    parent, before = children(store_uri)
+    failed = next(r for r in before if r.info.status == "FAILED")
+    assert (
+        "optimizer.lr=-1" in failed.data.tags["hydra_overrides"].split()
+        and len(failed.data.tags["config_sha256"]) == 64
+    )
+    assert "optimizer.lr must be > 0" in failed.data.tags["error"]
+
+    again = [*processes.TRAIN, "-m", f"resume_sweep={parent.info.run_id}", f"tracking.uri={store_uri}"]
+    out = processes.run(again, tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"run {failed.info.run_id} did this job already (FAILED): not run again" in out.stdout + out.stderr
+    parent, after = children(store_uri)
+    assert sorted((r.info.run_id, r.info.end_time, r.info.status) for r in after) == sorted(
+        (r.info.run_id, r.info.end_time, r.info.status) for r in before
+    )  # the same two runs, neither touched
+    assert parent.info.status == "FINISHED" and parent.data.metrics["n_failed"] == 1

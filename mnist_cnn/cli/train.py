@@ -127,12 +127,18 @@ def train(cfg: DictConfig) -> float:
 
 
 def _record_failed_job(cfg: DictConfig, error: Exception) -> None:
-    """Give a job that failed before its run opened (bad config or data) a FAILED run in the sweep."""
+    """Give a job that failed before its run opened (bad config or data) a FAILED run in the sweep,
+    unless a resumed sweep's job finds the one it had (a FAILED job is never run again)."""
     if not cfg.tracking.enabled or hasattr(error, "mlflow_run_id"):
         return
-    from mnist_cnn.tracking.run import record_failed_job  # MLflow: seconds to import, only for a failed sweep job
+    from mnist_cnn.sweep.restart import earlier_run  # MLflow: seconds to import, only for a failed sweep job
+    from mnist_cnn.tracking.run import record_failed_job  # MLflow, as above
 
     try:
+        earlier = earlier_run(cfg) if cfg.resume_sweep else None
+        if earlier is not None:
+            log.info("run %s did this job already (%s): not run again", earlier.info.run_id, earlier.info.status)
+            return
         record_failed_job(cfg, error)
     except Exception as e:  # noqa: BLE001 - the store itself may be what failed
         log.warning("could not record the failed job in MLflow: %s", redact(str(e))[:300])

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist_cnn import interrupts, names
 from mnist_cnn.config.job import job_overrides, sweep_info
+from mnist_cnn.config.keys import config_sha256
 from mnist_cnn.errors import CheckpointError, Pruned, TrackingError, TrackingLostError
 from mnist_cnn.tracking import model as logged
 from mnist_cnn.tracking import store
@@ -400,7 +401,13 @@ def flatten(tree: Any, prefix: str = "") -> Dict[str, Any]:
 
 
 def record_failed_job(cfg: DictConfig, error: Exception) -> None:
-    """A sweep job that failed before its run was opened (bad config or data) still gets a FAILED run."""
+    """A sweep job that failed before its run was opened (bad config or data) still gets a FAILED run,
+    with its config's fingerprint: a resumed sweep finds it by that and does not run it again."""
     client = store.connect(cfg.tracking.uri)
     run_id = _new_run(client, cfg)
-    end_run(client, run_id, "FAILED", {names.ERROR: error_tag(error), names.HYDRA_OVERRIDES: " ".join(job_overrides())})
+    tags = {
+        names.ERROR: error_tag(error),
+        names.HYDRA_OVERRIDES: " ".join(job_overrides()),
+        names.CONFIG_SHA256: config_sha256(cfg),
+    }
+    end_run(client, run_id, "FAILED", tags)
