@@ -130,17 +130,39 @@ def test_ending_the_process_at_once_still_stops_the_process_pools_it_started(tmp
     assert out.returncode == 0 and out.stdout == "3\n", out.stderr[-2000:]
 
 
-def test_a_sweep_whose_every_job_would_fail_on_its_model_name_is_refused_before_its_parent_opens(tiny_root, tmp_path):
-    """tracking.register_as names the champion: a name MLflow refuses would fail every job (after
-    training, before this check). One line, exit 2, and no store, parent or job."""
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        pytest.param(
+            ["tracking.register_as=a:b"],
+            "tracking.register_as='a:b': MLflow's model registry refuses this name (names cannot be blank, contain '/' "
+            "or ':', or resolve to another path such as '.' or '..'); choose another name.",
+            id="unregistrable-name",
+        ),
+        pytest.param(
+            ["objective.pruner=median", "objective.metric=test_acc"],
+            "objective.pruner=median rank epochs by objective.metric, but test_acc is logged only once, at the end; "
+            "choose one of val_acc, val_loss, train_acc, train_loss.",
+            id="pruner-on-test-acc",
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
+            ["trainer.strategy=ddp"],
+            "trainer.strategy=ddp runs under torchrun, one run at a time; drop -m (--multirun).",
+            id="ddp",
+            marks=pytest.mark.slow,
+        ),
+    ],
+)
+def test_a_config_error_every_job_of_a_sweep_shares_is_refused_before_its_parent_opens(
+    tiny_root, tmp_path, overrides, message
+):
+    """An error in what the jobs share (not in a key the sweep varies, here seed) would fail each
+    job in turn: one line, exit 2, and no store, parent or job."""
     store = tmp_path / "mlflow.db"
-    command = processes.train_command(
-        tiny_root, f"sqlite:///{store}", "tracking.register_as=a:b", "seed=1,2", multirun=True
+    out = processes.run(
+        processes.train_command(tiny_root, f"sqlite:///{store}", *overrides, "seed=1,2", multirun=True), tmp_path
     )
-    out = processes.run(command, tmp_path)
     assert out.returncode == 2
-    assert out.stderr.strip().splitlines() == [
-        "mnist-cnn-train: tracking.register_as='a:b': MLflow's model registry refuses this name (names cannot be "
-        "blank, contain '/' or ':', or resolve to another path such as '.' or '..'); choose another name."
-    ]
+    assert out.stderr.strip().splitlines() == [f"mnist-cnn-train: {message}"]
     assert not store.exists() and not (tmp_path / "multirun").exists()

@@ -9,7 +9,9 @@ import pytest
 from mlflow import MlflowClient
 
 from mnist_cnn.cli import runs
+from mnist_cnn.config import tree
 from mnist_cnn.runner import train
+from mnist_cnn.sweep.callback import shared_config_error
 from mnist_cnn.tracking.run_names import run_name
 from tests.helpers import processes
 from tests.helpers.mlflow_store import only_run
@@ -238,3 +240,23 @@ def test_a_registry_that_refuses_the_champion_keeps_the_report_and_fails_the_com
     assert again.returncode == 0, again.stderr[-3000:]
     parent = MlflowClient(store_uri).get_run(parent.info.run_id)
     assert parent.data.tags["champion"] == "models:/digits/1" and "champion_error" not in parent.data.tags
+
+
+@pytest.mark.parametrize(
+    "overrides,swept,shared",
+    [
+        (["trainer.strategy=ddp"], ["seed"], "trainer.strategy=ddp runs under torchrun"),
+        (["optimizer=sgd", "optimizer.nesterov=true", "optimizer.momentum=0"], ["optimizer.lr"], "optimizer.nesterov"),
+        (["optimizer=sgd", "optimizer.nesterov=true", "optimizer.momentum=0"], ["optimizer.momentum"], None),
+        (["optimizer.lr=-1"], ["optimizer.lr"], None),
+        (["optimizer.lr=-1"], ["optimizer"], None),  # a group's option varies every key in it
+        (["model.layers.0.kernel_size=29"], ["seed"], "model.layers[1] block: input is 1x1"),
+        (["model.layers.0.kernel_size=29"], ["model.layers.2.out_features"], None),  # each layer shapes the next
+        ([], ["seed"], None),
+    ],
+)
+def test_a_sweep_refuses_only_the_config_errors_that_name_no_key_it_varies(overrides, swept, shared):
+    """The sweep's own config holds the swept keys at their defaults: an error there that names a
+    varied key may not be every job's, so the jobs decide; any other would fail each of them."""
+    error = shared_config_error(tree.compose(overrides), swept)
+    assert (None if error is None else str(error)[: len(shared)]) == shared

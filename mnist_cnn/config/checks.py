@@ -24,8 +24,9 @@ from mnist_cnn.model.layers import Layer, plan_layers
 from mnist_cnn.names import EPOCH_METRICS
 
 
-def check_config(cfg: DictConfig) -> List[Layer]:
-    """Raise ConfigError for the first thing wrong with `cfg`; returns the layer plan of `cfg.model`."""
+def check_config(cfg: DictConfig, multirun: Optional[bool] = None) -> List[Layer]:
+    """Raise ConfigError for the first thing wrong with `cfg`; returns the layer plan of `cfg.model`.
+    `multirun`: whether `cfg` is a sweep's (None: ask Hydra whether this is one of its jobs)."""
     for path, node in _typed_nodes(cfg):
         _check_keys(path, node)
         _check_ranges(path, node)
@@ -45,7 +46,7 @@ def check_config(cfg: DictConfig) -> List[Layer]:
         raise ConfigError("optimizer.nesterov=true needs optimizer.momentum > 0.")
     _check_names(cfg)
     _check_epoch_ranking(cfg)
-    _check_ddp(cfg)
+    _check_ddp(cfg, in_multirun() if multirun is None else multirun)
     _check_cuda_graph(cfg)
     return plan_layers(cfg.model.layers, IMAGE_SHAPE, len(dataset_info(cfg.data.name).classes))
 
@@ -104,7 +105,7 @@ def _check_epoch_ranking(cfg: DictConfig) -> None:
         raise ConfigError("resume= continues one run and resume_sweep= a whole sweep; give only one of them.")
 
 
-def _check_ddp(cfg: DictConfig) -> None:
+def _check_ddp(cfg: DictConfig, multirun: bool) -> None:
     """trainer.strategy=ddp runs one training over the processes torchrun starts (WORLD_SIZE in the
     environment), and they share each batch evenly; torchrun with trainer.strategy=single would
     train one run per process."""
@@ -116,7 +117,7 @@ def _check_ddp(cfg: DictConfig) -> None:
                 "Add trainer.strategy=ddp to train one run on all of them."
             )
         return
-    if in_multirun():
+    if multirun:
         raise ConfigError("trainer.strategy=ddp runs under torchrun, one run at a time; drop -m (--multirun).")
     if world is None:
         overrides = job_overrides()

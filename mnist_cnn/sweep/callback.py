@@ -12,16 +12,17 @@ is imported only where a method needs it: Hydra makes this callback for single r
 import atexit
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from mnist_cnn import names
-from mnist_cnn.config.checks import check_registered_name
+from mnist_cnn.config.checks import check_config
 from mnist_cnn.config.job import SWEEP_FILE
 from mnist_cnn.errors import EXIT_BAD_INPUT, EXIT_UNAVAILABLE, ConfigError
 from mnist_cnn.tracking.links import resume_command
@@ -34,6 +35,22 @@ log = logging.getLogger(__name__)
 def worst(objective: DictConfig) -> float:
     """What a failed job returns to the sweeper: a value it accepts and never picks as the best."""
     return float("-inf") if objective.direction == "maximize" else float("inf")
+
+
+def shared_config_error(config: DictConfig, swept: List[str]) -> Optional[ConfigError]:
+    """The config error that every job of a sweep would fail on, or None: the sweep's own config
+    (the swept keys at their defaults) fails a check whose message names no key the sweep varies.
+    The layers are one key here, because each layer's shape depends on those before it."""
+    job = config.copy()
+    with open_dict(job):
+        job.pop("hydra", None)  # Hydra's own node, which a job's config does not have
+    try:
+        check_config(job, multirun=True)
+    except ConfigError as e:
+        varied = {"model" if key.startswith("model.") else key for key in swept}
+        if not any(re.search(rf"(?<![\w.]){re.escape(key)}(?!\w)", str(e)) for key in varied):
+            return e
+    return None
 
 
 def swept_keys(config: DictConfig) -> List[str]:
@@ -69,11 +86,9 @@ class MlflowSweepCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.swept = swept_keys(config)
-        try:  # a name every job shares that would fail each of them: refused once, before the parent opens
-            if "tracking.register_as" not in self.swept:
-                check_registered_name(config.tracking.register_as)
-        except ConfigError as e:  # Hydra would make an exception a warning and launch every job anyway
-            print(f"mnist-cnn-train: {e}", file=sys.stderr)
+        error = shared_config_error(config, self.swept)
+        if error is not None:  # refused once, before the parent opens; an exception would be Hydra's warning
+            print(f"mnist-cnn-train: {redact(str(error))}", file=sys.stderr)
             sys.exit(EXIT_BAD_INPUT)
         if not config.tracking.enabled:
             return
