@@ -144,6 +144,22 @@ def test_eight_jobs_at_once_lose_and_duplicate_nothing(uri, experiment, tiny_roo
     assert parent.data.metrics["n_jobs"] == 8 and parent.data.metrics["n_finished"] == 8
 
 
+def test_a_request_no_node_can_hold_is_refused_before_anything_is_submitted(uri, experiment, tiny_root, tmp_path):
+    """Slurm itself would queue the jobs and leave them pending; sinfo says this node has fewer CPUs."""
+    cpus = int(subprocess.run(["sinfo", "-h", "-N", "-o", "%c"], capture_output=True, text=True).stdout.split()[0])
+    command = [*processes.TRAIN, "-m", f"data.root={tiny_root}", *TINY, "tracking=server"]
+    command += [f"tracking.experiment={experiment}", *(o for o in SLURM if "cpus_per_task" not in o)]
+    command += [f"hydra.launcher.cpus_per_task={cpus + 1}", "seed=1,2"]
+    out = processes.run(command, tmp_path)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert out.stderr.strip().splitlines() == [
+        f"mnist-cnn-train: hydra.launcher.cpus_per_task={cpus + 1} (times tasks_per_node=1) asks for {cpus + 1} CPUs, "
+        f"but no node of partition 'debug' has more than {cpus}; the jobs would never start. Lower "
+        f"hydra.launcher.cpus_per_task to {cpus} or less."
+    ]
+    assert MlflowClient().get_experiment_by_name(experiment) is None and not (tmp_path / "multirun").exists()
+
+
 def test_a_wrong_password_is_refused_and_written_nowhere(uri, experiment, tiny_root, tmp_path):
     command = [
         *processes.TRAIN,

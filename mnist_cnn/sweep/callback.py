@@ -25,6 +25,7 @@ from mnist_cnn import names
 from mnist_cnn.config.checks import check_config
 from mnist_cnn.config.job import SWEEP_FILE
 from mnist_cnn.errors import EXIT_BAD_INPUT, EXIT_UNAVAILABLE, ConfigError
+from mnist_cnn.sweep.slurm import slurm_problem
 from mnist_cnn.tracking.links import resume_command
 from mnist_cnn.tracking.redact import redact
 from mnist_cnn.tracking.run_names import run_name
@@ -87,8 +88,9 @@ class MlflowSweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.swept = swept_keys(config)
         error = shared_config_error(config, self.swept)
-        if error is not None:  # refused once, before the parent opens; an exception would be Hydra's warning
-            print(f"mnist-cnn-train: {redact(str(error))}", file=sys.stderr)
+        problem = str(error) if error is not None else slurm_problem(config.hydra.launcher)
+        if problem is not None:  # refused once, before the parent opens; an exception would be Hydra's warning
+            print(f"mnist-cnn-train: {redact(problem)}", file=sys.stderr)
             sys.exit(EXIT_BAD_INPUT)
         if not config.tracking.enabled:
             return
