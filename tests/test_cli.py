@@ -166,3 +166,19 @@ def test_a_config_error_every_job_of_a_sweep_shares_is_refused_before_its_parent
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [f"mnist-cnn-train: {message}"]
     assert not store.exists() and not (tmp_path / "multirun").exists()
+
+
+@pytest.mark.parametrize("key", ["hydra.run.dir", "hydra.sweep.dir"])
+def test_an_output_folder_that_cannot_be_made_is_one_line_exit_2_and_no_run(tiny_root, store_uri, tmp_path, key):
+    """A path through a file (or a read-only disk, a missing mount): refused before the run or the
+    sweep's parent opens, where Hydra would print its traceback (and a sweep leave a parent behind)."""
+    (tmp_path / "a_file").write_text("")
+    folder = tmp_path / "a_file" / "out"
+    sweep = key == "hydra.sweep.dir"
+    command = processes.train_command(tiny_root, store_uri, f"{key}={folder}", *(["seed=1,2"] * sweep), multirun=sweep)
+    out = processes.run(command, tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        f"mnist-cnn-train: {key}={folder}: cannot make or write that folder (Not a directory); choose another {key}."
+    ]
+    assert all_runs(store_uri) == []

@@ -14,6 +14,7 @@ import json
 import logging
 import re
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -54,6 +55,26 @@ def shared_config_error(config: DictConfig, swept: List[str]) -> Optional[Config
     return None
 
 
+def folder_problem(key: str, folder: str) -> Optional[str]:
+    """Why Hydra could not make or write its output folder `folder` (config key `key`), or None. The
+    folder is made now, as Hydra would a moment later, and a file written in it: permissions do not
+    tell root, and a read-only disk or a file in the path only shows when trying."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        return f"{key}={folder}: cannot make or write that folder ({e.strerror}); choose another {key}."
+    return None
+
+
+def refuse(problem: Optional[str]) -> None:
+    """End the command with `problem` in one line, exit 2; Hydra would make an exception raised in a
+    callback a warning and go on."""
+    if problem is not None:
+        print(f"mnist-cnn-train: {redact(problem)}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
 def swept_keys(config: DictConfig) -> List[str]:
     """The keys a sweep varies: its grid's sweep overrides, then Optuna's search space; each once (a
     key Optuna searches may be overridden on the command line too)."""
@@ -85,13 +106,14 @@ class MlflowSweepCallback(Callback):
             if redact(text) != text:
                 path.write_text(redact(text))
 
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        refuse(folder_problem("hydra.run.dir", config.hydra.run.dir))  # Hydra would print a traceback making it
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.swept = swept_keys(config)
         error = shared_config_error(config, self.swept)
         problem = str(error) if error is not None else slurm_problem(config.hydra.launcher)
-        if problem is not None:  # refused once, before the parent opens; an exception would be Hydra's warning
-            print(f"mnist-cnn-train: {redact(problem)}", file=sys.stderr)
-            sys.exit(EXIT_BAD_INPUT)
+        refuse(problem or folder_problem("hydra.sweep.dir", config.hydra.sweep.dir))  # once, before the parent opens
         if not config.tracking.enabled:
             return
         from mnist_cnn.sweep.parent import (  # MLflow: seconds to import, and a single run never needs it
@@ -114,7 +136,6 @@ class MlflowSweepCallback(Callback):
                 names.SWEEP_DIR: str(sweep_dir),
             }
             self.run_id, self.heartbeat = open_parent_run(config, name=run_name(grid) or sweep_dir.name, tags=tags)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / SWEEP_FILE).write_text(json.dumps({"parent_run_id": self.run_id, "swept": self.swept}))
         atexit.register(self._close, config, "KILLED")  # a sweep stopped by Ctrl-C never leaves it RUNNING
 
