@@ -1,9 +1,12 @@
 """Checkpoints round-trip, and anything truncated, tampered or foreign is refused with a clear error."""
 
+import contextlib
 import hashlib
 import io
+import os
 import pickle
 import random
+import subprocess
 
 import numpy as np
 import pytest
@@ -12,6 +15,8 @@ import torch
 from mnist_cnn.engine import repro
 from mnist_cnn.engine.checkpoint import load_checkpoint, save_checkpoint
 from mnist_cnn.errors import CheckpointError
+from mnist_cnn.runner import train
+from tests.helpers.mlflow_store import only_run
 
 
 def small_state():
@@ -126,3 +131,53 @@ def test_a_foreign_file_and_a_missing_file_are_named(tmp_path):
         load_checkpoint(foreign)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "nope.pt")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real file system of 256 KiB (tmpfs): mounting one needs root, as CI and this machine have."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    mounted = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder)])
+    if not mounted or mounted.returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    yield folder
+    subprocess.run(["umount", "--lazy", str(folder)], check=True)
+
+
+def fill(folder):
+    """Write zeros into `folder` until its file system says it is full."""
+    fd = os.open(folder / "filler", os.O_WRONLY | os.O_CREAT)
+    with contextlib.suppress(OSError):
+        while True:
+            os.write(fd, bytes(4096))
+    os.close(fd)
+
+
+def read_only(folder):
+    subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+
+
+@pytest.mark.parametrize("fault,cause", [(fill, "no space left on device"), (read_only, "read-only file system")])
+def test_a_full_or_read_only_disk_is_named_and_leaves_the_last_checkpoint_and_no_temporary_file(
+    small_disk, fault, cause
+):
+    path, _ = save(small_disk / "checkpoints" / "last.pt", epoch=1, run_id="abc")
+    fault(small_disk)
+    with pytest.raises(CheckpointError) as error:
+        save(path, epoch=2, run_id="abc")
+    assert str(error.value) == (
+        f"could not write checkpoint {path}: {cause} (folder {path.parent}). The last checkpoint written is intact; "
+        "make room there (or choose another hydra.run.dir), then continue with mnist-cnn-train resume=abc."
+    )
+    assert load_checkpoint(path)["epoch"] == 1 and [p.name for p in path.parent.iterdir()] == ["last.pt"]
+
+
+@pytest.mark.slow
+def test_a_run_whose_disk_is_full_ends_failed_with_the_cause(tiny_cfg, store_uri, small_disk):
+    """The whole run: its first checkpoint does not fit, so the run is FAILED with the cause as its error."""
+    fill(small_disk)
+    with pytest.raises(CheckpointError, match="no space left on device"):
+        train.run(tiny_cfg(), small_disk / "out")
+    run = only_run(store_uri)
+    assert run.info.status == "FAILED" and "no space left on device" in run.data.tags["error"]

@@ -6,6 +6,7 @@ scheduler, step count, every RNG state), the run's resolved config (credentials 
 MLflow run id when tracked, so `mnist-cnn-train resume=path/to/last.pt` works from the file alone.
 """
 
+import contextlib
 import hashlib
 import io
 import os
@@ -22,21 +23,39 @@ REQUIRED = {"model", "optimizer", "scheduler", "epoch", "global_step", "rng"}
 
 def save_checkpoint(path: Path, state: Dict[str, Any]) -> Path:
     """Write `state` (the REQUIRED keys, plus `config` and `run_id`) via a temporary file and a rename:
-    a crash or kill during the write leaves the previous checkpoint intact, never a truncated one. The
-    state is stored with its SHA-256, so a file changed afterwards is refused instead of silently loaded.
-    """
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    payload = buffer.getvalue()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    a crash, a kill or a full disk during the write leaves the previous checkpoint intact, never a
+    truncated one. The state is stored with its SHA-256, so a file changed afterwards is refused
+    instead of silently loaded. The bytes are made in memory and written by Python, whose error names
+    the cause (torch's own writer reports a full disk as `unexpected pos`)."""
+    payload = _serialized(state)
     outer = {
         "sha256": hashlib.sha256(payload).hexdigest(),
         "state": torch.frombuffer(bytearray(payload), dtype=torch.uint8),
     }
-    torch.save(outer, tmp)
-    os.replace(tmp, path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(_serialized(outer))
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename makes it the checkpoint
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        again = f"mnist-cnn-train resume={state.get('run_id') or path}"
+        raise CheckpointError(
+            f"could not write checkpoint {path}: {(e.strerror or str(e)).lower()} (folder {path.parent}). "
+            f"The last checkpoint written is intact; make room there (or choose another hydra.run.dir), then "
+            f"continue with {again}."
+        ) from e
     return path
+
+
+def _serialized(obj: Any) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
 
 
 def load_checkpoint(path: Path, label: Optional[str] = None) -> Dict[str, Any]:
