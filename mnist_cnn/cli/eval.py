@@ -10,12 +10,13 @@ tagged with that model URI.
 import argparse
 import sys
 import tempfile
+from pathlib import Path
 from typing import List, Optional
 
 from mnist_cnn import names
 from mnist_cnn.config.paths import default_tracking_uri
 from mnist_cnn.data.datasets import IMAGE_SHAPE, dataset_info
-from mnist_cnn.errors import EXIT_INTERRUPTED, ModelError, UserError
+from mnist_cnn.errors import EXIT_INTERRUPTED, DataError, ModelError, UserError
 from mnist_cnn.tracking.redact import redact
 
 
@@ -29,7 +30,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         default=default_tracking_uri(),
         help="the MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
     )
-    parser.add_argument("--data-root", metavar="DIR", help="where the dataset is, if not where the run read it")
+    parser.add_argument(
+        "--data-root", metavar="DIR", help="where the dataset is, if not where the run read it (never downloaded)"
+    )
     return parser.parse_args(argv)
 
 
@@ -60,7 +63,11 @@ def evaluate_model(args: argparse.Namespace):
         raise ModelError(f"{args.model}: cannot be loaded ({type(e).__name__}: {str(e).splitlines()[0][:200]}).") from e
     classes = dataset_info(data["name"]).classes
     check_fits(model, IMAGE_SHAPE, len(classes), args.model)
-    split = load_split(args.data_root or data["root"], data["name"], "test", data["download"], data["verify_checksums"])
+    if args.data_root and not Path(args.data_root).expanduser().is_dir():
+        raise DataError(
+            f"--data-root {args.data_root}: no such folder; give the folder that holds {data['name']}'s files."
+        )
+    split = load_split(args.data_root or data["root"], data["name"], "test", "never", data["verify_checksums"])
     report = score(model, split, classes, data["eval_batch_size"], precision)
     return report, ref, run.data.metrics.get(names.TEST_ACC, float("nan")), _log_back(client, ref, report)
 

@@ -52,7 +52,7 @@ def load_model(model: str, tracking_uri: str):
     from mnist_cnn.tracking.lookup import class_names, resolve_model  # MLflow
 
     try:
-        client = store.connect(tracking_uri, create=False)  # an empty new store would hold no model
+        client = store.connect(tracking_uri, read_only=True)  # only reads: a new store would hold no model
         ref = resolve_model(client, model)
         net = mlflow.pytorch.load_model(ref.uri).eval()
         with torch.inference_mode():

@@ -55,7 +55,7 @@ def search(args: argparse.Namespace) -> list:
     """The runs of --experiment (of --sweep only, if given); UserError when there are none."""
     from mnist_cnn.tracking import store  # MLflow takes seconds to import: only after the arguments are parsed
 
-    client = store.connect(args.tracking_uri, create=False)
+    client = store.connect(args.tracking_uri, read_only=True)
     experiment = client.get_experiment_by_name(args.experiment)
     if experiment is None:
         raise UserError(f"no experiment {args.experiment!r} at {redact(args.tracking_uri)}; check --experiment.")
@@ -103,7 +103,7 @@ def experiment_link(args: argparse.Namespace) -> str:
     """The experiment's runs in the MLflow UI (the Model-training view), for `make ui` to print."""
     from mnist_cnn.tracking import store  # MLflow: see search
 
-    experiment = store.connect(args.tracking_uri, create=False).get_experiment_by_name(args.experiment)
+    experiment = store.connect(args.tracking_uri, read_only=True).get_experiment_by_name(args.experiment)
     if experiment is None:
         return f"{ui_base(args.tracking_uri)}  (no experiment {args.experiment!r} yet)"
     return f"experiment {args.experiment!r}: {experiment_url(args.tracking_uri, experiment.experiment_id)}"

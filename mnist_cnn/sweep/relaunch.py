@@ -54,7 +54,7 @@ def _recorded_overrides(uri: str, parent_id: str, where: str) -> List[str]:
     from mnist_cnn.tracking import store  # MLflow takes seconds to import: only for a sweep being resumed
     from mnist_cnn.tracking.lookup import find_run  # MLflow, as above
 
-    parent = find_run(store.connect(uri, create=False), parent_id, where)
+    parent = find_run(store.connect(uri, read_only=True), parent_id, where)
     if names.SWEEP_ARGV not in parent.data.tags:
         raise ConfigError(
             f"{where}: run {parent_id} is not the parent run of a sweep; give the id of one (mnist-cnn-runs lists "

@@ -11,12 +11,16 @@
   processes that open a new store at the same moment otherwise break it for good. A store left
   half-migrated (by a kill during its creation, or an older mnist_cnn) gets a message saying what
   to do.
+- Commands that only use a store (eval) or only read it (runs, predict) never create, migrate or
+  lock one: the file must already be an MLflow store, checked read-only before MLflow opens it
+  (MLflow would write its whole schema into an empty file), and a store on a read-only disk or
+  without write permission can still be read.
 """
 
 import os
 import sqlite3
 import tempfile
-from contextlib import contextmanager, nullcontext
+from contextlib import closing, contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -46,22 +50,22 @@ FIX = (
 )
 
 
-def connect(uri: str, create: bool = True) -> MlflowClient:
+def connect(uri: str, create: bool = True, read_only: bool = False) -> MlflowClient:
     """A client for the store at `uri`, after one quick request; TrackingError if unusable. A new
-    sqlite store is created only with `create` (training does; commands that read runs do not)."""
+    sqlite store is created (or an old one migrated) only with `create`, as training does; with
+    `read_only` (implies not `create`) the file need not be writable."""
     for key, value in SETTINGS.items():
         os.environ.setdefault(key, value)
     uri, credentials = split_http_credentials(uri)
     os.environ.update(credentials)
     path = sqlite_path(uri)
-    if path is not None and not create and not path.is_file():
-        raise TrackingError(
-            f"tracking.uri={redact(uri)!r}: there is no MLflow store at {path.expanduser().absolute()}. {FIX}"
-        )
-    if path is not None:
+    create = create and not read_only
+    if path is not None and not create:
+        _check_is_store(uri, path.expanduser().absolute())
+    if path is not None and not read_only:
         _check_writable(uri, path)
     try:
-        with quick(), FileLock(f"{path}.lock", timeout=300) if path else nullcontext():
+        with quick(), FileLock(f"{path}.lock", timeout=300) if path and create else nullcontext():
             mlflow.set_tracking_uri(uri)  # log_model finds the store through the global URI
             client = MlflowClient(uri)
             client.search_experiments(max_results=1)  # creates and migrates a new store's schema
@@ -124,6 +128,23 @@ def describe(error: BaseException) -> str:
             return "connection refused" if "refused" in str(cause).lower() else "connection failed"
         cause = cause.__cause__ or cause.__context__
     return redact(f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")[:300]
+
+
+def _check_is_store(uri: str, path: Path) -> None:
+    """The sqlite file at `path` exists and holds MLflow's tables; read without writing a byte."""
+    where = f"tracking.uri={redact(uri)!r}"
+    if not path.is_file():
+        raise TrackingError(f"{where}: there is no MLflow store at {path}. {FIX}")
+    try:
+        with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.Error as e:
+        raise TrackingError(f"{where}: {path} is not an MLflow store (sqlite: {e}). {FIX}") from e
+    if not {"experiments", "runs", "alembic_version"} <= tables:
+        what = "an empty file" if path.stat().st_size == 0 else "a database without MLflow's tables"
+        raise TrackingError(
+            f"{where}: {path} is {what}, not an MLflow store; commands that read runs never create one. {FIX}"
+        )
 
 
 def _check_writable(uri: str, path: Path) -> None:
