@@ -260,3 +260,13 @@ def test_a_sweep_refuses_only_the_config_errors_that_name_no_key_it_varies(overr
     varied key may not be every job's, so the jobs decide; any other would fail each of them."""
     error = shared_config_error(tree.compose(overrides), swept)
     assert (None if error is None else str(error)[: len(shared)]) == shared
+
+
+@pytest.mark.slow
+def test_the_runs_table_shows_an_override_with_spaces_whole(tiny_root, store_uri, tmp_path, capsys):
+    """`optimizer.betas=[0.9, 0.99]` is one shell word: recorded shell-quoted, listed whole."""
+    out = processes.run(processes.train_command(tiny_root, store_uri, *FAST, "optimizer.betas=[0.9, 0.99]"), tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "'optimizer.betas=[0.9, 0.99]'" in only_run(store_uri).data.tags["hydra_overrides"]
+    runs.main(["--tracking-uri", store_uri, "--format", "json"])
+    assert json.loads(capsys.readouterr().out)[0]["overrides"].endswith(",limit_batches=3,betas=[0.9, 0.99]")

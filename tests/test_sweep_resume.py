@@ -1,6 +1,7 @@
 """resume_sweep=PARENT_RUN_ID: a stopped sweep finishes in the same parent, doing each job once."""
 
 import json
+import shlex
 import signal
 import time
 
@@ -165,7 +166,7 @@ def test_a_resumed_sweep_leaves_a_job_that_failed_on_its_config_alone(tiny_root,
     parent, before = children(store_uri)
     failed = next(r for r in before if r.info.status == "FAILED")
     assert (
-        "optimizer.lr=-1" in failed.data.tags["hydra_overrides"].split()
+        "optimizer.lr=-1" in shlex.split(failed.data.tags["hydra_overrides"])
         and len(failed.data.tags["config_sha256"]) == 64
     )
     assert "optimizer.lr must be > 0" in failed.data.tags["error"]

@@ -8,6 +8,7 @@ shows one row per configuration apart from the seed: how many seeds, mean and st
 
 import argparse
 import math
+import shlex
 import sys
 from typing import List, Optional
 
@@ -109,15 +110,23 @@ def experiment_link(args: argparse.Namespace) -> str:
     return f"experiment {args.experiment!r}: {experiment_url(args.tracking_uri, experiment.experiment_id)}"
 
 
+def _overrides(tag: str) -> List[str]:
+    """The overrides a run started with, from its shell-quoted tag: a value with spaces or quotes
+    (`optimizer.betas=[0.9, 0.99]`) comes back whole."""
+    try:
+        return shlex.split(tag)
+    except ValueError:  # a tag that is not shell syntax (unbalanced quotes): its words
+        return tag.split()
+
+
 def _row(run, sort: str, stale: bool) -> dict:
     info, data = run.info, run.data
-    overrides = data.tags.get(names.HYDRA_OVERRIDES, "")
     wall = (info.end_time - info.start_time) / 1000 if info.end_time else float("nan")
     return {
         "run_id": info.run_id,
         "name": info.run_name,
         "status": "STALE" if stale else (f"PRUNED@{data.tags[PRUNED_AT]}" if PRUNED_AT in data.tags else info.status),
-        "overrides": run_name(overrides.split()) or "",
+        "overrides": run_name(_overrides(data.tags.get(names.HYDRA_OVERRIDES, ""))) or "",
         VAL_ACC: data.metrics.get(VAL_ACC, math.nan),
         TEST_ACC: data.metrics.get(TEST_ACC, math.nan),
         "epochs": data.params.get("trainer.epochs"),

@@ -10,6 +10,7 @@ through `redact` first.
 
 import functools
 import logging
+import shlex
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -322,11 +323,11 @@ def _record_start(client: MlflowClient, cfg: DictConfig, opening: Opening, run_i
             client.log_batch(run_id, params=params_batch[start : start + 100])
         client.log_text(run_id, redact(OmegaConf.to_yaml(cfg, resolve=True)), names.CONFIG_FILE)
         _log_dataset(client, run_id, dataset_input(**opening.dataset))
-        tags = {**opening.tags, names.HYDRA_OVERRIDES: " ".join(job_overrides())}
+        tags = {**opening.tags, names.HYDRA_OVERRIDES: shlex.join(job_overrides())}
     else:
         claim(client, run_id)
         client.update_run(run_id, status="RUNNING")
-        tags = {**opening.tags, names.RESUME_OVERRIDES: " ".join(job_overrides())}  # the run's own overrides stay
+        tags = {**opening.tags, names.RESUME_OVERRIDES: shlex.join(job_overrides())}  # the run's own overrides stay
     all_tags = {**tags, **environment_tags(), **alive_tags(cfg.tracking.heartbeat_s)}
     client.log_batch(run_id, tags=as_tags(all_tags))
     return run_id
@@ -407,7 +408,7 @@ def record_failed_job(cfg: DictConfig, error: Exception) -> None:
     run_id = _new_run(client, cfg)
     tags = {
         names.ERROR: error_tag(error),
-        names.HYDRA_OVERRIDES: " ".join(job_overrides()),
+        names.HYDRA_OVERRIDES: shlex.join(job_overrides()),
         names.CONFIG_SHA256: config_sha256(cfg),
     }
     end_run(client, run_id, "FAILED", tags)
