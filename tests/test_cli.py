@@ -42,10 +42,14 @@ def test_config_checks_run_before_torch_or_mlflow_is_imported(tmp_path):
     ids=["impossible-model", "added-key", "infinite-lr", "unregistrable-name", "empty-resume", "launcher-without-m"],
 )
 def test_a_bad_config_is_one_message_exit_2_and_no_run(tiny_root, store_uri, tmp_path, overrides, message):
-    out = processes.run(processes.train_command(tiny_root, store_uri, *overrides), tmp_path)
+    """All before torch or MLflow is imported: `python -X importtime` lists every module the command imports."""
+    command = processes.train_command(tiny_root, store_uri, *overrides)
+    out = processes.run([command[0], "-X", "importtime", *command[1:]], tmp_path)
     assert out.returncode == 2
     assert message in out.stderr + out.stdout and "Traceback" not in out.stderr
     assert all_runs(store_uri) == []  # the store was never written
+    imported = {line.rpartition("|")[2].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
+    assert "mnist_cnn.config.checks" in imported and not {"torch", "mlflow"} & imported
 
 
 def test_an_override_hydra_cannot_compose_is_exit_2_too(tiny_root, store_uri, tmp_path):
@@ -53,6 +57,18 @@ def test_an_override_hydra_cannot_compose_is_exit_2_too(tiny_root, store_uri, tm
         processes.train_command(tiny_root, store_uri, "optimizer=adam", "optimizer.momentum=0.9"), tmp_path
     )
     assert out.returncode == 2 and "Key 'momentum' not in 'AdamConfig'" in out.stderr
+    assert "Traceback" not in out.stderr and all_runs(store_uri) == []
+
+
+@pytest.mark.parametrize("override", ["hydra/launcher=slurm", "hydra.launcher.n_jobs=2"])
+def test_a_launcher_without_m_is_one_line_exit_2_before_hydra_starts(tiny_root, store_uri, tmp_path, override):
+    """Without -m Hydra would ignore the launcher and train here; refused before Hydra makes a run folder."""
+    out = processes.run(processes.train_command(tiny_root, store_uri, override), tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.splitlines() == [
+        f"mnist-cnn-train: {override} launches the jobs of a sweep; add -m (--multirun), or drop it to train here."
+    ]
+    assert not (tmp_path / "outputs").exists() and all_runs(store_uri) == []
 
 
 def test_missing_data_is_named_before_any_run(store_uri, tmp_path):

@@ -39,7 +39,7 @@ def check_error(*overrides: str) -> str:
         (["optimizer=sgd", "optimizer.betas=[0.9,0.99]"], "Key 'betas' not in 'SGDConfig'"),
         (["scheduler=none", "scheduler.gamma=0.5"], "Key 'gamma' not in 'NoSchedulerConfig'"),
         (["scheduler=step", "scheduler.max_lr=0.1"], "Key 'max_lr' not in 'StepSchedulerConfig'"),
-        (["optimizer=rmsprop"], "Could not find 'optimizer/rmsprop'"),
+        (["optimizer=rmsprop"], "Could not find 'optimizer/rmsprop'\n\nAvailable options in 'optimizer':\n\tadam\n"),
         (["trainer.device=tpu"], "Invalid value 'tpu', expected one of [auto, cpu, cuda]"),
         (["trainer.precision=32"], "expected one of [fp32, bf16]"),
         (["trainer.strategy=fsdp"], "Invalid value 'fsdp', expected one of [single, ddp]"),
@@ -73,6 +73,7 @@ def test_keys_that_do_not_apply_and_unknown_choices_fail_at_compose(overrides, m
         (["optimizer.lr=inf"], "optimizer.lr must be > 0 (and finite), got inf."),
         (["optimizer.lr=nan"], "optimizer.lr must be > 0 (and finite), got nan."),
         (["optimizer.lr=0"], "optimizer.lr must be > 0 (and finite), got 0.0."),
+        (["optimizer.lr=-1"], "optimizer.lr must be > 0 (and finite), got -1.0."),
         (["optimizer.weight_decay=-1"], "optimizer.weight_decay must be >= 0"),
         (["optimizer.betas=[0.9,1.5]"], "optimizer.betas must be in [0, 1) (and finite), got 1.5."),
         (["optimizer.betas=[0.9]"], "optimizer.betas must hold 2 numbers, got 1."),
@@ -101,11 +102,13 @@ def test_keys_that_do_not_apply_and_unknown_choices_fail_at_compose(overrides, m
         (["model.layers.0.pool_size=15"], "model.layers[1] block: input is 1x1, pool_size 2 does not fit."),
         (
             ["objective.pruner=median", "objective.metric=test_acc"],
-            "objective.pruner=median rank epochs by objective.metric, but test_acc is logged only once",
+            "objective.pruner=median rank epochs by objective.metric, but test_acc is logged only once, at the end; "
+            "choose one of val_acc, val_loss, train_acc, train_loss.",
         ),
         (
             ["trainer.keep_best=2", "objective.metric=train_time_s"],
-            "trainer.keep_best=2 rank epochs by objective.metric, but train_time_s",
+            "trainer.keep_best=2 rank epochs by objective.metric, but train_time_s is logged only once, at the end; "
+            "choose one of val_acc, val_loss, train_acc, train_loss.",
         ),
         (
             ["objective.pruner=hyperband", "tracking.enabled=false"],

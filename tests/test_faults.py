@@ -3,6 +3,7 @@ left half-migrated, a folder that takes no files, a server that is unreachable, 
 mid-run. Each gets a clear message within seconds, and nothing is lost."""
 
 import os
+import secrets
 import signal
 import socket
 import sqlite3
@@ -14,6 +15,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from mnist_cnn.engine.checkpoint import load_checkpoint
 from mnist_cnn.errors import TrackingError
 from mnist_cnn.runner import train
 from mnist_cnn.tracking import store
@@ -71,7 +73,10 @@ def test_a_half_migrated_store_says_what_to_do(store_template, tmp_path):
         db.execute("UPDATE alembic_version SET version_num = 'a8c4a736bde6'")
         db.execute("DROP TABLE logged_models")
         db.execute("CREATE TABLE _alembic_tmp_latest_metrics (x INTEGER)")
-    with pytest.raises(TrackingError, match=f"the store was left half-migrated .* Restore {broken} from a backup"):
+    with pytest.raises(
+        TrackingError,
+        match=f"the store was left half-migrated .* Restore {broken} from a backup, or .* move it away and start again",
+    ):
         store.connect(f"sqlite:///{broken}")
 
 
@@ -102,14 +107,27 @@ def test_an_unwritable_sqlite_folder_fails_at_once(tmp_path):
 
 
 def test_an_unknown_scheme_is_named():
-    with pytest.raises(TrackingError, match="tracking.uri='nosuchscheme://x': cannot open the MLflow store"):
+    with pytest.raises(TrackingError) as e:
         store.connect("nosuchscheme://x")
+    assert str(e.value).startswith("tracking.uri='nosuchscheme://x': cannot open the MLflow store (")
+    assert "Use sqlite:///PATH.db for a local store" in str(e.value) and "the http(s):// address of" in str(e.value)
 
 
-def test_runs_against_a_closed_port_fails_fast(tmp_path):
+@pytest.mark.parametrize("command", ["mnist-cnn-runs", "mnist-cnn-train"])
+def test_a_closed_port_fails_fast_with_exit_2(tiny_root, tmp_path, command):
+    """Nothing listens on port 9: the first request is refused, and the command says so at once
+    (training, after it read its data, before it trains)."""
+    uri = "http://127.0.0.1:9"
+    if command == "mnist-cnn-runs":
+        argv = [*RUNS, "--tracking-uri", uri]
+    else:
+        argv = processes.train_command(tiny_root, uri, "trainer.precision=fp32")  # fp32: no timing of bf16 first
     start = time.perf_counter()
-    out = processes.run([*RUNS, "--tracking-uri", "http://127.0.0.1:9"], tmp_path)
-    assert out.returncode == 2 and "cannot open the MLflow store (connection refused)" in out.stderr
+    out = processes.run(argv, tmp_path)
+    console = out.stdout + out.stderr
+    assert out.returncode == 2, console[-2000:]
+    assert f"tracking.uri='{uri}': cannot open the MLflow store (connection refused)" in console
+    assert "Traceback" not in console and "epoch 1/1" not in console
     assert time.perf_counter() - start < 15
 
 
@@ -126,6 +144,37 @@ def test_runs_against_a_server_that_never_answers_fails_within_15_s(tmp_path):
         seconds = time.perf_counter() - start
     assert out.returncode == 2 and "cannot open the MLflow store (no answer within 10 s)" in out.stderr
     assert seconds < 15
+
+
+@pytest.mark.slow
+def test_predict_against_a_server_that_refuses_the_password_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    """MLflow's password-protected server (its basic-auth app) refuses a wrong password: one line
+    that says so and never shows the password, exit 2."""
+    from PIL import Image
+
+    from mnist_cnn.cli import predict
+
+    for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):  # restored after the test: the URI's
+        monkeypatch.setenv(key, "")  # credentials move into these, which other tests must not inherit
+    image = tmp_path / "digit.png"
+    Image.new("L", (28, 28), "black").save(image)
+    wrong = "Wr0ng-" + secrets.token_hex(8)
+    server = Server(tmp_path / "server", app_name="basic-auth").start()
+    try:
+        with pytest.raises(SystemExit) as e:
+            predict.main(
+                ["--model", "0" * 32, "--tracking-uri", f"http://admin:{wrong}@127.0.0.1:{server.port}", str(image)]
+            )
+    finally:
+        server.stop()
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert err.splitlines() == [
+        f"mnist-cnn-predict: tracking.uri='{server.uri}': the server refused these credentials (401 not "
+        "authenticated). Set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) to an "
+        "account of that server that may write runs."
+    ]
+    assert wrong not in err
 
 
 @pytest.mark.slow
@@ -155,7 +204,9 @@ def test_a_server_that_dies_mid_run_ends_training_with_the_way_back(tiny_root, t
         resumed = processes.run([*processes.TRAIN, f"resume={checkpoint}", f"tracking.uri={server.uri}"], tmp_path)
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         (run,) = runs_by_name(server.uri).values()
-        assert run.info.run_name == "lost" and run.info.status == "FINISHED" and "resumed_at_epoch" in run.data.tags
+        saved = load_checkpoint(checkpoint)["epoch"]  # the last epoch trained before the server died
+        assert run.info.run_name == "lost" and run.info.status == "FINISHED"
+        assert run.data.tags["resumed_at_epoch"] == str(saved + 1)
         steps = [m.step for m in MlflowClient(server.uri).get_metric_history(run.info.run_id, "val_acc")]
         assert sorted(steps) == [1, 2, 3]  # the epoch trained while the server was gone is there too, once
     finally:

@@ -12,12 +12,14 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+from mlflow.entities import RunTag
 
 from mnist_cnn import names
 from mnist_cnn.errors import CheckpointError, ConfigError, UserError
 from mnist_cnn.names import HEARTBEAT, PID
 from mnist_cnn.runner import start, train
 from mnist_cnn.tracking import run as tracking_run
+from mnist_cnn.tracking.heartbeat import alive_tags
 from tests.helpers import processes
 from tests.helpers.data import write_tiny_mnist
 from tests.helpers.mlflow_store import all_runs, history, only_run, runs_by_name
@@ -49,7 +51,8 @@ def killed_in_epoch_2(cfg, uri, out, monkeypatch) -> str:
 
 def resume(monkeypatch, cfg, target, *overrides):
     """`mnist-cnn-train resume=TARGET OVERRIDES`, in process, from the test's folder."""
-    monkeypatch.setattr(start, "job_overrides", lambda: [f"resume={target}", *overrides])
+    for module in (start, tracking_run):  # the command line as Hydra would give it
+        monkeypatch.setattr(module, "job_overrides", lambda: [f"resume={target}", *overrides])
     cfg.resume = target
     return train.run(cfg, Path.cwd() / "resumed")
 
@@ -98,7 +101,7 @@ def test_a_run_in_a_named_experiment_resumes_to_the_uninterrupted_result(
     assert set(runs) == {"full", "cut"}  # the same run continued, no new one
     full, cut = runs["full"], runs["cut"]
     assert cut.info.status == "FINISHED" and cut.data.tags["resumed_at_epoch"] == str(stop_epoch)
-    assert "resume_command" not in cut.data.tags and "resume_overrides" in cut.data.tags
+    assert "resume_command" not in cut.data.tags and cut.data.tags["resume_overrides"] == f"resume={killed.info.run_id}"
     assert cut.data.tags["weights_sha256"] == full.data.tags["weights_sha256"]
     assert history(store_uri, cut.info.run_id) == history(store_uri, full.info.run_id)
     artifacts = {a.path for a in MlflowClient(store_uri).list_artifacts(cut.info.run_id)}
@@ -147,9 +150,22 @@ def test_resume_refuses_overrides_that_change_the_result_and_accepts_run_setting
         resume(monkeypatch, tiny_cfg(), run_id)
 
 
-def test_resume_of_an_unknown_run_says_so(tiny_cfg, monkeypatch):
+def test_resume_of_an_unknown_run_says_so(tiny_cfg, store_uri, monkeypatch):
     with pytest.raises(UserError, match="resume=0123456789abcdef: no run 0123456789abcdef in this tracking store"):
         resume(monkeypatch, tiny_cfg(), "0123456789abcdef")
+    assert all_runs(store_uri) == []
+
+
+def test_a_truncated_checkpoint_in_a_run_is_named_as_its_artifact(tiny_cfg, store_uri, tmp_path, monkeypatch):
+    """resume=RUN_ID downloads the checkpoint into a temporary folder: the message names the run's
+    artifact, which the user can find, not that folder."""
+    run_id = killed_in_epoch_2(tiny_cfg(*FAST), store_uri, tmp_path / "out", monkeypatch)
+    (stored,) = tmp_path.glob(f"mlruns/*/{run_id}/artifacts/checkpoints/last.pt")
+    stored.write_bytes(stored.read_bytes()[:200])
+    with pytest.raises(CheckpointError) as e:
+        resume(monkeypatch, tiny_cfg(), run_id)
+    assert str(e.value).startswith(f"run {run_id} artifact checkpoints/last.pt cannot be read (")
+    assert str(e.value).endswith("): it is truncated or corrupt; use another checkpoint.")
 
 
 def test_a_run_with_a_fresh_heartbeat_is_refused_and_a_stale_one_resumed(tiny_cfg, store_uri, tmp_path, monkeypatch):
@@ -183,34 +199,39 @@ def train_in_subprocess(tmp_path, root, uri, *overrides):
 
 @pytest.mark.slow
 def test_a_process_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path, store_uri):
-    """SIGTERM stops a real process at a step boundary (KILLED); SIGKILL leaves a RUNNING run that the
-    runs table shows as STALE with its resume command. Both resume to the uninterrupted weights."""
+    """Ctrl-C (SIGINT) stops a real process at a step boundary: exit 130, KILLED with its resume
+    command. SIGKILL leaves a RUNNING run that the runs table shows as STALE with its resume command.
+    Both resume to the uninterrupted weights."""
     root = write_tiny_mnist(tmp_path / "data", n_train=6000, n_test=200)  # epochs of a second or more
     full = processes.run(train_in_subprocess(tmp_path, root, store_uri, "tracking.run_name=full"), tmp_path)
     assert full.returncode == 0, full.stderr[-2000:]
-    for name, sig in (("term", signal.SIGTERM), ("kill", signal.SIGKILL)):
+    for name, sig in (("ctrl-c", signal.SIGINT), ("kill", signal.SIGKILL)):
         cut = processes.start(train_in_subprocess(tmp_path, root, store_uri, f"tracking.run_name={name}"), tmp_path)
         for line in cut.stdout:
             if "epoch 1/3" in line:  # epoch 2 has begun: stop it half-way
                 cut.send_signal(sig)
                 break
         output = line + cut.communicate(timeout=60)[0]
-        assert cut.returncode == (130 if sig == signal.SIGTERM else -9), output[-2000:]
+        assert cut.returncode == (130 if sig == signal.SIGINT else -9), output[-2000:]
     runs = runs_by_name(store_uri)
-    assert runs["term"].info.status == "KILLED" and runs["kill"].info.status == "RUNNING"
+    stopped = runs["ctrl-c"]
+    assert stopped.info.status == "KILLED" and runs["kill"].info.status == "RUNNING"
+    assert (
+        stopped.data.tags["resume_command"] == f"mnist-cnn-train resume={stopped.info.run_id} tracking.uri={store_uri}"
+    )
     table = processes.run([processes.TRAIN[0], "-m", "mnist_cnn.cli.runs", "--tracking-uri", store_uri], tmp_path)
     kill_id = runs["kill"].info.run_id
     assert "STALE" in next(line for line in table.stdout.splitlines() if line.startswith(kill_id)), table.stdout
     assert f"mnist-cnn-train resume={kill_id} tracking.uri={store_uri}" in table.stdout
 
-    for name in ("term", "kill"):
+    for name in ("ctrl-c", "kill"):
         run_id = runs[name].info.run_id
         assert [s for s, _ in history(store_uri, run_id)["val_acc"]] == [1]  # epoch 2 left no trace
         resumed = processes.run(train_in_subprocess(tmp_path, root, store_uri, f"resume={run_id}"), tmp_path)
         assert resumed.returncode == 0, resumed.stderr[-2000:]
     runs = runs_by_name(store_uri)
-    assert set(runs) == {"full", "term", "kill"}
-    for name in ("term", "kill"):
+    assert set(runs) == {"full", "ctrl-c", "kill"}
+    for name in ("ctrl-c", "kill"):
         assert runs[name].info.status == "FINISHED" and runs[name].data.tags["resumed_at_epoch"] == "2"
         assert runs[name].data.tags["weights_sha256"] == runs["full"].data.tags["weights_sha256"]
         assert history(store_uri, runs[name].info.run_id) == history(store_uri, runs["full"].info.run_id)
@@ -259,6 +280,25 @@ def test_a_run_whose_last_holder_has_exited_is_claimed_again(store_uri):
     client.log_param(run_id, f"{names.CLAIM}1", f"{socket.gethostname()} {gone.pid} 2026-01-01T00:00:00+00:00")
     tracking_run.claim(client, run_id)
     assert client.get_run(run_id).data.params[f"{names.CLAIM}2"].split(" ")[1] == str(os.getpid())
+
+
+def test_a_claim_from_another_machine_holds_while_the_runs_heartbeat_is_fresh(store_uri):
+    """Its pid cannot be asked about from here: the run's heartbeat says whether that process lives."""
+    run_id = killed_run(store_uri)
+    client = MlflowClient(store_uri)
+    client.log_param(run_id, f"{names.CLAIM}1", "elsewhere 4242 2026-01-01T00:00:00+00:00")
+    client.update_run(run_id, status="RUNNING")
+    beat = {**alive_tags(30), names.HOST: "elsewhere", names.PID: "4242"}  # written there, just now
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in beat.items()])
+    with pytest.raises(CheckpointError, match=rf"run {run_id} is being continued by another process \(pid 4242 on "):
+        tracking_run.claim(client, run_id)
+    old = datetime.now(timezone.utc) - timedelta(minutes=10)
+    client.set_tag(run_id, HEARTBEAT, old.isoformat(timespec="seconds"))  # silent for 10 min: that process is gone
+    tracking_run.claim(client, run_id)
+    assert client.get_run(run_id).data.params[f"{names.CLAIM}2"].split(" ")[:2] == [
+        socket.gethostname(),
+        str(os.getpid()),
+    ]
 
 
 @pytest.mark.slow

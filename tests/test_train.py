@@ -3,6 +3,7 @@ back what MLflow holds: metrics, tags, artifacts, the model, and a final status 
 
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from mnist_cnn.config.keys import config_sha256
 from mnist_cnn.engine import loop, precision
 from mnist_cnn.errors import ConfigError, DivergedError
 from mnist_cnn.names import HEARTBEAT
-from mnist_cnn.runner import train
+from mnist_cnn.runner import record, start, train
 from mnist_cnn.tracking import run as tracking_run
 from tests.helpers.config import make_cfg
 from tests.helpers.mlflow_store import all_runs, only_run
@@ -42,7 +43,9 @@ def test_one_epoch_lands_everything_in_mlflow(tiny_cfg, store_uri, tmp_path):
     for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s", "samples_per_s"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1], key
     assert run.data.metrics["test_acc"] == pytest.approx(final["test_acc"])
-    assert {"git_commit", "version.torch", "device", HEARTBEAT, "mnist_cnn.pid"} <= set(run.data.tags)
+    tags = run.data.tags  # git_commit, seed and the versions: by value in test_resume
+    assert (tags["device"], tags["mnist_cnn.pid"]) == (str(loop.resolve_device("auto")), str(os.getpid()))
+    assert HEARTBEAT in tags  # a clock time, written while the run trains
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {
         "config.yaml",
         "checkpoints",
@@ -279,18 +282,33 @@ def test_an_interrupt_ends_the_run_killed_with_its_resume_command(tiny_cfg, stor
     assert run.data.tags["resume_command"] == f"mnist-cnn-train resume={run.info.run_id} tracking.uri={store_uri}"
 
 
-def test_a_stop_requested_while_the_model_is_logged_is_not_ignored(tiny_cfg, store_uri, tmp_path, monkeypatch):
-    """SIGTERM after the last epoch (here: during model logging) ends the run KILLED, not FINISHED."""
-    real = tracking_run.Tracker.log_model
+@pytest.mark.parametrize("phase", ["test-evaluation", "model-logging"])
+def test_a_stop_requested_after_the_last_epoch_is_not_ignored_and_resume_finishes_the_run(
+    tiny_cfg, store_uri, tmp_path, monkeypatch, phase
+):
+    """SIGTERM while the test split is scored or the model logged ends the run KILLED, not FINISHED;
+    resuming it finishes the same run."""
+    owner, name = (record, "score") if phase == "test-evaluation" else (tracking_run.Tracker, "log_model")
+    settings = ["tracking.log_model=false"] if phase == "test-evaluation" else []  # no model: quicker
+    real = getattr(owner, name)
 
-    def log_model_then_signal(self, *args):
-        real(self, *args)
+    def then_signal(*args, **kwargs):
+        result = real(*args, **kwargs)
         interrupts._handle(15, None)  # what SIGTERM does; the run is in its graceful phase
+        return result
 
-    monkeypatch.setattr(tracking_run.Tracker, "log_model", log_model_then_signal)
+    monkeypatch.setattr(owner, name, then_signal)
     with pytest.raises(KeyboardInterrupt):
-        train.run(tiny_cfg(), tmp_path / "out")
-    assert only_run(store_uri).info.status == "KILLED"
+        train.run(tiny_cfg(*settings), tmp_path / "out")
+    killed = only_run(store_uri)
+    assert killed.info.status == "KILLED"
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(start, "job_overrides", lambda: [f"resume={killed.info.run_id}"])
+    final = train.run(tiny_cfg(f"resume={killed.info.run_id}"), tmp_path / "resumed")
+    run = only_run(store_uri)
+    assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
+    assert run.data.metrics["test_acc"] == final["test_acc"]
 
 
 def test_real_mnist_end_to_end(real_root, store_uri, tmp_path):
