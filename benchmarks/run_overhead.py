@@ -1,7 +1,7 @@
 """What a run costs beyond its work: whole `mnist-cnn-train` processes timed from outside, beside the
 seconds each run logged for its phases (`time_<phase>_s`, mnist_cnn.timing).
 
-    python benchmarks/run_overhead.py [--data-root ../shared/data] [--repeats 3] [--jobs 10] [ARG=VALUE ...]
+    python benchmarks/run_overhead.py [--data-root DIR] [--repeats 3] [--jobs 10] [ARG=VALUE ...]
     python benchmarks/run_overhead.py --whole experiment=fast99_gpu     # part 1 only, for a whole run
 
 1. A 1-batch run (`trainer.limit_batches=1 trainer.epochs=1`) tracked in a sqlite store: the first
@@ -11,6 +11,8 @@ seconds each run logged for its phases (`time_<phase>_s`, mnist_cnn.timing).
    in a fresh store: the cost of each extra job is (wall(N) - wall(1)) / (N - 1), printed beside
    what each job spent training, validating and testing (train_time_s + time_test_s), and the
    difference: the overhead a job adds beyond its own work.
+
+DIR holds MNIST/raw; by default data.root's own default, $MNIST_CNN_DATA_DIR, else ./data.
 
 Extra ARG=VALUE overrides go to every run (e.g. `trainer.device=cuda`). With --whole the runs are
 not cut to one batch and only part 1 runs: the wall time of a whole `mnist-cnn-train ARGS`.
@@ -28,6 +30,7 @@ from typing import Dict, List, Tuple
 
 from mlflow import MlflowClient
 
+from mnist_cnn.config.paths import default_data_root
 from mnist_cnn.names import time_metric
 from mnist_cnn.timing import PHASES
 
@@ -86,7 +89,9 @@ def work(metrics: Dict[str, float]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-root", type=Path, default=Path(__file__).parents[2] / "shared" / "data")
+    parser.add_argument(
+        "--data-root", type=Path, default=Path(default_data_root()), help="holds MNIST/raw (default: %(default)s)"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=10)
     parser.add_argument("--whole", action="store_true", help="time whole runs of ARGS (not cut to one batch); no sweep")

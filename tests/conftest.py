@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mnist_cnn.config.paths import DATA_ROOT_ENV
 from tests.helpers.config import TINY, make_cfg
 from tests.helpers.data import REAL_DATA, write_tiny_mnist
 from tests.helpers.mlflow_store import copy_store, migrated_store
@@ -56,9 +57,9 @@ def tiny_cfg(tiny_root, store_uri):
 
 @pytest.fixture
 def real_root() -> Path:
-    """The real MNIST (MNIST_CNN_DATA_DIR, else ../shared/data): skipped where absent, required in CI."""
+    """The real MNIST ($MNIST_CNN_DATA_DIR, else ./data): skipped where absent, required in CI."""
     if not (REAL_DATA / "MNIST" / "raw").is_dir():
         if os.environ.get("CI"):
-            pytest.fail(f"CI must provide the real MNIST at {REAL_DATA}/MNIST/raw (set MNIST_CNN_DATA_DIR).")
-        pytest.skip(f"no real MNIST at {REAL_DATA}")
+            pytest.fail(f"CI must provide the real MNIST at {REAL_DATA}/MNIST/raw (set {DATA_ROOT_ENV}).")
+        pytest.skip(f"no real MNIST at {REAL_DATA}/MNIST/raw: set {DATA_ROOT_ENV} to the folder that holds MNIST/raw")
     return REAL_DATA

@@ -1,4 +1,4 @@
-"""Where a run reads and records: the default tracking store, and relative paths made absolute.
+"""Where a run reads and records: the default data folder and tracking store, and relative paths made absolute.
 
 Relative paths in a config mean the folder the command was started from, wherever a job runs.
 Hydra records that folder as `hydra.runtime.cwd`, also for jobs that a launcher (joblib, submitit,
@@ -14,6 +14,14 @@ from omegaconf import DictConfig
 SQLITE = "sqlite:///"
 DEFAULT_TRACKING_URI = SQLITE + "mlflow.db"  # MLflow 3's own default: ./mlflow.db
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+DEFAULT_DATA_ROOT = "./data"  # `make train` fetches MNIST there
+DATA_ROOT_ENV = "MNIST_CNN_DATA_DIR"
+
+
+def default_data_root() -> str:
+    """The folder that holds <Folder>/raw unless told otherwise (data.root's default): $MNIST_CNN_DATA_DIR,
+    else ./data, relative to the working folder."""
+    return os.environ.get(DATA_ROOT_ENV, DEFAULT_DATA_ROOT)
 
 
 def default_tracking_uri() -> str:

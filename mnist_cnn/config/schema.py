@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple, Type
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from mnist_cnn.config.paths import DEFAULT_TRACKING_URI, TRACKING_URI_ENV
+from mnist_cnn.config.paths import DATA_ROOT_ENV, DEFAULT_DATA_ROOT, DEFAULT_TRACKING_URI, TRACKING_URI_ENV
 from mnist_cnn.data.datasets import DATASETS
 from mnist_cnn.model.layers import KINDS, PARAMS
 from mnist_cnn.names import OBJECTIVES
@@ -174,7 +174,7 @@ class AugmentConfig:
 @dataclass
 class DataConfig:
     name: Dataset = Dataset.mnist
-    root: str = "${oc.env:MNIST_CNN_DATA_DIR,./data}"  # relative paths mean the folder the command started in
+    root: str = f"${{oc.env:{DATA_ROOT_ENV},{DEFAULT_DATA_ROOT}}}"  # relative: the folder the command started in
     download: Download = Download.auto
     verify_checksums: bool = True
     normalize: bool = True

@@ -1,15 +1,16 @@
 """Tiny MNIST-format IDX files written on the fly, and where the real MNIST is."""
 
 import gzip
-import os
 from pathlib import Path
 
 import numpy as np
 
+from mnist_cnn.config.paths import default_data_root
 from mnist_cnn.data.datasets import FILES, IMAGE_MAGIC, LABEL_MAGIC
 
-# The real MNIST: $MNIST_CNN_DATA_DIR (resolved now, before any test changes folder), else ../shared/data.
-REAL_DATA = Path(os.environ.get("MNIST_CNN_DATA_DIR", Path(__file__).parents[3] / "shared" / "data")).resolve()
+# The real MNIST where data.root's default finds it: $MNIST_CNN_DATA_DIR, else ./data (resolved now, before any
+# test changes folder).
+REAL_DATA = Path(default_data_root()).resolve()
 
 
 def idx_bytes(array: np.ndarray, magic: int) -> bytes:
