@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import processes
+from tests.helpers.config import make_cfg
 
 ROOT = Path(__file__).parents[1]
 SPEED = [sys.executable, str(ROOT / "benchmarks" / "train_speed.py")]
@@ -25,13 +26,26 @@ def test_train_speed_prints_both_loops_and_their_ratio(real_root, tmp_path):
 
 @pytest.mark.slow
 def test_fast99_reaches_99_percent_in_one_epoch(real_root, tmp_path):
-    result = processes.run([*SPEED, "--data-root", str(real_root), "--fast99", "--seeds", "2"], tmp_path)
+    """fast99 (one epoch) reaches 99% on seed 2; the tutorial loop is measured in the same run, here
+    for one epoch only (its 99% takes several), so the ratio is stated as a lower bound."""
+    assert make_cfg(["experiment=fast99"]).trainer.epochs == 1
+    command = [*SPEED, "--data-root", str(real_root), "--fast99", "--seeds", "2", "--tutorial-max-epochs", "1"]
+    result = processes.run(command, tmp_path)
     assert result.returncode == 0, result.stderr
-    assert re.search(r"tutorial loop: one epoch [\d.]+ s, so [0-9] epochs to 99%", result.stdout)
+    epoch = re.search(r"\(a\) tutorial loop: epoch  1 +[\d.]+ s, test_acc (0\.\d{4})\n", result.stdout)
+    assert epoch and float(epoch.group(1)) < 0.99, result.stdout
+    assert re.search(
+        r"\(a\) tutorial loop: did not reach 99\.0% test accuracy in 1 epoch: [\d.]+ s of training \(scoring not "
+        r"counted\)\n",
+        result.stdout,
+    ), result.stdout
     acc = re.search(r"fast99 seed 2: train_time_s +[\d.]+ +test_acc ([\d.]+)", result.stdout)
-    # seed 2: 0.9916 (bf16) and 0.9914 (fp32) on 2 EPYC cores
-    assert acc and float(acc.group(1)) >= 0.989, result.stdout
-    assert re.search(r"time to 99% [\d.]+x faster than the tutorial loop", result.stdout)
+    assert acc and float(acc.group(1)) >= 0.99, result.stdout
+    assert re.search(
+        r"fast99: median train_time_s [\d.]+, mean test_acc [\d.]+, time to 99% more than [\d.]+x faster than the "
+        r"tutorial loop \(it did not reach 99\.0% in 1 epoch\)\n",
+        result.stdout,
+    ), result.stdout
 
 
 def test_gpu_check_says_so_without_a_gpu(tmp_path):
