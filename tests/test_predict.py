@@ -162,7 +162,7 @@ def train_and_register(root: Path, store_template: Path, folder: Path) -> dict:
             "data.batch_size=128",
             "data.val_size=0",
             "objective.metric=test_acc",
-            "scheduler=onecycle",  # 98.8% after 300 steps, where a constant 3e-3 reaches 98.2%: a margin above 19 of 20
+            "scheduler=onecycle",  # 98.8% after 300 steps (a constant 3e-3: 98.2%): the first 20 all right
             "optimizer.lr=1e-2",
             "trainer.progress=false",
             f"tracking.uri={uri}",
@@ -172,7 +172,7 @@ def train_and_register(root: Path, store_template: Path, folder: Path) -> dict:
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(folder)  # MLflow puts artifacts under ./mlruns
         final = train.run(cfg, folder / "out")
-    assert final["test_acc"] > 0.98, "the model itself must be good enough for 19 of 20"
+    assert final["test_acc"] > 0.98, "the model itself must be good enough for 20 of 20"
     run_id = only_run(uri).info.run_id
     mlflow.set_tracking_uri(uri)
     version = mlflow.register_model(f"runs:/{run_id}/model", "digits")
@@ -192,7 +192,7 @@ def _save_as_users_do(images: np.ndarray, folder: Path) -> list:
 
 
 @pytest.mark.slow
-def test_19_of_the_first_20_test_digits_saved_as_users_do_are_right(trained, mnist_test, tmp_path, capsys):
+def test_the_first_20_test_digits_saved_as_users_do_are_all_right(trained, mnist_test, tmp_path, capsys):
     images, labels = mnist_test
     paths = _save_as_users_do(images, tmp_path)
     with pytest.raises(SystemExit) as exit:
@@ -204,7 +204,8 @@ def test_19_of_the_first_20_test_digits_saved_as_users_do_are_right(trained, mni
     predicted = [int(line.split(": ")[1].split()[0]) for line in lines]
     assert all(line.count("%") == 3 for line in lines), "the top 3 probabilities"
     right = sum(p == label for p, label in zip(predicted, labels[:20]))
-    assert right >= 19, list(zip(paths, predicted, labels[:20]))
+    # 20 in fp32 and bf16 alike, each digit's top probability at least 0.52 above the next on 2 EPYC cores
+    assert right == 20, list(zip(paths, predicted, labels[:20]))
 
 
 @pytest.mark.slow
@@ -226,7 +227,7 @@ def test_the_command_prints_json_names_a_bad_file_and_exits_2(trained, mnist_tes
         assert list(row["probabilities"]) == list(DATASETS["mnist"].classes)  # every class, by name
         assert sum(row["probabilities"].values()) == pytest.approx(1, abs=1e-4)
         assert row["class"] == max(row["probabilities"], key=row["probabilities"].get)
-    assert sum(row["class"] == str(label) for row, label in zip(rows, labels[:20])) >= 19
+    assert sum(row["class"] == str(label) for row, label in zip(rows, labels[:20])) == 20
 
 
 @pytest.mark.slow

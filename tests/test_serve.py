@@ -73,6 +73,7 @@ def test_mlflow_models_serve_answers_real_digits(real_root, store_uri, tmp_path)
         logits = answer.json()["predictions"]
         assert len(logits) == 20 and len(logits[0]) == 10
         predicted = [max(range(10), key=row.__getitem__) for row in logits]
+        # at least 19: this 150-step model reads the 19th digit, a 3, as a 5 (fp32 and bf16 alike on 2 EPYC cores)
         assert sum(p == int(y) for p, y in zip(predicted, test.labels[:20])) >= 19, predicted
     finally:
         os.killpg(server.pid, signal.SIGKILL)
