@@ -8,8 +8,10 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
+from mnist_cnn.runner import train
 from mnist_cnn.sweep.prune import SweepPruner
 from tests.helpers import processes
+from tests.helpers.mlflow_store import only_run
 from tests.helpers.mlflow_store import runs as runs_in
 
 GOOD = ([0.50, 0.80, 0.90], [0.60, 0.85, 0.92], [0.55, 0.82, 0.91])  # three finished siblings' val_acc
@@ -67,6 +69,21 @@ def test_a_lower_loss_is_better_when_the_objective_is_minimized(tiny_cfg, store_
     )
     assert SweepPruner(cfg, parent).should_prune(client, judged, [{"val_loss": 2.3}, {"val_loss": 2.3}])
     assert not SweepPruner(cfg, parent).should_prune(client, judged, [{"val_loss": 0.7}, {"val_loss": 0.3}])
+
+
+def test_a_pruned_job_ends_killed_and_gives_the_sweeper_its_last_value(tiny_cfg, store_uri, tmp_path, monkeypatch):
+    """A pruner that prunes after epoch 1: the run ends KILLED with `pruned_at_epoch`, and `run` returns
+    that epoch's metrics (mnist-cnn-train hands their objective.metric to the sweeper)."""
+
+    class Prunes:
+        def should_prune(self, client, run_id, history):
+            return True
+
+    monkeypatch.setattr(train, "sweep_pruner", lambda cfg: Prunes())
+    last = train.run(tiny_cfg("trainer.epochs=3", "tracking.log_model=false"), tmp_path / "out")
+    run = only_run(store_uri)
+    assert run.info.status == "KILLED" and run.data.tags["pruned_at_epoch"] == "1"
+    assert last["val_acc"] == run.data.metrics["val_acc"] and "test_acc" not in last
 
 
 @pytest.mark.slow

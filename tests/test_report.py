@@ -14,7 +14,7 @@ from mnist_cnn.report import figures
 from mnist_cnn.report.metrics import score
 from mnist_cnn.runner import train
 from mnist_cnn.tracking.run import Tracker
-from tests.helpers.mlflow_store import only_run, runs_by_name
+from tests.helpers.mlflow_store import all_runs, only_run, runs_by_name
 
 
 class Echo(torch.nn.Module):
@@ -114,18 +114,25 @@ def test_ctrl_c_during_an_evaluation_is_one_line_exit_130_and_no_run_left_runnin
 @pytest.mark.parametrize(
     "model, message",
     [
-        ("models:/digits/7", "models:/digits/7: not in the tracking store sqlite:///"),
+        (
+            "models:/digits/7",
+            "models:/digits/7: not in the tracking store {store} (Model Version (name=digits, version=7) not found).",
+        ),
+        (
+            "models:/digits@nope",
+            "models:/digits@nope: not in the tracking store {store} (Registered model alias nope not found.).",
+        ),
         ("0123456789abcdef0123456789abcdef", "no run 0123456789abcdef0123456789abcdef in this tracking store"),
         ("s3://bucket/model", "s3://bucket/model: no run logged this model, so its dataset is unknown"),
         ("models:/digits", "models:/digits: names the registered model 'digits' but no version; add /VERSION"),
         ("", "'': no model named; give a run id, runs:/ID/model, models:/NAME/VERSION or models:/NAME@ALIAS."),
     ],
-    ids=["unknown-version", "unknown-run", "no-run", "no-version", "empty"],
+    ids=["unknown-version", "unknown-alias", "unknown-run", "no-run", "no-version", "empty"],
 )
 def test_an_unknown_model_is_one_line_and_exit_2(store_uri, model, message, capsys):
     MlflowClient(store_uri).create_registered_model("digits")  # registered, with no version
     code, _, err = eval_cli_run([model, "--tracking-uri", store_uri], capsys)
-    assert code == 2 and message in err and err.count("\n") == 1
+    assert code == 2 and message.format(store=store_uri) in err and err.count("\n") == 1
 
 
 def test_a_model_that_does_not_fit_the_data_is_named(tiny_cfg, store_uri, tmp_path, capsys):
@@ -137,4 +144,6 @@ def test_a_model_that_does_not_fit_the_data_is_named(tiny_cfg, store_uri, tmp_pa
     mlflow.pytorch.log_model(torch.nn.Linear(10, 3), name="model", run_id=run_id, serialization_format="pickle")
     code, _, err = eval_cli_run([run_id, "--tracking-uri", store_uri], capsys)
     assert code == 2 and "does not take images of shape (N, 1, 28, 28)" in err
-    assert "eval_test_acc" not in MlflowClient(store_uri).get_run(run_id).data.metrics
+    client = MlflowClient(store_uri)
+    assert "eval_test_acc" not in client.get_run(run_id).data.metrics
+    assert client.list_artifacts(run_id, "eval") == [] and len(all_runs(store_uri)) == 1  # no evaluation run either

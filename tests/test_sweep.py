@@ -4,6 +4,7 @@ the runs table."""
 import json
 import shlex
 import sqlite3
+import time
 
 import pytest
 from mlflow import MlflowClient
@@ -63,6 +64,8 @@ def test_parallel_joblib_sweep_is_one_parent_with_four_children(tiny_root, store
         "optimizer.lr=1e-3,3e-3",
         "seed=1,2",
     )
+    ended = time.time()
+    assert ended - parent.info.end_time / 1000 < 60  # with the sweep, not after the workers' 300 s idle timeout
     assert_four_good_children(parent, children)
     assert parent.data.tags["launcher"] == "JoblibLauncher" and parent.data.tags["sweeper"] == "BasicSweeper"
     assert "optimizer.lr=1e-3,3e-3 seed=1,2" in parent.data.tags["sweep_overrides"]
@@ -135,6 +138,16 @@ def test_runs_table_sorts_and_formats_runs(tiny_cfg, store_uri, tmp_path, capsys
     runs.main(["--tracking-uri", store_uri])
     table = capsys.readouterr().out
     assert all(r.info.run_id in table for r in made.values()) and "FINISHED" in table and "STALE" not in table
+
+
+def test_runs_table_shows_runs_without_the_default_metric_and_says_so(tiny_cfg, store_uri, tmp_path, capsys):
+    """No validation split, so no val_acc (like a sweep whose jobs all failed): listed all the same."""
+    train.run(tiny_cfg(*FAST, "data.val_size=0", "objective.metric=test_acc"), tmp_path / "out")
+    capsys.readouterr()
+    runs.main(["--tracking-uri", store_uri])
+    out = capsys.readouterr()
+    assert only_run(store_uri).info.run_id in out.out
+    assert out.err.startswith("mnist-cnn-runs: no run has the metric 'val_acc' (these do: ") and "test_acc" in out.err
 
 
 def test_runs_table_rejects_an_unknown_experiment_with_exit_code_2(store_uri, capsys):
