@@ -103,4 +103,5 @@ def test_a_stop_while_the_run_is_opened_waits_then_leaves_a_resumable_run(tiny_c
     }
     monkeypatch.setattr(start, "job_overrides", lambda: [f"resume={run.info.run_id}"])
     train.run(tiny_cfg(f"resume={run.info.run_id}"), tmp_path / "again")
-    assert only_run(store_uri).info.status == "FINISHED"
+    resumed = only_run(store_uri)
+    assert resumed.info.status == "FINISHED" and resumed.data.tags["resumed_at_epoch"] == "1"
