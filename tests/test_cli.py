@@ -98,16 +98,16 @@ def test_every_shipped_yaml_file_parses():
 
 @pytest.mark.slow
 def test_a_relative_data_root_means_the_folder_the_command_started_in(tiny_root, store_uri, tmp_path):
-    """The README's `MNIST_CNN_DATA_DIR=../shared/data`, from another folder: still found."""
+    """`MNIST_CNN_DATA_DIR=../datasets`, from another folder: still found."""
     start = tmp_path / "project"
     start.mkdir()
-    shutil.copytree(tiny_root, tmp_path / "shared")
+    shutil.copytree(tiny_root, tmp_path / "datasets")
     command = processes.train_command("placeholder", store_uri, "trainer.limit_batches=2", "tracking.log_model=false")
     command.remove("data.root=placeholder")
-    out = processes.run(command, start, env={"MNIST_CNN_DATA_DIR": "../shared"})
+    out = processes.run(command, start, env={"MNIST_CNN_DATA_DIR": "../datasets"})
     assert out.returncode == 0, out.stderr[-2000:]
     (run,) = all_runs(store_uri)
-    assert run.data.params["data.root"] == str(start / "../shared")
+    assert run.data.params["data.root"] == str(start / "../datasets")
 
 
 def test_the_module_and_the_console_script_are_one_command(tmp_path):

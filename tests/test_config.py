@@ -209,9 +209,9 @@ def test_run_settings_are_one_list_for_fingerprints_names_and_resume():
 
 
 def test_relative_paths_mean_the_folder_the_command_started_in(tmp_path):
-    cfg = make_cfg(["data.root=../shared/data", "tracking.uri=sqlite:///runs/mlflow.db"])
+    cfg = make_cfg(["data.root=../datasets", "tracking.uri=sqlite:///runs/mlflow.db"])
     make_paths_absolute(cfg, tmp_path / "project")
-    assert cfg.data.root == str(tmp_path / "project" / "../shared/data")
+    assert cfg.data.root == str(tmp_path / "project" / "../datasets")
     assert cfg.tracking.uri == f"sqlite:///{tmp_path}/project/runs/mlflow.db"
     absolute = make_cfg(["data.root=/data", "tracking.uri=sqlite:////srv/mlflow.db"])
     make_paths_absolute(absolute, tmp_path)
