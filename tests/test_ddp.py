@@ -1,6 +1,7 @@
 """trainer.strategy=ddp: data-parallel training over the processes torchrun starts, one MLflow run
 written by rank 0, the same steps as one process with the same global batch, resumable."""
 
+import shlex
 import signal
 import sys
 import time
@@ -209,12 +210,16 @@ def test_a_failure_on_rank_0_stops_every_rank_with_one_message(tiny_root, store_
 
 
 @pytest.mark.slow
-def test_a_sweep_with_ddp_is_refused_job_by_job(tiny_root, store_uri, tmp_path):
-    """A multirun's jobs each train in one process: with trainer.strategy=ddp each fails at once, recorded FAILED."""
-    out = processes.run(
-        processes.train_command(tiny_root, store_uri, "trainer.strategy=ddp", "seed=1,2", multirun=True), tmp_path
+def test_a_sweep_over_the_strategy_fails_its_ddp_job_alone(tiny_root, store_uri, tmp_path):
+    """A multirun's jobs each train in one process: the job with trainer.strategy=ddp fails at once,
+    recorded FAILED, and the other trains (ddp for every job is refused before the sweep: test_cli)."""
+    command = processes.train_command(
+        tiny_root, store_uri, "trainer.strategy=single,ddp", "trainer.limit_batches=2", multirun=True
     )
+    out = processes.run(command, tmp_path)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    failed = [r for r in all_runs(store_uri) if r.info.status == "FAILED"]
-    assert len(failed) == 2
-    assert all("trainer.strategy=ddp runs under torchrun, one run at a time" in r.data.tags["error"] for r in failed)
+    children = [r for r in all_runs(store_uri) if "mlflow.parentRunId" in r.data.tags]
+    jobs = {next(o for o in shlex.split(r.data.tags["hydra_overrides"]) if "strategy" in o): r for r in children}
+    single, ddp = jobs.pop("trainer.strategy=single"), jobs.pop("trainer.strategy=ddp")
+    assert (single.info.status, ddp.info.status, jobs) == ("FINISHED", "FAILED", {})
+    assert "trainer.strategy=ddp runs under torchrun, one run at a time" in ddp.data.tags["error"]
