@@ -219,7 +219,10 @@ def test_a_sweep_over_the_strategy_fails_its_ddp_job_alone(tiny_root, store_uri,
     out = processes.run(command, tmp_path)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     children = [r for r in all_runs(store_uri) if "mlflow.parentRunId" in r.data.tags]
-    jobs = {next(o for o in shlex.split(r.data.tags["hydra_overrides"]) if "strategy" in o): r for r in children}
+    jobs = {
+        next(o for o in shlex.split(r.data.tags["hydra_overrides"]) if o.startswith("trainer.strategy=")): r
+        for r in children
+    }
     single, ddp = jobs.pop("trainer.strategy=single"), jobs.pop("trainer.strategy=ddp")
     assert (single.info.status, ddp.info.status, jobs) == ("FINISHED", "FAILED", {})
     assert "trainer.strategy=ddp runs under torchrun, one run at a time" in ddp.data.tags["error"]
