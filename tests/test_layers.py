@@ -37,7 +37,11 @@ LAYERS: Tuple[Tuple[str, Tuple[str, ...], str], ...] = (
     ("config", ("config",), "the config tree, its typed schema, the checks that run before torch loads"),
     ("engine", ("engine",), "the training state, step loop, optimizers, checkpoints, precision, CUDA graphs, DDP"),
     ("results", ("report", "tracking"), "scoring a model class by class with figures; everything MLflow sees"),
-    ("sweeps", ("sweep",), "a multirun as one experiment: its parent run, pruning, resuming it, the champion"),
+    (
+        "sweeps",
+        ("sweep",),
+        "a multirun as one experiment: its parent run, the Optuna search, pruning, resuming it, the champion",
+    ),
     ("story", ("runner",), "one run: where it starts, its set-up, its epochs, what it records"),
     ("entry points", ("cli", "hydra_plugins"), "the console commands; the Optuna sweeper Hydra loads"),
     ("python -m", ("__main__",), "`python -m mnist_cnn` is mnist-cnn-train"),

@@ -106,7 +106,7 @@ def test_optuna_search_survives_failed_trials_and_names_the_best(tiny_root, stor
     assert good, "with seed 123 the sampler picks at least one workable trial"
     top = max(c.data.metrics["val_acc"] for c in good)  # trials may repeat a config: a tie
     assert parent.data.tags["best_run_id"] in {c.info.run_id for c in good if c.data.metrics["val_acc"] == top}
-    assert parent.data.tags["sweeper"] == "ResumableOptunaSweeper"
+    assert parent.data.tags["sweeper"] == "OptunaSweeper"
 
 
 def test_a_single_run_has_no_parent(tiny_cfg, store_uri, tmp_path):

@@ -5,6 +5,7 @@ import shlex
 import signal
 import time
 
+import optuna
 import pytest
 from mlflow import MlflowClient
 
@@ -153,7 +154,7 @@ def test_a_resumed_optuna_sweep_counts_the_trials_it_already_ran(tiny_root, stor
     parent, after = children(store_uri)
     assert len(after) == 3 and parent.data.metrics["n_jobs"] == 3  # n_trials counts the two done before
     assert {r.info.run_id for r in before} < {r.info.run_id for r in after}
-    assert parent.data.tags["sweeper"] == "ResumableOptunaSweeper"
+    assert parent.data.tags["sweeper"] == "OptunaSweeper"
 
 
 @pytest.mark.slow
@@ -180,3 +181,66 @@ def test_a_resumed_sweep_leaves_a_job_that_failed_on_its_config_alone(tiny_root,
         (r.info.run_id, r.info.end_time, r.info.status) for r in before
     )  # the same two runs, neither touched
     assert parent.info.status == "FINISHED" and parent.data.metrics["n_failed"] == 1
+
+
+@pytest.mark.slow
+def test_an_optuna_search_stopped_by_sigterm_finishes_its_study_with_each_trial_once(tiny_root, store_uri, tmp_path):
+    """6 TPE trials (random start, seeded); SIGTERM once 3 finished; resume_sweep= continues the same
+    study in its journal beside the store: 6 trials, one MLflow child each, the stopped one continued
+    in its own run, and no trial's values asked twice (the sampler continues its random sequence)."""
+    search = ("hparams_search=lr_batch", "hydra.sweeper.n_trials=6", "trainer.epochs=3", "tracking.log_model=false")
+    job = processes.start(processes.train_command(tiny_root, store_uri, *search, multirun=True), tmp_path)
+    deadline = time.time() + 300
+    while time.time() < deadline and sum(r.info.status == "FINISHED" for r in runs_in(store_uri)) < 3:
+        time.sleep(0.2)
+    job.send_signal(signal.SIGTERM)
+    output = job.communicate(timeout=120)[0]
+    assert job.returncode == 130, output[-3000:]
+    parent, before = children(store_uri)
+    study = parent.data.tags["optuna_study"]
+    assert (
+        study == f"sweep-{parent.info.run_id}"
+        and parent.data.tags["optuna_storage"] == str(tmp_path) + "/mlflow.db.optuna.journal"
+    )
+
+    out = processes.run(
+        [*processes.TRAIN, "-m", f"resume_sweep={parent.info.run_id}", f"tracking.uri={store_uri}"], tmp_path
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    parent, after = children(store_uri)
+    assert parent.data.tags["optuna_study"] == study and parent.data.metrics["n_jobs"] == 6
+    assert {r.info.status for r in after} == {"FINISHED"} and {r.info.run_id for r in before} <= {
+        r.info.run_id for r in after
+    }
+    searched = ("optimizer.lr", "data.batch_size", "model.layers.0.out_channels")
+    assert len({tuple(r.data.params[k] for k in searched) for r in after}) == 6  # each trial's values once
+
+    loaded = optuna.load_study(
+        study_name=study,
+        storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(tmp_path / "mlflow.db.optuna.journal"))
+        ),
+    )
+    counted = [t for t in loaded.trials if not t.user_attrs.get("requeued") and not t.user_attrs.get("surplus")]
+    assert len(counted) == 6 and {t.state for t in counted} == {optuna.trial.TrialState.COMPLETE}
+
+
+@pytest.mark.slow
+def test_two_sweeps_sharing_a_study_run_its_trials_between_them_exactly(tiny_root, store_uri, tmp_path):
+    """Two shells start the same search with hydra.sweeper.study_name=shared on one store: 7 trials
+    between them, each a child of its own sweep's parent, none beyond the study's n_trials."""
+    search = ("hparams_search=lr_batch", "hydra.sweeper.n_trials=7", "hydra.sweeper.study_name=shared")
+    fast = ("trainer.limit_batches=3", "tracking.log_model=false")
+    jobs = []
+    for seed in (1, 2):  # each shell its own folder and sampler seed
+        (tmp_path / f"shell{seed}").mkdir()
+        command = processes.train_command(
+            tiny_root, store_uri, *search, *fast, f"hydra.sweeper.sampler.seed={seed}", multirun=True
+        )
+        jobs.append(processes.start(command, tmp_path / f"shell{seed}"))
+    outputs = [job.communicate(timeout=600)[0] for job in jobs]
+    assert [job.returncode for job in jobs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    found = runs_in(store_uri)
+    parents = [r for r in found if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 2 and {p.data.tags["optuna_study"] for p in parents} == {"shared"}
+    assert len(found) - 2 == 7 and sum(p.data.metrics["n_jobs"] for p in parents) == 7

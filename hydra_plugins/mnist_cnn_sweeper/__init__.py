@@ -1,25 +1,30 @@
-"""mnist_cnn's Optuna sweeper: Hydra's, able to `resume_sweep=PARENT_RUN_ID`.
+"""mnist_cnn's Optuna sweeper (`hydra/sweeper=optuna`): Optuna's ask and tell over Hydra's launcher,
+with a study that persists and a search that `resume_sweep=` continues.
 
-Hydra instantiates sweepers only from the `hydra_plugins` namespace, so the class lives here;
-the work is in mnist_cnn.sweep.warm_start. The search spaces in mnist_cnn/conf/hparams_search/ select it.
+Hydra instantiates sweepers only from the `hydra_plugins` namespace, so the class lives here; the
+search is mnist_cnn.sweep.search and the typed options mnist_cnn.config.search.
 """
 
 from typing import Any, List
 
-from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
+from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig
 
 
-class ResumableOptunaSweeper(OptunaSweeper):
-    """With resume_sweep set, the study starts from the trials the sweep already ran."""
+class OptunaSweeper(Sweeper):
+    """Runs `hydra.sweeper.n_trials` trials of an Optuna study, `n_jobs` at a time."""
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options  # also in the config: the search reads them from there
 
     def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
-        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
         self.config = config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
 
     def sweep(self, arguments: List[str]) -> None:
-        if self.config.resume_sweep and self.config.tracking.enabled:
-            from mnist_cnn.sweep.warm_start import warm_start  # Optuna and MLflow: only when resuming
+        from mnist_cnn.sweep.search import run_search  # Optuna and MLflow: seconds to import, only for a search
 
-            warm_start(self.sweeper, self.config, arguments)
-        return super().sweep(arguments)
+        run_search(self.config, self.launcher, arguments)

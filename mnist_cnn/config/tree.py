@@ -18,6 +18,7 @@ from hydra import initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
+from mnist_cnn.config import search
 from mnist_cnn.config.schema import OPTIONS, Config
 
 CONF_DIR = Path(__file__).parents[1] / "conf"
@@ -26,12 +27,14 @@ CONFIG_NAME = "config"
 
 def register() -> None:
     """Register `config_schema` (the `Config` that `config.yaml` names first) and every
-    `<group>/base_<option>` that the option files name. Storing again replaces: calling twice is harmless."""
+    `<group>/base_<option>` that the option files name, and the Optuna sweeper's options
+    (`hydra/sweeper=optuna`). Storing again replaces: calling twice is harmless."""
     store = ConfigStore.instance()
     store.store(name="config_schema", node=Config)
     for group, options in OPTIONS.items():
         for option in options:
             store.store(group=group, name=f"base_{option.name}", node=option)
+    search.register(store)
 
 
 def compose(overrides: List[str]) -> DictConfig:

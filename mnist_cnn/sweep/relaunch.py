@@ -2,8 +2,8 @@
 
 Before Hydra reads the command line, `sweep_arguments` adds the overrides the sweep's parent run
 recorded; new values are accepted only for the run settings (the launcher, tracking.uri, ...). Each
-job then finds its earlier run (sweep.restart), and the Optuna sweeper starts from the jobs done
-(sweep.warm_start).
+job then finds its earlier run (sweep.restart), and an Optuna search continues its study
+(sweep.search).
 """
 
 import json

@@ -1,0 +1,97 @@
+"""The Optuna sweeper's options, typed: `hydra/sweeper=optuna` and one schema per sampler in
+`hydra/sweeper/sampler` (tpe, random, grid, cmaes, gp, nsgaii), each with the options of its Optuna
+class, so an option a sampler does not have is refused while composing, before anything runs.
+The sweeper itself is hydra_plugins/mnist_cnn_sweeper (it runs mnist_cnn.sweep.search).
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class SamplerConfig:
+    _target_: str = MISSING
+    seed: Optional[int] = None  # the same trials on every machine; a resumed study continues the sequence
+
+
+@dataclass
+class TPESamplerConfig(SamplerConfig):
+    _target_: str = "optuna.samplers.TPESampler"
+    n_startup_trials: int = 10  # random trials before the model of good and bad ones takes over
+    n_ei_candidates: int = 24
+    multivariate: bool = False
+    group: bool = False
+    constant_liar: bool = False  # for parallel trials: a running trial counts as a bad one
+
+
+@dataclass
+class RandomSamplerConfig(SamplerConfig):
+    _target_: str = "optuna.samplers.RandomSampler"
+
+
+@dataclass
+class GridSamplerConfig(SamplerConfig):
+    """Every combination of `choice(...)` values once (the search space must be all choices)."""
+
+    _target_: str = "optuna.samplers.GridSampler"
+
+
+@dataclass
+class CmaEsSamplerConfig(SamplerConfig):
+    _target_: str = "optuna.samplers.CmaEsSampler"
+    sigma0: Optional[float] = None
+    n_startup_trials: int = 1
+    popsize: Optional[int] = None
+    use_separable_cma: bool = False
+    with_margin: bool = False
+    lr_adapt: bool = False
+    warn_independent_sampling: bool = True
+
+
+@dataclass
+class GPSamplerConfig(SamplerConfig):
+    _target_: str = "optuna.samplers.GPSampler"
+    n_startup_trials: int = 10
+    deterministic_objective: bool = False
+
+
+@dataclass
+class NSGAIISamplerConfig(SamplerConfig):
+    _target_: str = "optuna.samplers.NSGAIISampler"
+    population_size: int = 50
+    mutation_prob: Optional[float] = None
+    crossover_prob: float = 0.9
+    swapping_prob: float = 0.5
+
+
+SAMPLERS = {
+    "tpe": TPESamplerConfig,
+    "random": RandomSamplerConfig,
+    "grid": GridSamplerConfig,
+    "cmaes": CmaEsSamplerConfig,
+    "gp": GPSamplerConfig,
+    "nsgaii": NSGAIISamplerConfig,
+}
+
+
+@dataclass
+class OptunaSweeperConfig:
+    _target_: str = "hydra_plugins.mnist_cnn_sweeper.OptunaSweeper"
+    defaults: List[Any] = field(default_factory=lambda: [{"sampler": "tpe"}])
+    sampler: SamplerConfig = MISSING
+    direction: str = "${objective.direction}"
+    n_trials: int = 20  # trials in the study, those of an earlier or a parallel sweep of it included
+    n_jobs: int = 1  # trials asked at a time: raise it with a parallel launcher
+    study_name: Optional[str] = None  # null: one study per sweep; a name shares the study between sweeps
+    storage: Optional[str] = None  # null: beside the tracking store (a journal file), or an Optuna storage URL
+    params: Dict[str, str] = field(default_factory=dict)  # key: Hydra's search syntax, e.g. choice(16, 32)
+
+
+def register(store: ConfigStore) -> None:
+    """Put the sweeper and its samplers into Hydra's config store (`hydra/sweeper=optuna`)."""
+    store.store(group="hydra/sweeper", name="optuna", node=OptunaSweeperConfig, provider="mnist_cnn")
+    for name, schema in SAMPLERS.items():
+        store.store(group="hydra/sweeper/sampler", name=name, node=schema, provider="mnist_cnn")

@@ -1,0 +1,233 @@
+"""An Optuna search run by a Hydra sweeper (hydra_plugins/mnist_cnn_sweeper): ask Optuna for trials,
+launch them as jobs through whatever launcher the sweep uses (basic, joblib, submitit, Slurm), tell
+Optuna what each returned.
+
+The search space is written in Hydra's own syntax (`choice(16, 32)`, `range(1, 9)`, `interval(0.1,
+0.5)`, `tag(log, interval(1e-4, 1e-2))`), in `hydra.sweeper.params` or on the command line.
+
+The study persists: beside a sqlite tracking store as an Optuna journal file (`mlflow.db` ->
+`mlflow.db.optuna.journal`; Optuna's SQL tables would collide with MLflow's in one database), in the
+sweep folder otherwise, or in `hydra.sweeper.storage` (an Optuna storage URL, or a journal file). Its
+name is `sweep-<parent run id>` unless `hydra.sweeper.study_name` names one to share; both are tags
+of the sweep's parent run. `n_trials` counts every trial of the study, so:
+- `resume_sweep=` continues the same study: trials its stopped run left RUNNING are asked again
+  first (each job then continues its own MLflow run) and the sampler's random state continues from
+  where it was, instead of starting over from its seed;
+- two sweeps sharing a study (two shells, two Slurm arrays) stop at exactly `n_trials` between
+  them: a trial asked beyond that count is marked surplus and never launched.
+"""
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import optuna
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override, Transformer
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+from mnist_cnn import names
+from mnist_cnn.config.job import SWEEP_FILE
+from mnist_cnn.config.paths import sqlite_path
+from mnist_cnn.tracking import store
+from mnist_cnn.tracking.redact import redact
+
+log = logging.getLogger(__name__)
+
+PARENT, REQUEUED, SURPLUS = "mlflow_parent_run", "requeued", "surplus"  # trials' user attributes
+JOURNAL = ".optuna.journal"
+
+
+def search_space(params: Dict[str, str], arguments: Sequence[str]) -> Tuple[Dict[str, BaseDistribution], List[str]]:
+    """Optuna's distributions of the searched keys, and the overrides every trial shares. A key given
+    a single value on the command line is fixed there, whatever `params` searches."""
+    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()] + list(arguments))
+    space: Dict[str, BaseDistribution] = {}
+    fixed: List[str] = []
+    for override in parsed:
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            space[key] = distribution(override)
+        else:
+            space.pop(key, None)
+            fixed.append(override.input_line)
+    return space, fixed
+
+
+def distribution(override: Override) -> BaseDistribution:
+    """`choice(...)` and a shuffled `range(...)`: categorical; `range(a, b[, step])`: the integers
+    Python's range gives (a float range: its values, as a choice); `interval(a, b)`: uniform floats
+    (Hydra reads its ends as floats), log-uniform when tagged `log`."""
+    values = list(override.sweep_iterator(transformer=Transformer.encode)) if not override.is_interval_sweep() else []
+    sweep = override.value()
+    if override.is_choice_sweep() or (
+        override.is_range_sweep() and (sweep.shuffle or any(isinstance(v, float) for v in values))
+    ):
+        return CategoricalDistribution(values)
+    if override.is_range_sweep():
+        return IntDistribution(values[0], values[-1], step=int(sweep.step))
+    return FloatDistribution(float(sweep.start), float(sweep.end), log="log" in sweep.tags)
+
+
+def run_search(config: DictConfig, launcher: Any, arguments: List[str]) -> None:
+    """The whole search: the study opened (or continued), then batches of `n_jobs` trials until the
+    study holds `n_trials`."""
+    options = config.hydra.sweeper
+    space, fixed = search_space(options.params or {}, arguments)
+    parent = _parent_run_id(config)
+    study = _study(config, space, parent)
+    job_index = 0
+    while True:
+        trials = _ask(study, space, options.n_trials, options.n_jobs, parent)
+        if not trials:
+            break
+        if parent:  # saved before the jobs run: a resumed sweep draws after these trials, not them again
+            study.set_user_attr(_random_key(parent), random_states(study.sampler))
+        overrides = [[*fixed, *(f"{k}={v}" for k, v in trial.params.items())] for trial in trials]
+        returns = launcher.launch(overrides, initial_job_idx=job_index)
+        job_index += len(trials)
+        for trial, returned in zip(trials, returns):
+            _tell(study, trial, returned)
+    best = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    if best:
+        log.info(
+            "study %s: best %s %g with %s",
+            study.study_name,
+            config.objective.metric,
+            study.best_value,
+            study.best_params,
+        )
+
+
+def _ask(
+    study: optuna.Study, space: Dict[str, BaseDistribution], n_trials: int, n_jobs: int, parent: Optional[str]
+) -> List[optuna.Trial]:
+    """Up to `n_jobs` new trials, none beyond the study's `n_trials` (a trial another sweep of the
+    study asked first counts: one asked too many is marked surplus and told FAIL, never launched)."""
+    trials: List[optuna.Trial] = []
+    for _ in range(n_jobs):
+        trial = study.ask(space)
+        if _rank(study, trial.number) >= n_trials:
+            trial.set_user_attr(SURPLUS, True)
+            study.tell(trial, state=TrialState.FAIL)
+            break
+        if parent:
+            trial.set_user_attr(PARENT, parent)
+        trials.append(trial)
+    return trials
+
+
+def _rank(study: optuna.Study, number: int) -> int:
+    """How many of the study's counted trials came before trial `number`."""
+    return sum(1 for t in study.get_trials(deepcopy=False) if t.number < number and _counts(t))
+
+
+def _counts(trial: optuna.trial.FrozenTrial) -> bool:
+    return not (trial.user_attrs.get(SURPLUS) or trial.user_attrs.get(REQUEUED))
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, returned: JobReturn) -> None:
+    """A job that returned a number completes its trial; a failed one (its worst value, or an error
+    Hydra caught) fails it."""
+    value = returned.return_value if returned.status == JobStatus.COMPLETED else math.nan
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        study.tell(trial, float(value))
+    else:
+        study.tell(trial, state=TrialState.FAIL)
+
+
+def _study(config: DictConfig, space: Dict[str, BaseDistribution], parent: Optional[str]) -> optuna.Study:
+    """The sweep's study, created or loaded; a resumed sweep's stopped trials are asked again first."""
+    options = config.hydra.sweeper
+    name = options.study_name or f"sweep-{parent or Path(config.hydra.sweep.dir).name}"
+    location = options.storage or _default_storage(config)
+    sampler_options = {"search_space": _grid(space)} if options.sampler._target_.endswith("GridSampler") else {}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        storage=_storage(location),
+        study_name=name,
+        sampler=instantiate(options.sampler, **sampler_options),
+        direction=str(options.direction),
+        load_if_exists=True,
+    )
+    if config.resume_sweep and parent:
+        _requeue_stopped(study, parent)
+        saved = study.user_attrs.get(_random_key(parent))
+        if saved:
+            restore_random_states(study.sampler, saved)
+    if parent and config.tracking.enabled:
+        client = store.connect(config.tracking.uri)
+        client.set_tag(parent, names.OPTUNA_STUDY, name)
+        client.set_tag(parent, names.OPTUNA_STORAGE, redact(location))
+    log.info("Optuna study %s in %s: %d trials so far", name, redact(location), sum(map(_counts, study.trials)))
+    return study
+
+
+def _default_storage(config: DictConfig) -> str:
+    path = sqlite_path(config.tracking.uri) if config.tracking.enabled else None
+    return str(path.expanduser().absolute()) + JOURNAL if path else str(Path(config.hydra.sweep.dir) / "optuna.journal")
+
+
+def _storage(location: str) -> optuna.storages.BaseStorage:
+    """An Optuna storage URL (sqlite:///, postgresql://) as RDB storage, any other string as a journal file."""
+    if "://" in location:
+        return optuna.storages.RDBStorage(location)
+    Path(location).parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(location))
+
+
+def _grid(space: Dict[str, BaseDistribution]) -> Dict[str, List[Any]]:
+    """GridSampler's search space: every searched key must be a choice."""
+    if not all(isinstance(d, CategoricalDistribution) for d in space.values()):
+        raise ValueError("hydra/sweeper/sampler=grid needs every searched key to be a choice(...)")
+    return {key: list(d.choices) for key, d in space.items()}
+
+
+def _requeue_stopped(study: optuna.Study, parent: str) -> None:
+    """Trials this sweep left RUNNING when it was stopped: asked again first, with the same values,
+    so that each job continues its own run; the stopped trial no longer counts."""
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if trial.user_attrs.get(PARENT) == parent:
+            study.enqueue_trial(trial.params, user_attrs={PARENT: parent})
+            optuna.Trial(study, trial._trial_id).set_user_attr(REQUEUED, True)  # noqa: SLF001 - its storage id
+            study.tell(trial.number, state=TrialState.FAIL)
+
+
+def _parent_run_id(config: DictConfig) -> Optional[str]:
+    """The sweep's parent run, which the sweep callback opened and wrote into the sweep folder."""
+    path = Path(config.hydra.sweep.dir) / SWEEP_FILE
+    return json.loads(path.read_text()).get("parent_run_id") if path.is_file() else None
+
+
+def _random_key(parent: str) -> str:
+    return f"sampler_random_state:{parent}"
+
+
+def random_states(sampler: Any, path: str = "", depth: int = 3) -> Dict[str, list]:
+    """The numpy random states a sampler (and the samplers inside it) draws from, as JSON."""
+    found: Dict[str, list] = {}
+    for name, value in vars(sampler).items():
+        rng = getattr(value, "rng", None)
+        if isinstance(rng, np.random.RandomState):
+            kind, keys, position, has_gauss, gauss = rng.get_state()
+            found[path + name] = [kind, keys.tolist(), position, has_gauss, gauss]
+        elif depth and isinstance(value, optuna.samplers.BaseSampler):
+            found |= random_states(value, f"{path}{name}.", depth - 1)
+    return found
+
+
+def restore_random_states(sampler: Any, saved: Dict[str, list]) -> None:
+    """Put back what `random_states` saved: the sampler continues its sequence."""
+    for path, (kind, keys, position, has_gauss, gauss) in saved.items():
+        *owners, name = path.split(".")
+        owner = sampler
+        for attribute in owners:
+            owner = getattr(owner, attribute)
+        getattr(owner, name).rng.set_state((kind, np.array(keys, dtype=np.uint32), position, has_gauss, gauss))
