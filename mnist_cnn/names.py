@@ -55,6 +55,7 @@ CHAMPION = "champion"  # the alias of the best job's registered model, and the p
 BEST_RUN_ID, BEST_RUN_NAME = "best_run_id", "best_run_name"
 CHAMPION_URL = "champion_url"  # the champion's page in the UI
 OPTUNA_STUDY, OPTUNA_STORAGE = "optuna_study", "optuna_storage"  # an Optuna search's study, and where it is kept
+IMPORTANCE = "importance_"  # + a searched key: its share of the objective's variance (Optuna's fANOVA)
 SWEEPER, LAUNCHER = "sweeper", "launcher"  # Hydra's classes that ran it
 SWEEP_OVERRIDES, SWEEP_DIR, RESUMED_IN = "sweep_overrides", "sweep_dir", "resumed_in"  # the grid; its folders
 PARENT_RUN = "mlflow.parentRunId"  # MLflow's own: a sweep's jobs are its parent's children

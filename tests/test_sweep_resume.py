@@ -156,6 +156,14 @@ def test_a_resumed_optuna_sweep_counts_the_trials_it_already_ran(tiny_root, stor
     assert {r.info.run_id for r in before} < {r.info.run_id for r in after}
     assert parent.data.tags["sweeper"] == "OptunaSweeper"
 
+    importances = {k: v for k, v in parent.data.metrics.items() if k.startswith("importance_")}  # what mattered
+    assert set(importances) == {"importance_optimizer.lr", "importance_model.layers.0.out_channels"}
+    assert sum(importances.values()) == pytest.approx(1.0) and all(v >= 0 for v in importances.values())
+    assert "sweep/importance.png" in {
+        a.path for a in MlflowClient(store_uri).list_artifacts(parent.info.run_id, "sweep")
+    }
+    assert "importance_optimizer.lr" in out.stdout + out.stderr  # the sweep's summary line lists them
+
 
 @pytest.mark.slow
 def test_a_resumed_sweep_leaves_a_job_that_failed_on_its_config_alone(tiny_root, store_uri, tmp_path):

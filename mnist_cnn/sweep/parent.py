@@ -59,8 +59,9 @@ def close_parent_run(cfg: DictConfig, run_id: str, status: str, swept: List[str]
         summary = _report(client, cfg, run_id, swept, tags)
     finally:
         end_run(client, run_id, status, tags)
-    experiment_id = client.get_run(run_id).info.experiment_id
-    return {**summary, **tags}, run_url(cfg.tracking.uri, experiment_id, run_id)
+    run = client.get_run(run_id)
+    importances = {k: v for k, v in run.data.metrics.items() if k.startswith(names.IMPORTANCE)}  # an Optuna search's
+    return {**summary, **importances, **tags}, run_url(cfg.tracking.uri, run.info.experiment_id, run_id)
 
 
 def _report(

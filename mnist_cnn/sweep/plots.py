@@ -1,5 +1,6 @@
-"""The figures of a sweep: how each swept key relates to the objective, and what the objective
-costs in training time. Built without pyplot, like `mnist_cnn.report.figures`.
+"""The figures of a sweep: how each swept key relates to the objective, what the objective costs
+in training time, and (an Optuna search) which keys mattered. Built without pyplot, like
+`mnist_cnn.report.figures`.
 
 Both read the jobs table of `mnist_cnn.sweep.tables.jobs_table`: one row per job, swept values as
 the strings MLflow stores ("1e-06", "64", "sgd"), so each axis decides for itself whether it is
@@ -92,6 +93,21 @@ def pareto(table: pd.DataFrame, metric: str, direction: str, cost: str = TRAIN_T
     ax.margins(x=0.05, y=0.1)
     ax.grid(alpha=0.3)
     ax.legend(title="better: " + ("up" if direction == "maximize" else "down") + " and left")
+    return fig
+
+
+def importance(importances: dict[str, float], metric: str) -> Figure:
+    """One bar per searched key: its share of the variance of `metric` (an Optuna search's fANOVA),
+    the largest on top."""
+    keys = sorted(importances, key=importances.get)
+    fig = Figure(figsize=(7, 0.5 * len(keys) + 1.5), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    ax.barh(keys, [importances[key] for key in keys], color="tab:blue")
+    for y, key in enumerate(keys):
+        ax.text(importances[key], y, f" {importances[key]:.2f}", va="center", fontsize=9)
+    ax.set_xlim(0, 1.1)
+    ax.set_xlabel(f"share of the variance of {metric} (fANOVA over the completed trials)")
+    ax.set_title("sweep: what mattered")
     return fig
 
 

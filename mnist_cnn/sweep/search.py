@@ -20,6 +20,7 @@ of the sweep's parent run. `n_trials` counts every trial of the study, so:
 import json
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -29,6 +30,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, Transformer
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.utils import instantiate
+from mlflow.entities import Metric
 from omegaconf import DictConfig
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
@@ -36,6 +38,7 @@ from optuna.trial import TrialState
 from mnist_cnn import names
 from mnist_cnn.config.job import SWEEP_FILE
 from mnist_cnn.config.paths import sqlite_path
+from mnist_cnn.sweep import plots
 from mnist_cnn.tracking import store
 from mnist_cnn.tracking.redact import redact
 
@@ -104,6 +107,24 @@ def run_search(config: DictConfig, launcher: Any, arguments: List[str]) -> None:
             study.best_value,
             study.best_params,
         )
+    if parent and config.tracking.enabled and space:
+        if len({t.value for t in best}) >= 2:
+            log_importances(store.connect(config.tracking.uri), parent, study, str(config.objective.metric))
+        else:  # fANOVA needs the objective to vary
+            log.info("no parameter importances: fewer than two different values of %s", config.objective.metric)
+
+
+def log_importances(client: Any, parent: str, study: optuna.Study, metric: str) -> Dict[str, float]:
+    """What mattered: each searched key's share of the objective's variance over the completed
+    trials (Optuna's fANOVA), as the parent's metrics `importance_<key>` and `sweep/importance.png`."""
+    importances = optuna.importance.get_param_importances(
+        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
+    )
+    metrics = {f"{names.IMPORTANCE}{key}": float(value) for key, value in importances.items()}
+    now = int(time.time() * 1000)
+    client.log_batch(parent, metrics=[Metric(key, value, now, 0) for key, value in metrics.items()])
+    client.log_figure(parent, plots.importance(importances, metric), "sweep/importance.png")
+    return metrics
 
 
 def _ask(
