@@ -1,16 +1,25 @@
 """The Optuna sweeper's parts that need no process: Hydra's search syntax as Optuna distributions,
 the samplers' typed options, and a sampler's random state carried over to a resumed sweep."""
 
+import signal
+import sys
+
 import optuna
 import pytest
+import requests
 from hydra.core.config_store import ConfigStore
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
+from mnist_cnn.cli import runs
 from mnist_cnn.config.search import SAMPLERS, OptunaSweeperConfig
+from mnist_cnn.runner import train
 from mnist_cnn.sweep.search import random_states, restore_random_states, search_space
+from tests.helpers import processes
+from tests.helpers.mlflow_store import free_port, only_run
+from tests.helpers.mlflow_store import runs as runs_in
 
 
 def test_hydras_search_syntax_becomes_optunas_distributions():
@@ -69,3 +78,42 @@ def test_a_samplers_random_state_carries_over_so_a_resumed_search_continues_its_
 def test_the_sweeper_schema_is_in_hydras_config_store():
     assert OptunaSweeperConfig().n_trials == 20
     assert ConfigStore.instance().load("hydra/sweeper/optuna.yaml") is not None
+
+
+@pytest.mark.slow
+def test_the_dashboard_serves_a_searchs_study_over_http(tiny_root, store_uri, tmp_path):
+    """`mnist-cnn-runs --sweep PARENT --dashboard`: the link it prints serves the study, whose
+    trials Optuna's dashboard lists through its API."""
+    search = (
+        "hparams_search=lr_batch",
+        "hydra.sweeper.n_trials=2",
+        "trainer.limit_batches=3",
+        "tracking.log_model=false",
+    )
+    out = processes.run(processes.train_command(tiny_root, store_uri, *search, multirun=True), tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    parent = next(r for r in runs_in(store_uri) if "mlflow.parentRunId" not in r.data.tags)
+    port = free_port()
+    command = [sys.executable, "-m", "mnist_cnn.cli.runs", "--tracking-uri", store_uri, "--sweep", parent.info.run_id]
+    server = processes.start([*command, "--dashboard", "--port", str(port)], tmp_path)
+    try:
+        line = server.stdout.readline()
+        study_id = line.split("/dashboard/studies/")[1].split()[0]
+        assert line.startswith(f"Optuna's dashboard of study sweep-{parent.info.run_id} ("), line
+        assert requests.get(line.split(": ", 1)[1].split()[0], timeout=30).status_code == 200
+        study = requests.get(f"http://127.0.0.1:{port}/api/studies/{study_id}", timeout=30).json()
+        assert study["name"] == f"sweep-{parent.info.run_id}" and len(study["trials"]) == 2
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.communicate(timeout=30)
+    assert server.returncode == 130
+
+
+def test_the_dashboard_needs_the_parent_of_an_optuna_search(tiny_cfg, store_uri, tmp_path, capsys):
+    train.run(tiny_cfg("tracking.log_model=false"), tmp_path / "out")
+    run_id = only_run(store_uri).info.run_id
+    with pytest.raises(SystemExit) as code:
+        runs.main(["--tracking-uri", store_uri, "--sweep", run_id, "--dashboard"])
+    assert code.value.code == 2 and capsys.readouterr().err == (
+        f"mnist-cnn-runs: --sweep {run_id}: not the parent run of an Optuna search (hparams_search=...).\n"
+    )

@@ -10,6 +10,7 @@ import argparse
 import math
 import shlex
 import sys
+import wsgiref.simple_server
 from typing import List, Optional
 
 import pandas as pd
@@ -17,7 +18,7 @@ import pandas as pd
 from mnist_cnn import names
 from mnist_cnn.config.keys import is_run_setting
 from mnist_cnn.config.paths import default_tracking_uri
-from mnist_cnn.errors import UserError
+from mnist_cnn.errors import EXIT_INTERRUPTED, ConfigError, UserError
 from mnist_cnn.names import PRUNED_AT, SEED_METRICS, TEST_ACC, VAL_ACC
 from mnist_cnn.tracking.heartbeat import is_stale
 from mnist_cnn.tracking.links import experiment_url, resume_command, ui_base
@@ -37,6 +38,12 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--top", type=_at_least_one, metavar="N", help="show only the first N runs")
     parser.add_argument("--format", choices=["table", "csv", "json"], default="table")
     parser.add_argument("--link", action="store_true", help="print the experiment's page in the MLflow UI instead")
+    parser.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="with --sweep of an Optuna search: serve its study in Optuna's dashboard on 127.0.0.1 (Ctrl-C stops it)",
+    )
+    parser.add_argument("--port", type=int, default=8080, help="the dashboard's port (default: 8080)")
     parser.add_argument(
         "--group-seeds",
         action="store_true",
@@ -135,15 +142,50 @@ def _row(run, sort: str, stale: bool) -> dict:
     }
 
 
+def dashboard(args: argparse.Namespace) -> None:
+    """Serve the study of Optuna search --sweep in optuna-dashboard until Ctrl-C, after printing the
+    link to its page."""
+    if not args.sweep:
+        raise ConfigError("--dashboard shows the study of one Optuna search: add --sweep PARENT_RUN_ID.")
+    try:
+        import optuna_dashboard  # its own web server: only for --dashboard
+    except ImportError as e:
+        raise ConfigError("--dashboard needs optuna-dashboard: pip install 'mnist_cnn[sweep]'.") from e
+    from mnist_cnn.sweep.search import open_storage  # Optuna: seconds to import, only for --dashboard
+    from mnist_cnn.tracking import store  # MLflow, as above
+    from mnist_cnn.tracking.lookup import find_run  # MLflow, as above
+
+    parent = find_run(store.connect(args.tracking_uri, read_only=True), args.sweep, "--sweep")
+    study, location = parent.data.tags.get(names.OPTUNA_STUDY), parent.data.tags.get(names.OPTUNA_STORAGE)
+    if study is None or location is None:
+        raise ConfigError(f"--sweep {args.sweep}: not the parent run of an Optuna search (hparams_search=...).")
+    if "***" in location:  # the tag keeps no credentials
+        raise ConfigError(
+            f"--sweep {args.sweep}: its study's storage {location} needs credentials the run does not keep."
+        )
+    storage = open_storage(location)
+    try:  # listening before the link is printed: the link works as soon as it is shown
+        server = wsgiref.simple_server.make_server("127.0.0.1", args.port, optuna_dashboard.wsgi(storage))
+    except OSError as e:
+        raise ConfigError(f"--port {args.port}: cannot serve there ({e.strerror}); choose another port.") from e
+    link = f"http://127.0.0.1:{args.port}/dashboard/studies/{storage.get_study_id_from_name(study)}"
+    print(f"Optuna's dashboard of study {study} ({location}): {link}  (Ctrl-C stops it)", flush=True)
+    server.serve_forever()
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
     try:
+        if args.dashboard:
+            return dashboard(args)
         if args.link:
             return print(experiment_link(args))
         table = seed_table(args) if args.group_seeds else runs_table(args)
     except UserError as e:
         print(f"mnist-cnn-runs: {redact(str(e))}", file=sys.stderr)
         sys.exit(e.exit_code)
+    except KeyboardInterrupt:  # the dashboard's server, stopped
+        sys.exit(EXIT_INTERRUPTED)
     if args.format == "csv":
         print(table.to_csv(index=False), end="")
     elif args.format == "json":

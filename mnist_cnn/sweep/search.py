@@ -134,6 +134,8 @@ def _ask(
     study asked first counts: one asked too many is marked surplus and told FAIL, never launched)."""
     trials: List[optuna.Trial] = []
     for _ in range(n_jobs):
+        if _rank(study, math.inf) >= n_trials:  # the study is full
+            break
         trial = study.ask(space)
         if _rank(study, trial.number) >= n_trials:
             trial.set_user_attr(SURPLUS, True)
@@ -145,7 +147,7 @@ def _ask(
     return trials
 
 
-def _rank(study: optuna.Study, number: int) -> int:
+def _rank(study: optuna.Study, number: float) -> int:
     """How many of the study's counted trials came before trial `number`."""
     return sum(1 for t in study.get_trials(deepcopy=False) if t.number < number and _counts(t))
 
@@ -172,7 +174,7 @@ def _study(config: DictConfig, space: Dict[str, BaseDistribution], parent: Optio
     sampler_options = {"search_space": _grid(space)} if options.sampler._target_.endswith("GridSampler") else {}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
-        storage=_storage(location),
+        storage=open_storage(location),
         study_name=name,
         sampler=instantiate(options.sampler, **sampler_options),
         direction=str(options.direction),
@@ -196,7 +198,7 @@ def _default_storage(config: DictConfig) -> str:
     return str(path.expanduser().absolute()) + JOURNAL if path else str(Path(config.hydra.sweep.dir) / "optuna.journal")
 
 
-def _storage(location: str) -> optuna.storages.BaseStorage:
+def open_storage(location: str) -> optuna.storages.BaseStorage:
     """An Optuna storage URL (sqlite:///, postgresql://) as RDB storage, any other string as a journal file."""
     if "://" in location:
         return optuna.storages.RDBStorage(location)
