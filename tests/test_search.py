@@ -103,6 +103,10 @@ def test_the_dashboard_serves_a_searchs_study_over_http(tiny_root, store_uri, tm
         assert requests.get(line.split(": ", 1)[1].split()[0], timeout=30).status_code == 200
         study = requests.get(f"http://127.0.0.1:{port}/api/studies/{study_id}", timeout=30).json()
         assert study["name"] == f"sweep-{parent.info.run_id}" and len(study["trials"]) == 2
+        busy = processes.run([*command, "--dashboard", "--port", str(port)], tmp_path)  # the port is taken now
+        assert busy.returncode == 2 and busy.stderr == (
+            f"mnist-cnn-runs: --port {port}: cannot serve there (Address already in use); choose another port.\n"
+        )
     finally:
         server.send_signal(signal.SIGINT)
         server.communicate(timeout=30)
