@@ -88,18 +88,23 @@ def children(uri: str) -> tuple:
     return parents[0], [r for r in found if r is not parents[0]]
 
 
+def stop_with_sigterm(command: list, folder, uri: str, finished: int) -> None:
+    """Start a sweep and send it SIGTERM once `finished` of its runs have finished: it exits 130."""
+    job = processes.start(command, folder)
+    deadline = time.time() + 300
+    while time.time() < deadline and sum(r.info.status == "FINISHED" for r in runs_in(uri)) < finished:
+        time.sleep(0.2)
+    job.send_signal(signal.SIGTERM)
+    output = job.communicate(timeout=120)[0]
+    assert job.returncode == 130, output[-3000:]
+
+
 @pytest.mark.slow
 def test_a_sweep_stopped_by_sigterm_finishes_with_each_job_once(tiny_root, store_uri, tmp_path):
     """4 seeds; SIGTERM once two jobs finished; resume_sweep finishes the rest in the same parent,
     continuing the stopped job's own run and leaving the finished ones untouched."""
     grid = ("seed=1,2,3,4", "trainer.epochs=4", "tracking.log_model=false")
-    job = processes.start(processes.train_command(tiny_root, store_uri, *grid, multirun=True), tmp_path)
-    deadline = time.time() + 300
-    while time.time() < deadline and sum(r.info.status == "FINISHED" for r in runs_in(store_uri)) < 2:
-        time.sleep(0.2)
-    job.send_signal(signal.SIGTERM)
-    output = job.communicate(timeout=120)[0]
-    assert job.returncode == 130, output[-3000:]
+    stop_with_sigterm(processes.train_command(tiny_root, store_uri, *grid, multirun=True), tmp_path, store_uri, 2)
     parent, before = children(store_uri)
     finished = {r.info.run_id: r for r in before if r.info.status == "FINISHED"}
     assert parent.info.status == "KILLED" and len(finished) >= 2 and len(before) <= 4
@@ -197,13 +202,7 @@ def test_an_optuna_search_stopped_by_sigterm_finishes_its_study_with_each_trial_
     study in its journal beside the store: 6 trials, one MLflow child each, the stopped one continued
     in its own run, and no trial's values asked twice (the sampler continues its random sequence)."""
     search = ("hparams_search=lr_batch", "hydra.sweeper.n_trials=6", "trainer.epochs=3", "tracking.log_model=false")
-    job = processes.start(processes.train_command(tiny_root, store_uri, *search, multirun=True), tmp_path)
-    deadline = time.time() + 300
-    while time.time() < deadline and sum(r.info.status == "FINISHED" for r in runs_in(store_uri)) < 3:
-        time.sleep(0.2)
-    job.send_signal(signal.SIGTERM)
-    output = job.communicate(timeout=120)[0]
-    assert job.returncode == 130, output[-3000:]
+    stop_with_sigterm(processes.train_command(tiny_root, store_uri, *search, multirun=True), tmp_path, store_uri, 3)
     parent, before = children(store_uri)
     study = parent.data.tags["optuna_study"]
     assert (

@@ -148,7 +148,7 @@ def dashboard(args: argparse.Namespace) -> None:
     if not args.sweep:
         raise ConfigError("--dashboard shows the study of one Optuna search: add --sweep PARENT_RUN_ID.")
     try:
-        import optuna_dashboard  # its own web server: only for --dashboard
+        import optuna_dashboard  # the sweep extra: only --dashboard needs it
     except ImportError as e:
         raise ConfigError("--dashboard needs optuna-dashboard: pip install 'mnist_cnn[sweep]'.") from e
     from mnist_cnn.sweep.search import open_storage  # Optuna: seconds to import, only for --dashboard
