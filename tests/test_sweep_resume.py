@@ -88,8 +88,9 @@ def children(uri: str) -> tuple:
     return parents[0], [r for r in found if r is not parents[0]]
 
 
-def stop_with_sigterm(command: list, folder, uri: str, finished: int) -> None:
-    """Start a sweep and send it SIGTERM once `finished` of its runs have finished: it exits 130."""
+def stop_with_sigterm(command: list, folder, uri: str, finished: int) -> str:
+    """Start a sweep and send it SIGTERM once `finished` of its runs have finished: it exits 130;
+    returns what it printed."""
     job = processes.start(command, folder)
     deadline = time.time() + 300
     while time.time() < deadline and sum(r.info.status == "FINISHED" for r in runs_in(uri)) < finished:
@@ -97,6 +98,7 @@ def stop_with_sigterm(command: list, folder, uri: str, finished: int) -> None:
     job.send_signal(signal.SIGTERM)
     output = job.communicate(timeout=120)[0]
     assert job.returncode == 130, output[-3000:]
+    return output
 
 
 @pytest.mark.slow
@@ -104,10 +106,12 @@ def test_a_sweep_stopped_by_sigterm_finishes_with_each_job_once(tiny_root, store
     """4 seeds; SIGTERM once two jobs finished; resume_sweep finishes the rest in the same parent,
     continuing the stopped job's own run and leaving the finished ones untouched."""
     grid = ("seed=1,2,3,4", "trainer.epochs=4", "tracking.log_model=false")
-    stop_with_sigterm(processes.train_command(tiny_root, store_uri, *grid, multirun=True), tmp_path, store_uri, 2)
+    output = stop_with_sigterm(
+        processes.train_command(tiny_root, store_uri, *grid, multirun=True), tmp_path, store_uri, 2
+    )
     parent, before = children(store_uri)
     finished = {r.info.run_id: r for r in before if r.info.status == "FINISHED"}
-    assert parent.info.status == "KILLED" and len(finished) >= 2 and len(before) <= 4
+    assert parent.info.status == "KILLED" and len(finished) >= 2 and len(before) <= 4, output[-3000:]
     assert any(r.info.status == "KILLED" for r in before) or len(before) < 4, "the signal must stop the sweep midway"
 
     out = processes.run(
