@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from mnist_cnn.cli import runs
-from mnist_cnn.config.search import SAMPLERS, OptunaSweeperConfig
+from mnist_cnn.config.search import SAMPLERS, OptunaSweeperConfig, sampler_problem
 from mnist_cnn.runner import train
 from mnist_cnn.sweep.search import random_states, restore_random_states, search_space
 from tests.helpers import processes
@@ -121,3 +121,28 @@ def test_the_dashboard_needs_the_parent_of_an_optuna_search(tiny_cfg, store_uri,
     assert code.value.code == 2 and capsys.readouterr().err == (
         f"mnist-cnn-runs: --sweep {run_id}: not the parent run of an Optuna search (hparams_search=...).\n"
     )
+
+
+def test_an_option_added_to_a_sampler_with_plus_is_named():
+    """`+` gets past Hydra's schema: the sweep callback asks this before the parent opens."""
+    sweeper = OmegaConf.create(
+        {"sampler": {"_target_": "optuna.samplers.TPESampler", "seed": 1, "population_size": 10}}
+    )
+    assert sampler_problem(sweeper) == (
+        "hydra.sweeper.sampler.population_size: not an option of the tpe sampler (its options: seed, n_startup_trials, "
+        "n_ei_candidates, multivariate, group, constant_liar)."
+    )
+    del sweeper.sampler.population_size
+    assert sampler_problem(sweeper) is None
+
+
+@pytest.mark.slow
+def test_a_search_with_an_option_its_sampler_lacks_is_one_line_exit_2_and_no_parent(tiny_root, store_uri, tmp_path):
+    command = processes.train_command(
+        tiny_root, store_uri, "hparams_search=lr_batch", "+hydra.sweeper.sampler.population_size=10", multirun=True
+    )
+    out = processes.run(command, tmp_path)
+    assert out.returncode == 2 and out.stderr.strip().splitlines()[-1].startswith(
+        "mnist-cnn-train: hydra.sweeper.sampler.population_size: not an option of the tpe sampler"
+    )
+    assert runs_in(store_uri) == []

@@ -4,11 +4,11 @@ class, so an option a sampler does not have is refused while composing, before a
 The sweeper itself is hydra_plugins/mnist_cnn_sweeper (it runs mnist_cnn.sweep.search).
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig
 
 
 @dataclass
@@ -88,6 +88,22 @@ class OptunaSweeperConfig:
     study_name: Optional[str] = None  # null: one study per sweep; a name shares the study between sweeps
     storage: Optional[str] = None  # null: beside the tracking store (a journal file), or an Optuna storage URL
     params: Dict[str, str] = field(default_factory=dict)  # key: Hydra's search syntax, e.g. choice(16, 32)
+
+
+def sampler_problem(sweeper: DictConfig) -> Optional[str]:
+    """A sampler option added with `+` that its Optuna class does not take (Hydra checks the others
+    while composing), or None."""
+    sampler = sweeper.get("sampler")
+    schema = next((s for s in SAMPLERS.values() if sampler is not None and s._target_ == sampler.get("_target_")), None)
+    if schema is None:
+        return None
+    known = [f.name for f in fields(schema)]
+    unknown = [key for key in sampler if key not in known]
+    if not unknown:
+        return None
+    name = next(n for n, s in SAMPLERS.items() if s is schema)
+    options = ", ".join(k for k in known if k != "_target_")
+    return f"hydra.sweeper.sampler.{unknown[0]}: not an option of the {name} sampler (its options: {options})."
 
 
 def register(store: ConfigStore) -> None:

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, open_dict
 from mnist_cnn import names
 from mnist_cnn.config.checks import check_config
 from mnist_cnn.config.job import SWEEP_FILE
+from mnist_cnn.config.search import sampler_problem
 from mnist_cnn.errors import EXIT_BAD_INPUT, EXIT_UNAVAILABLE, ConfigError
 from mnist_cnn.sweep.slurm import slurm_problem
 from mnist_cnn.tracking.links import resume_command
@@ -112,7 +113,8 @@ class MlflowSweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.swept = swept_keys(config)
         error = shared_config_error(config, self.swept)
-        problem = str(error) if error is not None else slurm_problem(config.hydra.launcher)
+        problem = str(error) if error is not None else sampler_problem(config.hydra.sweeper)
+        problem = problem or slurm_problem(config.hydra.launcher)
         refuse(problem or folder_problem("hydra.sweep.dir", config.hydra.sweep.dir))  # once, before the parent opens
         if not config.tracking.enabled:
             return
