@@ -7,14 +7,13 @@ import sys
 import optuna
 import pytest
 import requests
-from hydra.core.config_store import ConfigStore
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from mnist_cnn.cli import runs
-from mnist_cnn.config.search import SAMPLERS, OptunaSweeperConfig, sampler_problem
+from mnist_cnn.config.search import SAMPLERS, sampler_problem
 from mnist_cnn.runner import train
 from mnist_cnn.sweep.search import random_states, restore_random_states, search_space
 from tests.helpers import processes
@@ -75,12 +74,6 @@ def test_a_samplers_random_state_carries_over_so_a_resumed_search_continues_its_
     assert random_states(first)
 
 
-def test_the_sweeper_schema_is_in_hydras_config_store():
-    assert OptunaSweeperConfig().n_trials == 20
-    assert ConfigStore.instance().load("hydra/sweeper/optuna.yaml") is not None
-
-
-@pytest.mark.slow
 def test_the_dashboard_serves_a_searchs_study_over_http(tiny_root, store_uri, tmp_path):
     """`mnist-cnn-runs --sweep PARENT --dashboard`: the link it prints serves the study, whose
     trials Optuna's dashboard lists through its API."""

@@ -85,7 +85,8 @@ def run_search(config: DictConfig, launcher: Any, arguments: List[str]) -> None:
     options = config.hydra.sweeper
     space, fixed = search_space(options.params or {}, arguments)
     parent = _parent_run_id(config)
-    study = _study(config, space, parent)
+    client = store.connect(config.tracking.uri) if parent and config.tracking.enabled else None  # the parent's store
+    study = _study(config, space, parent, client)
     job_index = 0
     while True:
         trials = _ask(study, space, options.n_trials, options.n_jobs, parent)
@@ -107,9 +108,9 @@ def run_search(config: DictConfig, launcher: Any, arguments: List[str]) -> None:
             study.best_value,
             study.best_params,
         )
-    if parent and config.tracking.enabled and space:
+    if client is not None and space:
         if len({t.value for t in best}) >= 2:
-            log_importances(store.connect(config.tracking.uri), parent, study, str(config.objective.metric))
+            log_importances(client, parent, study, str(config.objective.metric))
         else:  # fANOVA needs the objective to vary
             log.info("no parameter importances: fewer than two different values of %s", config.objective.metric)
 
@@ -166,7 +167,9 @@ def _tell(study: optuna.Study, trial: optuna.Trial, returned: JobReturn) -> None
         study.tell(trial, state=TrialState.FAIL)
 
 
-def _study(config: DictConfig, space: Dict[str, BaseDistribution], parent: Optional[str]) -> optuna.Study:
+def _study(
+    config: DictConfig, space: Dict[str, BaseDistribution], parent: Optional[str], client: Optional[Any]
+) -> optuna.Study:
     """The sweep's study, created or loaded; a resumed sweep's stopped trials are asked again first."""
     options = config.hydra.sweeper
     name = options.study_name or f"sweep-{parent or Path(config.hydra.sweep.dir).name}"
@@ -185,8 +188,7 @@ def _study(config: DictConfig, space: Dict[str, BaseDistribution], parent: Optio
         saved = study.user_attrs.get(_random_key(parent))
         if saved:
             restore_random_states(study.sampler, saved)
-    if parent and config.tracking.enabled:
-        client = store.connect(config.tracking.uri)
+    if client is not None:
         client.set_tag(parent, names.OPTUNA_STUDY, name)
         client.set_tag(parent, names.OPTUNA_STORAGE, redact(location))
     log.info("Optuna study %s in %s: %d trials so far", name, redact(location), sum(map(_counts, study.trials)))
