@@ -156,8 +156,9 @@ def test_ending_the_process_at_once_still_stops_the_process_pools_it_started(tmp
             id="unregistrable-name",
         ),
         pytest.param(
-            ["objective.pruner=median", "objective.metric=test_acc"],
-            "objective.pruner=median rank epochs by objective.metric, but test_acc is logged only once, at the end; "
+            ["objective.pruner=median", "objective.metrics=[test_acc]"],
+            "objective.pruner=median rank epochs by the first of objective.metrics, but test_acc is logged only once, "
+            "at the end; "
             "choose one of val_acc, val_loss, train_acc, train_loss.",
             id="pruner-on-test-acc",
             marks=pytest.mark.slow,

@@ -45,8 +45,11 @@ def check_error(*overrides: str) -> str:
         (["trainer.strategy=fsdp"], "Invalid value 'fsdp', expected one of [single, ddp]"),
         (["data.name=cifar"], "Invalid value 'cifar', expected one of [mnist, fashion_mnist, kmnist]"),
         (["data.download=true"], "expected one of [auto, never]"),
-        (["objective.metric=val_accuracy"], "Invalid value 'val_accuracy'"),
-        (["objective.pruner=asha"], "Invalid value 'asha', expected one of [none, median, hyperband]"),
+        (["objective.metrics=[val_accuracy]"], "Invalid value 'val_accuracy'"),
+        (
+            ["objective.pruner=asha"],
+            "Invalid value 'asha', expected one of [none, median, hyperband, successive_halving, patient]",
+        ),
         (["tracking.register_from=first"], "expected one of [last, best]"),
         (["model.layers.0.type=conv3d"], "Invalid value 'conv3d'"),
         (["model.layers.0.kernal_size=3"], "kernal_size"),
@@ -98,21 +101,51 @@ def test_keys_that_do_not_apply_and_unknown_choices_fail_at_compose(overrides, m
             "trainer.strategy=ddp runs under torchrun, which starts the processes that share each batch; start it "
             "as:\n  torchrun --nproc_per_node=2 -m mnist_cnn trainer.strategy=ddp",
         ),
-        (["data.val_size=0"], "objective.metric=val_acc needs a validation split; set data.val_size > 0."),
+        (["data.val_size=0"], "objective.metrics has val_acc, which needs a validation split; set data.val_size > 0."),
         (["model.layers.0.pool_size=15"], "model.layers[1] block: input is 1x1, pool_size 2 does not fit."),
         (
-            ["objective.pruner=median", "objective.metric=test_acc"],
-            "objective.pruner=median rank epochs by objective.metric, but test_acc is logged only once, at the end; "
+            ["objective.pruner=median", "objective.metrics=[test_acc]"],
+            "objective.pruner=median rank epochs by the first of objective.metrics, but test_acc is logged only once, "
+            "at the end; "
             "choose one of val_acc, val_loss, train_acc, train_loss.",
         ),
         (
-            ["trainer.keep_best=2", "objective.metric=train_time_s"],
-            "trainer.keep_best=2 rank epochs by objective.metric, but train_time_s is logged only once, at the end; "
+            ["trainer.keep_best=2", "objective.metrics=[train_time_s]"],
+            "trainer.keep_best=2 rank epochs by the first of objective.metrics, but train_time_s is logged only once, "
+            "at the end; "
             "choose one of val_acc, val_loss, train_acc, train_loss.",
         ),
         (
             ["objective.pruner=hyperband", "tracking.enabled=false"],
             "objective.pruner=hyperband work through the MLflow store; drop tracking.enabled=false.",
+        ),
+        (
+            ["objective.metrics=[val_acc,train_time_s]"],
+            "objective.metrics=[val_acc,train_time_s] and objective.directions=[maximize]: give at least one metric "
+            "and one direction (maximize or minimize) for each, in the same order.",
+        ),
+        (["objective.metrics=[]", "objective.directions=[]"], "objective.metrics=[] and objective.directions=[]"),
+        (
+            ["objective.metrics=[val_acc,val_acc]", "objective.directions=[maximize,maximize]"],
+            "objective.metrics=[val_acc,val_acc] names a metric twice; name each once.",
+        ),
+        (
+            [
+                "objective.metrics=[val_acc,train_time_s]",
+                "objective.directions=[maximize,minimize]",
+                "objective.pruner=median",
+            ],
+            "objective.pruner=median judges one objective, but objective.metrics=[val_acc,train_time_s] has 2 (Optuna "
+            "prunes single-objective trials only); set objective.pruner=none or one metric.",
+        ),
+        (
+            ["objective.pruner=patient"],
+            "objective.pruner=patient needs objective.prune_patience (how many epochs, plus one, a job must fall "
+            "short of its best before the median may prune it).",
+        ),
+        (
+            ["objective.pruner=median", "objective.prune_patience=2"],
+            "objective.prune_patience applies to objective.pruner=patient only, not median; drop it.",
         ),
         (
             ["tracking.register_from=best"],

@@ -1,20 +1,25 @@
-"""Pruning a sweep's hopeless jobs with Optuna's pruners, judged on the siblings' MLflow histories;
-the champion and the report of a pruned sweep."""
+"""Pruning a sweep's hopeless jobs with Optuna's pruners: judged in an Optuna search's own study,
+or on the siblings' MLflow histories; the champion and the report of a pruned sweep."""
 
 import time
 import uuid
 
+import optuna
 import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
+from mnist_cnn.config.job import TRIAL_ENV
 from mnist_cnn.runner import train
-from mnist_cnn.sweep.prune import SweepPruner
+from mnist_cnn.sweep import prune
+from mnist_cnn.sweep.prune import MlflowPruner, TrialPruner, make_pruner
+from mnist_cnn.sweep.search import open_storage
 from tests.helpers import processes
 from tests.helpers.mlflow_store import only_run
 from tests.helpers.mlflow_store import runs as runs_in
 
 GOOD = ([0.50, 0.80, 0.90], [0.60, 0.85, 0.92], [0.55, 0.82, 0.91])  # three finished siblings' val_acc
+DECLINING = [0.12, 0.11, 0.10]  # far behind, and worse for two epochs than before: every pruner stops it
 
 
 def sweep_of(uri: str, *histories, statuses=None):
@@ -37,13 +42,22 @@ def judge(tiny_cfg, uri, own, *histories, statuses=None, **settings):
     cfg = tiny_cfg("trainer.epochs=3", *overrides)
     client, parent, judged = sweep_of(uri, *histories, statuses=statuses)
     history = [{"val_acc": v} for v in own]
-    return SweepPruner(cfg, parent).should_prune(client, judged, history)
+    return MlflowPruner(cfg, parent).should_prune(client, judged, history)
 
 
-@pytest.mark.parametrize("pruner", ["median", "hyperband"])
+PRUNERS = {"median": {}, "hyperband": {}, "successive_halving": {}, "patient": {"prune_patience": 1}}
+
+
+@pytest.mark.parametrize("pruner", PRUNERS)
 def test_a_job_far_behind_its_finished_siblings_is_pruned_and_a_good_one_is_not(tiny_cfg, store_uri, pruner):
-    assert judge(tiny_cfg, store_uri, [0.10, 0.12], *GOOD, pruner=pruner)
-    assert not judge(tiny_cfg, store_uri, [0.60, 0.90], *GOOD, pruner=pruner)
+    assert judge(tiny_cfg, store_uri, DECLINING, *GOOD, pruner=pruner, **PRUNERS[pruner])
+    assert not judge(tiny_cfg, store_uri, [0.60, 0.90], *GOOD, pruner=pruner, **PRUNERS[pruner])
+
+
+def test_the_patient_pruner_spares_a_job_that_is_still_improving(tiny_cfg, store_uri):
+    """Far behind but still improving: the median prunes it, the patient pruner waits."""
+    assert judge(tiny_cfg, store_uri, [0.10, 0.12, 0.14], *GOOD, pruner="median")
+    assert not judge(tiny_cfg, store_uri, [0.10, 0.12, 0.14], *GOOD, pruner="patient", prune_patience=1)
 
 
 def test_median_pruning_waits_for_the_warmup_epochs_and_enough_finished_siblings(tiny_cfg, store_uri):
@@ -53,6 +67,61 @@ def test_median_pruning_waits_for_the_warmup_epochs_and_enough_finished_siblings
     assert judge(tiny_cfg, store_uri, [0.10, 0.12], *GOOD[:2], pruner="median", prune_min_runs=2)
     # a failed or stopped sibling is no yardstick: only the finished ones count
     assert not judge(tiny_cfg, store_uri, [0.10, 0.12], *GOOD, statuses={0: "FAILED"}, pruner="median")
+
+
+def study_with(histories, *, pruner=None, storage=None, name="s"):
+    """An Optuna study whose first trials report `histories` (epochs from 1) and complete with their last value."""
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", pruner=pruner)
+    for values in histories:
+        trial = study.ask()
+        for step, value in enumerate(values, start=1):
+            trial.report(value, step)
+            trial.should_prune()  # as each job asks: Hyperband records the rungs it reached
+        study.tell(trial, values[-1])
+    return study
+
+
+@pytest.mark.parametrize("pruner", PRUNERS)
+def test_a_search_job_reports_its_epochs_to_its_trial_and_its_study_prunes_it(tiny_cfg, pruner):
+    """The job's own trial gets each epoch once, even when it continues from a checkpoint (its
+    trial already had epoch 1); the study's pruner judges it against the completed trials."""
+    options = [f"objective.{k}={v}" for k, v in PRUNERS[pruner].items()]
+    cfg = tiny_cfg("trainer.epochs=4", f"objective.pruner={pruner}", *options)
+    study = study_with(GOOD, pruner=make_pruner(cfg.objective, 4))
+    trial = study.ask()
+    trial.report(0.12, 1)  # reported before the job was stopped and continued: kept, not reported again
+    assert TrialPruner(cfg, trial, reported=[1]).should_prune(None, None, [{"val_acc": v} for v in DECLINING])
+    assert study.trials[-1].intermediate_values == {1: 0.12, 2: 0.11, 3: 0.10}
+    good = study.ask()
+    assert not TrialPruner(cfg, good, reported=[]).should_prune(None, None, [{"val_acc": 0.6}, {"val_acc": 0.9}])
+
+
+def test_a_search_job_is_not_pruned_before_enough_trials_completed(tiny_cfg):
+    cfg = tiny_cfg("trainer.epochs=3", "objective.pruner=median")
+    study = study_with(GOOD[:2], pruner=make_pruner(cfg.objective, 3))  # 2 completed < prune_min_runs 3
+    assert not TrialPruner(cfg, study.ask(), reported=[]).should_prune(None, None, [{"val_acc": 0.1}] * 2)
+
+
+def test_a_job_prunes_in_its_study_when_it_can_reach_it_and_from_mlflow_otherwise(tiny_cfg, tmp_path, monkeypatch):
+    """The choice is made for each job: its trial's number (set by the search) and a study it can
+    open and find that trial RUNNING in; else the MLflow pruner, and the journal is not created."""
+    cfg = tiny_cfg("trainer.epochs=3", "objective.pruner=median")
+    journal = tmp_path / "study.journal"
+    study = study_with(GOOD, storage=open_storage(str(journal)), name="search")
+    running = study.ask()
+    sweep = {"parent_run_id": "p", "optuna_study": "search", "optuna_storage": str(journal)}
+    monkeypatch.setattr(prune, "sweep_info", lambda: sweep)
+
+    assert isinstance(prune.sweep_pruner(cfg), MlflowPruner)  # a grid: no trial number
+    monkeypatch.setenv(TRIAL_ENV, str(running.number))
+    assert isinstance(prune.sweep_pruner(cfg), TrialPruner)
+    monkeypatch.setenv(TRIAL_ENV, "0")  # a completed trial: not this job's
+    assert isinstance(prune.sweep_pruner(cfg), MlflowPruner)
+    monkeypatch.setenv(TRIAL_ENV, str(running.number))
+    sweep["optuna_storage"] = str(tmp_path / "elsewhere" / "study.journal")  # another machine's disk
+    assert isinstance(prune.sweep_pruner(cfg), MlflowPruner) and not (tmp_path / "elsewhere").exists()
+    del sweep["optuna_storage"], sweep["optuna_study"]  # a storage with a password stays out of the sweep file
+    assert isinstance(prune.sweep_pruner(cfg), MlflowPruner)
 
 
 def test_a_lower_loss_is_better_when_the_objective_is_minimized(tiny_cfg, store_uri):
@@ -65,25 +134,26 @@ def test_a_lower_loss_is_better_when_the_objective_is_minimized(tiny_cfg, store_
         client.log_batch(run_id, metrics=[Metric("val_loss", v, 0, step) for step, v in enumerate(values, start=1)])
         client.set_terminated(run_id)
     cfg = tiny_cfg(
-        "trainer.epochs=3", "objective.pruner=median", "objective.metric=val_loss", "objective.direction=minimize"
+        "trainer.epochs=3", "objective.pruner=median", "objective.metrics=[val_loss]", "objective.directions=[minimize]"
     )
-    assert SweepPruner(cfg, parent).should_prune(client, judged, [{"val_loss": 2.3}, {"val_loss": 2.3}])
-    assert not SweepPruner(cfg, parent).should_prune(client, judged, [{"val_loss": 0.7}, {"val_loss": 0.3}])
+    assert MlflowPruner(cfg, parent).should_prune(client, judged, [{"val_loss": 2.3}, {"val_loss": 2.3}])
+    assert not MlflowPruner(cfg, parent).should_prune(client, judged, [{"val_loss": 0.7}, {"val_loss": 0.3}])
 
 
 def test_a_pruned_job_ends_killed_and_gives_the_sweeper_its_last_value(tiny_cfg, store_uri, tmp_path, monkeypatch):
     """A pruner that prunes after epoch 1: the run ends KILLED with `pruned_at_epoch`, and `run` returns
-    that epoch's metrics (mnist-cnn-train hands their objective.metric to the sweeper)."""
+    that epoch's metrics, its run and the epoch (mnist-cnn-train hands them to the sweeper)."""
 
     class Prunes:
         def should_prune(self, client, run_id, history):
             return True
 
     monkeypatch.setattr(train, "sweep_pruner", lambda cfg: Prunes())
-    last = train.run(tiny_cfg("trainer.epochs=3", "tracking.log_model=false"), tmp_path / "out")
+    outcome = train.run(tiny_cfg("trainer.epochs=3", "tracking.log_model=false"), tmp_path / "out")
     run = only_run(store_uri)
     assert run.info.status == "KILLED" and run.data.tags["pruned_at_epoch"] == "1"
-    assert last["val_acc"] == run.data.metrics["val_acc"] and "test_acc" not in last
+    assert outcome.metrics["val_acc"] == run.data.metrics["val_acc"] and "test_acc" not in outcome.metrics
+    assert (outcome.run_id, outcome.pruned_at) == (run.info.run_id, 1)
 
 
 @pytest.mark.slow
@@ -156,3 +226,48 @@ def test_a_grid_prunes_its_hopeless_jobs_crowns_the_best_and_its_resume_keeps_th
             jobs[name].data.metrics,
         )
     assert len(client.search_model_versions("name = 'tiny'")) == 1
+
+
+@pytest.mark.slow
+def test_an_optuna_searchs_jobs_report_to_their_trials_and_its_study_prunes_them(tiny_root, store_uri, tmp_path):
+    """The grid above as an Optuna search: each job reports its epochs to its own trial and the
+    study's pruner judges it, so every hopeless learning rate tried after a good one finished is
+    pruned: its trial PRUNED with the epochs the run logged, its run KILLED with pruned_at_epoch."""
+    command = processes.train_command(
+        tiny_root,
+        store_uri,
+        "hparams_search=lr_batch",
+        "hydra/sweeper/sampler=grid",
+        "hydra.sweeper.sampler.seed=0",
+        "hydra.sweeper.n_trials=5",
+        "optimizer.lr=choice(1e-3,2e-3,3e-3,1e-6,2e-6)",
+        "model.layers.0.out_channels=16",
+        "trainer.epochs=3",
+        "objective.pruner=median",
+        "objective.prune_min_runs=1",
+        "tracking.log_model=false",
+        multirun=True,
+    )
+    out = processes.run(command, tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "pruning in study" in out.stdout and "pruning from MLflow" not in out.stdout
+    found = runs_in(store_uri)
+    parent = next(r for r in found if "mlflow.parentRunId" not in r.data.tags)
+    runs = {r.info.run_id: r for r in found if r is not parent}
+    study = optuna.load_study(
+        study_name=parent.data.tags["optuna_study"], storage=open_storage(str(tmp_path / "mlflow.db.optuna.journal"))
+    )
+    client, finished_before = MlflowClient(store_uri), False
+    for trial in sorted(study.trials, key=lambda t: t.number):
+        run = runs[trial.user_attrs["mlflow_run"]]
+        hopeless = trial.params["optimizer.lr"] < 1e-5
+        expected = "PRUNED" if hopeless and finished_before else "COMPLETE"
+        assert trial.state.name == expected, (trial.number, trial.params)
+        history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_acc")}
+        assert trial.intermediate_values == {step: history[step] for step in (1, 2)}  # the last epoch is not judged
+        if expected == "PRUNED":
+            assert run.info.status == "KILLED" and run.data.tags["pruned_at_epoch"] == "2"
+        else:
+            assert run.info.status == "FINISHED" and trial.values == [run.data.metrics["val_acc"]]
+        finished_before |= not hopeless
+    assert parent.data.metrics["n_pruned"] == sum(t.state.name == "PRUNED" for t in study.trials) >= 1

@@ -54,7 +54,7 @@ def resume(monkeypatch, cfg, target, *overrides):
     for module in (start, tracking_run):  # the command line as Hydra would give it
         monkeypatch.setattr(module, "job_overrides", lambda: [f"resume={target}", *overrides])
     cfg.resume = target
-    return train.run(cfg, Path.cwd() / "resumed")
+    return train.run(cfg, Path.cwd() / "resumed").metrics
 
 
 def test_same_seed_gives_the_same_weights_and_metrics_and_another_seed_does_not(tiny_cfg, store_uri, tmp_path):
@@ -119,7 +119,7 @@ def test_a_resumed_run_keeps_its_precision_and_the_reason_it_was_chosen(tiny_cfg
 
 def test_an_untracked_run_resumes_from_its_checkpoint_file(tiny_cfg, store_uri, tmp_path, monkeypatch):
     common = ("model=bn_cnn", *FAST, "tracking.enabled=false")
-    full = train.run(tiny_cfg(*common), tmp_path / "full")
+    full = train.run(tiny_cfg(*common), tmp_path / "full").metrics
     interrupt_at(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         train.run(tiny_cfg(*common), tmp_path / "cut")

@@ -143,7 +143,7 @@ def test_runs_table_sorts_and_formats_runs(tiny_cfg, store_uri, tmp_path, capsys
 
 def test_runs_table_shows_runs_without_the_default_metric_and_says_so(tiny_cfg, store_uri, tmp_path, capsys):
     """No validation split, so no val_acc (like a sweep whose jobs all failed): listed all the same."""
-    train.run(tiny_cfg(*FAST, "data.val_size=0", "objective.metric=test_acc"), tmp_path / "out")
+    train.run(tiny_cfg(*FAST, "data.val_size=0", "objective.metrics=[test_acc]"), tmp_path / "out")
     capsys.readouterr()
     runs.main(["--tracking-uri", store_uri])
     out = capsys.readouterr()

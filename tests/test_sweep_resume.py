@@ -11,7 +11,9 @@ from mlflow import MlflowClient
 
 from mnist_cnn.errors import CheckpointError, ConfigError, ModelError
 from mnist_cnn.names import SWEEP_ARGV
+from mnist_cnn.sweep.plots import pareto_front
 from mnist_cnn.sweep.relaunch import sweep_arguments
+from mnist_cnn.sweep.tables import jobs_table
 from mnist_cnn.tracking.heartbeat import alive_tags
 from tests.helpers import processes
 from tests.helpers.mlflow_store import runs as runs_in
@@ -226,14 +228,78 @@ def test_an_optuna_search_stopped_by_sigterm_finishes_its_study_with_each_trial_
     searched = ("optimizer.lr", "data.batch_size", "model.layers.0.out_channels")
     assert len({tuple(r.data.params[k] for k in searched) for r in after}) == 6  # each trial's values once
 
-    loaded = optuna.load_study(
-        study_name=study,
+    counted = [
+        t
+        for t in study_of(parent, tmp_path).trials
+        if not t.user_attrs.get("requeued") and not t.user_attrs.get("surplus")
+    ]
+    assert len(counted) == 6 and {t.state for t in counted} == {optuna.trial.TrialState.COMPLETE}
+
+
+@pytest.mark.slow
+def test_a_two_objective_search_stopped_by_sigterm_ends_with_its_pareto_front_and_champion(
+    tiny_root, store_uri, tmp_path
+):
+    """NSGA-II on val_loss and train_time_s (both minimized), 6 trials, stopped by SIGTERM after 3
+    and resumed: the same study ends with 6 trials, each with one run (a trial NSGA-II drew again
+    with an earlier trial's values shares its run: training it again would give the same result);
+    the parent tags each run on the study's Pareto front (the same runs the jobs table's own front
+    finds), draws it, logs both objectives' importances, and registers the front's lowest val_loss
+    as the champion, naming the rule."""
+    search = (
+        "hparams_search=lr_batch",
+        "hydra/sweeper/sampler=nsgaii",
+        "hydra.sweeper.sampler.population_size=4",
+        "hydra.sweeper.n_trials=6",
+        "objective.metrics=[val_loss,train_time_s]",
+        "objective.directions=[minimize,minimize]",
+        "trainer.epochs=3",
+        "tracking.register_as=digits",
+    )
+    stop_with_sigterm(processes.train_command(tiny_root, store_uri, *search, multirun=True), tmp_path, store_uri, 3)
+    parent, _ = children(store_uri)
+    out = processes.run(
+        [*processes.TRAIN, "-m", f"resume_sweep={parent.info.run_id}", f"tracking.uri={store_uri}"], tmp_path
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    parent, after = children(store_uri)
+    runs = {r.info.run_id: r for r in after}
+    trials = [t for t in study_of(parent, tmp_path).trials if not t.user_attrs.get("requeued")]
+    assert len(trials) == 6 and {t.state for t in trials} == {optuna.trial.TrialState.COMPLETE}
+    assert {t.user_attrs["mlflow_run"] for t in trials} == set(runs)  # every run is a trial's, every trial has one
+    assert {r.info.status for r in after} == {"FINISHED"} and parent.data.metrics["n_jobs"] == len(runs)
+
+    front = {k.removeprefix("pareto_front."): v for k, v in parent.data.tags.items() if k.startswith("pareto_front.")}
+    objectives = [("val_loss", "minimize"), ("train_time_s", "minimize")]
+    table = jobs_table(after, [], ["val_loss", "train_time_s"])
+    assert set(front) == set(pareto_front(table, objectives)["run_id"])  # Optuna's front is the jobs' own
+    for run_id, values in front.items():
+        metrics = runs[run_id].data.metrics
+        assert values == f"val_loss={metrics['val_loss']:.6g} train_time_s={metrics['train_time_s']:.6g}"
+    best = min(
+        front, key=lambda run_id: (runs[run_id].data.metrics["val_loss"], runs[run_id].data.metrics["train_time_s"])
+    )
+    assert parent.data.tags["best_run_id"] == best
+    assert parent.data.tags["champion_rule"] == "the Pareto front's lowest val_loss; ties go to the better train_time_s"
+    champion = MlflowClient(store_uri).get_model_version_by_alias("digits", "champion")
+    assert champion.run_id == best and parent.data.tags["champion"] == f"models:/digits/{champion.version}"
+
+    assert {k.split("/")[0] for k in parent.data.metrics if k.startswith("importance_")} == {
+        "importance_val_loss",
+        "importance_train_time_s",
+    }
+    artifacts = {a.path for a in MlflowClient(store_uri).list_artifacts(parent.info.run_id, "sweep")}
+    assert {"sweep/pareto.png", "sweep/importance.png"} <= artifacts
+
+
+def study_of(parent, folder) -> optuna.Study:
+    """The study of an Optuna search's parent run, from its journal beside the store in `folder`."""
+    return optuna.load_study(
+        study_name=parent.data.tags["optuna_study"],
         storage=optuna.storages.JournalStorage(
-            optuna.storages.journal.JournalFileBackend(str(tmp_path / "mlflow.db.optuna.journal"))
+            optuna.storages.journal.JournalFileBackend(str(folder / "mlflow.db.optuna.journal"))
         ),
     )
-    counted = [t for t in loaded.trials if not t.user_attrs.get("requeued") and not t.user_attrs.get("surplus")]
-    assert len(counted) == 6 and {t.state for t in counted} == {optuna.trial.TrialState.COMPLETE}
 
 
 @pytest.mark.slow

@@ -25,7 +25,7 @@ def test_a_run_logs_each_phase_of_its_wall_time_and_train_time_is_its_epochs(
 ):
     monkeypatch.setattr(timing._Job, "first", False)  # not the process's first job: its clock starts now
     timing.job_started()
-    final = train.run(tiny_cfg(*FAST), tmp_path / "out")
+    final = train.run(tiny_cfg(*FAST), tmp_path / "out").metrics
     metrics = only_run(store_uri).data.metrics
     phases = {p: metrics[time_metric(p)] for p in timing.PHASES}
     assert all(seconds >= 0 for seconds in phases.values()) and phases["startup"] > 0 and phases["test"] > 0

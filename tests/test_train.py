@@ -30,7 +30,7 @@ from tests.helpers.mlflow_store import all_runs, only_run
 
 
 def test_one_epoch_lands_everything_in_mlflow(tiny_cfg, store_uri, tmp_path):
-    final = train.run(tiny_cfg("model.layers.0.out_channels=8", "tracking.log_model=false"), tmp_path / "out")
+    final = train.run(tiny_cfg("model.layers.0.out_channels=8", "tracking.log_model=false"), tmp_path / "out").metrics
     assert final["test_acc"] > 0.5  # the squares are easy: one epoch learns them
 
     run = only_run(store_uri)
@@ -147,13 +147,13 @@ def test_logging_the_model_leaves_the_callers_model_where_it_was(monkeypatch):
         ["optimizer=sgd", "scheduler=step", "scheduler.step_size=1"],
         ["optimizer=adamw", "scheduler=cosine"],
         ["optimizer=sgd", "optimizer.nesterov=true", "scheduler=onecycle"],
-        ["model=bn_cnn", "data.drop_last=true", "data.val_size=0", "objective.metric=test_acc"],
+        ["model=bn_cnn", "data.drop_last=true", "data.val_size=0", "objective.metrics=[test_acc]"],
         ["trainer.precision=bf16", "trainer.channels_last=false", "trainer.deterministic=false"],
     ],
     ids=["sgd-step", "adamw-cosine", "nesterov-onecycle", "bn_cnn-no-val", "bf16-nchw"],
 )
 def test_optimizers_schedulers_and_models_train(tiny_cfg, store_uri, tmp_path, overrides):
-    final = train.run(tiny_cfg("tracking.enabled=false", "trainer.epochs=2", *overrides), tmp_path / "out")
+    final = train.run(tiny_cfg("tracking.enabled=false", "trainer.epochs=2", *overrides), tmp_path / "out").metrics
     assert math.isfinite(final["train_loss"])
     assert final["test_acc"] > 0.2  # clearly above chance (0.1) after two epochs on the squares
     assert ("val_acc" in final) == ("data.val_size=0" not in overrides)
@@ -305,7 +305,7 @@ def test_a_stop_requested_after_the_last_epoch_is_not_ignored_and_resume_finishe
     monkeypatch.undo()
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(start, "job_overrides", lambda: [f"resume={killed.info.run_id}"])
-    final = train.run(tiny_cfg(f"resume={killed.info.run_id}"), tmp_path / "resumed")
+    final = train.run(tiny_cfg(f"resume={killed.info.run_id}"), tmp_path / "resumed").metrics
     run = only_run(store_uri)
     assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
     assert run.data.metrics["test_acc"] == final["test_acc"]
@@ -323,7 +323,7 @@ def test_real_mnist_end_to_end(real_root, store_uri, tmp_path):
             "tracking.log_model=false",
         ]
     )
-    final = train.run(cfg, tmp_path / "out")
+    final = train.run(cfg, tmp_path / "out").metrics
     assert final["test_acc"] > 0.85  # 60 steps of Adam already learn most digits
     run = only_run(store_uri)
     assert run.info.status == "FINISHED" and run.data.metrics["val_acc"] > 0.85

@@ -163,7 +163,10 @@ def dashboard(args: argparse.Namespace) -> None:
         raise ConfigError(
             f"--sweep {args.sweep}: its study's storage {location} needs credentials the run does not keep."
         )
-    storage = open_storage(location)
+    try:
+        storage = open_storage(location, create=False)
+    except FileNotFoundError as e:
+        raise ConfigError(f"--sweep {args.sweep}: its study's journal {location} is not there (moved?).") from e
     try:  # listening before the link is printed: the link works as soon as it is shown
         server = wsgiref.simple_server.make_server("127.0.0.1", args.port, optuna_dashboard.wsgi(storage))
     except OSError as e:

@@ -8,7 +8,6 @@ The config checks are plain Python: a bad config fails in about a second, before
 
 import atexit
 import logging
-import math
 import os
 import sys
 import threading
@@ -22,11 +21,10 @@ from omegaconf import DictConfig
 from mnist_cnn import interrupts, timing
 from mnist_cnn.config import tree
 from mnist_cnn.config.checks import check_config
-from mnist_cnn.config.job import in_multirun
+from mnist_cnn.config.job import Outcome, in_multirun
 from mnist_cnn.config.keys import override_key
 from mnist_cnn.config.paths import make_paths_absolute
 from mnist_cnn.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, ConfigError, UserError
-from mnist_cnn.sweep.callback import worst
 from mnist_cnn.sweep.relaunch import MULTIRUN_FLAGS, sweep_arguments
 from mnist_cnn.tracking.redact import move_credentials, redact
 
@@ -101,8 +99,8 @@ def command() -> None:
 
 
 @hydra.main(version_base="1.3", config_path=str(tree.CONF_DIR), config_name=tree.CONFIG_NAME)
-def train(cfg: DictConfig) -> float:
-    """Train one run; return `objective.metric` for a sweeper such as Optuna."""
+def train(cfg: DictConfig) -> Outcome:
+    """Train one run; return how it ended (the sweeper of an Optuna search reads its objective)."""
     _Task.started = True
     timing.job_started()  # the run's time_total_s and time_startup_s count from here (the first job: process start)
     interrupts.install()  # SIGTERM, like Ctrl-C, now ends the run with a status instead of killing it
@@ -111,19 +109,18 @@ def train(cfg: DictConfig) -> float:
         check_config(cfg)  # plain Python: a bad config fails in about a second, before torch loads
         from mnist_cnn.runner.train import run  # torch and MLflow: seconds to import, only once the config is good
 
-        value = run(cfg, Path(HydraConfig.get().runtime.output_dir)).get(str(cfg.objective.metric), math.nan)
+        return run(cfg, Path(HydraConfig.get().runtime.output_dir))
     except KeyboardInterrupt:  # the run is KILLED; tracking logged how to resume it
         sys.exit(EXIT_INTERRUPTED)
     except Exception as e:
         if in_multirun():  # one failed job must not end the sweep: record it as FAILED and go on
             log.error("job failed, the sweep goes on: %s", redact(f"{type(e).__name__}: {e}"))
             _record_failed_job(cfg, e)
-            return worst(cfg.objective)
+            return Outcome({})
         if isinstance(e, UserError):
             log.error("%s", redact(str(e)))
             sys.exit(e.exit_code)
         raise
-    return worst(cfg.objective) if math.isnan(value) else value
 
 
 def _record_failed_job(cfg: DictConfig, error: Exception) -> None:

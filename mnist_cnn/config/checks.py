@@ -17,7 +17,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mnist_cnn.config.job import in_multirun, job_overrides
 from mnist_cnn.config.keys import override_key
-from mnist_cnn.config.schema import OPTIONS
+from mnist_cnn.config.schema import OPTIONS, first_objective
 from mnist_cnn.data.datasets import IMAGE_SHAPE, dataset_info
 from mnist_cnn.errors import ConfigError
 from mnist_cnn.model.layers import Layer, plan_layers
@@ -38,8 +38,7 @@ def check_config(cfg: DictConfig, multirun: Optional[bool] = None) -> List[Layer
                 f"choose the option with {group}={cfg[group].name} instead of {group}.name "
                 f"(options: {', '.join(o.name for o in options)})."
             )
-    if cfg.objective.metric.startswith("val_") and cfg.data.val_size == 0:
-        raise ConfigError(f"objective.metric={cfg.objective.metric} needs a validation split; set data.val_size > 0.")
+    _check_objective(cfg.objective, cfg.data.val_size)
     if cfg.tracking.register_as and not cfg.tracking.log_model:
         raise ConfigError("tracking.register_as needs the model logged; drop tracking.log_model=false.")
     if cfg.optimizer.name == "sgd" and cfg.optimizer.nesterov and cfg.optimizer.momentum == 0:
@@ -88,13 +87,47 @@ def registrable(name: str) -> bool:
     )
 
 
+def _check_objective(objective: DictConfig, val_size: int) -> None:
+    """One direction per metric, each metric once; validation metrics need the split; a pruner
+    judges one objective, and only the patient one waits (objective.prune_patience)."""
+    metrics, directions = [str(m) for m in objective.metrics], [str(d) for d in objective.directions]
+    if not metrics or len(directions) != len(metrics):
+        raise ConfigError(
+            f"objective.metrics={_listed(metrics)} and objective.directions={_listed(directions)}: give at least one "
+            "metric and one direction (maximize or minimize) for each, in the same order."
+        )
+    if len(set(metrics)) < len(metrics):
+        raise ConfigError(f"objective.metrics={_listed(metrics)} names a metric twice; name each once.")
+    needs_val = next((m for m in metrics if m.startswith("val_")), None)
+    if needs_val and val_size == 0:
+        raise ConfigError(f"objective.metrics has {needs_val}, which needs a validation split; set data.val_size > 0.")
+    if objective.pruner != "none" and len(metrics) > 1:
+        raise ConfigError(
+            f"objective.pruner={objective.pruner} judges one objective, but objective.metrics={_listed(metrics)} has "
+            f"{len(metrics)} (Optuna prunes single-objective trials only); set objective.pruner=none or one metric."
+        )
+    if (objective.pruner == "patient") != (objective.prune_patience is not None):
+        raise ConfigError(
+            "objective.pruner=patient needs objective.prune_patience (how many epochs, plus one, a job must fall "
+            "short of its best before the median may prune it)."
+            if objective.pruner == "patient"
+            else f"objective.prune_patience applies to objective.pruner=patient only, not {objective.pruner}; drop it."
+        )
+
+
+def _listed(values: List[str]) -> str:
+    return f"[{','.join(values)}]"
+
+
 def _check_epoch_ranking(cfg: DictConfig) -> None:
-    """Pruning and keep_best rank epochs, so they need a metric every epoch logs, and the store."""
+    """Pruning and keep_best rank epochs by the first metric, so it must be one every epoch logs,
+    and they need the store."""
     users = [f"objective.pruner={cfg.objective.pruner}"] if cfg.objective.pruner != "none" else []
     users += [f"trainer.keep_best={cfg.trainer.keep_best}"] if cfg.trainer.keep_best else []
-    if users and cfg.objective.metric not in EPOCH_METRICS:
+    metric, _ = first_objective(cfg.objective)
+    if users and metric not in EPOCH_METRICS:
         raise ConfigError(
-            f"{' and '.join(users)} rank epochs by objective.metric, but {cfg.objective.metric} is logged only "
+            f"{' and '.join(users)} rank epochs by the first of objective.metrics, but {metric} is logged only "
             f"once, at the end; choose one of {', '.join(EPOCH_METRICS)}."
         )
     if users and not cfg.tracking.enabled:

@@ -5,14 +5,34 @@ Outside Hydra (a test or a script calling engine.train.run) there are no overrid
 """
 
 import json
+import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 SWEEP_FILE = "mlflow_sweep.json"  # written by sweep.callback: {"parent_run_id": ..., "swept": [keys]}
+STUDY, STORAGE = "optuna_study", "optuna_storage"  # and by an Optuna search (sweep.search): its study, where
+TRIAL_ENV = "MNIST_CNN_OPTUNA_TRIAL"  # set in each job of an Optuna search: the number of the job's trial
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a run ended, which is what a sweep job hands back to its sweeper: its final metrics
+    (empty when it failed), its MLflow run (None when untracked) and the epoch a pruner stopped it
+    after (None when it was not pruned)."""
+
+    metrics: Dict[str, float]
+    run_id: Optional[str] = None
+    pruned_at: Optional[int] = None
+
+    def values(self, metrics: Sequence[str]) -> Optional[List[float]]:
+        """The values of `metrics`, or None when one is missing or not finite."""
+        values = [self.metrics.get(m, math.nan) for m in metrics]
+        return values if all(math.isfinite(v) for v in values) else None
 
 
 def in_multirun() -> bool:

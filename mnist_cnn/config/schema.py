@@ -76,7 +76,7 @@ Precision = _choices("Precision", ("fp32", "bf16"))
 Download = _choices("Download", ("auto", "never"))
 Direction = _choices("Direction", ("maximize", "minimize"))
 Metric = _choices("Metric", OBJECTIVES)  # what a sweep can rank runs by
-Pruner = _choices("Pruner", ("none", "median", "hyperband"))
+Pruner = _choices("Pruner", ("none", "median", "hyperband", "successive_halving", "patient"))
 RegisterFrom = _choices("RegisterFrom", ("last", "best"))
 Strategy = _choices("Strategy", ("single", "ddp"))
 
@@ -219,11 +219,15 @@ class TrackingConfig:
 
 @dataclass
 class ObjectiveConfig:
-    metric: Metric = Metric.val_acc
-    direction: Direction = Direction.maximize
-    pruner: Pruner = Pruner.none  # stop a sweep's hopeless jobs early (Optuna's pruners on the siblings' histories)
+    """What a sweep optimises. Several metrics make an Optuna search multi-objective (a Pareto
+    front); the first one alone ranks epochs (pruning, keep_best) and names the best job."""
+
+    metrics: List[Metric] = field(default_factory=lambda: [Metric.val_acc])
+    directions: List[Direction] = field(default_factory=lambda: [Direction.maximize])  # one per metric
+    pruner: Pruner = Pruner.none  # stop a sweep's hopeless jobs after an epoch (Optuna's pruners)
     prune_warmup_epochs: int = ranged(1, NON_NEGATIVE)  # never prune during a job's first epochs
-    prune_min_runs: int = ranged(3, NON_NEGATIVE)  # siblings that must have finished before any pruning
+    prune_min_runs: int = ranged(3, NON_NEGATIVE)  # jobs that must have finished before any pruning
+    prune_patience: Optional[int] = ranged(None, AT_LEAST_ONE)  # patient only: N+1 epochs short of the best first
 
 
 @dataclass
@@ -238,6 +242,16 @@ class Config:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     resume: Optional[str] = None  # an MLflow run id, or a checkpoint file: continue from there
     resume_sweep: Optional[str] = None  # a sweep's parent run id: finish that multirun in the same parent
+
+
+def objectives(objective: DictConfig) -> List[Tuple[str, str]]:
+    """Each metric of `objective` with its direction: [("val_acc", "maximize"), ...]."""
+    return [(str(m), str(d)) for m, d in zip(objective.metrics, objective.directions)]
+
+
+def first_objective(objective: DictConfig) -> Tuple[str, str]:
+    """The metric and direction that rank a run's epochs and name a sweep's best job: the first."""
+    return objectives(objective)[0]
 
 
 def typed_config(tree: Dict[str, Any]) -> DictConfig:

@@ -80,9 +80,9 @@ SAMPLERS = {
 @dataclass
 class OptunaSweeperConfig:
     _target_: str = "hydra_plugins.mnist_cnn_sweeper.OptunaSweeper"
+    _recursive_: bool = False  # the search builds the sampler itself: a grid's needs the search space
     defaults: List[Any] = field(default_factory=lambda: [{"sampler": "tpe"}])
     sampler: SamplerConfig = MISSING
-    direction: str = "${objective.direction}"
     n_trials: int = 20  # trials in the study, those of an earlier or a parallel sweep of it included
     n_jobs: int = 1  # trials asked at a time: raise it with a parallel launcher
     study_name: Optional[str] = None  # null: one study per sweep; a name shares the study between sweeps

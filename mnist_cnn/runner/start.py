@@ -23,7 +23,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_cnn import names
-from mnist_cnn.config.job import job_overrides, slurm_restarts
+from mnist_cnn.config.job import Outcome, job_overrides, slurm_restarts
 from mnist_cnn.config.keys import is_run_setting, override_key
 from mnist_cnn.config.schema import typed_config
 from mnist_cnn.engine.checkpoint import load_checkpoint
@@ -39,9 +39,9 @@ class StartPoint:
     run_id: Optional[str]  # the MLflow run to continue; None for a new run or an untracked one
 
 
-def where_to_start(cfg: DictConfig, world_size: int = 1) -> Tuple[Optional[StartPoint], Optional[Dict[str, float]]]:
-    """The run to train or continue, with its config and checkpoint; or the metrics of a sweep's job
-    that is already done."""
+def where_to_start(cfg: DictConfig, world_size: int = 1) -> Tuple[Optional[StartPoint], Optional[Outcome]]:
+    """The run to train or continue, with its config and checkpoint; or how a sweep's job that is
+    already done ended."""
     if cfg.resume_sweep or slurm_restarts():
         cfg, done = job_start(cfg) if starts_again(cfg) else (cfg, None)
         if done is not None:

@@ -18,6 +18,7 @@ from typing import Dict, Optional
 from omegaconf import DictConfig
 
 from mnist_cnn import interrupts, names
+from mnist_cnn.config.job import Outcome
 from mnist_cnn.engine import distributed
 from mnist_cnn.engine.distributed import SINGLE, World
 from mnist_cnn.engine.loop import StepSettings, check_divergence, evaluate, train_epoch
@@ -27,15 +28,16 @@ from mnist_cnn.model.build import count_params
 from mnist_cnn.runner.record import save_and_log_epoch, test_and_log_model
 from mnist_cnn.runner.setup import build_state, prepare
 from mnist_cnn.runner.start import StartPoint, where_to_start
-from mnist_cnn.sweep.prune import SweepPruner, sweep_pruner
+from mnist_cnn.sweep.prune import JobPruner, sweep_pruner
 from mnist_cnn.tracking.run import Opening, Tracker, tracked_run
 
 log = logging.getLogger(__name__)
 
 
-def run(cfg: DictConfig, output_dir: Path) -> Dict[str, float]:
-    """Train `cfg` (or continue run `cfg.resume`) to the end; returns the final metrics (also logged).
-    Under torchrun, every process calls this and rank 0 decides where the run starts."""
+def run(cfg: DictConfig, output_dir: Path) -> Outcome:
+    """Train `cfg` (or continue run `cfg.resume`) to the end; returns how it ended: the final metrics
+    (also logged), its run, the epoch it was pruned at. Under torchrun, every process calls this and
+    rank 0 decides where the run starts."""
     interrupts.reset()
     with distributed.process_group(join=cfg.trainer.strategy == "ddp" or bool(cfg.resume)) as world:
         start, done = distributed.from_main(world, where_to_start, cfg, world.size)
@@ -44,7 +46,7 @@ def run(cfg: DictConfig, output_dir: Path) -> Dict[str, float]:
         return fit(start, output_dir, world if start.cfg.trainer.strategy == "ddp" else SINGLE)
 
 
-def fit(start: StartPoint, output_dir: Path, world: World = SINGLE) -> Dict[str, float]:
+def fit(start: StartPoint, output_dir: Path, world: World = SINGLE) -> Outcome:
     """Train from `start` to the last epoch, then test and log the model; every rank trains, rank 0 records."""
     cfg = start.cfg
     prepared = distributed.on_every_rank(world, prepare, cfg, world)
@@ -58,6 +60,7 @@ def fit(start: StartPoint, output_dir: Path, world: World = SINGLE) -> Dict[str,
     opening = Opening(params, tags, prepared.dataset)
     pruner = sweep_pruner(cfg) if world.main else None
     recorded = tracked_run(cfg, opening, start.run_id, checkpoint) if world.main else nullcontext(Tracker(None, None))
+    tracker = Tracker(None, None)
     try:
         with ExitStack() as stack:
             # a store that cannot open stops every rank
@@ -75,14 +78,14 @@ def fit(start: StartPoint, output_dir: Path, world: World = SINGLE) -> Dict[str,
                         save_and_log_epoch(cfg, tracker, state, len(prepared.classes), checkpoint)
                 end_of_epoch(world, tracker, pruner, state.history, last=epoch == cfg.trainer.epochs)
             if not world.main:
-                return state.history[-1]
+                return Outcome(state.history[-1])
             final = test_and_log_model(cfg, tracker, state, prepared.classes)
-    except Pruned:
-        return state.history[-1]  # the sweeper gets the last value of objective.metric
-    return {**state.history[-1], **final}
+    except Pruned as e:
+        return Outcome(state.history[-1], tracker.run_id, e.epoch)
+    return Outcome({**state.history[-1], **final}, tracker.run_id)
 
 
-def end_of_epoch(world: World, tracker: Tracker, pruner: Optional[SweepPruner], history, last: bool) -> None:
+def end_of_epoch(world: World, tracker: Tracker, pruner: Optional[JobPruner], history, last: bool) -> None:
     """Every rank ends the epoch alike: pruned (the sweep's pruner, asked by rank 0), stopped (Ctrl-C
     or SIGTERM on any rank), or on to the next."""
     prune = bool(pruner and not last and tracker.call(pruner.should_prune, tracker.client, tracker.run_id, history))

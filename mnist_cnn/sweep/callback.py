@@ -35,11 +35,6 @@ from mnist_cnn.tracking.run_names import run_name
 log = logging.getLogger(__name__)
 
 
-def worst(objective: DictConfig) -> float:
-    """What a failed job returns to the sweeper: a value it accepts and never picks as the best."""
-    return float("-inf") if objective.direction == "maximize" else float("inf")
-
-
 def shared_config_error(config: DictConfig, swept: List[str]) -> Optional[ConfigError]:
     """The config error that every job of a sweep would fail on, or None: the sweep's own config
     (the swept keys at their defaults) fails a check whose message names no key the sweep varies.

@@ -13,7 +13,9 @@ from mlflow.tracking.context.registry import resolve_tags
 from omegaconf import DictConfig
 
 from mnist_cnn import names
+from mnist_cnn.config.schema import objectives as config_objectives
 from mnist_cnn.sweep import plots, tables
+from mnist_cnn.sweep.tables import Objective
 from mnist_cnn.tracking import store
 from mnist_cnn.tracking.heartbeat import Heartbeat, alive_tags
 from mnist_cnn.tracking.links import model_version_url, resume_command, run_url
@@ -71,22 +73,23 @@ def _report(
     add the best job and the champion (or why it could not be registered) to `tags`; returns the
     metrics logged."""
     jobs = children(client, run_id)
-    metric, direction = str(cfg.objective.metric), str(cfg.objective.direction)
-    table = tables.jobs_table(jobs, swept, metric)
+    objectives = config_objectives(cfg.objective)
+    metric = objectives[0][0]
+    table = tables.jobs_table(jobs, swept, [m for m, _ in objectives])
     summary: Dict[str, Any] = tables.counts(table)
-    best = tables.best_job(table, metric, direction)
+    best = tables.best_job(table, objectives)
     if best is not None:
         summary[f"best_{metric}"] = float(best[metric])
         tags |= {names.BEST_RUN_NAME: best["name"], names.BEST_RUN_ID: best["run_id"]}
+        if len(objectives) > 1:
+            tags[names.CHAMPION_RULE] = champion_rule(objectives)
     if "seed" in swept:
         summary |= _log_seed_groups(client, run_id, table, [k for k in swept if k != "seed"])
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in summary.items()])
     client.log_text(run_id, table.to_csv(index=False), "sweep/summary.csv")
-    client.log_figure(
-        run_id, plots.parallel_coordinates(table, swept, metric, direction), "sweep/parallel_coordinates.png"
-    )
-    client.log_figure(run_id, plots.pareto(table, metric, direction), "sweep/pareto.png")
+    client.log_figure(run_id, plots.parallel_coordinates(table, swept, objectives), "sweep/parallel_coordinates.png")
+    client.log_figure(run_id, _pareto(client.get_run(run_id), table, objectives), "sweep/pareto.png")
     if best is not None and cfg.tracking.register_as:  # last: a registry that refuses loses none of the above
         try:
             tags |= crown(client, cfg, next(job for job in jobs if job.info.run_id == best["run_id"]))
@@ -95,6 +98,24 @@ def _report(
                 raise
             tags[names.CHAMPION_ERROR] = store.describe(e)
     return summary
+
+
+def champion_rule(objectives: List[Objective]) -> str:
+    """The rule that picks a multi-objective sweep's best job (tables.best_job), in words."""
+    (first, direction), rest = objectives[0], [metric for metric, _ in objectives[1:]]
+    return (
+        f"the Pareto front's {'highest' if direction == 'maximize' else 'lowest'} {first}; "
+        f"ties go to the better {', then '.join(rest)}"
+    )
+
+
+def _pareto(parent: Run, table: pd.DataFrame, objectives: List[Objective]) -> Any:
+    """The first objective against the second (a single objective: against train time), with the
+    Pareto front that an Optuna search tagged on the parent, or else the jobs table's own."""
+    if len(objectives) == 1:
+        objectives = [*objectives, (names.TRAIN_TIME, "minimize")]
+    tagged = [key.removeprefix(names.PARETO_FRONT) for key in parent.data.tags if key.startswith(names.PARETO_FRONT)]
+    return plots.pareto(table, objectives, table[table["run_id"].isin(tagged)] if tagged else None)
 
 
 def crown(client: MlflowClient, cfg: DictConfig, best: Run) -> Dict[str, str]:

@@ -7,6 +7,8 @@ the strings MLflow stores ("1e-06", "64", "sgd"), so each axis decides for itsel
 numeric.
 """
 
+from typing import Optional, Sequence
+
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
@@ -16,13 +18,14 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from mnist_cnn.names import PRUNED_AT, TRAIN_TIME
-from mnist_cnn.sweep.tables import best_job
+from mnist_cnn.sweep.tables import Objective, best_job
 
 
-def parallel_coordinates(table: pd.DataFrame, swept: list[str], metric: str, direction: str) -> Figure:
-    """One vertical axis per swept key and a last one for `metric`; one line per job that finished
-    or was pruned with a value of `metric`, coloured by it. Pruned jobs are dashed, the best
-    finished job is drawn thick."""
+def parallel_coordinates(table: pd.DataFrame, swept: list[str], objectives: Sequence[Objective]) -> Figure:
+    """One vertical axis per swept key and a last one for the first objective's metric; one line
+    per job that finished or was pruned with a value of it, coloured by it. Pruned jobs are
+    dashed, the best finished job (`best_job`) is drawn thick."""
+    metric, direction = objectives[0]
     jobs = table[((table["status"] == "FINISHED") | table[PRUNED_AT].notna()) & table[metric].notna()]
     fig = Figure(figsize=(2.2 * len(swept) + 4, 5.5), dpi=100, layout="constrained")
     ax = fig.subplots()
@@ -41,39 +44,40 @@ def parallel_coordinates(table: pd.DataFrame, swept: list[str], metric: str, dir
     ax.set_xticks(range(len(names)), names)
     ax.set(xlim=(-0.1, len(swept) + 0.1), ylim=(-0.04, 1.04), yticks=[])
     ax.spines[:].set_visible(False)
-    _draw_jobs(fig, ax, jobs, np.column_stack([s[0] for s in scales]), metric, direction)
+    _draw_jobs(fig, ax, jobs, np.column_stack([s[0] for s in scales]), objectives)
     return fig
 
 
-def pareto_front(table: pd.DataFrame, metric: str, direction: str, cost: str = TRAIN_TIME) -> pd.DataFrame:
-    """The FINISHED jobs no other one beats: none is at least as good on `metric` and as cheap in
-    `cost` while strictly better in one of them. Jobs missing either value are ignored; the front
-    comes sorted by cost, and jobs tied on both values are all on it."""
-    jobs = _costed(table, metric, cost)
-    score = jobs[metric].to_numpy(float) * (1 if direction == "maximize" else -1)  # higher is better
-    price = jobs[cost].to_numpy(float)
-    # [i, j]: does job j beat job i?  A sweep has tens of jobs, so all pairs are cheap.
-    no_worse = (score[None, :] >= score[:, None]) & (price[None, :] <= price[:, None])
-    better = (score[None, :] > score[:, None]) | (price[None, :] < price[:, None])
+def pareto_front(table: pd.DataFrame, objectives: Sequence[Objective]) -> pd.DataFrame:
+    """The FINISHED jobs no other one beats: none is at least as good on every objective while
+    strictly better on one. Jobs missing a value are ignored; the front comes sorted by the second
+    objective, and jobs tied on every value are all on it."""
+    jobs = _scored(table, objectives)
+    # Higher is better in every column. [i, j]: does job j beat job i? A sweep has tens of jobs: all pairs are cheap.
+    score = np.column_stack([jobs[m].to_numpy(float) * (1 if d == "maximize" else -1) for m, d in objectives])
+    no_worse = (score[None, :, :] >= score[:, None, :]).all(axis=2)
+    better = (score[None, :, :] > score[:, None, :]).any(axis=2)
     front = jobs[~(no_worse & better).any(axis=1)]
-    return front.sort_values(cost, kind="stable")
+    return front.sort_values(objectives[1][0], kind="stable")
 
 
-def pareto(table: pd.DataFrame, metric: str, direction: str, cost: str = TRAIN_TIME) -> Figure:
-    """`metric` against `cost` for each FINISHED job, the Pareto front marked, joined by a step line
-    and named."""
-    jobs = _costed(table, metric, cost)
+def pareto(table: pd.DataFrame, objectives: Sequence[Objective], front: Optional[pd.DataFrame] = None) -> Figure:
+    """The first objective against the second for each FINISHED job, the Pareto front (`front`, or
+    the one `pareto_front` finds) marked, joined by a step line and named."""
+    (metric, direction), (cost, cost_direction) = objectives[:2]
+    jobs = _scored(table, objectives)
+    front = pareto_front(jobs, objectives) if front is None else front.sort_values(cost, kind="stable")
     left_out = len(table) - len(jobs)
     fig = Figure(figsize=(8, 5.5), dpi=100, layout="constrained")
     ax = fig.subplots()
-    title = f"sweep: {metric} against {'train time' if cost == TRAIN_TIME else cost}"
+    title = f"sweep: {metric} against {_label(cost)}"
     ax.set_title(
         title + (f"\n({left_out} of {len(table)} jobs left out: pruned, failed or unfinished)" if left_out else "")
     )
     if jobs.empty:
         return _nothing(ax, f"no finished job has both {metric} and {cost}")
-    front = pareto_front(jobs, metric, direction, cost)
-    ax.scatter(jobs[cost], jobs[metric], color="tab:gray", alpha=0.7, label="beaten by another job")
+    beaten = jobs[~jobs.index.isin(front.index)]
+    ax.scatter(beaten[cost], beaten[metric], color="tab:gray", alpha=0.7, label="beaten by another job")
     ax.step(front[cost], front[metric], where="post", color="tab:red", alpha=0.5)
     ax.scatter(front[cost], front[metric], marker="*", s=160, color="tab:red", zorder=3, label="Pareto front")
     middle = (jobs[cost].min() + jobs[cost].max()) / 2
@@ -89,31 +93,37 @@ def pareto(table: pd.DataFrame, metric: str, direction: str, cost: str = TRAIN_T
             ha="left" if left else "right",
             fontsize=8,
         ).set_in_layout(False)
-    ax.set(xlabel="train time (s)" if cost == TRAIN_TIME else cost, ylabel=metric)
+    ax.set(xlabel=_label(cost), ylabel=metric)
     ax.margins(x=0.05, y=0.1)
     ax.grid(alpha=0.3)
-    ax.legend(title="better: " + ("up" if direction == "maximize" else "down") + " and left")
+    vertical = "up" if direction == "maximize" else "down"
+    ax.legend(title=f"better: {vertical} and {'left' if cost_direction == 'minimize' else 'right'}")
     return fig
 
 
-def importance(importances: dict[str, float], metric: str) -> Figure:
-    """One bar per searched key: its share of the variance of `metric` (an Optuna search's fANOVA),
-    the largest on top."""
-    keys = sorted(importances, key=importances.get)
-    fig = Figure(figsize=(7, 0.5 * len(keys) + 1.5), dpi=100, layout="constrained")
-    ax = fig.subplots()
-    ax.barh(keys, [importances[key] for key in keys], color="tab:blue")
-    for y, key in enumerate(keys):
-        ax.text(importances[key], y, f" {importances[key]:.2f}", va="center", fontsize=9)
-    ax.set_xlim(0, 1.1)
-    ax.set_xlabel(f"share of the variance of {metric} (fANOVA over the completed trials)")
-    ax.set_title("sweep: what mattered")
+def importance(importances: dict[str, dict[str, float]]) -> Figure:
+    """One panel per objective (metric: {searched key: its share of the metric's variance}, an
+    Optuna search's fANOVA), one bar per key, the largest on top."""
+    keys = sorted({key for shares in importances.values() for key in shares})
+    fig = Figure(figsize=(7 * len(importances), 0.5 * len(keys) + 1.5), dpi=100, layout="constrained")
+    fig.suptitle("sweep: what mattered")
+    for ax, (metric, shares) in zip(np.atleast_1d(fig.subplots(1, len(importances))), importances.items()):
+        order = sorted(shares, key=shares.get)
+        ax.barh(order, [shares[key] for key in order], color="tab:blue")
+        for y, key in enumerate(order):
+            ax.text(shares[key], y, f" {shares[key]:.2f}", va="center", fontsize=9)
+        ax.set_xlim(0, 1.1)
+        ax.set_xlabel(f"share of the variance of {metric}\n(fANOVA over the completed trials)")
     return fig
 
 
-def _costed(table: pd.DataFrame, metric: str, cost: str) -> pd.DataFrame:
-    """The FINISHED jobs with both values: pruned jobs have no train time, failed ones no metric."""
-    return table[(table["status"] == "FINISHED") & table[metric].notna() & table[cost].notna()]
+def _scored(table: pd.DataFrame, objectives: Sequence[Objective]) -> pd.DataFrame:
+    """The FINISHED jobs with a value of each objective: pruned jobs have no train time, failed ones no metric."""
+    return table[(table["status"] == "FINISHED") & table[[m for m, _ in objectives]].notna().all(axis=1)]
+
+
+def _label(metric: str) -> str:
+    return "train time (s)" if metric == TRAIN_TIME else metric
 
 
 def _scale(values: pd.Series, log_ok: bool = True) -> tuple[np.ndarray, np.ndarray, list[str], bool]:
@@ -138,16 +148,17 @@ def _scale(values: pd.Series, log_ok: bool = True) -> tuple[np.ndarray, np.ndarr
     return place(numbers.to_numpy(float)), place(ticks), [f"{v:.3g}" for v in ticks], log
 
 
-def _draw_jobs(fig: Figure, ax, jobs: pd.DataFrame, positions: np.ndarray, metric: str, direction: str) -> None:
+def _draw_jobs(fig: Figure, ax, jobs: pd.DataFrame, positions: np.ndarray, objectives: Sequence[Objective]) -> None:
     """One line per job through its positions, its colour the metric's (the best end of the colour
     map is always the better one), with the colour bar and a legend of line styles."""
+    metric, direction = objectives[0]
     cmap = colormaps["viridis" if direction == "maximize" else "viridis_r"]
     finished = jobs[jobs["status"] == "FINISHED"][metric]
     # The colours span the finished jobs: pruned jobs' early values would wash out their differences.
     scored = finished if finished.nunique() > 1 else jobs[metric]
     norm = Normalize(scored.min(), scored.max())
     low, high = jobs[metric].min() < norm.vmin, jobs[metric].max() > norm.vmax
-    winner = best_job(jobs, metric, direction)
+    winner = best_job(jobs, objectives)
     best = winner.name if winner is not None else None  # its index
     pruned = jobs[PRUNED_AT].notna().to_numpy()
     for row, (index, job), dashed in zip(positions, jobs.iterrows(), pruned):

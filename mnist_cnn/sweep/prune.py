@@ -1,22 +1,33 @@
-"""Stop a sweep's hopeless jobs early with Optuna's own pruners, under any launcher.
+"""Stop a sweep's hopeless jobs early with Optuna's pruners (objective.pruner): `median`,
+`hyperband`, `successive_halving`, or `patient` (Optuna's PatientPruner around the median: it may
+prune a job only once its last objective.prune_patience + 1 epochs all fell short of its best
+before them).
 
-After each epoch a job reads its siblings (the other children of its sweep's parent run) from the
-MLflow store and replays them, in the order they started, into an Optuna study built in memory:
-each sibling becomes a trial that reports its per-epoch `objective.metric` and ends as it ended
-(finished, pruned, failed, or still running). The job's own history is reported last, and
-Optuna's `MedianPruner` or `HyperbandPruner` decides. The rule is Optuna's; only the record of
-the trials comes from MLflow, so no launcher or shared Optuna storage has to cooperate.
+A job asks its pruner after each epoch, in one of two ways, chosen by what the job can reach:
+- in the study: a job of an Optuna search whose machine can open the study's storage (the sweep
+  file names it, and the search set the job's trial number in MNIST_CNN_OPTUNA_TRIAL) reports each
+  epoch to its own trial, and the study's pruner judges it against the study's other trials;
+- from MLflow: any other sweep (a grid of the basic sweeper, or jobs on machines that cannot
+  reach the storage) reads its siblings (the other children of the sweep's parent run) from the
+  store and replays them, in the order they started, into a study built in memory: each sibling
+  becomes a trial that reports its per-epoch metric and ends as it ended (finished, pruned,
+  failed, or still running); the job's own history is reported last, and the pruner decides.
+Either way the rule is Optuna's, judged on the first of objective.metrics, and no job is pruned
+before objective.prune_min_runs jobs have finished. A pruned job's run ends KILLED, tagged
+`pruned_at_epoch`, and an Optuna search marks its trial PRUNED.
 """
 
 import logging
+import os
 import warnings
-from typing import TYPE_CHECKING, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Union
 
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from omegaconf import DictConfig
 
-from mnist_cnn.config.job import sweep_info
+from mnist_cnn.config.job import STORAGE, STUDY, TRIAL_ENV, sweep_info
+from mnist_cnn.config.schema import first_objective
 from mnist_cnn.names import PRUNED_AT
 from mnist_cnn.sweep.parent import children
 
@@ -26,15 +37,37 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class SweepPruner:
-    """Asks Optuna, after each epoch of one sweep job, whether to stop it."""
+class TrialPruner:
+    """Reports each epoch of one job of an Optuna search to its own trial and asks the study's pruner."""
+
+    def __init__(self, cfg: DictConfig, trial: "optuna.Trial", reported: Iterable[int]):
+        self.metric, self.min_runs, self.trial = first_objective(cfg.objective)[0], cfg.objective.prune_min_runs, trial
+        self.reported = set(reported)  # the epochs the trial has: a resumed job's earlier ones
+
+    def should_prune(self, client: Any, run_id: str, history: List[Dict[str, float]]) -> bool:
+        """True when the study's pruner would stop this job, whose epochs so far are `history` (the
+        store and run are the MLflow pruner's, unused here)."""
+        import optuna  # slow to import, and only the jobs of a pruned sweep need it
+
+        for epoch, metrics in enumerate(history, start=1):
+            if epoch not in self.reported:  # a job continued from a checkpoint reports its earlier epochs too
+                self.trial.report(metrics[self.metric], epoch)
+                self.reported.add(epoch)
+        judged = self.trial.should_prune()  # asked even when too early: Hyperband records the rungs a trial reached
+        finished = self.trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        return judged and len(finished) >= self.min_runs
+
+
+class MlflowPruner:
+    """Replays, after each epoch of one sweep job, its siblings' histories from MLflow into a study
+    in memory, and asks the pruner whether to stop the job."""
 
     def __init__(self, cfg: DictConfig, parent_run_id: str):
         self.objective, self.epochs, self.parent = cfg.objective, cfg.trainer.epochs, parent_run_id
 
     def should_prune(self, client: MlflowClient, run_id: str, history: List[Dict[str, float]]) -> bool:
         """True when the pruner would stop this job, whose epochs so far are `history`."""
-        metric = str(self.objective.metric)
+        metric, _ = first_objective(self.objective)
         siblings = [r for r in children(client, self.parent) if r.info.run_id != run_id]
         finished = sum(r.info.status == "FINISHED" for r in siblings)
         if finished < self.objective.prune_min_runs:
@@ -46,13 +79,15 @@ class SweepPruner:
         return self._replay(siblings, histories, own)
 
     def _replay(self, siblings: List[Run], histories: Dict[str, Dict[int, float]], own: Dict[int, float]) -> bool:
-        import optuna  # slow to import, and only the jobs of a pruned sweep need it
+        import optuna  # see TrialPruner.should_prune
 
         verbosity = optuna.logging.get_verbosity()
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "Trial 3 finished" for replayed siblings
         try:
             study = optuna.create_study(
-                study_name=f"sweep-{self.parent}", direction=str(self.objective.direction), pruner=self._pruner()
+                study_name=f"sweep-{self.parent}",
+                direction=first_objective(self.objective)[1],
+                pruner=make_pruner(self.objective, self.epochs),
             )
             for run in siblings:
                 _replay_trial(study, run, histories[run.info.run_id])
@@ -63,23 +98,37 @@ class SweepPruner:
         finally:
             optuna.logging.set_verbosity(verbosity)
 
-    def _pruner(self) -> "optuna.pruners.BasePruner":
-        """Epochs 1..prune_warmup_epochs are never pruned (Optuna counts steps as given: our epochs, from 1)."""
-        import optuna  # see _replay
 
-        first_prunable = self.objective.prune_warmup_epochs + 1
-        if self.objective.pruner == "median":
-            # prune_min_runs gates above
-            return optuna.pruners.MedianPruner(n_startup_trials=0, n_warmup_steps=first_prunable)
-        return optuna.pruners.HyperbandPruner(
-            min_resource=first_prunable, max_resource=max(self.epochs, first_prunable)
-        )
+def make_pruner(objective: DictConfig, epochs: int) -> "optuna.pruners.BasePruner":
+    """objective.pruner as Optuna's. Epochs 1..prune_warmup_epochs are never pruned (Optuna counts
+    steps as given: our epochs, from 1); the MedianPruner's own start-up count is 0 because
+    prune_min_runs gates every pruner alike."""
+    import optuna  # see TrialPruner.should_prune
+
+    first_prunable = objective.prune_warmup_epochs + 1
+    median = optuna.pruners.MedianPruner(n_startup_trials=0, n_warmup_steps=first_prunable)
+    return {
+        "median": lambda: median,
+        "patient": lambda: _patient(median, objective.prune_patience),
+        "successive_halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=first_prunable),
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(
+            min_resource=first_prunable, max_resource=max(epochs, first_prunable)
+        ),
+    }[str(objective.pruner)]()
+
+
+def _patient(wrapped: "optuna.pruners.BasePruner", patience: int) -> "optuna.pruners.BasePruner":
+    import optuna  # see TrialPruner.should_prune
+
+    with warnings.catch_warnings():  # "experimental" since Optuna 2.8, and said in every job's log otherwise
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.pruners.PatientPruner(wrapped, patience=patience)
 
 
 def _replay_trial(study: "optuna.Study", run: Run, history: Dict[int, float]) -> None:
     """One sibling as a trial: its epochs reported (and judged, which is how Hyperband records the
     rungs a trial reached), then ended as the run ended."""
-    import optuna  # see SweepPruner._replay
+    import optuna  # see TrialPruner.should_prune
 
     trial = study.ask()
     for step in sorted(history):
@@ -94,18 +143,49 @@ def _replay_trial(study: "optuna.Study", run: Run, history: Dict[int, float]) ->
     # KILLED by a signal or still RUNNING: the trial stays running, as the job does
 
 
-def sweep_pruner(cfg: DictConfig) -> Optional[SweepPruner]:
-    """The pruner of this job, or None when pruning is off or this is not a tracked sweep's job."""
+JobPruner = Union[TrialPruner, MlflowPruner]
+
+
+def sweep_pruner(cfg: DictConfig) -> Optional[JobPruner]:
+    """The pruner of this job: in its study when it can reach it, else from MLflow; None when
+    pruning is off or this is not a tracked sweep's job."""
     if cfg.objective.pruner == "none":
         return None
-    parent = sweep_info().get("parent_run_id")
-    if parent is None:
+    sweep = sweep_info()
+    if sweep.get("parent_run_id") is None:
         log.info(
             "objective.pruner=%s applies to the jobs of a tracked sweep (-m); this run is not pruned",
             cfg.objective.pruner,
         )
         return None
-    import optuna  # see SweepPruner._replay
+    return _in_study(cfg, sweep) or MlflowPruner(cfg, sweep["parent_run_id"])
 
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # ask/tell in optuna 2.x
-    return SweepPruner(cfg, parent)
+
+def _in_study(cfg: DictConfig, sweep: Dict[str, Any]) -> Optional[TrialPruner]:
+    """The pruner of this job's trial in its Optuna search's study, or None (with the reason in the
+    log) when the job is not one of a search's or cannot reach its study."""
+    number = os.environ.get(TRIAL_ENV)
+    if number is None:  # a grid, or any sweeper but ours
+        return None
+    if STUDY not in sweep:
+        log.info("pruning from MLflow: the sweep file does not say where the study is kept")
+        return None
+    import optuna  # see TrialPruner.should_prune
+
+    from mnist_cnn.sweep.search import open_storage  # Optuna and Hydra's parser: only for a search's pruned jobs
+
+    try:
+        storage = open_storage(sweep[STORAGE], create=False)
+        study = optuna.load_study(
+            study_name=sweep[STUDY], storage=storage, pruner=make_pruner(cfg.objective, cfg.trainer.epochs)
+        )
+    except Exception as e:  # noqa: BLE001 - a file, a database or a network that this machine cannot reach
+        log.info("pruning from MLflow: this machine cannot open the study %s (%s)", sweep[STUDY], type(e).__name__)
+        return None
+    found = [t for t in study.get_trials(deepcopy=False) if t.number == int(number)]
+    if not found or found[0].state != optuna.trial.TrialState.RUNNING:
+        log.info("pruning from MLflow: trial %s of study %s is not running", number, sweep[STUDY])
+        return None
+    log.info("pruning in study %s: this job is its trial %s", sweep[STUDY], number)
+    trial = optuna.Trial(study, found[0]._trial_id)  # noqa: SLF001 - its storage id
+    return TrialPruner(cfg, trial, found[0].intermediate_values)

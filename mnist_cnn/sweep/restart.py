@@ -12,13 +12,13 @@ left KILLED, and continues it from its last checkpoint: one run per job, never a
 """
 
 import logging
-from typing import Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 from mlflow.entities import Run
 from omegaconf import DictConfig
 
 from mnist_cnn import names
-from mnist_cnn.config.job import slurm_job_id, slurm_restarts
+from mnist_cnn.config.job import Outcome, slurm_job_id, slurm_restarts
 from mnist_cnn.config.keys import config_sha256
 from mnist_cnn.sweep.parent import children
 from mnist_cnn.tracking import store
@@ -31,21 +31,19 @@ def starts_again(cfg: DictConfig) -> bool:
     return cfg.tracking.enabled and not cfg.resume and bool(cfg.resume_sweep or slurm_restarts())
 
 
-def job_start(cfg: DictConfig) -> Tuple[DictConfig, Optional[Dict[str, float]]]:
-    """For a job that starts again: `(cfg, metrics)` where metrics are its earlier run's when there
-    is nothing left to train; else `(cfg, None)`, cfg set to continue its earlier run if it has one."""
+def job_start(cfg: DictConfig) -> Tuple[DictConfig, Optional[Outcome]]:
+    """For a job that starts again: `(cfg, outcome)`, how its earlier run ended, when there is
+    nothing left to train; else `(cfg, None)`, cfg set to continue its earlier run if it has one."""
     earlier = requeued_run(cfg) if slurm_restarts() else earlier_run(cfg)
     if earlier is None:
         return cfg, None
     run_id, status = earlier.info.run_id, earlier.info.status
     done = ("FINISHED",) if slurm_restarts() else ("FINISHED", "FAILED")  # a requeue retries what its stop failed
-    if status in done or names.PRUNED_AT in earlier.data.tags:
-        log.info(
-            "run %s did this job already (%s): not run again",
-            run_id,
-            "PRUNED" if names.PRUNED_AT in earlier.data.tags else status,
-        )
-        return cfg, dict(earlier.data.metrics) if status != "FAILED" else {}
+    pruned_at = earlier.data.tags.get(names.PRUNED_AT)
+    if status in done or pruned_at:
+        log.info("run %s did this job already (%s): not run again", run_id, "PRUNED" if pruned_at else status)
+        metrics = dict(earlier.data.metrics) if status != "FAILED" else {}
+        return cfg, Outcome(metrics, run_id, int(pruned_at) if pruned_at else None)
     log.info("continuing this job's run %s (%s) from its last checkpoint", run_id, status)
     cfg = cfg.copy()
     cfg.resume, cfg.resume_sweep = run_id, None

@@ -22,7 +22,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import optuna
@@ -36,15 +36,17 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import TrialState
 
 from mnist_cnn import names
-from mnist_cnn.config.job import SWEEP_FILE
+from mnist_cnn.config.job import STORAGE, STUDY, SWEEP_FILE, TRIAL_ENV, Outcome
 from mnist_cnn.config.paths import sqlite_path
+from mnist_cnn.config.schema import objectives
 from mnist_cnn.sweep import plots
 from mnist_cnn.tracking import store
 from mnist_cnn.tracking.redact import redact
 
 log = logging.getLogger(__name__)
 
-PARENT, REQUEUED, SURPLUS = "mlflow_parent_run", "requeued", "surplus"  # trials' user attributes
+PARENT, RUN = "mlflow_parent_run", "mlflow_run"  # trials' user attributes: the sweep's parent run, the job's run
+REQUEUED, SURPLUS = "requeued", "surplus"  # and: asked again on resume_sweep; asked beyond n_trials
 JOURNAL = ".optuna.journal"
 
 
@@ -81,12 +83,13 @@ def distribution(override: Override) -> BaseDistribution:
 
 def run_search(config: DictConfig, launcher: Any, arguments: List[str]) -> None:
     """The whole search: the study opened (or continued), then batches of `n_jobs` trials until the
-    study holds `n_trials`."""
+    study holds `n_trials`; at the end, what mattered and (several objectives) the Pareto front."""
     options = config.hydra.sweeper
     space, fixed = search_space(options.params or {}, arguments)
     parent = _parent_run_id(config)
     client = store.connect(config.tracking.uri) if parent and config.tracking.enabled else None  # the parent's store
     study = _study(config, space, parent, client)
+    metrics = [metric for metric, _ in objectives(config.objective)]
     job_index = 0
     while True:
         trials = _ask(study, space, options.n_trials, options.n_jobs, parent)
@@ -94,38 +97,66 @@ def run_search(config: DictConfig, launcher: Any, arguments: List[str]) -> None:
             break
         if parent:  # saved before the jobs run: a resumed sweep draws after these trials, not them again
             study.set_user_attr(_random_key(parent), random_states(study.sampler))
-        overrides = [[*fixed, *(f"{k}={v}" for k, v in trial.params.items())] for trial in trials]
+        overrides = [[*fixed, *(f"{k}={v}" for k, v in trial.params.items()), _trial_env(trial)] for trial in trials]
         returns = launcher.launch(overrides, initial_job_idx=job_index)
         job_index += len(trials)
         for trial, returned in zip(trials, returns):
-            _tell(study, trial, returned)
-    best = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    if best:
-        log.info(
-            "study %s: best %s %g with %s",
-            study.study_name,
-            config.objective.metric,
-            study.best_value,
-            study.best_params,
+            _tell(study, trial, returned, metrics)
+    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if completed and len(metrics) == 1:
+        log.info("study %s: best %s %g with %s", study.study_name, metrics[0], study.best_value, study.best_params)
+    if client is None:
+        return
+    if len(metrics) > 1:
+        tag_pareto_front(client, parent, study, metrics)
+    if space:
+        log_importances(client, parent, study, metrics)
+
+
+def _trial_env(trial: optuna.Trial) -> str:
+    """The override that tells the job its trial (Hydra sets it in the job's environment): a job
+    that can reach the study reports its epochs there and asks the study's pruner. A `hydra.`
+    override changes neither the job's config nor its name."""
+    return f"++hydra.job.env_set.{TRIAL_ENV}={trial.number}"
+
+
+def tag_pareto_front(client: Any, parent: str, study: optuna.Study, metrics: List[str]) -> List[str]:
+    """Tag the parent with each run on the study's Pareto front (`pareto_front.<run id>`: its
+    values), replacing the tags of an earlier front; returns their run ids."""
+    front = {t.user_attrs[RUN]: t.values for t in study.best_trials if RUN in t.user_attrs}
+    for key in client.get_run(parent).data.tags:
+        if key.startswith(names.PARETO_FRONT) and key.removeprefix(names.PARETO_FRONT) not in front:
+            client.delete_tag(parent, key)
+    for run_id, values in front.items():
+        client.set_tag(parent, names.PARETO_FRONT + run_id, " ".join(f"{m}={v:.6g}" for m, v in zip(metrics, values)))
+    count = f"{len(front)} run{'s' if len(front) != 1 else ''}"
+    log.info("study %s: %s on the Pareto front of %s", study.study_name, count, ", ".join(metrics))
+    return list(front)
+
+
+def log_importances(client: Any, parent: str, study: optuna.Study, metrics: List[str]) -> Dict[str, float]:
+    """What mattered: each searched key's share of each objective's variance over the completed
+    trials (Optuna's fANOVA), as the parent's metrics `importance_<key>` (several objectives:
+    `importance_<metric>/<key>`) and `sweep/importance.png`. An objective that never varied has
+    nothing to rank (fANOVA would fail on it) and is left out."""
+    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    found: Dict[str, Dict[str, float]] = {}
+    for i, metric in enumerate(metrics):
+        if len({t.values[i] for t in completed}) < 2:
+            log.info("no parameter importances for %s: fewer than two different values", metric)
+            continue
+        found[metric] = optuna.importance.get_param_importances(
+            study,
+            evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
+            target=lambda t, i=i: t.values[i],
         )
-    if client is not None and space:
-        if len({t.value for t in best}) >= 2:
-            log_importances(client, parent, study, str(config.objective.metric))
-        else:  # fANOVA needs the objective to vary
-            log.info("no parameter importances: fewer than two different values of %s", config.objective.metric)
-
-
-def log_importances(client: Any, parent: str, study: optuna.Study, metric: str) -> Dict[str, float]:
-    """What mattered: each searched key's share of the objective's variance over the completed
-    trials (Optuna's fANOVA), as the parent's metrics `importance_<key>` and `sweep/importance.png`."""
-    importances = optuna.importance.get_param_importances(
-        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
-    )
-    metrics = {f"{names.IMPORTANCE}{key}": float(value) for key, value in importances.items()}
-    now = int(time.time() * 1000)
-    client.log_batch(parent, metrics=[Metric(key, value, now, 0) for key, value in metrics.items()])
-    client.log_figure(parent, plots.importance(importances, metric), "sweep/importance.png")
-    return metrics
+    prefix = {m: names.IMPORTANCE + (f"{m}/" if len(metrics) > 1 else "") for m in metrics}
+    logged = {prefix[m] + key: float(v) for m, importances in found.items() for key, v in importances.items()}
+    if logged:
+        now = int(time.time() * 1000)
+        client.log_batch(parent, metrics=[Metric(key, value, now, 0) for key, value in logged.items()])
+        client.log_figure(parent, plots.importance(found), "sweep/importance.png")
+    return logged
 
 
 def _ask(
@@ -135,12 +166,12 @@ def _ask(
     study asked first counts: one asked too many is marked surplus and told FAIL, never launched)."""
     trials: List[optuna.Trial] = []
     for _ in range(n_jobs):
-        if _rank(study, math.inf) >= n_trials:  # the study is full
+        if _rank(study, math.inf) >= n_trials or _grid_done(study):  # the study is full, or its grid done
             break
         trial = study.ask(space)
         if _rank(study, trial.number) >= n_trials:
             trial.set_user_attr(SURPLUS, True)
-            study.tell(trial, state=TrialState.FAIL)
+            _told(study, trial, state=TrialState.FAIL)
             break
         if parent:
             trial.set_user_attr(PARENT, parent)
@@ -157,14 +188,38 @@ def _counts(trial: optuna.trial.FrozenTrial) -> bool:
     return not (trial.user_attrs.get(SURPLUS) or trial.user_attrs.get(REQUEUED))
 
 
-def _tell(study: optuna.Study, trial: optuna.Trial, returned: JobReturn) -> None:
-    """A job that returned a number completes its trial; a failed one (its worst value, or an error
-    Hydra caught) fails it."""
-    value = returned.return_value if returned.status == JobStatus.COMPLETED else math.nan
-    if isinstance(value, (int, float)) and math.isfinite(value):
-        study.tell(trial, float(value))
+def _tell(study: optuna.Study, trial: optuna.Trial, returned: JobReturn, metrics: List[str]) -> None:
+    """A job that returned its objective's values completes its trial, one a pruner stopped prunes
+    it, and a failed one (an error Hydra caught, or no value) fails it. The trial keeps the job's
+    MLflow run."""
+    outcome = returned.return_value if returned.status == JobStatus.COMPLETED else None
+    if not isinstance(outcome, Outcome):
+        _told(study, trial, state=TrialState.FAIL)
+        return
+    if outcome.run_id:
+        trial.set_user_attr(RUN, outcome.run_id)
+    values = outcome.values(metrics)
+    if outcome.pruned_at is not None:
+        _told(study, trial, state=TrialState.PRUNED)
+    elif values is not None:
+        _told(study, trial, values=values)
     else:
-        study.tell(trial, state=TrialState.FAIL)
+        _told(study, trial, state=TrialState.FAIL)
+
+
+def _told(study: optuna.Study, trial: Union[optuna.Trial, int], **result: Any) -> None:
+    """`study.tell`. Told its grid's last point, a GridSampler asks the study to stop, which only
+    `optimize` can (RuntimeError, Optuna issue #5141); the trial is stored by then, and `_ask`
+    stops at an exhausted grid."""
+    try:
+        study.tell(trial, **result)
+    except RuntimeError:
+        if not _grid_done(study):
+            raise
+
+
+def _grid_done(study: optuna.Study) -> bool:
+    return isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study)
 
 
 def _study(
@@ -180,7 +235,7 @@ def _study(
         storage=open_storage(location),
         study_name=name,
         sampler=instantiate(options.sampler, **sampler_options),
-        direction=str(options.direction),
+        directions=[direction for _, direction in objectives(config.objective)],
         load_if_exists=True,
     )
     if config.resume_sweep and parent:
@@ -191,8 +246,19 @@ def _study(
     if client is not None:
         client.set_tag(parent, names.OPTUNA_STUDY, name)
         client.set_tag(parent, names.OPTUNA_STORAGE, redact(location))
+        _share_with_jobs(config, name, location)
     log.info("Optuna study %s in %s: %d trials so far", name, redact(location), sum(map(_counts, study.trials)))
     return study
+
+
+def _share_with_jobs(config: DictConfig, name: str, location: str) -> None:
+    """Name the study in the sweep file, where the jobs look for it to report their epochs (native
+    pruning). A storage URL with a password stays out of the file: its jobs prune from MLflow."""
+    if redact(location) != location:
+        log.info("the study's storage holds a password, which the sweep folder must not: jobs prune from MLflow")
+        return
+    path = Path(config.hydra.sweep.dir) / SWEEP_FILE
+    path.write_text(json.dumps({**json.loads(path.read_text()), STUDY: name, STORAGE: location}))
 
 
 def _default_storage(config: DictConfig) -> str:
@@ -200,11 +266,16 @@ def _default_storage(config: DictConfig) -> str:
     return str(path.expanduser().absolute()) + JOURNAL if path else str(Path(config.hydra.sweep.dir) / "optuna.journal")
 
 
-def open_storage(location: str) -> optuna.storages.BaseStorage:
-    """An Optuna storage URL (sqlite:///, postgresql://) as RDB storage, any other string as a journal file."""
+def open_storage(location: str, create: bool = True) -> optuna.storages.BaseStorage:
+    """An Optuna storage URL (sqlite:///, postgresql://) as RDB storage, any other string as a
+    journal file. `create=False` opens only a storage that exists (FileNotFoundError for a
+    missing journal) and adds no tables."""
     if "://" in location:
-        return optuna.storages.RDBStorage(location)
-    Path(location).parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.RDBStorage(location, skip_table_creation=not create)
+    if create:
+        Path(location).parent.mkdir(parents=True, exist_ok=True)
+    elif not Path(location).is_file():
+        raise FileNotFoundError(location)
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(location))
 
 
@@ -222,7 +293,7 @@ def _requeue_stopped(study: optuna.Study, parent: str) -> None:
         if trial.user_attrs.get(PARENT) == parent:
             study.enqueue_trial(trial.params, user_attrs={PARENT: parent})
             optuna.Trial(study, trial._trial_id).set_user_attr(REQUEUED, True)  # noqa: SLF001 - its storage id
-            study.tell(trial.number, state=TrialState.FAIL)
+            _told(study, trial.number, state=TrialState.FAIL)
 
 
 def _parent_run_id(config: DictConfig) -> Optional[str]:

@@ -5,7 +5,7 @@ The same tables serve `mnist-cnn-runs --group-seeds` and the files logged on the
 """
 
 import math
-from typing import Iterable, List, Optional
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 import pandas as pd
 from mlflow.entities import Run
@@ -13,33 +13,40 @@ from mlflow.entities import Run
 from mnist_cnn.names import PRUNED_AT, SEED_METRICS, TRAIN_TIME
 from mnist_cnn.tracking.run_names import run_name
 
+Objective = Tuple[str, str]  # a metric and its direction (maximize or minimize): config.schema.objectives
 
-def jobs_table(jobs: Iterable[Run], swept: List[str], metric: str) -> pd.DataFrame:
+
+def jobs_table(jobs: Iterable[Run], swept: List[str], metrics: Sequence[str]) -> pd.DataFrame:
     """One row per job: id, name, status, the epoch it was pruned at, each swept key's value as
-    logged, the objective `metric`, train time and accuracies."""
+    logged, the objective's `metrics`, train time and accuracies."""
+    columns = list(dict.fromkeys([*metrics, TRAIN_TIME, *SEED_METRICS]))
     rows = []
     for job in jobs:
-        params, metrics = job.data.params, job.data.metrics
+        params = job.data.params
         row = {"run_id": job.info.run_id, "name": job.info.run_name, "status": job.info.status}
         row[PRUNED_AT] = int(job.data.tags[PRUNED_AT]) if PRUNED_AT in job.data.tags else None
         for key in swept:  # `optimizer=sgd` chooses an option: its params say optimizer.name=sgd
             row[key] = params.get(key, params.get(f"{key}.name"))
-        for key in dict.fromkeys([metric, TRAIN_TIME, *SEED_METRICS]):
-            row[key] = metrics.get(key, math.nan)
+        for key in columns:
+            row[key] = job.data.metrics.get(key, math.nan)
         rows.append(row)
     table = pd.DataFrame(
         rows,
-        columns=["run_id", "name", "status", PRUNED_AT, *swept, *dict.fromkeys([metric, TRAIN_TIME, *SEED_METRICS])],
+        columns=["run_id", "name", "status", PRUNED_AT, *swept, *columns],
     )
     return table.astype({PRUNED_AT: "Int64"})  # an epoch, or <NA>
 
 
-def best_job(table: pd.DataFrame, metric: str, direction: str) -> Optional[pd.Series]:
-    """The FINISHED job with the best `metric` (pruned, failed and stopped jobs never win)."""
-    finished = table[(table["status"] == "FINISHED") & table[metric].notna()]
+def best_job(table: pd.DataFrame, objectives: Sequence[Objective]) -> Optional[pd.Series]:
+    """The FINISHED job with the best value of the first objective, ties broken by the next ones
+    (pruned, failed and stopped jobs never win). With several objectives it is on the Pareto
+    front: no job beats it on the first without being worse on another."""
+    metrics = [metric for metric, _ in objectives]
+    finished = table[(table["status"] == "FINISHED") & table[metrics].notna().all(axis=1)]
     if finished.empty:
         return None
-    return finished.loc[finished[metric].idxmax() if direction == "maximize" else finished[metric].idxmin()]
+    ranked = finished.sort_values(metrics, ascending=[d == "minimize" for _, d in objectives], kind="stable")
+    return ranked.iloc[0]
 
 
 def counts(table: pd.DataFrame) -> dict:

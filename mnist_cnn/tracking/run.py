@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from mnist_cnn import interrupts, names
 from mnist_cnn.config.job import job_overrides, sweep_info
 from mnist_cnn.config.keys import config_sha256
+from mnist_cnn.config.schema import first_objective
 from mnist_cnn.errors import CheckpointError, Pruned, TrackingError, TrackingLostError
 from mnist_cnn.tracking import model as logged
 from mnist_cnn.tracking import store
@@ -147,11 +148,12 @@ class Tracker:
 
     @_when_tracking
     def keep_best(self, k: int, objective: DictConfig) -> None:
-        """Delete all but the `k` best epoch models by `objective`; tag the run with the best one."""
+        """Delete all but the `k` best epoch models by the first objective; tag the run with the best one."""
+        metric, direction = first_objective(objective)
 
         def prune() -> None:
             models = logged.epoch_models(self.client, self.client.get_run(self.run_id))
-            ranked = logged.rank(models, str(objective.metric), objective.direction == "maximize")
+            ranked = logged.rank(models, metric, direction == "maximize")
             for doomed in ranked[k:]:
                 logged.delete_model(self.client, doomed)
             if ranked:
