@@ -6,7 +6,10 @@ sets `requested`; the run stops at the next step boundary or the next epoch's en
 first, so an epoch either completes with its checkpoint and metrics or leaves no trace. A second
 signal raises at once: the process can always be stopped, even while a tracking server hangs.
 While a run is opened or its final status written (`shielded()`, a few seconds at most), signals
-wait: an impatient second Ctrl-C cannot leave a run RUNNING, or half-recorded.
+wait: an impatient second Ctrl-C cannot leave a run RUNNING, or half-recorded. Between two jobs of
+a sweep that runs them in its own process, the first signal also only asks: the next job stops
+the sweep as it starts (`job_started`). Raised at once, it would land in Hydra's code building the
+next job's config, where OmegaConf turns it into an AttributeError (exit 1, not 130).
 """
 
 import logging
@@ -23,6 +26,7 @@ class _State:
     graceful = False
     shielded = False
     pending = False  # a signal arrived while shielded
+    between_jobs = False  # a sweep's process after one of its jobs ended, before the next starts
 
 
 def install() -> None:
@@ -37,9 +41,10 @@ def _handle(signum: int, frame: Any) -> None:
     if _State.shielded:
         _State.pending = True
         log.warning("%s: recording the run in MLflow first (a few seconds at most)", name)
-    elif _State.graceful and not _State.requested:
+    elif (_State.graceful or _State.between_jobs) and not _State.requested:
         _State.requested = True
-        log.warning("%s: stopping at the next step; send it again to stop at once", name)
+        where = "at the next step" if _State.graceful else "before the next job"
+        log.warning("%s: stopping %s; send it again to stop at once", name, where)
     else:
         raise KeyboardInterrupt(name)
 
@@ -56,7 +61,20 @@ def check() -> None:
 
 
 def reset() -> None:
-    _State.requested = _State.graceful = _State.shielded = _State.pending = False
+    _State.requested = _State.graceful = _State.shielded = _State.pending = _State.between_jobs = False
+
+
+def job_started() -> None:
+    """A job starts: one that a signal asked to stop, between jobs, stops here (KeyboardInterrupt)."""
+    _State.between_jobs = False
+    if _State.requested:
+        _State.requested = False
+        raise KeyboardInterrupt("stop requested between jobs")
+
+
+def job_ended(sweeping: bool) -> None:
+    """A job ended; in a sweep, signals only ask for a stop until the next one starts."""
+    _State.between_jobs = sweeping
 
 
 @contextmanager

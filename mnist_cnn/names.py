@@ -80,7 +80,7 @@ OBJECTIVES = (
     TRAIN_ACC,
     TRAIN_LOSS,
     TRAIN_TIME,
-)  # what objective.metric may name
+)  # what objective.metrics may name
 SEED_METRICS = (VAL_ACC, TEST_ACC)  # what a sweep over seeds averages
 N_PARAMS = "n_params"  # a param: the model's size
 

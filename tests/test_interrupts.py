@@ -11,6 +11,7 @@ from mnist_cnn.runner import setup, start, train
 from tests.helpers.mlflow_store import all_runs, history, only_run
 
 SIGINT = int(signal.SIGINT)
+SIGTERM = int(signal.SIGTERM)
 
 
 @pytest.fixture(autouse=True)
@@ -32,6 +33,21 @@ def test_in_a_run_the_first_signal_waits_for_the_next_step_and_the_second_does_n
             interrupts.check()  # ... and the step loop stops here
         with pytest.raises(KeyboardInterrupt):
             interrupts._handle(SIGINT, None)  # the user insists
+
+
+def test_between_a_sweeps_jobs_the_first_signal_stops_the_next_job_as_it_starts():
+    interrupts.job_ended(sweeping=True)
+    interrupts._handle(SIGTERM, None)  # Hydra builds the next job's config now: nothing is raised in it
+    with pytest.raises(KeyboardInterrupt, match="between jobs"):
+        interrupts.job_started()
+    interrupts.job_ended(sweeping=True)
+    interrupts._handle(SIGTERM, None)
+    with pytest.raises(KeyboardInterrupt):
+        interrupts._handle(SIGTERM, None)  # the user insists
+    interrupts.reset()
+    interrupts.job_ended(sweeping=False)  # a single run's end: nothing to wait for
+    with pytest.raises(KeyboardInterrupt):
+        interrupts._handle(SIGTERM, None)
 
 
 def test_while_a_run_is_recorded_signals_wait_then_stop():

@@ -9,13 +9,21 @@ import pytest
 import requests
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
+from mlflow import MlflowClient
 from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from mnist_cnn.cli import runs
 from mnist_cnn.config.search import SAMPLERS, sampler_problem
 from mnist_cnn.runner import train
-from mnist_cnn.sweep.search import random_states, restore_random_states, search_space
+from mnist_cnn.sweep.search import (
+    PARENT,
+    RUN,
+    _told_as_before,
+    random_states,
+    restore_random_states,
+    search_space,
+)
 from tests.helpers import processes
 from tests.helpers.mlflow_store import free_port, only_run
 from tests.helpers.mlflow_store import runs as runs_in
@@ -114,6 +122,34 @@ def test_the_dashboard_needs_the_parent_of_an_optuna_search(tiny_cfg, store_uri,
     assert code.value.code == 2 and capsys.readouterr().err == (
         f"mnist-cnn-runs: --sweep {run_id}: not the parent run of an Optuna search (hparams_search=...).\n"
     )
+
+
+def test_the_dashboard_names_a_study_journal_that_is_gone_and_does_not_make_one(store_uri, tmp_path, capsys):
+    journal = tmp_path / "moved" / "mlflow.db.optuna.journal"
+    client = MlflowClient(store_uri)
+    tags = {"optuna_study": "sweep-x", "optuna_storage": str(journal)}
+    run_id = client.create_run(client.create_experiment("searches"), tags=tags).info.run_id
+    with pytest.raises(SystemExit) as code:
+        runs.main(["--tracking-uri", store_uri, "--sweep", run_id, "--dashboard"])
+    assert code.value.code == 2 and capsys.readouterr().err == (
+        f"mnist-cnn-runs: --sweep {run_id}: its study's journal {journal} is not there (moved?).\n"
+    )
+    assert not journal.parent.exists()  # a command that only reads never writes
+
+
+def test_a_trial_drawn_again_with_a_finished_trials_values_is_told_its_result_not_run():
+    """The same values in the same sweep: the same config and seed, so the same result; another
+    sweep sharing the study may fix other keys, so its trials are no precedent."""
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    space = {"x": CategoricalDistribution([1, 2])}
+    study.enqueue_trial({"x": 1}, user_attrs={PARENT: "p", RUN: "r1"})
+    study.tell(study.ask(space), [0.9, 3.0])
+    for parent, told in (("other", False), ("p", True)):
+        study.enqueue_trial({"x": 1}, user_attrs={PARENT: parent})
+        trial = study.ask(space)
+        assert _told_as_before(study, trial) is told
+    again = study.trials[-1]
+    assert again.values == [0.9, 3.0] and again.user_attrs[RUN] == "r1" and again.user_attrs["repeats"] == 0
 
 
 def test_an_option_added_to_a_sampler_with_plus_is_named():

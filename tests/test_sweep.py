@@ -6,6 +6,7 @@ import shlex
 import sqlite3
 import time
 
+import optuna
 import pytest
 from mlflow import MlflowClient
 
@@ -13,6 +14,7 @@ from mnist_cnn.cli import runs
 from mnist_cnn.config import tree
 from mnist_cnn.runner import train
 from mnist_cnn.sweep.callback import shared_config_error
+from mnist_cnn.sweep.search import open_storage
 from mnist_cnn.tracking.run_names import run_name
 from tests.helpers import processes
 from tests.helpers.mlflow_store import only_run
@@ -86,7 +88,9 @@ def test_submitit_local_sweep_is_one_parent_with_four_children(tiny_root, store_
 
 @pytest.mark.slow
 def test_optuna_search_survives_failed_trials_and_names_the_best(tiny_root, store_uri, tmp_path):
-    """Width 0 is an impossible config and lr 1e6 diverges: both trials are FAILED runs, the study goes on."""
+    """Width 0 is an impossible config and lr 1e6 diverges: both trials are FAILED runs, the study
+    goes on to its 6 trials (4 configs: a trial with a finished trial's values shares its run, a
+    failed one runs again)."""
     parent, children = sweep(
         tmp_path,
         tiny_root,
@@ -97,7 +101,10 @@ def test_optuna_search_survives_failed_trials_and_names_the_best(tiny_root, stor
         "optimizer.lr=choice(0.05, 1e6)",
         "model.layers.0.out_channels=choice(0, 8)",
     )
-    assert len(children) == 6 and parent.data.metrics["n_jobs"] == 6
+    study = optuna.load_study(
+        study_name=parent.data.tags["optuna_study"], storage=open_storage(str(tmp_path / "mlflow.db.optuna.journal"))
+    )
+    assert len(study.trials) == 6 and parent.data.metrics["n_jobs"] == len(children) <= 6
     failed = [c for c in children if c.info.status == "FAILED"]
     assert parent.data.metrics["n_failed"] == len(failed) > 0
     causes = ("ConfigError: model.layers[0] block: out_channels must be a positive integer", "DivergedError: ")

@@ -267,6 +267,8 @@ def test_a_two_objective_search_stopped_by_sigterm_ends_with_its_pareto_front_an
     trials = [t for t in study_of(parent, tmp_path).trials if not t.user_attrs.get("requeued")]
     assert len(trials) == 6 and {t.state for t in trials} == {optuna.trial.TrialState.COMPLETE}
     assert {t.user_attrs["mlflow_run"] for t in trials} == set(runs)  # every run is a trial's, every trial has one
+    first = [t.user_attrs["mlflow_run"] for t in trials if "repeats" not in t.user_attrs]
+    assert len(first) == len(set(first))  # a run shared by two trials was trained once, for the first
     assert {r.info.status for r in after} == {"FINISHED"} and parent.data.metrics["n_jobs"] == len(runs)
 
     front = {k.removeprefix("pareto_front."): v for k, v in parent.data.tags.items() if k.startswith("pareto_front.")}

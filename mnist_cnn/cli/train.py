@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from mnist_cnn import interrupts, timing
 from mnist_cnn.config import tree
 from mnist_cnn.config.checks import check_config
-from mnist_cnn.config.job import Outcome, in_multirun
+from mnist_cnn.config.job import Outcome, in_multirun, sweeps_here
 from mnist_cnn.config.keys import override_key
 from mnist_cnn.config.paths import make_paths_absolute
 from mnist_cnn.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, ConfigError, UserError
@@ -105,6 +105,7 @@ def train(cfg: DictConfig) -> Outcome:
     timing.job_started()  # the run's time_total_s and time_startup_s count from here (the first job: process start)
     interrupts.install()  # SIGTERM, like Ctrl-C, now ends the run with a status instead of killing it
     try:
+        interrupts.job_started()  # a stop asked for since the sweep's last job ended: here, not in Hydra's code
         make_paths_absolute(cfg, Path(HydraConfig.get().runtime.cwd))
         check_config(cfg)  # plain Python: a bad config fails in about a second, before torch loads
         from mnist_cnn.runner.train import run  # torch and MLflow: seconds to import, only once the config is good
@@ -121,6 +122,8 @@ def train(cfg: DictConfig) -> Outcome:
             log.error("%s", redact(str(e)))
             sys.exit(e.exit_code)
         raise
+    finally:
+        interrupts.job_ended(sweeping=sweeps_here())  # a joblib worker must still stop when its pool ends it
 
 
 def _record_failed_job(cfg: DictConfig, error: Exception) -> None:

@@ -39,6 +39,12 @@ def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def sweeps_here() -> bool:
+    """Whether this job runs in its sweep's own process, between its siblings (Hydra's basic
+    launcher), rather than in a worker or a job of its own (joblib, submitit, Slurm)."""
+    return in_multirun() and str(HydraConfig.get().launcher._target_).endswith(".BasicLauncher")
+
+
 def job_overrides() -> List[str]:
     """The command-line overrides of this run or job (`optimizer.lr=0.003`, ...)."""
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []

@@ -197,7 +197,7 @@ class TrainerConfig:
     compile: bool = False
     # training loss only: targets (1 - ls) on the label, ls spread over all classes
     label_smoothing: float = ranged(0.0, FRACTION)
-    keep_best: int = ranged(0, NON_NEGATIVE)  # K > 0: keep the K best epochs (by objective.metric) as logged models
+    keep_best: int = ranged(0, NON_NEGATIVE)  # K > 0: keep the K best epochs (by the first objective) as logged models
     strategy: Strategy = Strategy.single  # ddp: data-parallel over the processes torchrun starts (engine.distributed)
     cuda_graph: Optional[bool] = (
         None  # each step a replayed CUDA graph; null: on for cuda but not ddp or compile (engine.graphs)

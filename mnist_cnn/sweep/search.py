@@ -15,6 +15,12 @@ of the sweep's parent run. `n_trials` counts every trial of the study, so:
   where it was, instead of starting over from its seed;
 - two sweeps sharing a study (two shells, two Slurm arrays) stop at exactly `n_trials` between
   them: a trial asked beyond that count is marked surplus and never launched.
+
+Each job returns its Outcome: the trial completes with the values of objective.metrics (several
+make the study multi-objective: the parent is then tagged with the runs on its Pareto front), is
+pruned, or fails, and keeps the job's run. A job learns its trial's number from its environment
+(MNIST_CNN_OPTUNA_TRIAL) and the study from the sweep file, so that it can report its epochs to
+the study's pruner (sweep.prune). At the end the parent logs what mattered (fANOVA importances).
 """
 
 import json
@@ -47,6 +53,7 @@ log = logging.getLogger(__name__)
 
 PARENT, RUN = "mlflow_parent_run", "mlflow_run"  # trials' user attributes: the sweep's parent run, the job's run
 REQUEUED, SURPLUS = "requeued", "surplus"  # and: asked again on resume_sweep; asked beyond n_trials
+REPEATS = "repeats"  # and: the earlier trial whose values (and so result) it has
 JOURNAL = ".optuna.journal"
 
 
@@ -97,6 +104,9 @@ def run_search(config: DictConfig, launcher: Any, arguments: List[str]) -> None:
             break
         if parent:  # saved before the jobs run: a resumed sweep draws after these trials, not them again
             study.set_user_attr(_random_key(parent), random_states(study.sampler))
+        trials = [trial for trial in trials if not _told_as_before(study, trial)]
+        if not trials:
+            continue
         overrides = [[*fixed, *(f"{k}={v}" for k, v in trial.params.items()), _trial_env(trial)] for trial in trials]
         returns = launcher.launch(overrides, initial_job_idx=job_index)
         job_index += len(trials)
@@ -111,6 +121,36 @@ def run_search(config: DictConfig, launcher: Any, arguments: List[str]) -> None:
         tag_pareto_front(client, parent, study, metrics)
     if space:
         log_importances(client, parent, study, metrics)
+
+
+def _told_as_before(study: optuna.Study, trial: optuna.Trial) -> bool:
+    """A trial with the values of an earlier finished trial of this sweep (a sampler may draw them
+    again: NSGA-II's crossover often does) is told that trial's result and shares its run: its job
+    would train the same config from the same seed. Returns whether it was."""
+    parent = trial.user_attrs.get(PARENT)
+    earlier = next(
+        (
+            t
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+            if parent and t.user_attrs.get(PARENT) == parent and RUN in t.user_attrs and t.params == trial.params
+        ),
+        None,
+    )
+    if earlier is None:
+        return False
+    trial.set_user_attr(RUN, earlier.user_attrs[RUN])
+    trial.set_user_attr(REPEATS, earlier.number)
+    if earlier.state == TrialState.PRUNED:
+        _told(study, trial, state=TrialState.PRUNED)
+    else:
+        _told(study, trial, values=earlier.values)
+    log.info(
+        "trial %d has trial %d's values: told its result, run %s not trained again",
+        trial.number,
+        earlier.number,
+        earlier.user_attrs[RUN],
+    )
+    return True
 
 
 def _trial_env(trial: optuna.Trial) -> str:
