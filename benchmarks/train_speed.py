@@ -286,7 +286,7 @@ def fast99(
                     *([f"trainer.precision={precision}"] if precision else []),
                 ]
             )
-            metrics = train.run(cfg, Path(tmp) / f"seed{seed}")
+            metrics = train.run(cfg, Path(tmp) / f"seed{seed}").metrics
             times.append(metrics["train_time_s"])
             accs.append(metrics["test_acc"])
             print(
@@ -324,7 +324,7 @@ def tracking_overhead(data_root: Path, steps: int) -> None:
                         f"tracking.run_name=overhead{repeat}",
                     ]
                 )
-                final = train.run(cfg, Path(tmp) / f"out{repeat}{tracked}")
+                final = train.run(cfg, Path(tmp) / f"out{repeat}{tracked}").metrics
                 times[tracked].append(final["train_time_s"] + final["time_checkpoint_s"])
     on, off = min(times[True]), min(times[False])
     print(
