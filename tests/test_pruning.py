@@ -96,6 +96,19 @@ def test_a_search_job_reports_its_epochs_to_its_trial_and_its_study_prunes_it(ti
     assert not TrialPruner(cfg, good, reported=[]).should_prune(None, None, [{"val_acc": 0.6}, {"val_acc": 0.9}])
 
 
+def test_a_study_that_stops_answering_prunes_nothing_and_the_run_goes_on(tiny_cfg, monkeypatch, caplog):
+    cfg = tiny_cfg("trainer.epochs=3", "objective.pruner=median")
+    study = study_with(GOOD, pruner=make_pruner(cfg.objective, 3))
+    trial = study.ask()
+
+    def unreachable(value, step):
+        raise OSError("No such file or directory: '/shared/mlflow.db.optuna.journal'")
+
+    monkeypatch.setattr(trial, "report", unreachable)
+    assert not TrialPruner(cfg, trial, reported=[]).should_prune(None, None, [{"val_acc": v} for v in DECLINING])
+    assert "not pruned after epoch 3: the study did not answer (No such file or directory" in caplog.text
+
+
 def test_a_search_job_is_not_pruned_before_enough_trials_completed(tiny_cfg):
     cfg = tiny_cfg("trainer.epochs=3", "objective.pruner=median")
     study = study_with(GOOD[:2], pruner=make_pruner(cfg.objective, 3))  # 2 completed < prune_min_runs 3

@@ -30,6 +30,7 @@ from mnist_cnn.config.job import STORAGE, STUDY, TRIAL_ENV, sweep_info
 from mnist_cnn.config.schema import first_objective
 from mnist_cnn.names import PRUNED_AT
 from mnist_cnn.sweep.parent import children
+from mnist_cnn.tracking.redact import redact
 
 if TYPE_CHECKING:
     import optuna
@@ -46,7 +47,15 @@ class TrialPruner:
 
     def should_prune(self, client: Any, run_id: str, history: List[Dict[str, float]]) -> bool:
         """True when the study's pruner would stop this job, whose epochs so far are `history` (the
-        store and run are the MLflow pruner's, unused here)."""
+        store and run are the MLflow pruner's, unused here). A study that cannot be reached now
+        prunes nothing: the run goes on, and reports the epochs it missed once it can."""
+        try:
+            return self._judge(history)
+        except Exception as e:  # noqa: BLE001 - a journal file or a database: the run must not die of it
+            log.warning("not pruned after epoch %d: the study did not answer (%s)", len(history), redact(str(e))[:200])
+            return False
+
+    def _judge(self, history: List[Dict[str, float]]) -> bool:
         import optuna  # slow to import, and only the jobs of a pruned sweep need it
 
         for epoch, metrics in enumerate(history, start=1):
