@@ -25,6 +25,7 @@ from tests.helpers.mlflow_store import Server, all_runs, free_port, only_run, ru
 RUNS = [processes.TRAIN[0], "-m", "mnist_cnn.cli.runs"]
 
 
+@pytest.mark.slow
 def test_processes_opening_a_new_sqlite_store_at_once_all_succeed(tmp_path):
     """Unlocked, 4 processes on a new store fail with alembic errors and can break it for good."""
     uri = f"sqlite:///{tmp_path}/new.db"

@@ -82,6 +82,7 @@ def test_a_samplers_random_state_carries_over_so_a_resumed_search_continues_its_
     assert random_states(first)
 
 
+@pytest.mark.slow
 def test_the_dashboard_serves_a_searchs_study_over_http(tiny_root, store_uri, tmp_path):
     """`mnist-cnn-runs --sweep PARENT --dashboard`: the link it prints serves the study, whose
     trials Optuna's dashboard lists through its API."""
