@@ -2,9 +2,11 @@
 
 Two runs that differ only in these keys are the same experiment: `config_sha256` leaves them out,
 run names skip them, and `resume=` accepts new values for them while refusing any other change.
+A config's keys are written dotted, as overrides and a run's params name them (`flatten`).
 """
 
 import hashlib
+from typing import Any, Dict
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -46,3 +48,17 @@ def config_sha256(cfg: DictConfig) -> str:
             node = node.get(parent, {})
         node.pop(leaf, None)
     return hashlib.sha256(OmegaConf.to_yaml(OmegaConf.create(tree), sort_keys=True).encode()).hexdigest()
+
+
+def flatten(tree: Any, prefix: str = "") -> Dict[str, Any]:
+    """{"model": {"layers": [{"type": "conv"}]}} -> {"model.layers.0.type": "conv"}; None values dropped."""
+    if isinstance(tree, dict):
+        items = tree.items()
+    elif isinstance(tree, list):
+        items = enumerate(tree)
+    else:
+        return {} if tree is None else {prefix: tree}
+    out: Dict[str, Any] = {}
+    for key, value in items:
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out

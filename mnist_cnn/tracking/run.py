@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist_cnn import interrupts, names
 from mnist_cnn.config.job import job_overrides, sweep_info
-from mnist_cnn.config.keys import config_sha256
+from mnist_cnn.config.keys import config_sha256, flatten
 from mnist_cnn.config.schema import first_objective
 from mnist_cnn.errors import CheckpointError, Pruned, TrackingError, TrackingLostError
 from mnist_cnn.tracking import model as logged
@@ -387,20 +387,6 @@ def as_tags(tags: Dict[str, Any]) -> List[RunTag]:
 
 def error_tag(error: BaseException) -> str:
     return redact(f"{type(error).__name__}: {error}")[:5000]  # MLflow caps tag values
-
-
-def flatten(tree: Any, prefix: str = "") -> Dict[str, Any]:
-    """{"model": {"layers": [{"type": "conv"}]}} -> {"model.layers.0.type": "conv"}; None values dropped."""
-    if isinstance(tree, dict):
-        items = tree.items()
-    elif isinstance(tree, list):
-        items = enumerate(tree)
-    else:
-        return {} if tree is None else {prefix: tree}
-    out: Dict[str, Any] = {}
-    for key, value in items:
-        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return out
 
 
 def record_failed_job(cfg: DictConfig, error: Exception) -> None:
