@@ -30,6 +30,8 @@ HYDRA_OVERRIDES, RESUME_OVERRIDES = "hydra_overrides", "resume_overrides"
 RESUMED_AT_EPOCH = "resumed_at_epoch"
 INTERRUPTED, RESUME_COMMAND, ERROR = "interrupted", "resume_command", "error"
 PRUNED_AT = "pruned_at_epoch"  # a sweep's pruner stopped it after this epoch
+STOPPED_EARLY_AT = "stopped_early_at_epoch"  # trainer.early_stopping ended it, FINISHED, after this epoch
+RESTORED_EPOCH = "restored_epoch"  # trainer.restore_best: the epoch whose weights it tested and logged
 CHAMPION_ERROR = "champion_error"  # a sweep's parent: why its champion could not be registered
 STOPPED = (
     INTERRUPTED,
@@ -97,5 +99,6 @@ def time_metric(phase: str) -> str:
 
 # Artifacts.
 CONFIG_FILE = "config.yaml"  # the resolved config, credentials masked
+ONNX_FILE = "model.onnx"  # the final model as ONNX, with tracking.log_onnx=true
 CHECKPOINT_FOLDER = "checkpoints"
 CHECKPOINT = f"{CHECKPOINT_FOLDER}/last.pt"  # rewritten every epoch

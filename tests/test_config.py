@@ -139,6 +139,15 @@ def test_keys_that_do_not_apply_and_unknown_choices_fail_at_compose(overrides, m
             "prunes single-objective trials only); set objective.pruner=none or one metric.",
         ),
         (
+            ["trainer.early_stopping.min_delta=0.1"],
+            "trainer.early_stopping.min_delta applies only with trainer.early_stopping.patience; set the patience",
+        ),
+        (
+            ["trainer.early_stopping.patience=2", "objective.metrics=[test_acc]"],
+            "trainer.early_stopping.patience=2 rank epochs by the first of objective.metrics, but test_acc is logged "
+            "only once",
+        ),
+        (
             ["objective.pruner=patient"],
             "objective.pruner=patient needs objective.prune_patience (how many epochs, plus one, a job must fall "
             "short of its best before the median may prune it).",

@@ -20,6 +20,7 @@ from mnist_cnn.config.keys import override_key
 from mnist_cnn.config.schema import OPTIONS, first_objective
 from mnist_cnn.data.datasets import IMAGE_SHAPE, dataset_info
 from mnist_cnn.errors import ConfigError
+from mnist_cnn.model import onnx_file
 from mnist_cnn.model.layers import Layer, plan_layers
 from mnist_cnn.names import EPOCH_METRICS
 
@@ -41,6 +42,10 @@ def check_config(cfg: DictConfig, multirun: Optional[bool] = None) -> List[Layer
     _check_objective(cfg.objective, cfg.data.val_size)
     if cfg.tracking.register_as and not cfg.tracking.log_model:
         raise ConfigError("tracking.register_as needs the model logged; drop tracking.log_model=false.")
+    if cfg.tracking.log_onnx and not cfg.tracking.log_model:
+        raise ConfigError("tracking.log_onnx logs the model as ONNX too; drop tracking.log_model=false.")
+    if cfg.tracking.log_onnx:  # known now, not after the epochs
+        onnx_file.require("tracking.log_onnx=true")
     if cfg.optimizer.name == "sgd" and cfg.optimizer.nesterov and cfg.optimizer.momentum == 0:
         raise ConfigError("optimizer.nesterov=true needs optimizer.momentum > 0.")
     _check_names(cfg)
@@ -124,14 +129,22 @@ def _check_epoch_ranking(cfg: DictConfig) -> None:
     and they need the store."""
     users = [f"objective.pruner={cfg.objective.pruner}"] if cfg.objective.pruner != "none" else []
     users += [f"trainer.keep_best={cfg.trainer.keep_best}"] if cfg.trainer.keep_best else []
+    patience = cfg.trainer.early_stopping.patience
+    users += [f"trainer.early_stopping.patience={patience}"] if patience is not None else []
     metric, _ = first_objective(cfg.objective)
     if users and metric not in EPOCH_METRICS:
         raise ConfigError(
             f"{' and '.join(users)} rank epochs by the first of objective.metrics, but {metric} is logged only "
             f"once, at the end; choose one of {', '.join(EPOCH_METRICS)}."
         )
-    if users and not cfg.tracking.enabled:
-        raise ConfigError(f"{' and '.join(users)} work through the MLflow store; drop tracking.enabled=false.")
+    stores = [u for u in users if not u.startswith("trainer.early_stopping")]
+    if stores and not cfg.tracking.enabled:
+        raise ConfigError(f"{' and '.join(stores)} work through the MLflow store; drop tracking.enabled=false.")
+    if patience is None and cfg.trainer.early_stopping.min_delta:
+        raise ConfigError(
+            "trainer.early_stopping.min_delta applies only with trainer.early_stopping.patience; set the patience "
+            "(epochs without improvement before the run stops) or drop min_delta."
+        )
     if cfg.tracking.register_from == "best" and not cfg.trainer.keep_best:
         raise ConfigError("tracking.register_from=best needs the best epochs kept: set trainer.keep_best=1 or more.")
     if cfg.resume and cfg.resume_sweep:

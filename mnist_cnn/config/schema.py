@@ -186,6 +186,14 @@ class DataConfig:
 
 
 @dataclass
+class EarlyStoppingConfig:
+    """Stop a run once the first of objective.metrics has not improved for `patience` epochs."""
+
+    patience: Optional[int] = ranged(None, AT_LEAST_ONE)  # null: never stop early
+    min_delta: float = ranged(0.0, NON_NEGATIVE)  # a smaller change than this is no improvement
+
+
+@dataclass
 class TrainerConfig:
     epochs: int = ranged(3, AT_LEAST_ONE)
     device: Device = Device.auto
@@ -199,6 +207,8 @@ class TrainerConfig:
     label_smoothing: float = ranged(0.0, FRACTION)
     keep_best: int = ranged(0, NON_NEGATIVE)  # K > 0: keep the K best epochs (by the first objective) as logged models
     strategy: Strategy = Strategy.single  # ddp: data-parallel over the processes torchrun starts (engine.distributed)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    restore_best: bool = True  # with early stopping: test and log the weights of the best epoch, not the last
     cuda_graph: Optional[bool] = (
         None  # each step a replayed CUDA graph; null: on for cuda but not ddp or compile (engine.graphs)
     )
@@ -211,6 +221,7 @@ class TrackingConfig:
     experiment: str = "mnist"
     run_name: Optional[str] = None
     log_model: bool = True
+    log_onnx: bool = False  # also log the model as ONNX, model.onnx (the export extra)
     register_as: Optional[str] = None  # also register the model as a new version of this registered model
     register_from: RegisterFrom = RegisterFrom.last  # best: the best epoch kept by trainer.keep_best
     system_metrics: bool = False  # MLflow's CPU, memory, disk and network metrics every 10 s

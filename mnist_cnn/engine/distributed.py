@@ -147,13 +147,14 @@ class StopVote:
             self.pending = None
 
 
-def agree(world: World, stop: bool, prune: bool) -> Tuple[bool, bool]:
-    """At an epoch's end: stop if any rank was asked to, prune if rank 0 (which reads MLflow) decided to."""
+def agree(world: World, stop: bool, prune: bool, done: bool) -> Tuple[bool, bool, bool]:
+    """At an epoch's end: stop if any rank was asked to; prune if rank 0 (which reads MLflow) decided
+    to; done if rank 0 (which scores validation) stops early."""
     if not world.distributed:
-        return stop, prune
-    votes = torch.tensor([int(stop), int(prune)])
+        return stop, prune, done
+    votes = torch.tensor([int(stop), int(prune), int(done)])
     dist.all_reduce(votes, dist.ReduceOp.MAX, group=world.control)
-    return bool(votes[0]), bool(votes[1])
+    return bool(votes[0]), bool(votes[1]), bool(votes[2])
 
 
 def from_main(world: World, fn: Callable[..., Any], *args: Any) -> Any:

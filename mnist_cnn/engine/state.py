@@ -30,6 +30,7 @@ class TrainingState:
     precision: str  # fp32 or bf16, resolved (engine.precision)
     clock: Stopwatch  # the seconds of each phase, over all of a resumed run's processes
     history: List[Dict[str, float]] = field(default_factory=list)  # each completed epoch's metrics
+    best: Optional[Dict[str, Any]] = None  # early stopping: the best epoch so far, {"epoch", "model"} (its weights)
 
     @property
     def device(self) -> torch.device:
@@ -53,6 +54,7 @@ class TrainingState:
             "history": self.history,
             "precision": self.precision,
             "timing": self.clock.state(),
+            "best": self.best,
         }
 
     def restore(self, checkpoint: Dict[str, Any]) -> None:
@@ -69,3 +71,16 @@ class TrainingState:
             self.scheduler.load_state_dict(checkpoint["scheduler"])
         repro.restore_rng_state(checkpoint["rng"], self.generator)
         self.history = list(checkpoint["history"])
+        self.best = checkpoint.get("best")
+
+    def keep_if_best(self, best_epoch: int) -> None:
+        """Copy the weights if the epoch just completed is the best so far (early stopping restores
+        them at the end); an earlier best keeps the copy made then."""
+        if best_epoch == self.epoch:
+            weights = {key: value.detach().clone() for key, value in self.model.state_dict().items()}
+            self.best = {"epoch": best_epoch, "model": weights}
+
+    def restore_best(self) -> int:
+        """Put the kept best epoch's weights back into the model; returns that epoch."""
+        self.model.load_state_dict(self.best["model"])
+        return self.best["epoch"]

@@ -47,7 +47,7 @@ def test_and_log_model(cfg: DictConfig, tracker: Tracker, state: TrainingState, 
         names.TEST_ACC: report.accuracy,
         names.TRAIN_TIME: train_time_s(state.history),
     }
-    tracker.log_metrics({**final, **report.class_metrics()}, step=cfg.trainer.epochs)
+    tracker.log_metrics({**final, **report.class_metrics()}, step=state.epoch)
     with clock.phase("figures"):
         tracker.log_report(report.as_dict(), run_figures(report, state.history))
     tracker.set_tags({names.WEIGHTS_SHA256: repro.weights_sha256(state.model)})
@@ -57,6 +57,8 @@ def test_and_log_model(cfg: DictConfig, tracker: Tracker, state: TrainingState, 
         if cfg.tracking.log_model:
             register_as = None if in_multirun() else cfg.tracking.register_as  # a sweep registers only its champion
             tracker.log_model(state.model, IMAGE_SHAPE, len(classes), register_as, cfg.tracking.register_from)
+            if cfg.tracking.log_onnx:
+                tracker.log_onnx(state.model, state.splits["test"], classes)
     interrupts.check()  # a stop asked for while the model was logged: KILLED, resumable, not ignored
     timing = clock.metrics()
     tracker.log_metrics(timing, step=cfg.trainer.epochs)

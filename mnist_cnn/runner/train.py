@@ -21,6 +21,7 @@ from mnist_cnn import interrupts, names
 from mnist_cnn.config.job import Outcome
 from mnist_cnn.engine import distributed
 from mnist_cnn.engine.distributed import SINGLE, World
+from mnist_cnn.engine.early_stopping import EarlyStopping
 from mnist_cnn.engine.loop import StepSettings, check_divergence, evaluate, train_epoch
 from mnist_cnn.engine.state import TrainingState
 from mnist_cnn.errors import Pruned
@@ -59,6 +60,7 @@ def fit(start: StartPoint, output_dir: Path, world: World = SINGLE) -> Outcome:
     checkpoint = output_dir / "checkpoints" / "last.pt"
     opening = Opening(params, tags, prepared.dataset)
     pruner = sweep_pruner(cfg) if world.main else None
+    early = EarlyStopping.of(cfg)
     recorded = tracked_run(cfg, opening, start.run_id, checkpoint) if world.main else nullcontext(Tracker(None, None))
     tracker = Tracker(None, None)
     try:
@@ -74,26 +76,51 @@ def fit(start: StartPoint, output_dir: Path, world: World = SINGLE) -> Outcome:
                     train_and_validate(state, settings, epoch, len(prepared.classes), cfg.data.eval_batch_size, world)
                 )
                 if world.main:  # the only rank with side effects
+                    if early is not None:  # before the checkpoint, which carries the best weights
+                        state.keep_if_best(early.best_epoch(state.history))
                     with state.clock.phase("checkpoint"):
                         save_and_log_epoch(cfg, tracker, state, len(prepared.classes), checkpoint)
-                end_of_epoch(world, tracker, pruner, state.history, last=epoch == cfg.trainer.epochs)
+                if end_of_epoch(world, tracker, pruner, state.history, epoch == cfg.trainer.epochs, early):
+                    if world.main:
+                        tracker.set_tags({names.STOPPED_EARLY_AT: str(epoch)})
+                        best = state.best["epoch"]
+                        log.info(
+                            "stopped early after epoch %d: %s not better since epoch %d", epoch, early.metric, best
+                        )
+                    break
             if not world.main:
                 return Outcome(state.history[-1])
+            ended = ended_with(cfg, tracker, state, early)
             final = test_and_log_model(cfg, tracker, state, prepared.classes)
     except Pruned as e:
         return Outcome(state.history[-1], tracker.run_id, e.epoch)
-    return Outcome({**state.history[-1], **final}, tracker.run_id)
+    return Outcome({**state.history[ended - 1], **final}, tracker.run_id)
 
 
-def end_of_epoch(world: World, tracker: Tracker, pruner: Optional[JobPruner], history, last: bool) -> None:
+def ended_with(cfg: DictConfig, tracker: Tracker, state: TrainingState, early: Optional[EarlyStopping]) -> int:
+    """The epoch whose weights the run tests and logs: with early stopping and trainer.restore_best,
+    its best (tagged `restored_epoch`), else its last."""
+    if early is None or not cfg.trainer.restore_best:
+        return state.epoch
+    epoch = state.restore_best()
+    tracker.set_tags({names.RESTORED_EPOCH: str(epoch)})
+    return epoch
+
+
+def end_of_epoch(
+    world: World, tracker: Tracker, pruner: Optional[JobPruner], history, last: bool, early: Optional[EarlyStopping]
+) -> bool:
     """Every rank ends the epoch alike: pruned (the sweep's pruner, asked by rank 0), stopped (Ctrl-C
-    or SIGTERM on any rank), or on to the next."""
+    or SIGTERM on any rank), done (early stopping, judged by rank 0, which scores validation: True),
+    or on to the next (False)."""
     prune = bool(pruner and not last and tracker.call(pruner.should_prune, tracker.client, tracker.run_id, history))
-    stop, prune = distributed.agree(world, interrupts.requested(), prune)
+    done = bool(early and world.main and not last and early.stops(history))
+    stop, prune, done = distributed.agree(world, interrupts.requested(), prune, done)
     if prune:
         raise Pruned(len(history))
     if stop:
         raise KeyboardInterrupt("stop requested")
+    return done
 
 
 def train_and_validate(

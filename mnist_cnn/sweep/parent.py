@@ -75,7 +75,7 @@ def _report(
     jobs = children(client, run_id)
     objectives = config_objectives(cfg.objective)
     metric = objectives[0][0]
-    table = tables.jobs_table(jobs, swept, [m for m, _ in objectives])
+    table = tables.jobs_table(jobs, swept, [m for m, _ in objectives], _restored(client, jobs))
     summary: Dict[str, Any] = tables.counts(table)
     best = tables.best_job(table, objectives)
     if best is not None:
@@ -98,6 +98,20 @@ def _report(
                 raise
             tags[names.CHAMPION_ERROR] = store.describe(e)
     return summary
+
+
+def _restored(client: MlflowClient, jobs: List[Run]) -> Dict[str, Dict[str, float]]:
+    """For each job that ended with an earlier epoch's weights (trainer.restore_best), that epoch's
+    per-epoch metrics: what its model scores, and what its sweeper was given."""
+    restored = {}
+    for job in jobs:
+        epoch = job.data.tags.get(names.RESTORED_EPOCH)
+        if epoch is not None:
+            histories = {key: client.get_metric_history(job.info.run_id, key) for key in names.EPOCH_METRICS}
+            restored[job.info.run_id] = {
+                key: m.value for key, history in histories.items() for m in history if m.step == int(epoch)
+            }
+    return restored
 
 
 def champion_rule(objectives: List[Objective]) -> str:

@@ -5,7 +5,7 @@ The same tables serve `mnist-cnn-runs --group-seeds` and the files logged on the
 """
 
 import math
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import pandas as pd
 from mlflow.entities import Run
@@ -16,9 +16,12 @@ from mnist_cnn.tracking.run_names import run_name
 Objective = Tuple[str, str]  # a metric and its direction (maximize or minimize): config.schema.objectives
 
 
-def jobs_table(jobs: Iterable[Run], swept: List[str], metrics: Sequence[str]) -> pd.DataFrame:
+def jobs_table(
+    jobs: Iterable[Run], swept: List[str], metrics: Sequence[str], ended: Optional[Dict[str, Dict[str, float]]] = None
+) -> pd.DataFrame:
     """One row per job: id, name, status, the epoch it was pruned at, each swept key's value as
-    logged, the objective's `metrics`, train time and accuracies."""
+    logged, the objective's `metrics`, train time and accuracies: the latest logged, or for a job in
+    `ended` (run id: values) the values of the epoch whose weights it ended with."""
     columns = list(dict.fromkeys([*metrics, TRAIN_TIME, *SEED_METRICS]))
     rows = []
     for job in jobs:
@@ -27,8 +30,9 @@ def jobs_table(jobs: Iterable[Run], swept: List[str], metrics: Sequence[str]) ->
         row[PRUNED_AT] = int(job.data.tags[PRUNED_AT]) if PRUNED_AT in job.data.tags else None
         for key in swept:  # `optimizer=sgd` chooses an option: its params say optimizer.name=sgd
             row[key] = params.get(key, params.get(f"{key}.name"))
+        values = {**job.data.metrics, **(ended or {}).get(job.info.run_id, {})}
         for key in columns:
-            row[key] = job.data.metrics.get(key, math.nan)
+            row[key] = values.get(key, math.nan)
         rows.append(row)
     table = pd.DataFrame(
         rows,

@@ -1,0 +1,101 @@
+"""Early stopping (trainer.early_stopping): the rule, a run that stops on a plateau with its best
+epoch's weights, its resume to the same weights, and a sweep that is given what the run ended with."""
+
+import optuna
+import pytest
+
+from mnist_cnn.engine.early_stopping import EarlyStopping
+from mnist_cnn.runner import train
+from mnist_cnn.sweep.search import open_storage
+from tests.helpers import processes
+from tests.helpers.mlflow_store import history, only_run, runs_by_name
+from tests.helpers.mlflow_store import runs as runs_in
+from tests.test_resume import interrupt_at, resume
+
+PLATEAU = ("trainer.epochs=10", "trainer.early_stopping.patience=2", "trainer.early_stopping.min_delta=0.01")
+ON_LOSS = ("objective.metrics=[val_loss]", "objective.directions=[minimize]", "tracking.log_model=false")
+
+
+def epochs(*values: float) -> list:
+    return [{"val_loss": v} for v in values]
+
+
+def test_the_best_epoch_is_the_last_that_improved_by_more_than_min_delta():
+    rule = EarlyStopping("val_loss", "minimize", min_delta=0.01, patience=2)
+    assert rule.best_epoch(epochs(0.5, 0.3, 0.295, 0.291)) == 2  # 0.005 and 0.009 less: not more than min_delta
+    assert not rule.stops(epochs(0.5, 0.3, 0.295))
+    assert rule.stops(epochs(0.5, 0.3, 0.295, 0.291))
+    assert EarlyStopping("val_acc", "maximize", 0.0, 1).best_epoch([{"val_acc": a} for a in (0.9, 0.95, 0.95)]) == 2
+
+
+@pytest.mark.slow
+def test_a_run_on_a_plateau_stops_early_finished_with_its_best_epochs_weights(tiny_cfg, store_uri, tmp_path):
+    """On the tiny data val_loss falls by less than 0.01 an epoch from epoch 3 on: the best epoch is
+    2, and the run stops after epoch 4, FINISHED, testing and returning epoch 2's model."""
+    outcome = train.run(tiny_cfg(*PLATEAU, *ON_LOSS), tmp_path / "out")
+    run = only_run(store_uri)
+    losses = [value for _, value in history(store_uri, run.info.run_id)["val_loss"]]
+    assert run.info.status == "FINISHED" and len(losses) == 4 < 10
+    assert run.data.tags["stopped_early_at_epoch"] == "4" and run.data.tags["restored_epoch"] == "2"
+    assert outcome.metrics["val_loss"] == losses[1] != losses[-1]  # what the sweeper gets: epoch 2's value
+    assert run.data.metrics["test_acc"] == outcome.metrics["test_acc"]
+
+
+@pytest.mark.slow
+def test_without_restore_best_the_run_ends_with_its_last_epochs_weights(tiny_cfg, store_uri, tmp_path):
+    outcome = train.run(tiny_cfg(*PLATEAU, *ON_LOSS, "trainer.restore_best=false"), tmp_path / "out")
+    run = only_run(store_uri)
+    assert run.data.tags["stopped_early_at_epoch"] == "4" and "restored_epoch" not in run.data.tags
+    assert outcome.metrics["val_loss"] == history(store_uri, run.info.run_id)["val_loss"][-1][1]
+
+
+@pytest.mark.slow
+def test_a_run_stopped_in_epoch_3_resumes_to_the_same_early_stop_and_weights(
+    tiny_cfg, store_uri, tmp_path, monkeypatch
+):
+    """The best epoch's weights travel in the checkpoint: the resumed run restores the same ones."""
+    train.run(tiny_cfg(*PLATEAU, *ON_LOSS, "tracking.run_name=full"), tmp_path / "full")
+    interrupt_at(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(tiny_cfg(*PLATEAU, *ON_LOSS, "tracking.run_name=cut"), tmp_path / "cut")
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    cut_id = runs_by_name(store_uri)["cut"].info.run_id
+    resume(monkeypatch, tiny_cfg(), cut_id)
+    runs = runs_by_name(store_uri)
+    full, cut = runs["full"].data.tags, runs["cut"].data.tags
+    assert cut["resumed_at_epoch"] == "3" and runs["cut"].info.status == "FINISHED"
+    for tag in ("stopped_early_at_epoch", "restored_epoch", "weights_sha256"):
+        assert cut[tag] == full[tag], tag
+
+
+@pytest.mark.slow
+def test_an_optuna_search_is_given_what_its_early_stopped_runs_ended_with(tiny_root, store_uri, tmp_path):
+    """With a pruner too: each trial's value, and the parent's best, are the restored epoch's val_loss."""
+    command = processes.train_command(
+        tiny_root,
+        store_uri,
+        "hparams_search=lr_batch",
+        "hydra.sweeper.n_trials=3",
+        "objective.pruner=median",
+        "objective.prune_min_runs=1",
+        *PLATEAU,
+        *ON_LOSS,
+        multirun=True,
+    )
+    out = processes.run(command, tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    found = runs_in(store_uri)
+    parent = next(r for r in found if "mlflow.parentRunId" not in r.data.tags)
+    runs = {r.info.run_id: r for r in found if r is not parent}
+    study = optuna.load_study(
+        study_name=parent.data.tags["optuna_study"], storage=open_storage(str(tmp_path / "mlflow.db.optuna.journal"))
+    )
+    ended = {}
+    for trial in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
+        run = runs[trial.user_attrs["mlflow_run"]]
+        epoch = int(run.data.tags.get("restored_epoch", len(history(store_uri, run.info.run_id)["val_loss"])))
+        ended[run.info.run_id] = dict(history(store_uri, run.info.run_id)["val_loss"])[epoch]
+        assert trial.values == [ended[run.info.run_id]]
+    assert any("stopped_early_at_epoch" in r.data.tags for r in runs.values())
+    assert parent.data.metrics["best_val_loss"] == min(ended.values())
