@@ -49,7 +49,7 @@ LAYERS: Tuple[Tuple[str, Tuple[str, ...], str], ...] = (
 )
 BASE = 2  # the layers below this one are used from everywhere: the diagram leaves out the arrows into them
 HEAVY = ("torch", "torchvision", "mlflow", "optuna", "matplotlib")
-OPTIONAL = ("optuna_dashboard",)  # pyproject's optional-dependencies (the sweep extra)
+OPTIONAL = ("optuna_dashboard", "onnx", "onnxruntime")  # the optional-dependencies of the sweep and export extras
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,12 @@ through `redact` first.
 import functools
 import logging
 import shlex
+import tempfile
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import mlflow
 import torch
@@ -30,7 +31,9 @@ from mnist_cnn import interrupts, names
 from mnist_cnn.config.job import job_overrides, sweep_info
 from mnist_cnn.config.keys import config_sha256, flatten
 from mnist_cnn.config.schema import first_objective
+from mnist_cnn.data.splits import Split, batches
 from mnist_cnn.errors import CheckpointError, Pruned, TrackingError, TrackingLostError
+from mnist_cnn.model import onnx_file
 from mnist_cnn.tracking import model as logged
 from mnist_cnn.tracking import store
 from mnist_cnn.tracking.environment import environment_tags
@@ -130,6 +133,17 @@ class Tracker:
                 )
 
         self.call(upload)
+
+    @_when_tracking
+    def log_onnx(self, model: torch.nn.Module, test: Split, classes: Tuple[str, ...]) -> None:
+        """The model as ONNX too (tracking.log_onnx), as mnist-cnn-export writes it: checked against
+        PyTorch on the first images of the `test` split, then logged as the run's `model.onnx`."""
+        images, _ = next(batches(test, onnx_file.COMPARED))
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / names.ONNX_FILE
+            exported = onnx_file.export(model, images, path, classes, f"runs:/{self.run_id}/model")
+            self.call(self.client.log_artifact, self.run_id, str(path))
+        log.info("%s: max logit difference from PyTorch %.1e", names.ONNX_FILE, exported.max_difference)
 
     @_when_tracking
     def log_epoch_model(self, model: torch.nn.Module, in_shape: tuple, num_classes: int, epoch: int) -> str:
