@@ -39,37 +39,56 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 def evaluate_model(args: argparse.Namespace):
     """Load the model and its run's test split, score it, log the evaluation. Returns the report, the
     model's reference, the test_acc its run logged when trained, and the run the evaluation went to."""
-    import mlflow  # MLflow and torch take seconds to import: only after the arguments are parsed
-
-    from mnist_cnn.data.idx import load_split  # torch
     from mnist_cnn.engine.repro import set_deterministic  # torch
-    from mnist_cnn.report.metrics import check_fits, score  # torch
+    from mnist_cnn.report.metrics import score  # torch
     from mnist_cnn.tracking import store  # MLflow
-    from mnist_cnn.tracking.lookup import find_run, resolve_model, run_config  # MLflow
 
     client = store.connect(args.tracking_uri, create=False)
-    ref = resolve_model(client, args.model)
-    if ref.run_id is None:
-        raise ModelError(f"{args.model}: no run logged this model, so its dataset is unknown; evaluate it by run id.")
-    run = find_run(client, ref.run_id, args.model)
-    with tempfile.TemporaryDirectory() as tmp:
-        config = run_config(client, ref.run_id, tmp, args.model)
+    ref, run, config, model = trained_model(client, args.model)
     data = config["data"]
-    precision = run.data.params.get("trainer.precision") or config["trainer"]["precision"] or "fp32"  # as it trained
     set_deterministic(run.data.tags.get("deterministic") == "True")  # as in training: the same numbers
+    split = load_test_split(data, args.data_root)
+    report = score(model, split, dataset_info(data["name"]).classes, data["eval_batch_size"], precision(run, config))
+    return report, ref, run.data.metrics.get(names.TEST_ACC, float("nan")), _log_back(client, ref, report)
+
+
+def trained_model(client, spec: str):
+    """The model `spec` names (a run id or model URI), loaded on the CPU and checked against its
+    dataset, with its reference, the run that trained it and that run's config (a dict)."""
+    import mlflow  # MLflow and torch take seconds to import: only after the arguments are parsed
+
+    from mnist_cnn.report.metrics import check_fits  # torch
+    from mnist_cnn.tracking.lookup import find_run, resolve_model, run_config  # MLflow
+
+    ref = resolve_model(client, spec)
+    if ref.run_id is None:
+        raise ModelError(
+            f"{spec}: no run logged this model, so its dataset is unknown; give the id of the run that logged it."
+        )
+    run = find_run(client, ref.run_id, spec)
+    with tempfile.TemporaryDirectory() as tmp:
+        config = run_config(client, ref.run_id, tmp, spec)
     try:
         model = mlflow.pytorch.load_model(ref.uri, map_location="cpu").eval()
     except Exception as e:  # noqa: BLE001 - MLflow raises many kinds for a missing or unreadable model
-        raise ModelError(f"{args.model}: cannot be loaded ({type(e).__name__}: {str(e).splitlines()[0][:200]}).") from e
-    classes = dataset_info(data["name"]).classes
-    check_fits(model, IMAGE_SHAPE, len(classes), args.model)
-    if args.data_root and not Path(args.data_root).expanduser().is_dir():
-        raise DataError(
-            f"--data-root {args.data_root}: no such folder; give the folder that holds {data['name']}'s files."
-        )
-    split = load_split(args.data_root or data["root"], data["name"], "test", "never", data["verify_checksums"])
-    report = score(model, split, classes, data["eval_batch_size"], precision)
-    return report, ref, run.data.metrics.get(names.TEST_ACC, float("nan")), _log_back(client, ref, report)
+        raise ModelError(f"{spec}: cannot be loaded ({type(e).__name__}: {str(e).splitlines()[0][:200]}).") from e
+    check_fits(model, IMAGE_SHAPE, len(dataset_info(config["data"]["name"]).classes), spec)
+    return ref, run, config, model
+
+
+def precision(run, config: dict) -> str:
+    """What the run trained in: fp32 or bf16 (autocast; its logged weights are fp32 either way)."""
+    return run.data.params.get("trainer.precision") or config["trainer"]["precision"] or "fp32"
+
+
+def load_test_split(data: dict, data_root: Optional[str]):
+    """The test split of the dataset a run's config names (`data`): where the run read it, or under
+    `data_root`; never downloaded."""
+    from mnist_cnn.data.idx import load_split  # torch
+
+    if data_root and not Path(data_root).expanduser().is_dir():
+        raise DataError(f"--data-root {data_root}: no such folder; give the folder that holds {data['name']}'s files.")
+    return load_split(data_root or data["root"], data["name"], "test", "never", data["verify_checksums"])
 
 
 def _log_back(client, ref, report) -> str:

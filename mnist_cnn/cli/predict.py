@@ -1,7 +1,8 @@
 """`mnist-cnn-predict`: classify pictures of single characters with a model that a run logged.
 
 MODEL is a run id (the model that run logged) or any MLflow model URI: `runs:/<id>/model`,
-`models:/NAME/3`, `models:/NAME@champion`, `models:/m-<id>`. Each FILE (PNG or JPEG, any size,
+`models:/NAME/3`, `models:/NAME@champion`, `models:/m-<id>`, or an ONNX file (`FILE.onnx`, from
+mnist-cnn-export), which onnxruntime runs without a tracking store. Each FILE (PNG or JPEG, any size,
 dark ink on light paper or light ink on dark) is prepared the way MNIST's own digits were (see
 mnist_cnn.data.images). Classes are named as in the dataset the model was trained on, read from
 the `config.yaml` of the run that logged it; a model without such a run shows class indices.
@@ -18,6 +19,7 @@ from typing import List, Optional, Tuple
 from mnist_cnn.config.paths import DEFAULT_TRACKING_URI, TRACKING_URI_ENV, default_tracking_uri
 from mnist_cnn.data.datasets import IMAGE_SHAPE
 from mnist_cnn.errors import EXIT_BAD_INPUT, EXIT_OK, DataError, ModelError, UserError
+from mnist_cnn.model import onnx_file
 from mnist_cnn.tracking.redact import redact
 
 TOP = 3  # probabilities shown per file without --json
@@ -30,7 +32,9 @@ FIX = (
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="mnist-cnn-predict", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--model", required=True, help="run id, runs:/<id>/model, models:/NAME/VERSION or models:/NAME@ALIAS"
+        "--model",
+        required=True,
+        help="run id, runs:/<id>/model, models:/NAME/VERSION, models:/NAME@ALIAS, or FILE.onnx (mnist-cnn-export)",
     )
     parser.add_argument(
         "--tracking-uri",
@@ -45,6 +49,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 
 def load_model(model: str, tracking_uri: str):
     """The module MODEL names, ready for inference, and its class names; UserError if unusable."""
+    if model.endswith(".onnx"):
+        return load_onnx(model)
     import mlflow.pytorch  # MLflow and torch take seconds to import: only after the arguments are parsed
     import torch  # as above
 
@@ -66,6 +72,16 @@ def load_model(model: str, tracking_uri: str):
             f"--model {model}: cannot load it from the tracking store {tracking_uri} ({store.describe(e)}). {FIX}"
         ) from e
     return net, class_names(client, ref.run_id, n_classes)
+
+
+def load_onnx(path: str):
+    """An ONNX file, run by onnxruntime (no PyTorch module computes), and the class names it holds."""
+    onnx_file.require(f"--model {path}", onnx_file.RUN_PACKAGES)
+    try:
+        net = onnx_file.OnnxModel(path, IMAGE_SHAPE)
+    except ModelError as e:
+        raise ModelError(f"--model {e}") from e
+    return net, net.classes()
 
 
 def read_images(files: List[str]) -> Tuple[list, list]:
@@ -108,7 +124,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     except UserError as e:
         print(f"mnist-cnn-predict: {redact(str(e))}", file=sys.stderr)
         sys.exit(e.exit_code)
-    import torch  # loaded already, with the model
+    import torch  # loaded already with a PyTorch model; for an ONNX file it only carries the images and logits
 
     files, images = read_images(args.files)
     if images:

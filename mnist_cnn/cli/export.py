@@ -1,0 +1,93 @@
+"""`mnist-cnn-export MODEL --onnx FILE`: write a logged or registered model as an ONNX file.
+
+MODEL is named as for mnist-cnn-eval and -predict: a run id, `runs:/ID/model`, `models:/NAME/3` or
+`models:/NAME@alias`. The file has a dynamic batch axis and the dataset's class names; it is
+checked with onnx.checker, then run in onnxruntime on the first 1,000 images of the test split its
+run was trained for, against PyTorch, and the largest logit difference is printed. It takes its
+name only after both checks passed. `mnist-cnn-predict --model FILE` runs it with onnxruntime.
+
+Only reads the tracking store (opened read-only, as predict does); needs the `export` extra.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from mnist_cnn.cli.eval import load_test_split, precision, trained_model
+from mnist_cnn.config.paths import DEFAULT_TRACKING_URI, TRACKING_URI_ENV, default_tracking_uri
+from mnist_cnn.data.datasets import dataset_info
+from mnist_cnn.errors import EXIT_INTERRUPTED, UserError
+from mnist_cnn.model import onnx_file
+from mnist_cnn.tracking.redact import redact
+
+
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="mnist-cnn-export", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "model", metavar="MODEL", help="run id, runs:/ID/model, models:/NAME/VERSION or models:/NAME@ALIAS"
+    )
+    parser.add_argument("--onnx", required=True, metavar="FILE", help="the ONNX file to write (name ending in .onnx)")
+    parser.add_argument(
+        "--tracking-uri",
+        metavar="URI",
+        default=default_tracking_uri(),
+        help=f"the MLflow store that holds the model (default: ${TRACKING_URI_ENV}, else {DEFAULT_TRACKING_URI})",
+    )
+    parser.add_argument(
+        "--data-root",
+        metavar="DIR",
+        help="where the test images are, if not where the run read them (never downloaded)",
+    )
+    return parser.parse_args(argv)
+
+
+def output_file(name: str) -> Path:
+    """--onnx FILE: a name ending in .onnx (how mnist-cnn-predict knows the file) in a folder that exists."""
+    path = Path(name).expanduser()
+    if path.suffix != ".onnx":
+        raise UserError(f"--onnx {name}: give a file name ending in .onnx, as mnist-cnn-predict --model expects.")
+    if not path.parent.is_dir():
+        raise UserError(f"--onnx {name}: there is no folder {path.parent}; make it first, or choose another file.")
+    return path
+
+
+def export(args: argparse.Namespace):
+    """Check the input, load the model and its test images, write and compare the file. Returns the
+    model's reference, what it trained in, and the export's result."""
+    onnx_file.require("--onnx")  # before MLflow and torch load: seconds
+    path = output_file(args.onnx)
+    from mnist_cnn.data.splits import batches  # torch
+    from mnist_cnn.tracking import store  # MLflow
+
+    client = store.connect(args.tracking_uri, read_only=True)  # only reads: never creates or migrates a store
+    ref, run, config, model = trained_model(client, args.model)
+    images, _ = next(batches(load_test_split(config["data"], args.data_root), onnx_file.COMPARED))
+    classes = dataset_info(config["data"]["name"]).classes
+    return ref, config, precision(run, config), onnx_file.export(model, images, path, classes, ref.uri)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    args = parse_args(argv)
+    try:
+        ref, config, trained_in, exported = export(args)
+    except UserError as e:
+        print(f"mnist-cnn-export: {redact(str(e))}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print(f"mnist-cnn-export: stopped by Ctrl-C; {args.onnx} was not written.", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    note = f" (it trained in {trained_in} autocast; its weights are fp32)" if trained_in != "fp32" else ""
+    print(
+        f"{ref.uri} (run {ref.run_id}) -> {args.onnx}: ONNX opset {exported.opset}, fp32{note}, any batch size; "
+        "onnx.checker: valid"
+    )
+    print(
+        f"onnxruntime against PyTorch on {exported.images} {config['data']['name']} test images: "
+        f"max logit difference {exported.max_difference:.1e} (at most {onnx_file.TOLERANCE:.0e}), "
+        f"the same class for {exported.same_class} of {exported.images}"
+    )
+
+
+if __name__ == "__main__":
+    main()
