@@ -4,9 +4,15 @@ Reads through MLflow's search API, so it works the same on the local sqlite stor
 an unreachable server fails within seconds. A RUNNING run whose heartbeat stopped (its process was
 killed, or lost the server) is shown as STALE, with the command that resumes it. `--group-seeds`
 shows one row per configuration apart from the seed: how many seeds, mean and std.
+
+`mnist-cnn-runs diff RUN_A RUN_B [--format table|json]` shows what two runs differ in: the config
+keys (dotted, with both values), the fingerprints (seed, weights, data, config, code commit,
+versions, device, precision), the final metrics side by side, and the first epoch where their
+per-epoch metrics part (each epoch's timings left out: they differ between any two runs).
 """
 
 import argparse
+import json
 import math
 import shlex
 import sys
@@ -26,6 +32,8 @@ from mnist_cnn.tracking.redact import redact
 from mnist_cnn.tracking.run_names import run_name
 
 COLUMNS = ["run_id", "name", "status", "overrides", VAL_ACC, TEST_ACC, "epochs", "wall_s"]
+DIFF = "what two runs differ in: config keys, fingerprints, final metrics, the epoch their histories part"
+SHARED = ("tracking_uri", "format", "command")  # the options of the runs table that diff takes too
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
@@ -49,7 +57,26 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         action="store_true",
         help="one row per configuration apart from seed: n, mean and std of val/test accuracy",
     )
-    return parser.parse_args(argv)
+    diff = parser.add_subparsers(dest="command", metavar="[diff RUN_A RUN_B]").add_parser(
+        "diff",
+        help=DIFF,
+        description=DIFF,
+    )
+    diff.add_argument("run_a", metavar="RUN_A", help="a run id")
+    diff.add_argument("run_b", metavar="RUN_B", help="the run id to compare it with")
+    # also accepted before `diff`: SUPPRESS leaves the value given there (or the default) in place
+    diff.add_argument("--tracking-uri", default=argparse.SUPPRESS)
+    diff.add_argument("--format", choices=["table", "json"], default=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.command == "diff":  # an option of the table given with diff is named, not ignored
+        defaults = vars(parser.parse_args([]))
+        extra = [f"--{k.replace('_', '-')}" for k, v in defaults.items() if k not in SHARED and getattr(args, k) != v]
+        extra += ["--format csv"] if args.format == "csv" else []
+        if extra:
+            parser.error(
+                f"{' '.join(extra)}: not an option of diff, which takes --tracking-uri and --format table|json"
+            )
+    return args
 
 
 def _at_least_one(text: str) -> int:
@@ -179,6 +206,8 @@ def dashboard(args: argparse.Namespace) -> None:
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
     try:
+        if args.command == "diff":
+            return show_diff(run_diff(args), args.format)
         if args.dashboard:
             return dashboard(args)
         if args.link:
@@ -198,6 +227,40 @@ def main(argv: Optional[List[str]] = None) -> None:
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}", formatters=formatters, na_rep="-"))
         if "status" in table:
             _stale_hints(table, args.tracking_uri)
+
+
+def run_diff(args: argparse.Namespace):
+    """What runs RUN_A and RUN_B differ in (a tracking.compare.RunDiff); UserError for an unknown run
+    or one without config.yaml."""
+    from mnist_cnn.tracking import store  # MLflow: see search
+    from mnist_cnn.tracking.compare import diff_runs  # MLflow
+
+    return diff_runs(store.connect(args.tracking_uri, read_only=True), args.run_a, args.run_b)
+
+
+def show_diff(diff, style: str) -> None:
+    """Print a RunDiff as JSON, or as a few tables: the runs, config keys, fingerprints, final
+    metrics, and a line saying where the histories part."""
+    if style == "json":
+        return print(json.dumps(diff.as_dict(), indent=2))
+    for label, run in zip("AB", diff.runs):
+        print(f"{label}  {run.info.run_id}  {run.info.run_name}  {run.info.status}")
+    for title, label, found in (("config keys", "key", diff.config), ("fingerprints", "tag", diff.fingerprints)):
+        if found:
+            print(f"\n{title} that differ ({len(found)}):")
+            print(_pairs(found, label).to_string(index=False, na_rep="-"))
+        else:
+            print(f"\n{title}: no difference")
+    if diff.metrics:
+        table = _pairs(diff.metrics, "metric")
+        table["B-A"] = pd.to_numeric(table["B"]) - pd.to_numeric(table["A"])
+        print("\nfinal metrics:")
+        print(table.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.6g}"))
+    print(f"\n{diff.histories.describe()}")
+
+
+def _pairs(found: dict, label: str) -> pd.DataFrame:
+    return pd.DataFrame([(key, a, b) for key, (a, b) in found.items()], columns=[label, "A", "B"])
 
 
 def _stale_hints(table: pd.DataFrame, uri: str) -> None:

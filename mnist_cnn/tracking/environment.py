@@ -11,11 +11,12 @@ from mnist_cnn import names
 from mnist_cnn.config.job import slurm_job_id
 
 PACKAGES = ("torch", "torchvision", "numpy", "mlflow", "hydra-core", "omegaconf")
+VERSION = "version."  # + a package (or python): the tag of the version a run used
 
 
 def environment_tags() -> Dict[str, str]:
     commit, dirty = git_state()
-    versions = {f"version.{k}": v for k, v in package_versions().items()}
+    versions = {VERSION + k: v for k, v in package_versions().items()}
     slurm = {names.SLURM_JOB: slurm_job_id()} if slurm_job_id() else {}
     return {**versions, names.GIT_COMMIT: commit, names.GIT_DIRTY: str(dirty), **slurm}
 
