@@ -22,12 +22,14 @@ TRIAL_ENV = "MNIST_CNN_OPTUNA_TRIAL"  # set in each job of an Optuna search: the
 @dataclass(frozen=True)
 class Outcome:
     """How a run ended, which is what a sweep job hands back to its sweeper: its final metrics
-    (empty when it failed), its MLflow run (None when untracked) and the epoch a pruner stopped it
-    after (None when it was not pruned)."""
+    (empty when it failed), its MLflow run (None when untracked), the epoch a pruner stopped it
+    after (None when it was not pruned) and the fingerprint of the weights it tested (None when it
+    tested none)."""
 
     metrics: Dict[str, float]
     run_id: Optional[str] = None
     pruned_at: Optional[int] = None
+    weights_sha256: Optional[str] = None
 
     def values(self, metrics: Sequence[str]) -> Optional[List[float]]:
         """The values of `metrics`, or None when one is missing or not finite."""

@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from mnist_cnn import interrupts, names
 from mnist_cnn.config.job import Outcome
-from mnist_cnn.engine import distributed
+from mnist_cnn.engine import distributed, repro
 from mnist_cnn.engine.distributed import SINGLE, World
 from mnist_cnn.engine.early_stopping import EarlyStopping
 from mnist_cnn.engine.loop import StepSettings, check_divergence, evaluate, train_epoch
@@ -35,19 +35,20 @@ from mnist_cnn.tracking.run import Opening, Tracker, tracked_run
 log = logging.getLogger(__name__)
 
 
-def run(cfg: DictConfig, output_dir: Path) -> Outcome:
+def run(cfg: DictConfig, output_dir: Path, until: Optional[int] = None) -> Outcome:
     """Train `cfg` (or continue run `cfg.resume`) to the end; returns how it ended: the final metrics
     (also logged), its run, the epoch it was pruned at. Under torchrun, every process calls this and
-    rank 0 decides where the run starts."""
+    rank 0 decides where the run starts. `until`: stop after that epoch, untested (the config, and
+    so every epoch before, unchanged: mnist-cnn-verify --epochs)."""
     interrupts.reset()
     with distributed.process_group(join=cfg.trainer.strategy == "ddp" or bool(cfg.resume)) as world:
         start, done = distributed.from_main(world, where_to_start, cfg, world.size)
         if done is not None:
             return done
-        return fit(start, output_dir, world if start.cfg.trainer.strategy == "ddp" else SINGLE)
+        return fit(start, output_dir, world if start.cfg.trainer.strategy == "ddp" else SINGLE, until)
 
 
-def fit(start: StartPoint, output_dir: Path, world: World = SINGLE) -> Outcome:
+def fit(start: StartPoint, output_dir: Path, world: World = SINGLE, until: Optional[int] = None) -> Outcome:
     """Train from `start` to the last epoch, then test and log the model; every rank trains, rank 0 records."""
     cfg = start.cfg
     prepared = distributed.on_every_rank(world, prepare, cfg, world)
@@ -71,7 +72,7 @@ def fit(start: StartPoint, output_dir: Path, world: World = SINGLE) -> Outcome:
             if state.history:
                 tracker.reconcile(state.history[-1], state.epoch)
             state.clock.first_step()
-            for epoch in range(state.epoch + 1, cfg.trainer.epochs + 1):
+            for epoch in range(state.epoch + 1, min(cfg.trainer.epochs, until or cfg.trainer.epochs) + 1):
                 state.history.append(
                     train_and_validate(state, settings, epoch, len(prepared.classes), cfg.data.eval_batch_size, world)
                 )
@@ -88,13 +89,15 @@ def fit(start: StartPoint, output_dir: Path, world: World = SINGLE) -> Outcome:
                             "stopped early after epoch %d: %s not better since epoch %d", epoch, early.metric, best
                         )
                     break
-            if not world.main:
-                return Outcome(state.history[-1])
+            if not world.main or until is not None and state.epoch >= until:
+                return Outcome(state.history[-1], tracker.run_id)
             ended = ended_with(cfg, tracker, state, early)
             final = test_and_log_model(cfg, tracker, state, prepared.classes)
     except Pruned as e:
         return Outcome(state.history[-1], tracker.run_id, e.epoch)
-    return Outcome({**state.history[ended - 1], **final}, tracker.run_id)
+    return Outcome(
+        {**state.history[ended - 1], **final}, tracker.run_id, weights_sha256=repro.weights_sha256(state.model)
+    )
 
 
 def ended_with(cfg: DictConfig, tracker: Tracker, state: TrainingState, early: Optional[EarlyStopping]) -> int:
