@@ -1,0 +1,244 @@
+"""ONNX: `mnist-cnn-export` writes a model as an ONNX file that matches PyTorch, `tracking.log_onnx`
+logs one with the run, `mnist-cnn-predict --model FILE.onnx` runs it in onnxruntime alone, and each
+missing package or unusable file is one line naming the fix."""
+
+import hashlib
+import json
+import re
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import onnx
+import pytest
+import torch
+from mlflow import MlflowClient
+from PIL import Image
+
+from mnist_cnn.cli import export, predict
+from mnist_cnn.config.checks import check_config
+from mnist_cnn.data.datasets import IMAGE_SHAPE
+from mnist_cnn.data.idx import load_split
+from mnist_cnn.errors import ConfigError
+from mnist_cnn.model import onnx_file
+from mnist_cnn.runner import train
+from tests.helpers.mlflow_store import only_run
+from tests.test_predict import train_and_register
+
+INSTALL = "pip install 'mnist_cnn[export]'"
+
+
+def run_main(main, argv, capsys):
+    """(exit code, stdout, stderr) of a command's main."""
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.parametrize("package", onnx_file.EXPORT_PACKAGES)
+def test_export_without_the_export_extra_says_which_extra_to_install_and_exits_2(
+    store_uri, tmp_path, monkeypatch, capsys, package
+):
+    monkeypatch.setitem(sys.modules, package, None)  # `import onnx` fails as where it is not installed
+    target = tmp_path / "m.onnx"
+    code, out, err = run_main(export.main, ["0" * 32, "--onnx", str(target), "--tracking-uri", store_uri], capsys)
+    assert code == 2 and out == ""
+    assert err == (
+        f"mnist-cnn-export: --onnx needs onnx, onnxscript and onnxruntime, which is not installed ({package}); "
+        f"install them with: {INSTALL}\n"
+    )
+    assert not target.exists()
+
+
+def test_predict_an_onnx_file_without_onnxruntime_says_which_extra_to_install_and_exits_2(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    image = tmp_path / "digit.png"
+    Image.new("L", (28, 28), "black").save(image)
+    code, out, err = run_main(predict.main, ["--model", "m.onnx", str(image)], capsys)
+    assert code == 2 and out == ""
+    assert err == (
+        f"mnist-cnn-predict: --model m.onnx needs onnxruntime, which is not installed (onnxruntime); install it "
+        f"with: {INSTALL}\n"
+    )
+
+
+def test_log_onnx_without_the_export_extra_or_without_the_model_is_refused_before_training(tiny_cfg, monkeypatch):
+    with pytest.raises(ConfigError, match=r"^tracking.log_onnx logs the model as ONNX too; drop tracking.log_model"):
+        check_config(tiny_cfg("tracking.log_onnx=true", "tracking.log_model=false"))
+    check_config(tiny_cfg("tracking.log_onnx=true"))  # installed here: accepted
+    monkeypatch.setitem(sys.modules, "onnxscript", None)
+    with pytest.raises(ConfigError) as error:
+        check_config(tiny_cfg("tracking.log_onnx=true"))
+    assert str(error.value) == (
+        "tracking.log_onnx=true needs onnx, onnxscript and onnxruntime, which is not installed (onnxscript); "
+        f"install them with: {INSTALL}"
+    )
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        (
+            "model.bin",
+            "--onnx {tmp}/model.bin: give a file name ending in .onnx, as mnist-cnn-predict --model expects.",
+        ),
+        (
+            "no/such/folder/m.onnx",
+            "--onnx {tmp}/no/such/folder/m.onnx: there is no folder {tmp}/no/such/folder; make it first, or choose "
+            "another file.",
+        ),
+    ],
+    ids=["not-onnx", "no-folder"],
+)
+def test_an_output_file_export_cannot_write_is_one_line_exit_2(store_uri, tmp_path, capsys, name, message):
+    argv = ["0" * 32, "--onnx", str(tmp_path / name), "--tracking-uri", store_uri]
+    code, out, err = run_main(export.main, argv, capsys)
+    assert code == 2 and out == "" and err == f"mnist-cnn-export: {message.format(tmp=tmp_path)}\n"
+    assert list(tmp_path.iterdir()) == [Path(store_uri.removeprefix("sqlite:///"))]  # nothing made
+
+
+def _other_input_onnx(path: Path) -> None:
+    """A valid ONNX model that takes 3x32x32 colour images."""
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 3, 32, 32])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", 3, 32, 32])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "colour", [x], [y])
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)]), path)
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("missing", r"--model {path}: no such file; give an \.onnx file that mnist-cnn-export wrote\.$"),
+        ("not-onnx", r"--model {path}: onnxruntime cannot load it \(.+\); give an ONNX model file\.$"),
+        ("other-input", r"--model {path}: does not take float images of shape \(N, 1, 28, 28\) \(.*dimensions.*\)\.$"),
+    ],
+    ids=["missing", "not-onnx", "other-input"],
+)
+def test_predict_names_an_onnx_file_it_cannot_use_in_one_line_exit_2(tmp_path, capsys, kind, message):
+    path = tmp_path / f"{kind}.onnx"
+    if kind == "not-onnx":
+        path.write_text("a shopping list, saved as .onnx")
+    elif kind == "other-input":
+        _other_input_onnx(path)
+    image = tmp_path / "digit.png"
+    Image.new("L", (28, 28), "black").save(image)
+    code, out, err = run_main(predict.main, ["--model", str(path), str(image)], capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert re.match("mnist-cnn-predict: " + message.format(path=re.escape(str(path))), err), err
+
+
+def _sha256(uri: str) -> str:
+    return hashlib.sha256(Path(uri.removeprefix("sqlite:///")).read_bytes()).hexdigest()
+
+
+@pytest.mark.slow
+def test_export_writes_a_checked_fp32_file_with_any_batch_size_that_predict_runs_without_pytorch(
+    tiny_cfg, tiny_root, store_uri, tmp_path, capsys, monkeypatch
+):
+    train.run(tiny_cfg("tracking.log_model=true", "trainer.precision=bf16"), tmp_path / "out")
+    capsys.readouterr()  # training's own lines
+    run_id = only_run(store_uri).info.run_id
+    before, target = _sha256(store_uri), tmp_path / "tiny.onnx"
+    code, out, err = run_main(export.main, [run_id, "--onnx", str(target), "--tracking-uri", store_uri], capsys)
+    assert code == 0, err
+    first, second = out.splitlines()
+    assert first.startswith(f"runs:/{run_id}/model (run {run_id}) -> {target}: ONNX opset ")
+    assert first.endswith(
+        "fp32 (it trained in bf16 autocast; its weights are fp32), any batch size; onnx.checker: valid"
+    )
+    difference = float(re.search(r"max logit difference (\S+) \(at most 1e-04\)", second).group(1))
+    assert second.startswith("onnxruntime against PyTorch on 200 mnist test images") and difference <= 1e-4
+    assert _sha256(store_uri) == before, "export only reads the store"
+    assert sorted(p.name for p in tmp_path.glob("tiny.onnx*")) == ["tiny.onnx"]  # no temporary file left
+
+    onnx.checker.check_model(str(target), full_check=True)
+    (batch, *shape) = onnx.load(str(target)).graph.input[0].type.tensor_type.shape.dim
+    assert batch.dim_param and [d.dim_value for d in shape] == list(IMAGE_SHAPE)
+    model = mlflow.pytorch.load_model(f"runs:/{run_id}/model").eval()
+    runtime = onnx_file.OnnxModel(target, IMAGE_SHAPE)
+    assert runtime.classes() == tuple("0123456789")  # from the file's metadata
+    images = load_split(str(tiny_root), "mnist", "test", verify=False).images[:7].unsqueeze(1).float() / 255
+    for n in (1, 3, 7):
+        with torch.inference_mode():
+            expected = model(images[:n])
+        assert torch.allclose(runtime(images[:n]), expected, atol=1e-4), f"batch of {n}"
+
+    pictures = []
+    for i, image in enumerate(images[:5]):
+        pictures.append(tmp_path / f"{i}.png")
+        Image.fromarray((image[0].numpy() * 255).astype(np.uint8)).save(pictures[-1])
+
+    def no_pytorch(*args, **kwargs):
+        raise AssertionError("a PyTorch module computed")
+
+    monkeypatch.setattr(torch.nn.Module, "__call__", no_pytorch)
+    gone = f"sqlite:///{tmp_path}/no-store.db"  # an ONNX file needs no tracking store
+    code, out, err = run_main(
+        predict.main, ["--model", str(target), "--tracking-uri", gone, "--json", *map(str, pictures)], capsys
+    )
+    assert code == 0, err
+    assert [row["file"] for row in json.loads(out)] == list(map(str, pictures))
+
+
+@pytest.mark.slow
+def test_an_export_that_differs_from_pytorch_is_refused_and_leaves_no_file(tiny_cfg, store_uri, tmp_path, monkeypatch):
+    train.run(tiny_cfg("tracking.log_model=true"), tmp_path / "out")
+    monkeypatch.setattr(onnx_file, "TOLERANCE", -1.0)  # every difference is too large
+    target = tmp_path / "m.onnx"
+    with pytest.raises(RuntimeError, match=rf"away from PyTorch's on 200 test images .*; {target} was not written"):
+        export.main([only_run(store_uri).info.run_id, "--onnx", str(target), "--tracking-uri", store_uri])
+    assert list(tmp_path.glob("m.onnx*")) == []
+
+
+@pytest.mark.slow
+def test_log_onnx_logs_model_onnx_with_the_run_matching_its_logged_model(tiny_cfg, tiny_root, store_uri, tmp_path):
+    train.run(tiny_cfg("tracking.log_model=true", "tracking.log_onnx=true"), tmp_path / "out")
+    run_id = only_run(store_uri).info.run_id
+    path = MlflowClient(store_uri).download_artifacts(run_id, "model.onnx", str(tmp_path))
+    runtime = onnx_file.OnnxModel(Path(path), IMAGE_SHAPE)
+    assert runtime.metadata[onnx_file.SOURCE] == f"runs:/{run_id}/model"
+    images = load_split(str(tiny_root), "mnist", "test", verify=False).images.unsqueeze(1).float() / 255
+    with torch.inference_mode():
+        expected = mlflow.pytorch.load_model(f"runs:/{run_id}/model").eval()(images)
+    assert (runtime(images) - expected).abs().max() <= 1e-4
+
+
+@pytest.mark.slow
+def test_predict_with_the_exported_file_gives_the_pytorch_models_classes_on_clean_test_digits(
+    real_root, store_template, tmp_path, capsys
+):
+    """Done when: the export prints its difference, and predict gives the same classes through
+    onnxruntime as through the PyTorch model, on the first 100 MNIST test digits saved as they are."""
+    trained = train_and_register(real_root, store_template, tmp_path)
+    capsys.readouterr()  # training's own lines
+    target = tmp_path / "digits.onnx"
+    argv = ["models:/digits@champion", "--onnx", str(target), "--tracking-uri", trained["uri"]]
+    code, out, err = run_main(export.main, argv, capsys)
+    assert code == 0, err
+    printed = re.search(
+        r"on 1000 mnist test images: max logit difference (\S+) \(at most 1e-04\), the same class for (\d+)", out
+    )
+    assert float(printed[1]) <= 1e-4 and printed[2] == "1000", out
+    images = load_split(str(real_root), "mnist", "test").images[:100].numpy()
+    pictures = []
+    for i, digit in enumerate(images):
+        pictures.append(str(tmp_path / f"{i:03d}.png"))
+        Image.fromarray(digit).save(pictures[-1])
+    answers = {}
+    for model in (trained["run_id"], str(target)):
+        _, out, _ = run_main(
+            predict.main, ["--model", model, "--tracking-uri", trained["uri"], "--json", *pictures], capsys
+        )
+        answers[model] = json.loads(out)
+    by_pytorch, by_onnx = answers.values()
+    assert len(by_onnx) >= 80  # the digits predict takes for one character each (all but a few)
+    assert [(r["file"], r["class"]) for r in by_onnx] == [(r["file"], r["class"]) for r in by_pytorch]
+    for a, b in zip(by_onnx, by_pytorch):
+        assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-4)
