@@ -30,7 +30,6 @@ from mnist_cnn.tracking.environment import VERSION, package_versions
 from mnist_cnn.tracking.redact import redact
 
 EXIT_DIFFERENT = 1
-TIMINGS = (names.EPOCH_TIME, names.VAL_TIME, names.SAMPLES_PER_S)  # never the same twice
 VERIFIES = "verifies"  # the tag of a rerun recorded with --record: the run it verified
 
 
@@ -123,16 +122,17 @@ def rerun_config(client: Any, logged: Any, scratch: str, args: argparse.Namespac
 def compare(client: Any, logged: Any, ours: List[Dict[str, float]], weights: Optional[str], tolerance: float) -> int:
     """Print each epoch's verdict and the weights' (`tolerance` 0: equal, else relative; the weights
     then not compared); returns 0 when all agree, else 1."""
-    theirs = _histories(client, logged.info.run_id, [k for k in ours[0] if k not in TIMINGS])
+    from mnist_cnn.tracking.compare import HISTORY, history  # MLflow, loaded by the rerun already
+
+    theirs = history(client, logged.info.run_id)
     for epoch, metrics in enumerate(ours, start=1):
-        for key, value in metrics.items():
-            if key in TIMINGS:
-                continue
-            recorded = theirs[key].get(epoch, math.nan)
-            if not _agree(recorded, value, tolerance):
-                print(f"epoch {epoch}: {key} differs: {recorded!r} logged, {value!r} now")
+        compared = [key for key in metrics if key in HISTORY]  # the timings are never the same twice
+        for key in compared:
+            recorded = theirs.get(epoch, {}).get(key, math.nan)
+            if not _agree(recorded, metrics[key], tolerance):
+                print(f"epoch {epoch}: {key} differs: {recorded!r} logged, {metrics[key]!r} now")
                 return EXIT_DIFFERENT
-        print(f"epoch {epoch}: the same {', '.join(k for k in metrics if k not in TIMINGS)}")
+        print(f"epoch {epoch}: the same {', '.join(compared)}")
     if weights is None or tolerance:
         print("weights_sha256: not compared" + (" (another environment)" if tolerance else " (--epochs)"))
         return 0
@@ -157,10 +157,6 @@ def other_environment(logged: Any, cfg: DictConfig) -> Optional[str]:
     }
     differs = [f"{key} {tags.get(key)!r} (here {value!r})" for key, value in here.items() if tags.get(key) != value]
     return "RUN was trained with another " + ", ".join(differs) if differs else None
-
-
-def _histories(client: Any, run_id: str, keys: List[str]) -> Dict[str, Dict[int, float]]:
-    return {key: {m.step: m.value for m in client.get_metric_history(run_id, key)} for key in keys}
 
 
 def _agree(recorded: float, value: float, tolerance: float) -> bool:
