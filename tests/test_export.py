@@ -2,6 +2,7 @@
 logs one with the run, `mnist-cnn-predict --model FILE.onnx` runs it in onnxruntime alone, and each
 missing package or unusable file is one line naming the fix."""
 
+import errno
 import hashlib
 import json
 import re
@@ -104,6 +105,35 @@ def test_an_output_file_export_cannot_write_is_one_line_exit_2(store_uri, tmp_pa
     assert list(tmp_path.iterdir()) == [Path(store_uri.removeprefix("sqlite:///"))]  # nothing made
 
 
+@pytest.mark.parametrize(
+    "model, uri, message",
+    [
+        (
+            "0" * 32,
+            "{store}",
+            f"{'0' * 32}: no run {'0' * 32} in this tracking store; check the id and the tracking URI.",
+        ),
+        (
+            "models:/digits/7",
+            "{store}",
+            "models:/digits/7: not in the tracking store {store} (Model Version (name=digits, version=7) not found).",
+        ),
+        ("0" * 32, "sqlite:///{tmp}/nothere.db", "tracking.uri='sqlite:///{tmp}/nothere.db': there is no MLflow store"),
+    ],
+    ids=["unknown-run", "unknown-version", "no-store-file"],
+)
+def test_export_of_an_unknown_model_or_store_is_one_line_exit_2_and_writes_nothing(
+    store_uri, tmp_path, capsys, model, uri, message
+):
+    MlflowClient(store_uri).create_registered_model("digits")  # registered, with no version
+    before, uri = _sha256(store_uri), uri.format(store=store_uri, tmp=tmp_path)
+    code, out, err = run_main(export.main, [model, "--onnx", str(tmp_path / "m.onnx"), "--tracking-uri", uri], capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith(f"mnist-cnn-export: {message.format(store=store_uri, tmp=tmp_path)}"), err
+    assert _sha256(store_uri) == before and not (tmp_path / "nothere.db").exists()
+    assert not list(tmp_path.glob("m.onnx*"))
+
+
 def _other_input_onnx(path: Path) -> None:
     """A valid ONNX model that takes 3x32x32 colour images."""
     x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 3, 32, 32])
@@ -194,6 +224,28 @@ def test_an_export_that_differs_from_pytorch_is_refused_and_leaves_no_file(tiny_
     target = tmp_path / "m.onnx"
     with pytest.raises(RuntimeError, match=rf"away from PyTorch's on 200 test images .*; {target} was not written"):
         export.main([only_run(store_uri).info.run_id, "--onnx", str(target), "--tracking-uri", store_uri])
+    assert list(tmp_path.glob("m.onnx*")) == []
+
+
+@pytest.mark.slow
+def test_a_disk_that_fills_up_while_the_file_is_written_is_one_line_exit_2_and_leaves_no_file(
+    tiny_cfg, store_uri, tmp_path, monkeypatch, capsys
+):
+    train.run(tiny_cfg("tracking.log_model=true"), tmp_path / "out")
+    capsys.readouterr()
+
+    def half_then_full(path: Path, data: bytes) -> None:
+        path.write_bytes(data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(onnx_file, "_write", half_then_full)
+    target = tmp_path / "m.onnx"
+    argv = [only_run(store_uri).info.run_id, "--onnx", str(target), "--tracking-uri", store_uri]
+    code, out, err = run_main(export.main, argv, capsys)
+    assert code == 2 and out == ""
+    assert (
+        err == f"mnist-cnn-export: cannot write {target}: no space left on device; choose another file or make room.\n"
+    )
     assert list(tmp_path.glob("m.onnx*")) == []
 
 
