@@ -7,6 +7,10 @@ dark ink on light paper or light ink on dark) is prepared the way MNIST's own di
 mnist_cnn.data.images). Classes are named as in the dataset the model was trained on, read from
 the `config.yaml` of the run that logged it; a model without such a run shows class indices.
 
+`--show-input DIR` writes the 28x28 image each FILE became, the model's view of it, as
+DIR/NAME.png (NAME: the file's name without its extension). A picture that shows no character, or
+several, is named on stderr like a file that cannot be read.
+
 A file that cannot be read is named on stderr and the others are still predicted; the exit code is
 then 2. A MODEL or tracking store that cannot be used is one line on stderr and exit code 2.
 """
@@ -14,6 +18,8 @@ then 2. A MODEL or tracking store that cannot be used is one line on stderr and 
 import argparse
 import json
 import sys
+import tempfile
+from pathlib import Path
 from typing import List, Optional, Tuple
 
 from mnist_cnn.config.paths import DEFAULT_TRACKING_URI, TRACKING_URI_ENV, default_tracking_uri
@@ -43,6 +49,11 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         help=f"the MLflow store that holds the model (default: ${TRACKING_URI_ENV}, else {DEFAULT_TRACKING_URI})",
     )
     parser.add_argument("--json", action="store_true", help="a JSON list with every class's probability per file")
+    parser.add_argument(
+        "--show-input",
+        metavar="DIR",
+        help="write the 28x28 image each FILE became (what the model sees) into DIR, as NAME.png",
+    )
     parser.add_argument("files", nargs="+", metavar="FILE", help="PNG or JPEG pictures, one character each")
     return parser.parse_args(argv)
 
@@ -84,18 +95,54 @@ def load_onnx(path: str):
     return net, net.classes()
 
 
-def read_images(files: List[str]) -> Tuple[list, list]:
-    """The files that could be read and their images; each other file is named on stderr."""
-    from mnist_cnn.data.images import load_image  # torch
+def input_folder(folder: str) -> Path:
+    """--show-input's folder, made if missing; UserError unless a file can be written in it."""
+    path = Path(folder)
+    if not folder:
+        raise UserError("--show-input '': no folder named; give the folder for the 28x28 images.")
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--show-input {folder}: is a file, not a folder; choose a folder for the 28x28 images.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):  # permissions, a read-only disk: what writing there would meet
+            pass
+    except OSError as e:
+        raise UserError(
+            f"--show-input {folder}: cannot write there ({e.strerror or e}); choose a folder you can write."
+        ) from e
+    return path
 
-    read, images = [], []
+
+def read_images(files: List[str], show: Optional[Path] = None) -> Tuple[list, list]:
+    """The files that could be read and their images, each also written into `show` if given; each
+    other file is named on stderr."""
+    from mnist_cnn.data.images import load_image, save_image  # torch
+
+    read, images, names = [], [], set()
     for file in files:
         try:
             images.append(load_image(file))
             read.append(file)
         except DataError as e:
             print(f"mnist-cnn-predict: {e}", file=sys.stderr)
+            continue
+        if show is not None:
+            path = show / _unused_name(Path(file).stem, names)
+            try:
+                save_image(images[-1], path)
+            except OSError as e:
+                raise UserError(f"--show-input: cannot write {path} ({e.strerror or e}); make room there.") from e
     return read, images
+
+
+def _unused_name(stem: str, names: set) -> str:
+    """`stem`.png, or `stem`-2.png, -3, ... when an earlier file of this call had the same name."""
+    name, n = f"{stem}.png", 1
+    while name in names:
+        n += 1
+        name = f"{stem}-{n}.png"
+    names.add(name)
+    return name
 
 
 def report(files: List[str], probabilities, classes: Tuple[str, ...], as_json: bool) -> None:
@@ -120,13 +167,14 @@ def report(files: List[str], probabilities, classes: Tuple[str, ...], as_json: b
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
     try:
+        show = None if args.show_input is None else input_folder(args.show_input)  # before the model: it takes seconds
         net, classes = load_model(args.model, args.tracking_uri)
+        files, images = read_images(args.files, show)
     except UserError as e:
         print(f"mnist-cnn-predict: {redact(str(e))}", file=sys.stderr)
         sys.exit(e.exit_code)
     import torch  # loaded already with a PyTorch model; for an ONNX file it only carries the images and logits
 
-    files, images = read_images(args.files)
     if images:
         with torch.inference_mode():
             probabilities = torch.softmax(net(torch.stack(images)), dim=1)

@@ -1,10 +1,12 @@
 """Turn a user's picture of one character (PNG, JPEG, any size, colour or grey, dark ink on light
-paper or light ink on dark) into the 28x28 image the models were trained on.
+paper or light ink on dark, a scan or a phone's photo) into the 28x28 image the models were trained on.
 
-The steps are the ones that made MNIST itself from scanned digits: grey; the background black and
-the ink bright; cropped to the ink; scaled to fit a 20x20 box, keeping the aspect ratio, with
-anti-aliasing; placed in a 28x28 field so that its centre of mass is the centre. A model sees
-the result as float pixels in [0, 1], as it saw the training images.
+First the character is found (mnist_cnn.data.character): the light on the paper undone, noise and
+JPEG blocks smoothed away, ruled lines, squares and specks left out, the paper made exactly black.
+Then the steps that made MNIST itself from scanned digits: cropped to the ink; scaled to fit a
+20x20 box, keeping the aspect ratio, with anti-aliasing; placed in a 28x28 field so that its centre
+of mass is the centre. A model sees the result as float pixels in [0, 1], as it saw the training
+images.
 """
 
 import errno
@@ -16,17 +18,18 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from mnist_cnn.data import character
 from mnist_cnn.data.datasets import SIDE
 from mnist_cnn.errors import DataError
 
 BOX = 20  # MNIST's digits fit a 20x20 box inside the 28x28 field
 INK = 0.2  # after the background is made 0 and the brightest ink 1: fainter pixels do not count as ink
-MIN_CONTRAST = 0.1  # ink that differs from the background by less (about 25 grey levels) is no ink
+READ_SIDE = 1024  # larger pictures (a phone's 4000x3000) are read shrunk to this: the character ends up 20x20
 
 
 def load_image(path: Union[str, Path]) -> torch.Tensor:
     """The file at `path` as a float32 tensor (1, 28, 28) in [0, 1]; DataError naming the file if it
-    cannot be read or shows no ink. Only regular files are opened: a FIFO would block forever."""
+    cannot be read or shows no character, or several. Only regular files are opened: a FIFO would block forever."""
     _check_regular_file(Path(path))
     try:
         with Image.open(path) as image:
@@ -43,6 +46,11 @@ def load_image(path: Union[str, Path]) -> torch.Tensor:
         return to_mnist(image)
     except DataError as e:
         raise DataError(f"{path}: {e}") from e
+
+
+def save_image(image: torch.Tensor, path: Union[str, Path]) -> None:
+    """A prepared image (a tensor (1, 28, 28) in [0, 1]) as the 8-bit grey PNG a user can look at."""
+    Image.fromarray((image[0].numpy() * 255).round().astype(np.uint8)).save(path, format="PNG")
 
 
 def _check_regular_file(path: Path) -> None:
@@ -63,14 +71,9 @@ def _check_regular_file(path: Path) -> None:
 
 def to_mnist(image: Image.Image) -> torch.Tensor:
     """`image` as MNIST would have made it: float32 tensor (1, 28, 28) in [0, 1], ink bright on black.
-    DataError if the image is blank (no ink to find)."""
-    pixels = _ink_on_black(_grey(image))
+    DataError if the image shows no character, or several."""
+    pixels = character.character(character.ink(_paper_light(_shrunk(_grey(image)))))
     rows, cols = np.nonzero(pixels > INK)
-    if len(rows) == 0:
-        raise DataError(
-            f"the image is blank: no ink stands out from the background by more than {MIN_CONTRAST:.0%} of the "
-            "grey range; pass a picture of one dark character on light paper, or a light one on dark."
-        )
     ink = pixels[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     return torch.from_numpy(_centre_by_mass(_fit_box(ink)))[None]
 
@@ -87,17 +90,25 @@ def _grey(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("L"), dtype=np.float32) / 255
 
 
-def _ink_on_black(grey: np.ndarray) -> np.ndarray:
-    """The background (the median of the border pixels) made 0 and the brightest ink 1: inverted if
-    the paper is lighter than the ink, and stretched so grey paper and faded ink look like MNIST."""
+def _shrunk(grey: np.ndarray) -> np.ndarray:
+    """`grey` averaged down so that its longer side is at most READ_SIDE pixels."""
+    scale = READ_SIDE / max(grey.shape)
+    if scale >= 1:
+        return grey
+    size = (max(1, round(grey.shape[1] * scale)), max(1, round(grey.shape[0] * scale)))
+    return np.asarray(Image.fromarray(grey).resize(size, Image.Resampling.BOX))
+
+
+def _paper_light(grey: np.ndarray) -> np.ndarray:
+    """`grey` turned, where the ink is lighter than the paper, so that the paper is the lighter part.
+    The paper's level is the median of the border pixels. Light multiplies, so marks are compared in
+    ratio: the ink is taken to be dark unless the lightest mark stands out from the paper by the
+    square of the darkest one's ratio (MNIST's white on black, chalk on a board), which a lit patch
+    beside a shadow never does."""
     border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
-    background = float(np.median(border))
-    if background > 0.5:
-        grey, background = 1 - grey, 1 - background
-    contrast = float(grey.max()) - background
-    if contrast < MIN_CONTRAST:
-        return np.zeros_like(grey)
-    return np.clip((grey - background) / contrast, 0, 1)
+    smooth = character.smooth(np.maximum(grey, 1 / 255))  # one noisy pixel is no mark
+    paper = max(float(np.median(border)), 1 / 255)
+    return 1 - grey if smooth.max() / paper > (paper / smooth.min()) ** 2 else grey
 
 
 def _fit_box(ink: np.ndarray) -> np.ndarray:
