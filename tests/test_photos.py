@@ -88,7 +88,7 @@ def test_photos_of_the_first_20_test_digits_are_at_least_18_right(trained, digit
     assert exit.value.code == 0 and out.err == ""
     predicted = [int(line.split(": ")[1].split()[0]) for line in out.out.splitlines()]
     right = sum(p == label for p, label in zip(predicted, labels[:20]))
-    # 20 of 20 on 2 EPYC cores (the same digits without the photo's steps: 2 of 20); 18 leaves room for other CPUs
+    # 20 of 20 on 2 EPYC cores (read as before this change: 2 of 20); 18 leaves room for other CPUs
     assert right >= 18, list(zip([p.name for p in paths], predicted, labels[:20]))
 
 
