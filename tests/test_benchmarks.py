@@ -48,6 +48,7 @@ def test_fast99_reaches_99_percent_in_one_epoch(real_root, tmp_path):
     ), result.stdout
 
 
+@pytest.mark.slow
 def test_gpu_check_says_so_without_a_gpu(tmp_path):
     env = {"PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""}
     result = processes.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(tmp_path)], tmp_path, env=env)

@@ -114,6 +114,7 @@ def test_an_unknown_scheme_is_named():
     assert "Use sqlite:///PATH.db for a local store" in str(e.value) and "the http(s):// address of" in str(e.value)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["mnist-cnn-runs", "mnist-cnn-train"])
 def test_a_closed_port_fails_fast_with_exit_2(tiny_root, tmp_path, command):
     """Nothing listens on port 9: the first request is refused, and the command says so at once
