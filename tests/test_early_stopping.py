@@ -6,10 +6,8 @@ import pytest
 
 from mnist_cnn.engine.early_stopping import EarlyStopping
 from mnist_cnn.runner import train
-from mnist_cnn.sweep.search import open_storage
-from tests.helpers import processes
 from tests.helpers.mlflow_store import history, only_run, runs_by_name
-from tests.helpers.mlflow_store import runs as runs_in
+from tests.helpers.searches import search
 from tests.test_resume import interrupt_at, resume
 
 PLATEAU = ("trainer.epochs=10", "trainer.early_stopping.patience=2", "trainer.early_stopping.min_delta=0.01")
@@ -72,24 +70,16 @@ def test_a_run_stopped_in_epoch_3_resumes_to_the_same_early_stop_and_weights(
 @pytest.mark.slow
 def test_an_optuna_search_is_given_what_its_early_stopped_runs_ended_with(tiny_root, store_uri, tmp_path):
     """With a pruner too: each trial's value, and the parent's best, are the restored epoch's val_loss."""
-    command = processes.train_command(
+    parent, runs, study, _ = search(
         tiny_root,
         store_uri,
+        tmp_path,
         "hparams_search=lr_batch",
         "hydra.sweeper.n_trials=3",
         "objective.pruner=median",
         "objective.prune_min_runs=1",
         *PLATEAU,
         *ON_LOSS,
-        multirun=True,
-    )
-    out = processes.run(command, tmp_path)
-    assert out.returncode == 0, out.stderr[-3000:]
-    found = runs_in(store_uri)
-    parent = next(r for r in found if "mlflow.parentRunId" not in r.data.tags)
-    runs = {r.info.run_id: r for r in found if r is not parent}
-    study = optuna.load_study(
-        study_name=parent.data.tags["optuna_study"], storage=open_storage(str(tmp_path / "mlflow.db.optuna.journal"))
     )
     ended = {}
     for trial in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):

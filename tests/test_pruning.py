@@ -17,6 +17,7 @@ from mnist_cnn.sweep.search import open_storage
 from tests.helpers import processes
 from tests.helpers.mlflow_store import only_run
 from tests.helpers.mlflow_store import runs as runs_in
+from tests.helpers.searches import search
 
 GOOD = ([0.50, 0.80, 0.90], [0.60, 0.85, 0.92], [0.55, 0.82, 0.91])  # three finished siblings' val_acc
 DECLINING = [0.12, 0.11, 0.10]  # far behind, and worse for two epochs than before: every pruner stops it
@@ -246,9 +247,10 @@ def test_an_optuna_searchs_jobs_report_to_their_trials_and_its_study_prunes_them
     """The grid above as an Optuna search: each job reports its epochs to its own trial and the
     study's pruner judges it, so every hopeless learning rate tried after a good one finished is
     pruned: its trial PRUNED with the epochs the run logged, its run KILLED with pruned_at_epoch."""
-    command = processes.train_command(
+    parent, runs, study, printed = search(
         tiny_root,
         store_uri,
+        tmp_path,
         "hparams_search=lr_batch",
         "hydra/sweeper/sampler=grid",
         "hydra.sweeper.sampler.seed=0",
@@ -259,17 +261,8 @@ def test_an_optuna_searchs_jobs_report_to_their_trials_and_its_study_prunes_them
         "objective.pruner=median",
         "objective.prune_min_runs=1",
         "tracking.log_model=false",
-        multirun=True,
     )
-    out = processes.run(command, tmp_path)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "pruning in study" in out.stdout and "pruning from MLflow" not in out.stdout
-    found = runs_in(store_uri)
-    parent = next(r for r in found if "mlflow.parentRunId" not in r.data.tags)
-    runs = {r.info.run_id: r for r in found if r is not parent}
-    study = optuna.load_study(
-        study_name=parent.data.tags["optuna_study"], storage=open_storage(str(tmp_path / "mlflow.db.optuna.journal"))
-    )
+    assert "pruning in study" in printed and "pruning from MLflow" not in printed
     client, finished_before = MlflowClient(store_uri), False
     for trial in sorted(study.trials, key=lambda t: t.number):
         run = runs[trial.user_attrs["mlflow_run"]]
