@@ -3,7 +3,7 @@ split's report, its figures, the model, and where the time went."""
 
 import logging
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -35,9 +35,12 @@ def save_and_log_epoch(cfg: DictConfig, tracker: Tracker, state: TrainingState, 
     log.info("epoch %d/%d  %s", epoch, cfg.trainer.epochs, fmt(state.history[-1]))
 
 
-def test_and_log_model(cfg: DictConfig, tracker: Tracker, state: TrainingState, classes: tuple) -> Dict[str, float]:
+def test_and_log_model(
+    cfg: DictConfig, tracker: Tracker, state: TrainingState, classes: tuple
+) -> Tuple[Dict[str, float], str]:
     """Score the test split once, after the last epoch, class by class with figures; fingerprint the
-    weights; log the model; then where the run's time went."""
+    weights; log the model; then where the run's time went. Returns the metrics and the weights'
+    fingerprint."""
     clock = state.clock
     with clock.phase("test"):
         forward = distributed.unwrap(state.forward)  # rank 0 alone: no DDP collectives
@@ -50,7 +53,8 @@ def test_and_log_model(cfg: DictConfig, tracker: Tracker, state: TrainingState, 
     tracker.log_metrics({**final, **report.class_metrics()}, step=state.epoch)
     with clock.phase("figures"):
         tracker.log_report(report.as_dict(), run_figures(report, state.history))
-    tracker.set_tags({names.WEIGHTS_SHA256: repro.weights_sha256(state.model)})
+    weights = repro.weights_sha256(state.model)
+    tracker.set_tags({names.WEIGHTS_SHA256: weights})
     log.info("test  %s", fmt(final))
     interrupts.check()
     with clock.phase("model"):
@@ -61,9 +65,9 @@ def test_and_log_model(cfg: DictConfig, tracker: Tracker, state: TrainingState, 
                 tracker.log_onnx(state.model, state.splits["test"], classes)
     interrupts.check()  # a stop asked for while the model was logged: KILLED, resumable, not ignored
     timing = clock.metrics()
-    tracker.log_metrics(timing, step=cfg.trainer.epochs)
+    tracker.log_metrics(timing, step=state.epoch)
     log.info("time  %s", fmt(timing))
-    return {**final, **timing}
+    return {**final, **timing}, weights
 
 
 def train_time_s(history: List[Dict[str, float]]) -> float:

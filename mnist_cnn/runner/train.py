@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from mnist_cnn import interrupts, names
 from mnist_cnn.config.job import Outcome
-from mnist_cnn.engine import distributed, repro
+from mnist_cnn.engine import distributed
 from mnist_cnn.engine.distributed import SINGLE, World
 from mnist_cnn.engine.early_stopping import EarlyStopping
 from mnist_cnn.engine.loop import StepSettings, check_divergence, evaluate, train_epoch
@@ -92,12 +92,10 @@ def fit(start: StartPoint, output_dir: Path, world: World = SINGLE, until: Optio
             if not world.main or until is not None and state.epoch >= until:
                 return Outcome(state.history[-1], tracker.run_id)
             ended = ended_with(cfg, tracker, state, early)
-            final = test_and_log_model(cfg, tracker, state, prepared.classes)
+            final, weights = test_and_log_model(cfg, tracker, state, prepared.classes)
     except Pruned as e:
         return Outcome(state.history[-1], tracker.run_id, e.epoch)
-    return Outcome(
-        {**state.history[ended - 1], **final}, tracker.run_id, weights_sha256=repro.weights_sha256(state.model)
-    )
+    return Outcome({**state.history[ended - 1], **final}, tracker.run_id, weights_sha256=weights)
 
 
 def ended_with(cfg: DictConfig, tracker: Tracker, state: TrainingState, early: Optional[EarlyStopping]) -> int:
