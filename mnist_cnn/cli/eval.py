@@ -8,16 +8,15 @@ tagged with that model URI.
 """
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 from typing import List, Optional
 
 from mnist_cnn import names
+from mnist_cnn.cli import run_command
 from mnist_cnn.config.paths import default_tracking_uri
 from mnist_cnn.data.datasets import IMAGE_SHAPE, dataset_info
-from mnist_cnn.errors import EXIT_INTERRUPTED, DataError, ModelError, UserError
-from mnist_cnn.tracking.redact import redact
+from mnist_cnn.errors import DataError, ModelError
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
@@ -121,14 +120,9 @@ def _log_back(client, ref, report) -> str:
 
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
-    try:
-        report, ref, trained, logged = evaluate_model(args)
-    except UserError as e:
-        print(f"mnist-cnn-eval: {redact(str(e))}", file=sys.stderr)
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        print("mnist-cnn-eval: stopped by Ctrl-C; run the same command again to evaluate.", file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
+    report, ref, trained, logged = run_command(
+        "mnist-cnn-eval", lambda: evaluate_model(args), stopped="run the same command again to evaluate."
+    )
     print(
         f"{ref.uri} (run {ref.run_id}) on the {len(report.confusion.sum(1))}-class test split, "
         f"{int(report.confusion.sum())} images:"

@@ -10,16 +10,15 @@ Only reads the tracking store (opened read-only, as predict does); needs the `ex
 """
 
 import argparse
-import sys
 from pathlib import Path
 from typing import List, Optional
 
+from mnist_cnn.cli import run_command
 from mnist_cnn.cli.eval import load_test_split, precision, trained_model
 from mnist_cnn.config.paths import DEFAULT_TRACKING_URI, TRACKING_URI_ENV, default_tracking_uri
 from mnist_cnn.data.datasets import dataset_info
-from mnist_cnn.errors import EXIT_INTERRUPTED, UserError
+from mnist_cnn.errors import UserError
 from mnist_cnn.model import onnx_file
-from mnist_cnn.tracking.redact import redact
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
@@ -69,14 +68,9 @@ def export(args: argparse.Namespace):
 
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
-    try:
-        ref, config, trained_in, exported = export(args)
-    except UserError as e:
-        print(f"mnist-cnn-export: {redact(str(e))}", file=sys.stderr)
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        print(f"mnist-cnn-export: stopped by Ctrl-C; {args.onnx} was not written.", file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
+    ref, config, trained_in, exported = run_command(
+        "mnist-cnn-export", lambda: export(args), stopped=f"{args.onnx} was not written."
+    )
     note = f" (it trained in {trained_in} autocast; its weights are fp32)" if trained_in != "fp32" else ""
     print(
         f"{ref.uri} (run {ref.run_id}) -> {args.onnx}: ONNX opset {exported.opset}, fp32{note}, any batch size; "

@@ -22,12 +22,12 @@ from typing import Any, Dict, List, Optional
 from omegaconf import DictConfig
 
 from mnist_cnn import names
+from mnist_cnn.cli import run_command
 from mnist_cnn.config.checks import check_config
 from mnist_cnn.config.paths import default_tracking_uri
 from mnist_cnn.config.schema import typed_config
-from mnist_cnn.errors import EXIT_INTERRUPTED, ConfigError, UserError
+from mnist_cnn.errors import ConfigError
 from mnist_cnn.tracking.environment import VERSION, package_versions
-from mnist_cnn.tracking.redact import redact
 
 EXIT_DIFFERENT = 1
 VERIFIES = "verifies"  # the tag of a rerun recorded with --record: the run it verified
@@ -55,14 +55,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
-    try:
-        code = verify(args)
-    except UserError as e:
-        print(f"mnist-cnn-verify: {redact(str(e))}", file=sys.stderr)
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        sys.exit(EXIT_INTERRUPTED)
-    sys.exit(code)
+    sys.exit(run_command("mnist-cnn-verify", lambda: verify(args)))
 
 
 def verify(args: argparse.Namespace) -> int:
