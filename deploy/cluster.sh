@@ -18,8 +18,15 @@ trap stop EXIT
 
 started=$(date +%s)
 "$HERE/slurm.sh" up "$STATE/slurm" > /dev/null
-PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-MNIST_CNN_SERVER_AUTH=basic-auth "$HERE/mlflow_server.sh" up "$STATE/server" "$PORT"
+# A port found free can be taken before the server binds it (PostgreSQL, started in between, picks
+# its own the same way): on exit 3 (port taken) try another.
+for attempt in 1 2 3 4 5; do
+  PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  rc=0; MNIST_CNN_SERVER_AUTH=basic-auth "$HERE/mlflow_server.sh" up "$STATE/server" "$PORT" || rc=$?
+  [ "$rc" = 3 ] || break
+  echo "port $PORT was taken (attempt $attempt of 5)" >&2
+done
+[ "$rc" = 0 ] || exit "$rc"
 echo "cluster set up in $(( $(date +%s) - started )) s (state in $STATE)"
 
 export SLURM_CONF="$STATE/slurm/slurm.conf"

@@ -4,6 +4,7 @@
 #
 #   deploy/mlflow_server.sh run  STATE_DIR PORT   in the foreground (`make mlflow-server`)
 #   deploy/mlflow_server.sh up   STATE_DIR PORT   in the background, until /health answers
+#                                                 (exit 3: PORT is taken; 1: the server did not start)
 #   deploy/mlflow_server.sh down STATE_DIR        stop it (and the PostgreSQL this script started)
 #
 # Backend store: $MLFLOW_BACKEND_STORE_URI if set (your team's PostgreSQL), else a PostgreSQL of its
@@ -50,14 +51,22 @@ up() {
   local state=$1 port=$2
   prepare "$state" "$port"
   setsid "$MLFLOW" "${ARGS[@]}" > "$state/server.log" 2>&1 < /dev/null &
-  echo $! > "$state/server.pid"
+  local pid=$!
+  echo "$pid" > "$state/server.pid"
   for _ in $(seq 120); do
-    if curl -sf "http://127.0.0.1:$port/health" > /dev/null; then
+    if curl -sf --max-time 2 "http://127.0.0.1:$port/health" > /dev/null; then
       echo "mlflow server on http://127.0.0.1:$port (log: $state/server.log)"; return 0
     fi
+    kill -0 "$pid" 2> /dev/null || break  # it exited: no use waiting out the minute
     sleep 0.5
   done
-  tail -30 "$state/server.log" >&2; down "$state"; return 1
+  down "$state"
+  if grep -q "Address already in use" "$state/server.log"; then
+    echo "mlflow server: port $port on 127.0.0.1 is taken by another process; choose another PORT" >&2
+    return 3
+  fi
+  tail -30 "$state/server.log" >&2; echo "mlflow server did not answer on port $port (log: $state/server.log)" >&2
+  return 1
 }
 
 down() {

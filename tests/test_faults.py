@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -247,3 +248,25 @@ def test_reading_commands_never_create_an_empty_store(tmp_path, capsys):
         runs.main(["--tracking-uri", f"sqlite:///{tmp_path}/typo.db"])
     assert e.value.code == 2 and f"there is no MLflow store at {tmp_path}/typo.db" in capsys.readouterr().err
     assert not (tmp_path / "typo.db").exists()
+
+
+@pytest.mark.slow
+def test_the_team_server_script_on_a_taken_port_says_so_and_exits_3(tmp_path):
+    """deploy/mlflow_server.sh up on a port another process holds: one line naming the port, exit 3
+    as soon as the server gives up (deploy/cluster.sh then tries another port), no process left."""
+    state = tmp_path / "server"
+    env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        script = [str(Path(__file__).parents[1] / "deploy" / "mlflow_server.sh"), "up", str(state), str(port)]
+        start = time.perf_counter()
+        out = subprocess.run(script, env=env, capture_output=True, text=True, timeout=120)
+        seconds = time.perf_counter() - start
+    assert out.returncode == 3, out.stderr[-2000:]
+    assert out.stderr.splitlines()[-1] == (
+        f"mlflow server: port {port} on 127.0.0.1 is taken by another process; choose another PORT"
+    )
+    assert seconds < 45  # it gives up once the server exits, not after its minute of waiting
+    assert not (state / "server.pid").exists()
