@@ -56,8 +56,8 @@ def test_a_run_from_another_torch_version_is_compared_within_the_tolerance(finis
 @pytest.mark.slow
 def test_epochs_k_checks_the_first_k_epochs_and_record_keeps_the_rerun(finished, store_uri, capsys):
     code, out, _ = verified(capsys, store_uri, finished, "--epochs", "1")
-    assert code == 0 and "epoch 1: the same" in out and "epoch 2" not in out
-    assert "weights_sha256: not compared (--epochs)" in out
+    assert code == 0 and "again (1 epoch) in" in out and "epoch 1: the same" in out and "epoch 2" not in out
+    assert "weights_sha256: not compared (--epochs checks the epochs' metrics only)" in out
     code, out, _ = verified(capsys, store_uri, finished, "--record")
     assert code == 0, out
     rerun = next(r for r in all_runs(store_uri) if r.info.run_id != finished)

@@ -80,7 +80,8 @@ def verify(args: argparse.Namespace) -> int:
         )
     with tempfile.TemporaryDirectory(prefix="mnist-cnn-verify-") as scratch:
         cfg = rerun_config(client, logged, scratch, args)
-        print(f"training run {args.run} again ({_epochs(cfg, args.epochs)} epochs) in {scratch} ...", flush=True)
+        epochs = _epochs(cfg, args.epochs)
+        print(f"training run {args.run} again ({epochs} epoch{'s' * (epochs != 1)}) in {scratch} ...", flush=True)
         outcome = train(cfg, Path(scratch) / "rerun", until=args.epochs)
         ours = load_checkpoint(Path(scratch) / "rerun" / names.CHECKPOINT)["history"]
     if outcome.run_id is not None:
@@ -127,7 +128,10 @@ def compare(client: Any, logged: Any, ours: List[Dict[str, float]], weights: Opt
                 return EXIT_DIFFERENT
         print(f"epoch {epoch}: the same {', '.join(compared)}")
     if weights is None or tolerance:
-        print("weights_sha256: not compared" + (" (another environment)" if tolerance else " (--epochs)"))
+        print(
+            "weights_sha256: not compared"
+            + (" (another environment)" if tolerance else " (--epochs checks the epochs' metrics only)")
+        )
         return 0
     recorded = logged.data.tags.get(names.WEIGHTS_SHA256)
     if recorded != weights:
