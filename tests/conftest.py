@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from mnist_cnn.config.paths import DATA_ROOT_ENV
+from mnist_cnn.data.idx import load_split
 from tests.helpers.config import TINY, make_cfg
 from tests.helpers.data import REAL_DATA, write_tiny_mnist
+from tests.helpers.digits import train_and_register
 from tests.helpers.mlflow_store import copy_store, migrated_store
 
 
@@ -55,7 +57,7 @@ def tiny_cfg(tiny_root, store_uri):
     return factory
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def real_root() -> Path:
     """The real MNIST ($MNIST_CNN_DATA_DIR, else ./data): skipped where absent, required in CI."""
     if not (REAL_DATA / "MNIST" / "raw").is_dir():
@@ -63,3 +65,17 @@ def real_root() -> Path:
             pytest.fail(f"CI must provide the real MNIST at {REAL_DATA}/MNIST/raw (set {DATA_ROOT_ENV}).")
         pytest.skip(f"no real MNIST at {REAL_DATA}/MNIST/raw: set {DATA_ROOT_ENV} to the folder that holds MNIST/raw")
     return REAL_DATA
+
+
+@pytest.fixture(scope="session")
+def mnist_test(real_root) -> tuple:
+    """The real MNIST test split as numpy: uint8 images (N, 28, 28), white on black, and labels."""
+    split = load_split(str(real_root), "mnist", "test")
+    return split.images.numpy(), split.labels.numpy()
+
+
+@pytest.fixture(scope="session")
+def digits_model(real_root, store_template, tmp_path_factory) -> dict:
+    """A model that reads MNIST's test digits (98.8%), registered as digits@champion in a store of its
+    own: trained by the first test that asks (10-20 s), then only read, by predict, photo and export tests."""
+    return train_and_register(real_root, store_template, tmp_path_factory.mktemp("digits"))

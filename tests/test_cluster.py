@@ -16,7 +16,6 @@ from mlflow import MlflowClient
 from mnist_cnn.engine.checkpoint import load_checkpoint
 from tests.helpers import processes
 from tests.helpers.config import TINY
-from tests.helpers.mlflow_store import free_port
 
 pytestmark = pytest.mark.cluster
 
@@ -188,16 +187,7 @@ def test_ddp_on_two_cpu_processes_is_one_run_as_accurate_as_one_process(uri, exp
         "data.batch_size=64",
         "tracking.log_model=false",
     ]
-    torchrun = [
-        processes.TRAIN[0],
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        f"--master_port={free_port()}",
-        "-m",
-        "mnist_cnn",
-    ]
-    for name, command in (("ddp", [*torchrun, "trainer.strategy=ddp"]), ("single", processes.TRAIN)):
+    for name, command in (("ddp", processes.torchrun(2, "trainer.strategy=ddp")), ("single", processes.TRAIN)):
         out = processes.run([*command, *same, f"tracking.run_name={name}"], tmp_path, timeout=600)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     client = MlflowClient()

@@ -3,7 +3,6 @@ written by rank 0, the same steps as one process with the same global batch, res
 
 import shlex
 import signal
-import sys
 import time
 
 import pytest
@@ -16,26 +15,8 @@ from mnist_cnn.errors import ConfigError
 from tests.helpers import processes
 from tests.helpers.config import make_cfg
 from tests.helpers.data import write_tiny_mnist
-from tests.helpers.mlflow_store import HISTORY, all_runs, free_port, history, only_run, runs
-
-
-def torchrun(nproc: int, *args: str) -> list:
-    """`torchrun --nproc_per_node=N -m mnist_cnn ARGS`, on a free port of its own."""
-    launcher = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        f"--nproc_per_node={nproc}",
-        f"--master_port={free_port()}",
-    ]
-    return [*launcher, "-m", "mnist_cnn", *args]
-
-
-def ddp_command(nproc: int, root, uri: str, *overrides: str) -> list:
-    """The tiny-data command of processes.train_command, under torchrun with trainer.strategy=ddp."""
-    return torchrun(
-        nproc, *processes.train_command(root, uri, "trainer.strategy=ddp", *overrides)[len(processes.TRAIN) :]
-    )
+from tests.helpers.mlflow_store import HISTORY, all_runs, history, only_run, runs
+from tests.helpers.processes import ddp_command, torchrun
 
 
 def numbered_split(n: int) -> Split:

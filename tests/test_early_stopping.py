@@ -6,9 +6,9 @@ import pytest
 
 from mnist_cnn.engine.early_stopping import EarlyStopping
 from mnist_cnn.runner import train
+from tests.helpers.interrupted import interrupt_at, resume
 from tests.helpers.mlflow_store import history, only_run, runs_by_name
 from tests.helpers.searches import search
-from tests.test_resume import interrupt_at, resume
 
 PLATEAU = ("trainer.epochs=10", "trainer.early_stopping.patience=2", "trainer.early_stopping.min_delta=0.01")
 ON_LOSS = ("objective.metrics=[val_loss]", "objective.directions=[minimize]", "tracking.log_model=false")

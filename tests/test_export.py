@@ -25,7 +25,6 @@ from mnist_cnn.errors import ConfigError
 from mnist_cnn.model import onnx_file
 from mnist_cnn.runner import train
 from tests.helpers.mlflow_store import only_run
-from tests.test_predict import train_and_register
 
 INSTALL = "pip install 'mnist_cnn[export]'"
 
@@ -264,14 +263,12 @@ def test_log_onnx_logs_model_onnx_with_the_run_matching_its_logged_model(tiny_cf
 
 @pytest.mark.slow
 def test_predict_with_the_exported_file_gives_the_pytorch_models_classes_on_clean_test_digits(
-    real_root, store_template, tmp_path, capsys
+    digits_model, real_root, tmp_path, capsys
 ):
     """Done when: the export prints its difference, and predict gives the same classes through
     onnxruntime as through the PyTorch model, on the first 100 MNIST test digits saved as they are."""
-    trained = train_and_register(real_root, store_template, tmp_path)
-    capsys.readouterr()  # training's own lines
     target = tmp_path / "digits.onnx"
-    argv = ["models:/digits@champion", "--onnx", str(target), "--tracking-uri", trained["uri"]]
+    argv = ["models:/digits@champion", "--onnx", str(target), "--tracking-uri", digits_model["uri"]]
     code, out, err = run_main(export.main, argv, capsys)
     assert code == 0, err
     printed = re.search(
@@ -284,9 +281,9 @@ def test_predict_with_the_exported_file_gives_the_pytorch_models_classes_on_clea
         pictures.append(str(tmp_path / f"{i:03d}.png"))
         Image.fromarray(digit).save(pictures[-1])
     answers = {}
-    for model in (trained["run_id"], str(target)):
+    for model in (digits_model["run_id"], str(target)):
         _, out, _ = run_main(
-            predict.main, ["--model", model, "--tracking-uri", trained["uri"], "--json", *pictures], capsys
+            predict.main, ["--model", model, "--tracking-uri", digits_model["uri"], "--json", *pictures], capsys
         )
         answers[model] = json.loads(out)
     by_pytorch, by_onnx = answers.values()

@@ -12,10 +12,9 @@ from mlflow import MlflowClient
 from mnist_cnn.engine import distributed, loop
 from mnist_cnn.runner import train
 from tests.helpers import processes
+from tests.helpers.interrupted import FAST, interrupt_at, resume
 from tests.helpers.mlflow_store import history, only_run, runs_by_name
 from tests.helpers.state import fresh_state
-from tests.test_ddp import ddp_command
-from tests.test_resume import FAST, interrupt_at, resume
 
 pytestmark = pytest.mark.gpu
 
@@ -112,7 +111,7 @@ def test_a_run_on_the_gpu_resumes_to_the_uninterrupted_result_bit_for_bit(tiny_c
 def test_ddp_over_nccl_trains_one_run(tiny_root, store_uri, tmp_path):
     """One process on one GPU under torchrun: NCCL for the gradients, the step eager (no capture under DDP)."""
     out = processes.run(
-        ddp_command(1, tiny_root, store_uri, "trainer.device=cuda", "trainer.epochs=2"), tmp_path, timeout=300
+        processes.ddp_command(1, tiny_root, store_uri, "trainer.device=cuda", "trainer.epochs=2"), tmp_path, timeout=300
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     run = only_run(store_uri)

@@ -1,6 +1,6 @@
 """Phone photos of digits on paper (tests/helpers/photos.py: grey noisy paper, plain, lined or squared,
 a shadow, the camera turned and tilted, the digit small and off-centre, JPEG): the character is found
-and read as MNIST's own; a photo of blank paper, or of several digits, says so; `--show-input` writes
+and read as MNIST's own; a photo of blank paper, or of several mnist_test, says so; `--show-input` writes
 what the model saw, and refuses a folder it cannot write."""
 
 import numpy as np
@@ -8,38 +8,17 @@ import pytest
 from PIL import Image
 
 from mnist_cnn.cli import predict
-from mnist_cnn.data.idx import load_split
 from mnist_cnn.data.images import load_image, to_mnist
 from mnist_cnn.errors import DataError
+from tests.helpers.digits import similarity
 from tests.helpers.photos import PAPERS, SHADOWS, photo, write_photos
-from tests.test_predict import similarity, train_and_register
-
-
-@pytest.fixture
-def digits(real_root) -> tuple:
-    """The real MNIST test split as numpy: uint8 images (N, 28, 28), white on black, and labels."""
-    split = load_split(str(real_root), "mnist", "test")
-    return split.images.numpy(), split.labels.numpy()
-
-
-@pytest.fixture(scope="module")
-def trained_once() -> dict:
-    return {}
-
-
-@pytest.fixture
-def trained(real_root, store_template, tmp_path_factory, trained_once) -> dict:
-    """test_predict's 1-epoch model (98.8% on the test split), trained by the first test here that asks."""
-    if not trained_once:
-        trained_once.update(train_and_register(real_root, store_template, tmp_path_factory.mktemp("photos")))
-    return trained_once
 
 
 @pytest.mark.slow  # 1.5 s
-def test_a_photo_of_a_digit_comes_out_as_mnist_made_it(digits, tmp_path):
+def test_a_photo_of_a_digit_comes_out_as_mnist_made_it(mnist_test, tmp_path):
     """Each paper and shadow once: the 28x28 image is the MNIST digit itself, give or take the turn,
     the tilt and the upscaling (a clean PNG resized twice scores 0.85 in test_predict)."""
-    images, _ = digits
+    images, _ = mnist_test
     for index in range(len(PAPERS) * len(SHADOWS)):
         path = tmp_path / f"{index}.jpg"
         photo(images[index], index).save(path, quality=50)
@@ -57,8 +36,8 @@ def test_a_photo_of_blank_paper_is_blank(tmp_path, index):
 
 
 @pytest.mark.parametrize("count", [2, 3])
-def test_a_photo_of_several_digits_side_by_side_names_them(digits, tmp_path, count):
-    images, _ = digits
+def test_a_photo_of_several_digits_side_by_side_names_them(mnist_test, tmp_path, count):
+    images, _ = mnist_test
     for index in range(3):  # a "1" beside a "0" (index 2) too: a fifth of its ink
         path = tmp_path / f"{index}.jpg"
         photo(np.hstack(images[index : index + count]), index).save(path, quality=50)
@@ -66,9 +45,9 @@ def test_a_photo_of_several_digits_side_by_side_names_them(digits, tmp_path, cou
             load_image(path)
 
 
-def test_a_speck_far_from_the_digit_is_dropped(digits):
+def test_a_speck_far_from_the_digit_is_dropped(mnist_test):
     """A mark with under a tenth of the digit's ink, far from it, is dirt: the 28x28 image is the digit's alone."""
-    digit = 255 - digits[0][0]
+    digit = 255 - mnist_test[0][0]
     page = np.full((28, 84), 255, np.uint8)
     page[:, :28] = digit
     page[12:14, 70:72] = 0  # 4 pixels of ink, two digit-widths away
@@ -77,13 +56,13 @@ def test_a_speck_far_from_the_digit_is_dropped(digits):
 
 
 @pytest.mark.slow
-def test_photos_of_the_first_20_test_digits_are_at_least_18_right(trained, digits, tmp_path, capsys):
-    images, labels = digits
+def test_photos_of_the_first_20_test_digits_are_at_least_18_right(digits_model, mnist_test, tmp_path, capsys):
+    images, labels = mnist_test
     photos = tmp_path / "photos"
     photos.mkdir()
     paths = write_photos(images[:20], photos)
     with pytest.raises(SystemExit) as exit:
-        predict.main(["--model", "models:/digits@champion", "--tracking-uri", trained["uri"], *map(str, paths)])
+        predict.main(["--model", "models:/digits@champion", "--tracking-uri", digits_model["uri"], *map(str, paths)])
     out = capsys.readouterr()
     assert exit.value.code == 0 and out.err == ""
     predicted = [int(line.split(": ")[1].split()[0]) for line in out.out.splitlines()]
@@ -93,23 +72,25 @@ def test_photos_of_the_first_20_test_digits_are_at_least_18_right(trained, digit
 
 
 @pytest.mark.slow
-def test_show_input_writes_the_28x28_image_the_model_saw(trained, digits, tmp_path, capsys):
-    images, _ = digits
+def test_show_input_writes_the_28x28_image_the_model_saw(digits_model, mnist_test, tmp_path, capsys):
+    images, _ = mnist_test
     for folder in ("a", "b"):  # two files of one name: the second image is 00-plain-gradient-2.png
         (tmp_path / folder).mkdir()
         write_photos(images[:1], tmp_path / folder)
     paths = [tmp_path / folder / "00-plain-gradient.jpg" for folder in ("a", "b")]
     shown = tmp_path / "shown" / "new"  # made, parents too
     with pytest.raises(SystemExit) as exit:
-        predict.main(["--model", trained["run_id"], "--tracking-uri", trained["uri"], "--show-input", str(shown)])
+        predict.main(
+            ["--model", digits_model["run_id"], "--tracking-uri", digits_model["uri"], "--show-input", str(shown)]
+        )
     assert exit.value.code == 2  # no FILE: argparse's own message
     with pytest.raises(SystemExit) as exit:
         predict.main(
             [
                 "--model",
-                trained["run_id"],
+                digits_model["run_id"],
                 "--tracking-uri",
-                trained["uri"],
+                digits_model["uri"],
                 "--show-input",
                 str(shown),
                 *map(str, paths),

@@ -7,7 +7,6 @@ import os
 import sys
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pytest
 from mlflow import MlflowClient
@@ -15,14 +14,12 @@ from PIL import Image
 
 from mnist_cnn.cli import predict
 from mnist_cnn.data.datasets import DATASETS
-from mnist_cnn.data.idx import load_split
 from mnist_cnn.data.images import load_image
 from mnist_cnn.errors import DataError
-from mnist_cnn.runner import train
 from mnist_cnn.tracking.lookup import class_names, resolve_model
 from tests.helpers import processes
-from tests.helpers.config import make_cfg
-from tests.helpers.mlflow_store import copy_store, free_port, only_run
+from tests.helpers.digits import similarity
+from tests.helpers.mlflow_store import free_port
 
 
 def _on_white_canvas(image: Image.Image) -> Image.Image:
@@ -45,19 +42,6 @@ VARIANTS = {
 }
 RESIZED = {"64x64", "100x100-rgb"}  # resampled twice (by the user, then back to 20x20): close, not equal
 COMMAND = str(Path(sys.executable).parent / "mnist-cnn-predict")  # the console script pip installed
-
-
-@pytest.fixture
-def mnist_test(real_root) -> tuple:
-    """The real MNIST test split as numpy: uint8 images (N, 28, 28) and labels."""
-    split = load_split(str(real_root), "mnist", "test")
-    return split.images.numpy(), split.labels.numpy()
-
-
-def similarity(original: np.ndarray, prepared: np.ndarray) -> float:
-    """Correlation of two 28x28 images, allowing one pixel of placement (a rounding of the centre)."""
-    shifts = [np.roll(prepared, (dy, dx), axis=(0, 1)) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
-    return max(float(np.corrcoef(original.ravel(), shifted.ravel())[0, 1]) for shifted in shifts)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -138,49 +122,6 @@ def test_a_picture_larger_than_pillow_reads_says_so(tmp_path, monkeypatch):
         load_image(path)
 
 
-@pytest.fixture(scope="module")
-def trained_once() -> dict:
-    return {}
-
-
-@pytest.fixture
-def trained(real_root, store_template, tmp_path_factory, trained_once) -> dict:
-    """A model trained briefly on the real MNIST (10-20 s) and registered as digits@champion: by the
-    first test that asks, then shared by the others (a module-scoped fixture could not use real_root)."""
-    if not trained_once:
-        trained_once.update(train_and_register(real_root, store_template, tmp_path_factory.mktemp("predict")))
-    return trained_once
-
-
-def train_and_register(root: Path, store_template: Path, folder: Path) -> dict:
-    uri = copy_store(store_template, folder)
-    cfg = make_cfg(
-        [
-            f"data.root={root}",
-            "trainer.epochs=1",
-            "trainer.limit_batches=300",
-            "data.batch_size=128",
-            "data.val_size=0",
-            "objective.metrics=[test_acc]",
-            "scheduler=onecycle",  # 98.8% after 300 steps (a constant 3e-3: 98.2%): the first 20 all right
-            "optimizer.lr=1e-2",
-            "trainer.progress=false",
-            f"tracking.uri={uri}",
-            "tracking.log_model=true",
-        ]
-    )
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(folder)  # MLflow puts artifacts under ./mlruns
-        final = train.run(cfg, folder / "out").metrics
-    assert final["test_acc"] > 0.98, "the model itself must be good enough for 20 of 20"
-    run_id = only_run(uri).info.run_id
-    mlflow.set_tracking_uri(uri)
-    version = mlflow.register_model(f"runs:/{run_id}/model", "digits")
-    client = MlflowClient(uri)
-    client.set_registered_model_alias("digits", "champion", version.version)
-    return {"uri": uri, "run_id": run_id, "client": client}
-
-
 def _save_as_users_do(images: np.ndarray, folder: Path) -> list:
     """The first 20 test digits as PNG files, each in one of the VARIANTS in turn."""
     names = list(VARIANTS)
@@ -192,11 +133,11 @@ def _save_as_users_do(images: np.ndarray, folder: Path) -> list:
 
 
 @pytest.mark.slow
-def test_the_first_20_test_digits_saved_as_users_do_are_all_right(trained, mnist_test, tmp_path, capsys):
+def test_the_first_20_test_digits_saved_as_users_do_are_all_right(digits_model, mnist_test, tmp_path, capsys):
     images, labels = mnist_test
     paths = _save_as_users_do(images, tmp_path)
     with pytest.raises(SystemExit) as exit:
-        predict.main(["--model", "models:/digits@champion", "--tracking-uri", trained["uri"], *map(str, paths)])
+        predict.main(["--model", "models:/digits@champion", "--tracking-uri", digits_model["uri"], *map(str, paths)])
     out = capsys.readouterr()
     assert exit.value.code == 0 and out.err == ""
     lines = out.out.splitlines()
@@ -209,12 +150,12 @@ def test_the_first_20_test_digits_saved_as_users_do_are_all_right(trained, mnist
 
 
 @pytest.mark.slow
-def test_the_command_prints_json_names_a_bad_file_and_exits_2(trained, mnist_test, tmp_path):
+def test_the_command_prints_json_names_a_bad_file_and_exits_2(digits_model, mnist_test, tmp_path):
     images, labels = mnist_test
     paths = _save_as_users_do(images, tmp_path)
     broken = unreadable("truncated", tmp_path)
     files = [str(paths[0]), str(broken), *map(str, paths[1:])]
-    command = [COMMAND, "--json", "--model", trained["run_id"], "--tracking-uri", trained["uri"], *files]
+    command = [COMMAND, "--json", "--model", digits_model["run_id"], "--tracking-uri", digits_model["uri"], *files]
     out = processes.run(command, tmp_path, timeout=300)
     assert out.returncode == 2, out.stderr[-2000:]
     (error,) = out.stderr.strip().splitlines()
@@ -231,8 +172,8 @@ def test_the_command_prints_json_names_a_bad_file_and_exits_2(trained, mnist_tes
 
 
 @pytest.mark.slow
-def test_a_model_uri_leads_back_to_the_run_that_trained_it(trained, tmp_path):
-    client, run_id = trained["client"], trained["run_id"]
+def test_a_model_uri_leads_back_to_the_run_that_trained_it(digits_model, tmp_path):
+    client, run_id = digits_model["client"], digits_model["run_id"]
     (logged,) = client.search_logged_models([client.get_run(run_id).info.experiment_id])
     uris = [
         f"runs:/{run_id}/model",

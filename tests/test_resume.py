@@ -17,44 +17,13 @@ from mlflow.entities import RunTag
 from mnist_cnn import names
 from mnist_cnn.errors import CheckpointError, ConfigError, UserError
 from mnist_cnn.names import HEARTBEAT, PID
-from mnist_cnn.runner import start, train
+from mnist_cnn.runner import train
 from mnist_cnn.tracking import run as tracking_run
 from mnist_cnn.tracking.heartbeat import alive_tags
 from tests.helpers import processes
 from tests.helpers.data import write_tiny_mnist
+from tests.helpers.interrupted import FAST, interrupt_at, killed_in_epoch_2, resume
 from tests.helpers.mlflow_store import all_runs, history, only_run, runs_by_name
-
-FAST = ("trainer.epochs=2", "tracking.log_model=false")
-
-
-def interrupt_at(monkeypatch, epoch: int) -> None:
-    """Make training stop as Ctrl-C would, at the start of `epoch`."""
-    real = train.train_epoch
-
-    def train_epoch(*args, **kwargs):
-        if args[2] == epoch:  # train_epoch(state, settings, epoch, world)
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(train, "train_epoch", train_epoch)
-
-
-def killed_in_epoch_2(cfg, uri, out, monkeypatch) -> str:
-    """Train `cfg` until Ctrl-C in epoch 2; returns the KILLED run's id (monkeypatches undone)."""
-    interrupt_at(monkeypatch, 2)
-    with pytest.raises(KeyboardInterrupt):
-        train.run(cfg, out)
-    monkeypatch.undo()
-    monkeypatch.chdir(out.parent)
-    return only_run(uri).info.run_id
-
-
-def resume(monkeypatch, cfg, target, *overrides):
-    """`mnist-cnn-train resume=TARGET OVERRIDES`, in process, from the test's folder."""
-    for module in (start, tracking_run):  # the command line as Hydra would give it
-        monkeypatch.setattr(module, "job_overrides", lambda: [f"resume={target}", *overrides])
-    cfg.resume = target
-    return train.run(cfg, Path.cwd() / "resumed").metrics
 
 
 def test_same_seed_gives_the_same_weights_and_metrics_and_another_seed_does_not(tiny_cfg, store_uri, tmp_path):

@@ -10,8 +10,8 @@ from mlflow import MlflowClient
 from mnist_cnn import timing
 from mnist_cnn.names import time_metric
 from mnist_cnn.runner import train
+from tests.helpers.interrupted import FAST, killed_in_epoch_2, resume
 from tests.helpers.mlflow_store import only_run
-from tests.test_resume import FAST, killed_in_epoch_2, resume
 
 
 def epoch_seconds(uri: str, run_id: str) -> float:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from tests.helpers.config import TINY
+from tests.helpers.mlflow_store import free_port
 
 TRAIN = [sys.executable, "-m", "mnist_cnn"]
 
@@ -14,6 +15,23 @@ TRAIN = [sys.executable, "-m", "mnist_cnn"]
 def train_command(data_root: Path, uri: str, *overrides: str, multirun: bool = False) -> list:
     """`python -m mnist_cnn [-m]` on tiny data, with the fast settings the in-process tests use."""
     return [*TRAIN, *(["-m"] if multirun else []), f"data.root={data_root}", f"tracking.uri={uri}", *TINY, *overrides]
+
+
+def torchrun(nproc: int, *args: str) -> list:
+    """`torchrun --nproc_per_node=N -m mnist_cnn ARGS`, on a free port of its own."""
+    launcher = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        f"--master_port={free_port()}",
+    ]
+    return [*launcher, "-m", "mnist_cnn", *args]
+
+
+def ddp_command(nproc: int, root, uri: str, *overrides: str) -> list:
+    """The tiny-data command of processes.train_command, under torchrun with trainer.strategy=ddp."""
+    return torchrun(nproc, *train_command(root, uri, "trainer.strategy=ddp", *overrides)[len(TRAIN) :])
 
 
 def run(
