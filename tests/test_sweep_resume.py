@@ -245,7 +245,7 @@ def test_a_two_objective_search_stopped_by_sigterm_ends_with_its_pareto_front_an
     with an earlier trial's values shares its run: training it again would give the same result);
     the parent tags each run on the study's Pareto front (the same runs the jobs table's own front
     finds), draws it, logs both objectives' importances, and registers the front's lowest val_loss
-    as the champion, naming the rule."""
+    as the champion, naming the rule; the stopped sweep registered none."""
     search = (
         "hparams_search=lr_batch",
         "hydra/sweeper/sampler=nsgaii",
@@ -258,6 +258,8 @@ def test_a_two_objective_search_stopped_by_sigterm_ends_with_its_pareto_front_an
     )
     stop_with_sigterm(processes.train_command(tiny_root, store_uri, *search, multirun=True), tmp_path, store_uri, 3)
     parent, _ = children(store_uri)
+    assert "champion" not in parent.data.tags  # a stopped sweep crowns no champion: its resumption does
+    assert MlflowClient(store_uri).search_model_versions("name = 'digits'") == []
     out = processes.run(
         [*processes.TRAIN, "-m", f"resume_sweep={parent.info.run_id}", f"tracking.uri={store_uri}"], tmp_path
     )

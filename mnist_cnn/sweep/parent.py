@@ -51,14 +51,15 @@ def children(client: MlflowClient, parent_run_id: str) -> List[Run]:
 
 
 def close_parent_run(cfg: DictConfig, run_id: str, status: str, swept: List[str]) -> Tuple[Dict[str, Any], str]:
-    """Record the sweep's report on its parent run, crown the champion, then end the run (even if
-    the report fails); returns the summary and the parent's link in the UI."""
+    """Record the sweep's report on its parent run, crown the champion (not for a stopped sweep:
+    `resume_sweep=` crowns it when the sweep ends), then end the run (even if the report fails);
+    returns the summary and the parent's link in the UI."""
     client = store.connect(cfg.tracking.uri)
     tags: Dict[str, str] = (
         {names.RESUME_COMMAND: resume_command(run_id, cfg.tracking.uri, sweep=True)} if status == "KILLED" else {}
     )
     try:
-        summary = _report(client, cfg, run_id, swept, tags)
+        summary = _report(client, cfg, run_id, swept, tags, crowning=status != "KILLED")
     finally:
         end_run(client, run_id, status, tags)
     run = client.get_run(run_id)
@@ -67,11 +68,11 @@ def close_parent_run(cfg: DictConfig, run_id: str, status: str, swept: List[str]
 
 
 def _report(
-    client: MlflowClient, cfg: DictConfig, run_id: str, swept: List[str], tags: Dict[str, str]
+    client: MlflowClient, cfg: DictConfig, run_id: str, swept: List[str], tags: Dict[str, str], crowning: bool
 ) -> Dict[str, Any]:
-    """Log the counts, best job, seed groups, summary.csv and figures, then register the champion;
-    add the best job and the champion (or why it could not be registered) to `tags`; returns the
-    metrics logged."""
+    """Log the counts, best job, seed groups, summary.csv and figures, then register the champion if
+    `crowning`; add the best job and the champion (or why it could not be registered) to `tags`;
+    returns the metrics logged."""
     jobs = children(client, run_id)
     objectives = config_objectives(cfg.objective)
     metric = objectives[0][0]
@@ -91,13 +92,21 @@ def _report(
     client.log_figure(run_id, plots.parallel_coordinates(table, swept, objectives), "sweep/parallel_coordinates.png")
     client.log_figure(run_id, _pareto(client.get_run(run_id), table, objectives), "sweep/pareto.png")
     if best is not None and cfg.tracking.register_as:  # last: a registry that refuses loses none of the above
-        try:
-            tags |= crown(client, cfg, next(job for job in jobs if job.info.run_id == best["run_id"]))
-        except Exception as e:  # noqa: BLE001 - MLflow, SQLAlchemy or the network: kept as the parent's tag
-            if not store.is_store_failure(e):
-                raise
-            tags[names.CHAMPION_ERROR] = store.describe(e)
+        if crowning:
+            tags |= _crowned(client, cfg, next(job for job in jobs if job.info.run_id == best["run_id"]))
+        else:  # the alias may be what users are served: not the best of half a sweep
+            log.info("the sweep was stopped: no champion registered until resume_sweep=%s ends it", run_id)
     return summary
+
+
+def _crowned(client: MlflowClient, cfg: DictConfig, best: Run) -> Dict[str, str]:
+    """`crown`'s tags, or the store's failure as the tag `champion_error` (the rest of the report stands)."""
+    try:
+        return crown(client, cfg, best)
+    except Exception as e:  # noqa: BLE001 - MLflow, SQLAlchemy or the network: kept as the parent's tag
+        if not store.is_store_failure(e):
+            raise
+        return {names.CHAMPION_ERROR: store.describe(e)}
 
 
 def _restored(client: MlflowClient, jobs: List[Run]) -> Dict[str, Dict[str, float]]:
