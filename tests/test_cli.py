@@ -71,6 +71,7 @@ def test_a_launcher_without_m_is_one_line_exit_2_before_hydra_starts(tiny_root, 
     assert not (tmp_path / "outputs").exists() and all_runs(store_uri) == []
 
 
+@pytest.mark.slow  # a process of its own
 def test_missing_data_is_named_before_any_run(store_uri, tmp_path):
     out = processes.run(processes.train_command(tmp_path / "nowhere", store_uri), tmp_path)
     assert out.returncode == 2
@@ -110,6 +111,7 @@ def test_a_relative_data_root_means_the_folder_the_command_started_in(tiny_root,
     assert run.data.params["data.root"] == str(start / "../datasets")
 
 
+@pytest.mark.slow  # a process of its own
 def test_the_module_and_the_console_script_are_one_command(tmp_path):
     script = Path(sys.executable).parent / "mnist-cnn-train"
     by_module = subprocess.run(

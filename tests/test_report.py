@@ -141,7 +141,9 @@ def test_a_model_that_does_not_fit_the_data_is_named(tiny_cfg, store_uri, tmp_pa
     run_id = only_run(store_uri).info.run_id
     mlflow.set_tracking_uri(store_uri)
     mlflow.set_experiment("mnist")
-    mlflow.pytorch.log_model(torch.nn.Linear(10, 3), name="model", run_id=run_id, serialization_format="pickle")
+    mlflow.pytorch.log_model(
+        torch.nn.Linear(10, 3), name="model", run_id=run_id, serialization_format="pickle", pip_requirements=["torch"]
+    )  # requirements given: inferring them takes seconds
     code, _, err = eval_cli_run([run_id, "--tracking-uri", store_uri], capsys)
     assert code == 2 and "does not take images of shape (N, 1, 28, 28)" in err
     client = MlflowClient(store_uri)

@@ -94,6 +94,7 @@ def test_a_run_names_its_dataset_and_links_to_the_model_training_view(
     assert "system/cpu_utilization_percentage" in run.data.metrics
 
 
+@pytest.mark.slow  # a process of its own
 def test_logged_model_loads_without_this_package_and_behaves_like_a_module(tiny_cfg, tiny_root, store_uri, tmp_path):
     """It takes [0, 1] floats and normalises inside; `.eval()`/`.train()` work; no mnist_cnn code needed."""
     cfg = tiny_cfg()
