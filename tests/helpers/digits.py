@@ -42,8 +42,12 @@ def train_and_register(root: Path, store_template: Path, folder: Path) -> dict:
         final = train.run(cfg, folder / "out").metrics
     assert final["test_acc"] > 0.98, "the model itself must be good enough for 20 of 20"
     run_id = only_run(uri).info.run_id
-    mlflow.set_tracking_uri(uri)
-    version = mlflow.register_model(f"runs:/{run_id}/model", "digits")
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)  # register_model reads the global URI: set only for it, as tests share the process
+    try:
+        version = mlflow.register_model(f"runs:/{run_id}/model", "digits")
+    finally:
+        mlflow.set_tracking_uri(before)
     client = MlflowClient(uri)
     client.set_registered_model_alias("digits", "champion", version.version)
     return {"uri": uri, "run_id": run_id, "client": client}
