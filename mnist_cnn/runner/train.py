@@ -83,11 +83,7 @@ def fit(start: StartPoint, output_dir: Path, world: World = SINGLE, until: Optio
                         save_and_log_epoch(cfg, tracker, state, len(prepared.classes), checkpoint)
                 if end_of_epoch(world, tracker, pruner, state.history, epoch == cfg.trainer.epochs, early):
                     if world.main:
-                        tracker.set_tags({names.STOPPED_EARLY_AT: str(epoch)})
-                        best = state.best["epoch"]
-                        log.info(
-                            "stopped early after epoch %d: %s not better since epoch %d", epoch, early.metric, best
-                        )
+                        stopped_early(tracker, state, early.metric)
                     break
             if not world.main or until is not None and state.epoch >= until:
                 return Outcome(state.history[-1], tracker.run_id)
@@ -96,6 +92,12 @@ def fit(start: StartPoint, output_dir: Path, world: World = SINGLE, until: Optio
     except Pruned as e:
         return Outcome(state.history[-1], tracker.run_id, e.epoch)
     return Outcome({**state.history[ended - 1], **final}, tracker.run_id, weights_sha256=weights)
+
+
+def stopped_early(tracker: Tracker, state: TrainingState, metric: str) -> None:
+    """Tag the run, and say, that early stopping ended it after the epoch just completed."""
+    tracker.set_tags({names.STOPPED_EARLY_AT: str(state.epoch)})
+    log.info("stopped early after epoch %d: %s not better since epoch %d", state.epoch, metric, state.best["epoch"])
 
 
 def ended_with(cfg: DictConfig, tracker: Tracker, state: TrainingState, early: Optional[EarlyStopping]) -> int:
