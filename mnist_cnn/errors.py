@@ -55,3 +55,10 @@ class Pruned(Exception):
     def __init__(self, epoch: int):
         super().__init__(f"pruned after epoch {epoch}")
         self.epoch = epoch
+
+
+def failed_on_config(error: BaseException) -> bool:
+    """Whether `error` is one the same config meets every time: a bad value, a missing or corrupt
+    data file, a loss that diverged. A run that failed so is FAILED_ON_CONFIG (tracking.states):
+    trying it again cannot help."""
+    return isinstance(error, (ConfigError, DataError, DivergedError))

@@ -33,10 +33,12 @@ PRUNED_AT = "pruned_at_epoch"  # a sweep's pruner stopped it after this epoch
 STOPPED_EARLY_AT = "stopped_early_at_epoch"  # trainer.early_stopping ended it, FINISHED, after this epoch
 RESTORED_EPOCH = "restored_epoch"  # trainer.restore_best: the epoch whose weights it tested and logged
 CHAMPION_ERROR = "champion_error"  # a sweep's parent: why its champion could not be registered
+FAILED_ON, FAILED_ON_CONFIG_VALUE = "failed_on", "config"  # a FAILED run that the same config would fail again
 STOPPED = (
     INTERRUPTED,
     RESUME_COMMAND,
     ERROR,
+    FAILED_ON,
     PRUNED_AT,
     CHAMPION_ERROR,
 )  # what a run that finishes after all no longer carries

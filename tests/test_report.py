@@ -13,7 +13,7 @@ from mnist_cnn.data.splits import Split
 from mnist_cnn.report import figures
 from mnist_cnn.report.metrics import score
 from mnist_cnn.runner import train
-from mnist_cnn.tracking.run import Tracker
+from mnist_cnn.tracking.tracker import Tracker
 from tests.helpers.mlflow_store import all_runs, only_run, runs_by_name
 
 

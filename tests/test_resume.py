@@ -18,7 +18,7 @@ from mnist_cnn import names
 from mnist_cnn.errors import CheckpointError, ConfigError, UserError
 from mnist_cnn.names import HEARTBEAT, PID
 from mnist_cnn.runner import train
-from mnist_cnn.tracking import run as tracking_run
+from mnist_cnn.tracking import claim as tracking_claim
 from mnist_cnn.tracking.heartbeat import alive_tags
 from tests.helpers import processes
 from tests.helpers.data import write_tiny_mnist
@@ -225,7 +225,7 @@ def test_a_run_another_live_process_continues_is_refused_naming_it(store_uri):
     with pytest.raises(
         CheckpointError, match=rf"run {run_id} is being continued by another process \(pid {os.getppid()} on "
     ):
-        tracking_run.claim(client, run_id)
+        tracking_claim.claim(client, run_id)
 
 
 def test_of_two_processes_that_continue_a_run_at_once_exactly_one_gets_it(store_uri, monkeypatch):
@@ -238,7 +238,7 @@ def test_of_two_processes_that_continue_a_run_at_once_exactly_one_gets_it(store_
     real = MlflowClient.get_run
     monkeypatch.setattr(MlflowClient, "get_run", lambda self, rid: next(reads, None) or real(self, rid))
     with pytest.raises(CheckpointError, match=rf"pid {os.getppid()} on "):
-        tracking_run.claim(client, run_id)
+        tracking_claim.claim(client, run_id)
 
 
 def test_a_run_whose_last_holder_has_exited_is_claimed_again(store_uri):
@@ -247,7 +247,7 @@ def test_a_run_whose_last_holder_has_exited_is_claimed_again(store_uri):
     gone = subprocess.Popen(["true"])
     gone.wait()  # its pid is free now
     client.log_param(run_id, f"{names.CLAIM}1", f"{socket.gethostname()} {gone.pid} 2026-01-01T00:00:00+00:00")
-    tracking_run.claim(client, run_id)
+    tracking_claim.claim(client, run_id)
     assert client.get_run(run_id).data.params[f"{names.CLAIM}2"].split(" ")[1] == str(os.getpid())
 
 
@@ -260,10 +260,10 @@ def test_a_claim_from_another_machine_holds_while_the_runs_heartbeat_is_fresh(st
     beat = {**alive_tags(30), names.HOST: "elsewhere", names.PID: "4242"}  # written there, just now
     client.log_batch(run_id, tags=[RunTag(k, v) for k, v in beat.items()])
     with pytest.raises(CheckpointError, match=rf"run {run_id} is being continued by another process \(pid 4242 on "):
-        tracking_run.claim(client, run_id)
+        tracking_claim.claim(client, run_id)
     old = datetime.now(timezone.utc) - timedelta(minutes=10)
     client.set_tag(run_id, HEARTBEAT, old.isoformat(timespec="seconds"))  # silent for 10 min: that process is gone
-    tracking_run.claim(client, run_id)
+    tracking_claim.claim(client, run_id)
     assert client.get_run(run_id).data.params[f"{names.CLAIM}2"].split(" ")[:2] == [
         socket.gethostname(),
         str(os.getpid()),

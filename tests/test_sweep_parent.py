@@ -7,12 +7,13 @@ import pytest
 from mlflow import MlflowClient
 
 from mnist_cnn.sweep import parent
+from mnist_cnn.tracking.states import RunState
 from tests.helpers import processes
 from tests.helpers.mlflow_store import runs as runs_in
 
 
-@pytest.mark.parametrize("status", ["FINISHED", "KILLED"])
-def test_a_parent_whose_report_fails_still_ends_with_its_status(tiny_cfg, store_uri, monkeypatch, status):
+@pytest.mark.parametrize("state, status", [(RunState.FINISHED, "FINISHED"), (RunState.STOPPED, "KILLED")])
+def test_a_parent_whose_report_fails_still_ends_with_its_status(tiny_cfg, store_uri, monkeypatch, state, status):
     """An artifact upload that fails (here each figure's): the error is raised, after the run ended."""
     cfg = tiny_cfg()
     run_id, heartbeat = parent.open_parent_run(cfg, "sweep", {})
@@ -23,7 +24,7 @@ def test_a_parent_whose_report_fails_still_ends_with_its_status(tiny_cfg, store_
 
     monkeypatch.setattr(MlflowClient, "log_figure", upload_fails)
     with pytest.raises(RuntimeError, match="the artifact store is full"):
-        parent.close_parent_run(cfg, run_id, status, [])
+        parent.close_parent_run(cfg, run_id, state, [])
     run = MlflowClient(store_uri).get_run(run_id)
     assert run.info.status == status
     resume = f"mnist-cnn-train -m resume_sweep={run_id} tracking.uri={store_uri}" if status == "KILLED" else None

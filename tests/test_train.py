@@ -24,7 +24,7 @@ from mnist_cnn.engine import loop, precision
 from mnist_cnn.errors import ConfigError, DivergedError
 from mnist_cnn.names import HEARTBEAT
 from mnist_cnn.runner import record, start, train
-from mnist_cnn.tracking import run as tracking_run
+from mnist_cnn.tracking.tracker import Tracker
 from tests.helpers.config import make_cfg
 from tests.helpers.mlflow_store import all_runs, only_run
 
@@ -289,7 +289,7 @@ def test_a_stop_requested_after_the_last_epoch_is_not_ignored_and_resume_finishe
 ):
     """SIGTERM while the test split is scored or the model logged ends the run KILLED, not FINISHED;
     resuming it finishes the same run."""
-    owner, name = (record, "score") if phase == "test-evaluation" else (tracking_run.Tracker, "log_model")
+    owner, name = (record, "score") if phase == "test-evaluation" else (Tracker, "log_model")
     settings = ["tracking.log_model=false"] if phase == "test-evaluation" else []  # no model: quicker
     real = getattr(owner, name)
 

@@ -71,7 +71,7 @@ def test_bad_input_is_one_line_exit_2(tiny_cfg, store_uri, tmp_path, capsys, mon
     MlflowClient(store_uri).set_terminated(run_id, "KILLED")
     cases = [
         (["0123456789abcdef0123456789abcdef"], "RUN: no run 0123456789abcdef0123456789abcdef in this tracking store"),
-        ([run_id], f"run {run_id} is KILLED: verify a FINISHED run (finish it first with mnist-cnn-train resume="),
+        ([run_id], f"run {run_id} is STOPPED: verify a FINISHED run (finish it first with mnist-cnn-train resume="),
         ([run_id, "--epochs", "0"], "--epochs 0: give 1 or more"),
         ([run_id, "--epochs", "1", "--record"], "--record keeps a whole rerun: drop --epochs."),
     ]

@@ -17,6 +17,7 @@ from mnist_cnn.cli import run_command
 from mnist_cnn.config.paths import default_tracking_uri
 from mnist_cnn.data.datasets import IMAGE_SHAPE, dataset_info
 from mnist_cnn.errors import DataError, ModelError
+from mnist_cnn.tracking.states import RunState
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
@@ -93,7 +94,8 @@ def load_test_split(data: dict, data_root: Optional[str]):
 def _log_back(client, ref, report) -> str:
     """Log the evaluation to the model's own run, or to a new run for a registered model."""
     from mnist_cnn.report.figures import run_figures  # matplotlib
-    from mnist_cnn.tracking.run import Tracker  # MLflow
+    from mnist_cnn.tracking.run import end_run  # MLflow
+    from mnist_cnn.tracking.tracker import Tracker  # MLflow
 
     if ref.registered:
         source = client.get_run(ref.run_id)
@@ -111,10 +113,10 @@ def _log_back(client, ref, report) -> str:
         tracker.log_report(report.as_dict(), run_figures(report), folder=folder)
     except BaseException as e:  # Ctrl-C or a store that went away: the evaluation's own run is not left RUNNING
         if ref.registered:
-            client.set_terminated(run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+            end_run(client, run_id, RunState.STOPPED if isinstance(e, KeyboardInterrupt) else RunState.FAILED, {})
         raise
     if ref.registered:
-        client.set_terminated(run_id)
+        end_run(client, run_id, RunState.FINISHED, {})
     return run_id
 
 

@@ -26,10 +26,10 @@ from mnist_cnn.config.keys import is_run_setting
 from mnist_cnn.config.paths import default_tracking_uri
 from mnist_cnn.errors import EXIT_INTERRUPTED, ConfigError, UserError
 from mnist_cnn.names import PRUNED_AT, SEED_METRICS, TEST_ACC, VAL_ACC
-from mnist_cnn.tracking.heartbeat import is_stale
 from mnist_cnn.tracking.links import experiment_url, resume_command, ui_base
 from mnist_cnn.tracking.redact import redact
 from mnist_cnn.tracking.run_names import run_name
+from mnist_cnn.tracking.states import RunState, state_of
 
 COLUMNS = ["run_id", "name", "status", "overrides", VAL_ACC, TEST_ACC, "epochs", "wall_s"]
 DIFF = "what two runs differ in: config keys, fingerprints, final metrics, the epoch their histories part"
@@ -107,7 +107,7 @@ def runs_table(args: argparse.Namespace) -> pd.DataFrame:
     """One row per run with the COLUMNS above plus the sort metric, sorted; UserError on bad input."""
     runs = search(args)
     sort = args.sort or VAL_ACC
-    table = pd.DataFrame([_row(run, sort, is_stale(run)) for run in runs])
+    table = pd.DataFrame([_row(run, sort) for run in runs])
     if table[sort].isna().all():
         known = ", ".join(sorted({key for run in runs for key in run.data.metrics})) or "none"
         if args.sort:  # asked for by name: a typo, or a metric these runs never log
@@ -123,9 +123,13 @@ def seed_table(args: argparse.Namespace) -> pd.DataFrame:
     that differ between configurations; n, mean and std of val_acc and test_acc."""
     from mnist_cnn.sweep.tables import seed_groups  # MLflow's entities and pandas
 
-    runs = [r for r in search(args) if r.info.status == "FINISHED" and r.data.params]
+    runs = [r for r in search(args) if state_of(r) is RunState.FINISHED and r.data.params]
     rows = [
-        {**r.data.params, "status": r.info.status, **{m: r.data.metrics.get(m, math.nan) for m in SEED_METRICS}}
+        {
+            **r.data.params,
+            "status": RunState.FINISHED.value,
+            **{m: r.data.metrics.get(m, math.nan) for m in SEED_METRICS},
+        }
         for r in runs
     ]
     table = pd.DataFrame(rows)
@@ -153,13 +157,14 @@ def _overrides(tag: str) -> List[str]:
         return tag.split()
 
 
-def _row(run, sort: str, stale: bool) -> dict:
+def _row(run, sort: str) -> dict:
     info, data = run.info, run.data
     wall = (info.end_time - info.start_time) / 1000 if info.end_time else float("nan")
+    state = state_of(run)
     return {
         "run_id": info.run_id,
         "name": info.run_name,
-        "status": "STALE" if stale else (f"PRUNED@{data.tags[PRUNED_AT]}" if PRUNED_AT in data.tags else info.status),
+        "status": f"PRUNED@{data.tags[PRUNED_AT]}" if state is RunState.PRUNED else state.value,
         "overrides": run_name(_overrides(data.tags.get(names.HYDRA_OVERRIDES, ""))) or "",
         VAL_ACC: data.metrics.get(VAL_ACC, math.nan),
         TEST_ACC: data.metrics.get(TEST_ACC, math.nan),
@@ -264,7 +269,7 @@ def _pairs(found: dict, label: str) -> pd.DataFrame:
 
 
 def _stale_hints(table: pd.DataFrame, uri: str) -> None:
-    stale = table[table["status"] == "STALE"]
+    stale = table[table["status"] == RunState.STALE.value]
     if len(stale):
         print(f"\n{len(stale)} STALE run(s): RUNNING, but no process has sent a heartbeat lately. Continue with:")
         for run_id in stale["run_id"]:

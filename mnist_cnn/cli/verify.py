@@ -28,6 +28,7 @@ from mnist_cnn.config.paths import default_tracking_uri
 from mnist_cnn.config.schema import typed_config
 from mnist_cnn.errors import ConfigError
 from mnist_cnn.tracking.environment import VERSION, package_versions
+from mnist_cnn.tracking.states import RunState, state_of
 
 EXIT_DIFFERENT = 1
 VERIFIES = "verifies"  # the tag of a rerun recorded with --record: the run it verified
@@ -73,9 +74,10 @@ def verify(args: argparse.Namespace) -> int:
         )
     client = store.connect(args.tracking_uri, read_only=not args.record)
     logged = find_run(client, args.run, "RUN")
-    if logged.info.status != "FINISHED":
+    state = state_of(logged)
+    if state is not RunState.FINISHED:
         raise ConfigError(
-            f"run {args.run} is {logged.info.status}: verify a FINISHED run (finish it first with "
+            f"run {args.run} is {state.value}: verify a FINISHED run (finish it first with "
             f"mnist-cnn-train resume={args.run})."
         )
     with tempfile.TemporaryDirectory(prefix="mnist-cnn-verify-") as scratch:

@@ -16,7 +16,7 @@ from mnist_cnn.engine.state import TrainingState
 from mnist_cnn.report.figures import run_figures
 from mnist_cnn.report.metrics import score
 from mnist_cnn.tracking.redact import redact
-from mnist_cnn.tracking.run import Tracker
+from mnist_cnn.tracking.tracker import Tracker
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,8 @@ from mnist_cnn.runner.record import save_and_log_epoch, test_and_log_model
 from mnist_cnn.runner.setup import build_state, prepare
 from mnist_cnn.runner.start import StartPoint, where_to_start
 from mnist_cnn.sweep.prune import JobPruner, sweep_pruner
-from mnist_cnn.tracking.run import Opening, Tracker, tracked_run
+from mnist_cnn.tracking.run import Opening, tracked_run
+from mnist_cnn.tracking.tracker import Tracker
 
 log = logging.getLogger(__name__)
 

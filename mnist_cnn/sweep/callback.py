@@ -31,6 +31,7 @@ from mnist_cnn.sweep.slurm import slurm_problem
 from mnist_cnn.tracking.links import resume_command
 from mnist_cnn.tracking.redact import redact
 from mnist_cnn.tracking.run_names import run_name
+from mnist_cnn.tracking.states import RunState
 
 log = logging.getLogger(__name__)
 
@@ -134,11 +135,11 @@ class MlflowSweepCallback(Callback):
             }
             self.run_id, self.heartbeat = open_parent_run(config, name=run_name(grid) or sweep_dir.name, tags=tags)
         (sweep_dir / SWEEP_FILE).write_text(json.dumps({"parent_run_id": self.run_id, "swept": self.swept}))
-        atexit.register(self._close, config, "KILLED")  # a sweep stopped by Ctrl-C never leaves it RUNNING
+        atexit.register(self._close, config, RunState.STOPPED)  # a sweep stopped by Ctrl-C never leaves it RUNNING
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         run_id = self.run_id
-        summary = self._close(config, "FINISHED")
+        summary = self._close(config, RunState.FINISHED)
         if names.CHAMPION_ERROR in summary:  # Hydra would make an exception a warning and exit 0
             print(
                 f"mnist-cnn-train: the sweep's report is on its parent run {run_id}, but registering its champion as "
@@ -148,7 +149,7 @@ class MlflowSweepCallback(Callback):
             )
             sys.exit(EXIT_UNAVAILABLE)
 
-    def _close(self, config: DictConfig, status: str) -> Dict[str, Any]:
+    def _close(self, config: DictConfig, state: RunState) -> Dict[str, Any]:
         """End the parent run with the sweep's report; returns its summary (empty if none is open)."""
         if self.run_id is None:
             return {}
@@ -156,7 +157,7 @@ class MlflowSweepCallback(Callback):
 
         run_id, self.run_id = self.run_id, None
         self.heartbeat.stop()
-        summary, link = close_parent_run(config, run_id, status, self.swept)
+        summary, link = close_parent_run(config, run_id, state, self.swept)
         log.info(
             "sweep parent run %s: %s\n  %s",
             run_id,

@@ -20,7 +20,9 @@ from mnist_cnn.tracking import store
 from mnist_cnn.tracking.heartbeat import Heartbeat, alive_tags
 from mnist_cnn.tracking.links import model_version_url, resume_command, run_url
 from mnist_cnn.tracking.model import register
-from mnist_cnn.tracking.run import as_tags, end_run
+from mnist_cnn.tracking.run import end_run
+from mnist_cnn.tracking.states import RunState, mlflow_status
+from mnist_cnn.tracking.tracker import as_tags
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ def open_parent_run(cfg: DictConfig, name: str, tags: Dict[str, str]) -> Tuple[s
 def reopen_parent_run(cfg: DictConfig, run_id: str, tags: Dict[str, str]) -> Heartbeat:
     """Set a stopped sweep's parent RUNNING again, alive in this process (resume_sweep)."""
     client = store.connect(cfg.tracking.uri)
-    client.update_run(run_id, status="RUNNING")
+    client.update_run(run_id, status=mlflow_status(RunState.RUNNING))
     client.log_batch(run_id, tags=as_tags({**tags, **alive_tags(cfg.tracking.heartbeat_s)}))
     return Heartbeat(client, run_id, cfg.tracking.heartbeat_s).start()
 
@@ -50,18 +52,18 @@ def children(client: MlflowClient, parent_run_id: str) -> List[Run]:
     return sorted(found, key=lambda run: run.info.start_time)
 
 
-def close_parent_run(cfg: DictConfig, run_id: str, status: str, swept: List[str]) -> Tuple[Dict[str, Any], str]:
+def close_parent_run(cfg: DictConfig, run_id: str, state: RunState, swept: List[str]) -> Tuple[Dict[str, Any], str]:
     """Record the sweep's report on its parent run, crown the champion (not for a stopped sweep:
     `resume_sweep=` crowns it when the sweep ends), then end the run (even if the report fails);
     returns the summary and the parent's link in the UI."""
     client = store.connect(cfg.tracking.uri)
     tags: Dict[str, str] = (
-        {names.RESUME_COMMAND: resume_command(run_id, cfg.tracking.uri, sweep=True)} if status == "KILLED" else {}
+        {names.RESUME_COMMAND: resume_command(run_id, cfg.tracking.uri, sweep=True)} if state.continuable else {}
     )
     try:
-        summary = _report(client, cfg, run_id, swept, tags, crowning=status != "KILLED")
+        summary = _report(client, cfg, run_id, swept, tags, crowning=not state.continuable)
     finally:
-        end_run(client, run_id, status, tags)
+        end_run(client, run_id, state, tags)
     run = client.get_run(run_id)
     importances = {k: v for k, v in run.data.metrics.items() if k.startswith(names.IMPORTANCE)}  # an Optuna search's
     return {**summary, **importances, **tags}, run_url(cfg.tracking.uri, run.info.experiment_id, run_id)

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from mnist_cnn.names import PRUNED_AT, TRAIN_TIME
-from mnist_cnn.sweep.tables import Objective, best_job
+from mnist_cnn.sweep.tables import FINISHED, Objective, best_job
 
 
 def parallel_coordinates(table: pd.DataFrame, swept: list[str], objectives: Sequence[Objective]) -> Figure:
@@ -26,7 +26,7 @@ def parallel_coordinates(table: pd.DataFrame, swept: list[str], objectives: Sequ
     per job that finished or was pruned with a value of it, coloured by it. Pruned jobs are
     dashed, the best finished job (`best_job`) is drawn thick."""
     metric, direction = objectives[0]
-    jobs = table[((table["status"] == "FINISHED") | table[PRUNED_AT].notna()) & table[metric].notna()]
+    jobs = table[((table["status"] == FINISHED) | table[PRUNED_AT].notna()) & table[metric].notna()]
     fig = Figure(figsize=(2.2 * len(swept) + 4, 5.5), dpi=100, layout="constrained")
     ax = fig.subplots()
     ax.set_title(f"sweep: {metric} by swept key")
@@ -119,7 +119,7 @@ def importance(importances: dict[str, dict[str, float]]) -> Figure:
 
 def _scored(table: pd.DataFrame, objectives: Sequence[Objective]) -> pd.DataFrame:
     """The FINISHED jobs with a value of each objective: pruned jobs have no train time, failed ones no metric."""
-    return table[(table["status"] == "FINISHED") & table[[m for m, _ in objectives]].notna().all(axis=1)]
+    return table[(table["status"] == FINISHED) & table[[m for m, _ in objectives]].notna().all(axis=1)]
 
 
 def _label(metric: str) -> str:
@@ -153,7 +153,7 @@ def _draw_jobs(fig: Figure, ax, jobs: pd.DataFrame, positions: np.ndarray, objec
     map is always the better one), with the colour bar and a legend of line styles."""
     metric, direction = objectives[0]
     cmap = colormaps["viridis" if direction == "maximize" else "viridis_r"]
-    finished = jobs[jobs["status"] == "FINISHED"][metric]
+    finished = jobs[jobs["status"] == FINISHED][metric]
     # The colours span the finished jobs: pruned jobs' early values would wash out their differences.
     scored = finished if finished.nunique() > 1 else jobs[metric]
     norm = Normalize(scored.min(), scored.max())

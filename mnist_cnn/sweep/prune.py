@@ -28,9 +28,9 @@ from omegaconf import DictConfig
 
 from mnist_cnn.config.job import STORAGE, STUDY, TRIAL_ENV, sweep_info
 from mnist_cnn.config.schema import first_objective
-from mnist_cnn.names import PRUNED_AT
 from mnist_cnn.sweep.parent import children
 from mnist_cnn.tracking.redact import redact
+from mnist_cnn.tracking.states import RunState, state_of
 
 if TYPE_CHECKING:
     import optuna
@@ -78,7 +78,7 @@ class MlflowPruner:
         """True when the pruner would stop this job, whose epochs so far are `history`."""
         metric, _ = first_objective(self.objective)
         siblings = [r for r in children(client, self.parent) if r.info.run_id != run_id]
-        finished = sum(r.info.status == "FINISHED" for r in siblings)
+        finished = sum(state_of(r) is RunState.FINISHED for r in siblings)
         if finished < self.objective.prune_min_runs:
             return False
         histories = {
@@ -143,13 +143,14 @@ def _replay_trial(study: "optuna.Study", run: Run, history: Dict[int, float]) ->
     for step in sorted(history):
         trial.report(history[step], step)
         trial.should_prune()
-    if run.info.status == "FINISHED" and history:
+    state = state_of(run)
+    if state is RunState.FINISHED and history:
         study.tell(trial, history[max(history)])
-    elif PRUNED_AT in run.data.tags:
+    elif state is RunState.PRUNED:
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-    elif run.info.status == "FAILED":
+    elif state.failed:
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
-    # KILLED by a signal or still RUNNING: the trial stays running, as the job does
+    # stopped by a signal, stale or still running: the trial stays running, as the job may continue
 
 
 JobPruner = Union[TrialPruner, MlflowPruner]

@@ -14,7 +14,7 @@ from mnist_cnn import names
 from mnist_cnn.config.keys import is_run_setting, override_key
 from mnist_cnn.config.paths import default_tracking_uri
 from mnist_cnn.errors import CheckpointError, ConfigError
-from mnist_cnn.tracking.heartbeat import is_stale
+from mnist_cnn.tracking.states import RunState, state_of
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
 
@@ -60,7 +60,7 @@ def _recorded_overrides(uri: str, parent_id: str, where: str) -> List[str]:
             f"{where}: run {parent_id} is not the parent run of a sweep; give the id of one (mnist-cnn-runs lists "
             "them)."
         )
-    if parent.info.status == "RUNNING" and not is_stale(parent):
+    if state_of(parent) is RunState.RUNNING:
         raise CheckpointError(
             f"{where}: sweep {parent_id} is still running (its heartbeat is fresh); stop that sweep first."
         )

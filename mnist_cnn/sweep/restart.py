@@ -22,6 +22,7 @@ from mnist_cnn.config.job import Outcome, slurm_job_id, slurm_restarts
 from mnist_cnn.config.keys import config_sha256
 from mnist_cnn.sweep.parent import children
 from mnist_cnn.tracking import store
+from mnist_cnn.tracking.states import RunState, state_of
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +38,14 @@ def job_start(cfg: DictConfig) -> Tuple[DictConfig, Optional[Outcome]]:
     earlier = requeued_run(cfg) if slurm_restarts() else earlier_run(cfg)
     if earlier is None:
         return cfg, None
-    run_id, status = earlier.info.run_id, earlier.info.status
-    done = ("FINISHED",) if slurm_restarts() else ("FINISHED", "FAILED")  # a requeue retries what its stop failed
-    pruned_at = earlier.data.tags.get(names.PRUNED_AT)
-    if status in done or pruned_at:
-        log.info("run %s did this job already (%s): not run again", run_id, "PRUNED" if pruned_at else status)
-        metrics = dict(earlier.data.metrics) if status != "FAILED" else {}
+    run_id, state = earlier.info.run_id, state_of(earlier)
+    retried = slurm_restarts() and state is RunState.FAILED  # a requeue retries what its stop failed
+    if not state.continuable and not retried:
+        log.info("run %s did this job already (%s): not run again", run_id, state.value)
+        metrics = dict(earlier.data.metrics) if not state.failed else {}
+        pruned_at = earlier.data.tags.get(names.PRUNED_AT)
         return cfg, Outcome(metrics, run_id, int(pruned_at) if pruned_at else None)
-    log.info("continuing this job's run %s (%s) from its last checkpoint", run_id, status)
+    log.info("continuing this job's run %s (%s) from its last checkpoint", run_id, state.value)
     cfg = cfg.copy()
     cfg.resume, cfg.resume_sweep = run_id, None
     return cfg, None
@@ -81,5 +82,5 @@ def earlier_run(cfg: DictConfig) -> Optional[Run]:
         for r in children(store.connect(cfg.tracking.uri), cfg.resume_sweep)
         if r.data.tags.get(names.CONFIG_SHA256) == sha
     ]
-    done = [r for r in same if r.info.status == "FINISHED"]
+    done = [r for r in same if state_of(r) is RunState.FINISHED]
     return (done or same or [None])[-1]

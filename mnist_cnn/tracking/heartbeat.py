@@ -4,8 +4,9 @@ A RUNNING run carries the tag `mnist_cnn.heartbeat` (UTC, ISO 8601), written wit
 metrics and by a background thread every `tracking.heartbeat_s` seconds in between (a long epoch,
 evaluation, model logging). A RUNNING run silent for MISSED intervals has no live process behind
 it (SIGKILL, a machine that lost power, a tracking server that went away): `mnist-cnn-runs` shows
-it as STALE with its resume command, and `resume=` accepts it. A run with a fresh heartbeat is
-refused, so two processes never write the same run. No MLflow import: the client is passed in.
+it as STALE with its resume command, and `resume=` accepts it (tracking.states). A run with a fresh
+heartbeat is refused, so two processes never write the same run. No MLflow import: the client is
+passed in.
 """
 
 import logging
@@ -48,37 +49,7 @@ def stale_after_s(tags: Dict[str, str]) -> float:
     return MISSED * float(tags.get(HEARTBEAT_INTERVAL, 30.0))
 
 
-def is_stale(run: Any) -> bool:
-    """A RUNNING run that nothing trains any more: its heartbeat stopped, or its process, on this
-    machine, has exited (then there is no need to wait for the heartbeat to age)."""
-    if run.info.status != "RUNNING":
-        return False
-    tags = run.data.tags
-    return silence_s(tags, run.info.start_time) > stale_after_s(tags) or _process_gone(tags)
-
-
-def claim_value() -> str:
-    """Who continues a run: `HOST PID TIME` (tracking.run.claim)."""
-    return f"{socket.gethostname()} {os.getpid()} {now_tag()}"
-
-
-def claim_holds(value: str, run: Any) -> bool:
-    """Whether the process that logged claim `value` on `run` may still be continuing it: on this
-    machine, while its pid lives (and is not this process); elsewhere, while the run is RUNNING with
-    a fresh heartbeat, or for the first heartbeat's worth of seconds after the claim (before the run
-    is marked RUNNING)."""
-    host, pid, claimed = (value.split(" ") + ["", "", ""])[:3]
-    if host == socket.gethostname() and pid.isdigit():  # this process's own claim is over: it asks again
-        return pid != str(os.getpid()) and not _process_gone({HOST: host, PID: pid})
-    if run.info.status == "RUNNING" and not is_stale(run):
-        return True
-    try:
-        return time.time() - datetime.fromisoformat(claimed).timestamp() < stale_after_s(run.data.tags)
-    except ValueError:
-        return False
-
-
-def _process_gone(tags: Dict[str, str]) -> bool:
+def process_gone(tags: Dict[str, str]) -> bool:
     if tags.get(HOST) != socket.gethostname() or not tags.get(PID, "").isdigit():
         return False
     try:

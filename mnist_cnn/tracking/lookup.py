@@ -22,8 +22,9 @@ from mnist_cnn import names
 from mnist_cnn.data.datasets import dataset_info
 from mnist_cnn.errors import CheckpointError, DataError, ModelError
 from mnist_cnn.tracking import store
-from mnist_cnn.tracking.heartbeat import is_stale, silence_s, stale_after_s
+from mnist_cnn.tracking.heartbeat import silence_s, stale_after_s
 from mnist_cnn.tracking.redact import redact
+from mnist_cnn.tracking.states import RunState, state_of
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 FORMS = "a run id, runs:/ID/model, models:/NAME/VERSION or models:/NAME@ALIAS"  # how commands name a model
@@ -59,9 +60,10 @@ def resumable_run(uri: str, run_id: str, where: str) -> MlflowClient:
     and not RUNNING with a live process behind it."""
     client = store.connect(uri)
     run = find_run(client, run_id, where)
-    if run.info.status == "FINISHED":
+    state = state_of(run)
+    if state is RunState.FINISHED:
         raise CheckpointError(f"{where}: run {run_id} already FINISHED; there is nothing to resume.")
-    if run.info.status == "RUNNING" and not is_stale(run):
+    if state is RunState.RUNNING:
         tags = run.data.tags
         raise CheckpointError(
             f"{where}: run {run_id} is RUNNING and its heartbeat is {silence_s(tags, run.info.start_time):.0f} s old: "

@@ -1,0 +1,182 @@
+"""What a run logs, through its `Tracker`: each epoch's metrics and checkpoint, the test report and
+its figures, the model (and its ONNX file), the models of the best epochs. A store that stops
+answering becomes TrackingLostError (the run's lifecycle, tracking.run, says what to do then).
+
+Every value written passes through `redact` first.
+"""
+
+import functools
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import mlflow
+import torch
+from mlflow import MlflowClient
+from mlflow.entities import Metric, RunTag
+from omegaconf import DictConfig
+
+from mnist_cnn import names
+from mnist_cnn.config.schema import first_objective
+from mnist_cnn.data.splits import Split, batches
+from mnist_cnn.errors import TrackingLostError
+from mnist_cnn.model import onnx_file
+from mnist_cnn.tracking import model as logged
+from mnist_cnn.tracking import store
+from mnist_cnn.tracking.heartbeat import now_tag
+from mnist_cnn.tracking.links import model_version_url
+from mnist_cnn.tracking.redact import redact
+
+log = logging.getLogger(__name__)
+
+
+def _when_tracking(method: Callable) -> Callable:
+    """A Tracker method that does nothing when tracking is disabled."""
+
+    @functools.wraps(method)
+    def maybe(self: "Tracker", *args: Any, **kwargs: Any) -> Any:
+        return method(self, *args, **kwargs) if self.client is not None else None
+
+    return maybe
+
+
+class Tracker:
+    """Writes to one run; with tracking disabled (`client` None) every call does nothing. A store
+    that stops answering (after the bounded retries of tracking.store) raises TrackingLostError."""
+
+    def __init__(self, client: Optional[MlflowClient], run_id: Optional[str], uri: str = ""):
+        self.client, self.run_id, self.uri = client, run_id, uri
+        self.logged_steps: set = set()
+
+    @_when_tracking
+    def log_epoch(
+        self, metrics: Dict[str, float], epoch: int, checkpoint: Path, model_id: Optional[str] = None
+    ) -> None:
+        """The epoch's metrics with a heartbeat in one request (linked to the epoch's model, if one was
+        logged), then its checkpoint."""
+        if epoch in self.logged_steps:  # a resume replays an epoch whose metrics made it before the stop
+            self.set_tags({names.HEARTBEAT: now_tag()})
+        else:
+            self.log_metrics(metrics, epoch, model_id)
+        self.call(self.client.log_artifact, self.run_id, str(checkpoint), names.CHECKPOINT_FOLDER)
+
+    @_when_tracking
+    def log_metrics(self, metrics: Dict[str, float], step: int, model_id: Optional[str] = None) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(key, float(value), now, step, model_id=model_id) for key, value in metrics.items()]
+        self.call(self.client.log_batch, self.run_id, metrics=batch, tags=[RunTag(names.HEARTBEAT, now_tag())])
+
+    @_when_tracking
+    def reconcile(self, metrics: Dict[str, float], epoch: int) -> None:
+        """On resume from `epoch`'s checkpoint, make the run's history what an uninterrupted run's
+        would be: log that epoch if the store missed it (it died just after the checkpoint was
+        saved), and skip later epochs it already has (a stop before their checkpoint was uploaded)."""
+        key = next(iter(metrics))
+        self.logged_steps = {m.step for m in self.call(self.client.get_metric_history, self.run_id, key)}
+        if epoch not in self.logged_steps:
+            self.log_metrics(metrics, epoch)
+
+    @_when_tracking
+    def log_report(self, report: Dict[str, Any], figures: Dict[str, Any], folder: str = "") -> None:
+        """A classification report as `classification_report.json` and its figures (file name ->
+        matplotlib Figure) under `plots/`, both inside `folder`."""
+        self.call(self.client.log_dict, self.run_id, report, f"{folder}classification_report.json")
+        for name, figure in figures.items():
+            self.call(self.client.log_figure, self.run_id, figure, f"{folder}plots/{name}")
+
+    @_when_tracking
+    def set_tags(self, tags: Dict[str, str]) -> None:
+        self.call(self.client.log_batch, self.run_id, tags=as_tags(tags))
+
+    @_when_tracking
+    def log_model(
+        self,
+        model: torch.nn.Module,
+        in_shape: tuple,
+        num_classes: int,
+        register_as: Optional[str] = None,
+        register_from: str = "last",
+    ) -> None:
+        """Log the final model (tagged `model_uri`); with `register_as`, also register it, or the best
+        epoch kept (`register_from=best`), as a new version of that model."""
+
+        def upload() -> None:
+            run = self.client.get_run(self.run_id)
+            # MLflow files a model under the active experiment, not its run's: `runs:/ID/model` finds it only there.
+            mlflow.set_experiment(experiment_id=run.info.experiment_id)
+            uri = logged.log_model(self.run_id, model, in_shape, num_classes)
+            self.set_tags({names.MODEL_URI: uri})
+            if register_as:
+                source = uri if register_from == "last" else run.data.tags[names.BEST_MODEL_URI]
+                version = logged.register(self.client, source, register_as, run)
+                log.info(
+                    "registered as models:/%s/%s: %s",
+                    register_as,
+                    version,
+                    model_version_url(self.uri, register_as, version),
+                )
+
+        self.call(upload)
+
+    @_when_tracking
+    def log_onnx(self, model: torch.nn.Module, test: Split, classes: Tuple[str, ...]) -> None:
+        """The model as ONNX too (tracking.log_onnx), as mnist-cnn-export writes it: checked against
+        PyTorch on the first images of the `test` split, then logged as the run's `model.onnx`."""
+        images, _ = next(batches(test, onnx_file.COMPARED))
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / names.ONNX_FILE
+            exported = onnx_file.export(model, images, path, classes, f"runs:/{self.run_id}/model")
+            self.call(self.client.log_artifact, self.run_id, str(path))
+        log.info("%s: max logit difference from PyTorch %.1e", names.ONNX_FILE, exported.max_difference)
+
+    @_when_tracking
+    def log_epoch_model(self, model: torch.nn.Module, in_shape: tuple, num_classes: int, epoch: int) -> str:
+        """Log this epoch's model (trainer.keep_best) unless a resumed run already has it; returns its id."""
+
+        def upload() -> str:
+            run = self.client.get_run(self.run_id)
+            if epoch in self.logged_steps:  # only an epoch a resume replays can have its model already
+                for kept in logged.epoch_models(self.client, run):
+                    if kept.tags[names.EPOCH] == str(epoch):
+                        return kept.model_id
+            mlflow.set_experiment(experiment_id=run.info.experiment_id)
+            return logged.log_model(self.run_id, model, in_shape, num_classes, epoch).removeprefix("models:/")
+
+        return self.call(upload)
+
+    @_when_tracking
+    def keep_best(self, k: int, objective: DictConfig) -> None:
+        """Delete all but the `k` best epoch models by the first objective; tag the run with the best one."""
+        metric, direction = first_objective(objective)
+
+        def prune() -> None:
+            models = logged.epoch_models(self.client, self.client.get_run(self.run_id))
+            ranked = logged.rank(models, metric, direction == "maximize")
+            for doomed in ranked[k:]:
+                logged.delete_model(self.client, doomed)
+            if ranked:
+                self.set_tags(
+                    {
+                        names.BEST_EPOCH: ranked[0].tags[names.EPOCH],
+                        names.BEST_MODEL_URI: f"models:/{ranked[0].model_id}",
+                    }
+                )
+
+        self.call(prune)
+
+    def call(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+        """`fn(*args)` against the store: a store that stopped answering becomes TrackingLostError."""
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - whatever the store raised, the run cannot be recorded
+            if not store.is_store_failure(e):
+                raise
+            raise TrackingLostError(
+                f"the MLflow store at {redact(self.uri)} stopped answering ({store.describe(e)})"
+            ) from e
+
+
+def as_tags(tags: Dict[str, Any]) -> List[RunTag]:
+    return [RunTag(key, redact(str(value))) for key, value in tags.items()]
