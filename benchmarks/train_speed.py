@@ -53,6 +53,7 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 from mnist_cnn.config import tree
+from mnist_cnn.config.job import JobContext
 from mnist_cnn.config.paths import default_data_root
 from mnist_cnn.engine import loop
 from mnist_cnn.engine import precision as precision_choice
@@ -162,7 +163,8 @@ def mnist_cnn_loop(data_root: Path, precision: str, compiled: bool = False) -> C
     ]
     cfg = _compose(overrides + [f"trainer.precision={precision}"])
     cfg.trainer.compile = compiled
-    state, settings, _ = setup.build_state(cfg, setup.prepare(cfg, SINGLE), None, SINGLE)
+    job = JobContext()
+    state, settings, _ = setup.build_state(cfg, job, setup.prepare(cfg, job, SINGLE), None, SINGLE)
 
     def steps(n: int) -> None:
         loop.train_epoch(state, dataclasses.replace(settings, limit_batches=n), 1)
@@ -182,7 +184,7 @@ def compiled_loop(data_root: Path, precision: str) -> Callable[[int], None]:
 def trainers_choice(data_root: Path) -> str:
     """What `trainer.precision: null` picks for the tutorial's net and batch here, measured as a run does."""
     cfg = _compose(["experiment=seed_tutorial", f"data.root={data_root}", "tracking.enabled=false"])
-    prepared = setup.prepare(cfg, SINGLE)
+    prepared = setup.prepare(cfg, JobContext(), SINGLE)
     choice = precision_choice.choose(None, prepared.model, cfg.data.batch_size, prepared.splits["train"].labels.device)
     print(f"trainer.precision null picks {choice.precision}: {choice.reason}")
     return choice.precision

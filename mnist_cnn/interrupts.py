@@ -1,98 +1,124 @@
 """What Ctrl-C and SIGTERM do to a run.
 
-Outside a run (start-up: reading data, opening the store) a signal raises KeyboardInterrupt at
-once: there is nothing to save. Once a run is recorded, inside `graceful()`, the first signal only
-sets `requested`; the run stops at the next step boundary or the next epoch's end, whichever comes
-first, so an epoch either completes with its checkpoint and metrics or leaves no trace. A second
-signal raises at once: the process can always be stopped, even while a tracking server hangs.
-While a run is opened or its final status written (`shielded()`, a few seconds at most), signals
-wait: an impatient second Ctrl-C cannot leave a run RUNNING, or half-recorded. Between two jobs of
-a sweep that runs them in its own process, the first signal also only asks: the next job stops
-the sweep as it starts (`job_started`). Raised at once, it would land in Hydra's code building the
-next job's config, where OmegaConf turns it into an AttributeError (exit 1, not 130).
+Each job owns its stop requests (`Stops`). Outside a run (start-up: reading data, opening the
+store) a signal raises KeyboardInterrupt at once: there is nothing to save. Once a run is recorded,
+inside `stops.graceful()`, the first signal only asks for a stop; the run stops at the next step
+boundary or the next epoch's end, whichever comes first, so an epoch either completes with its
+checkpoint and metrics or leaves no trace. A second signal raises at once: the process can always
+be stopped, even while a tracking server hangs. While a run is opened or its final status written
+(`held()`, a few seconds at most), signals wait: an impatient second Ctrl-C cannot leave a run
+RUNNING, or half-recorded.
+
+mnist-cnn-train routes the process's signals to the job that runs now (`Signals`). Between two jobs
+of a sweep that runs them in its own process, the first signal also only asks: the next job stops
+the sweep as it starts. Raised at once, it would land in Hydra's code building the next job's
+config, where OmegaConf turns it into an AttributeError (exit 1, not 130).
 """
 
 import logging
 import signal
 import threading
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Iterator, List, Optional
 
 log = logging.getLogger(__name__)
 
-
-class _State:
-    requested = False  # a stop was asked for during graceful(); checked at step and epoch boundaries
-    graceful = False
-    shielded = False
-    pending = False  # a signal arrived while shielded
-    between_jobs = False  # a sweep's process after one of its jobs ended, before the next starts
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def install() -> None:
-    """Route SIGINT and SIGTERM through `_handle` (the main thread only; elsewhere Python forbids it)."""
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, _handle)
+class Stops:
+    """The stop requests of one job."""
+
+    def __init__(self) -> None:
+        self._requested = False  # asked for during graceful(); checked at step and epoch boundaries
+        self._graceful = False
+
+    def handle(self, signum: int) -> None:
+        """What Ctrl-C (SIGINT) or SIGTERM does to this job: asks for a stop while it trains, else
+        (and when asked again) raises KeyboardInterrupt."""
+        name = signal.Signals(signum).name
+        if self._graceful and not self._requested:
+            self._requested = True
+            log.warning("%s: stopping at the next step; send it again to stop at once", name)
+        else:
+            raise KeyboardInterrupt(name)
+
+    def requested(self) -> bool:
+        """Whether Ctrl-C or SIGTERM asked for a stop at the next step."""
+        return self._requested
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt if a stop was requested (called at step and epoch boundaries)."""
+        if self._requested:
+            raise KeyboardInterrupt("stop requested")
+
+    @contextmanager
+    def graceful(self) -> Iterator[None]:
+        """While the block runs (a recorded run trains), the first signal only asks for a stop."""
+        self._graceful = True
+        try:
+            yield
+        finally:
+            self._graceful = False
 
 
-def _handle(signum: int, frame: Any) -> None:
-    name = signal.Signals(signum).name
-    if _State.shielded:
-        _State.pending = True
-        log.warning("%s: recording the run in MLflow first (a few seconds at most)", name)
-    elif (_State.graceful or _State.between_jobs) and not _State.requested:
-        _State.requested = True
-        where = "at the next step" if _State.graceful else "before the next job"
-        log.warning("%s: stopping %s; send it again to stop at once", name, where)
-    else:
-        raise KeyboardInterrupt(name)
+class Signals:
+    """This process's Ctrl-C and SIGTERM, sent to the job that runs now (mnist-cnn-train owns one)."""
 
+    def __init__(self) -> None:
+        self.job: Optional[Stops] = None
+        self.between_jobs = False  # a sweep's own process after one of its jobs ended, before the next
+        self.asked = False  # a signal came between jobs: the next job stops as it starts
 
-def requested() -> bool:
-    """Whether Ctrl-C or SIGTERM asked for a stop at the next step."""
-    return _State.requested
+    def install(self) -> None:
+        """Route SIGINT and SIGTERM here (the main thread only; elsewhere Python forbids it)."""
+        if threading.current_thread() is threading.main_thread():
+            for signum in SIGNALS:
+                signal.signal(signum, self._handle)
 
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.job is not None:
+            self.job.handle(signum)
+        elif self.between_jobs and not self.asked:
+            self.asked = True
+            log.warning("%s: stopping before the next job; send it again to stop at once", signal.Signals(signum).name)
+        else:
+            raise KeyboardInterrupt(signal.Signals(signum).name)
 
-def check() -> None:
-    """Raise KeyboardInterrupt if a stop was requested (call at step and epoch boundaries)."""
-    if requested():
-        raise KeyboardInterrupt("stop requested")
+    def job_started(self) -> Stops:
+        """A job starts, with stop requests of its own; one that a signal asked to stop, between
+        jobs, stops here (KeyboardInterrupt)."""
+        self.between_jobs = False
+        if self.asked:
+            self.asked = False
+            raise KeyboardInterrupt("stop requested between jobs")
+        self.job = Stops()
+        return self.job
 
-
-def reset() -> None:
-    _State.requested = _State.graceful = _State.shielded = _State.pending = _State.between_jobs = False
-
-
-def job_started() -> None:
-    """A job starts: one that a signal asked to stop, between jobs, stops here (KeyboardInterrupt)."""
-    _State.between_jobs = False
-    if _State.requested:
-        _State.requested = False
-        raise KeyboardInterrupt("stop requested between jobs")
-
-
-def job_ended(sweeping: bool) -> None:
-    """A job ended; in a sweep, signals only ask for a stop until the next one starts."""
-    _State.between_jobs = sweeping
+    def job_ended(self, sweeping: bool) -> None:
+        """A job ended; in a sweep run in this process, signals only ask for a stop until the next one starts."""
+        self.job, self.between_jobs = None, sweeping
 
 
 @contextmanager
-def graceful() -> Iterator[None]:
-    _State.graceful = True
+def held(then_stop: bool = True) -> Iterator[None]:
+    """Signals wait until the block ends (a run being opened or its final status written: seconds
+    at most); then, with `then_stop`, one that came raises KeyboardInterrupt. Off the main thread,
+    where Python handles no signal, the block just runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came: List[str] = []
+
+    def wait(signum: int, frame: Any) -> None:
+        came.append(signal.Signals(signum).name)
+        log.warning("%s: recording the run in MLflow first (a few seconds at most)", came[-1])
+
+    previous = {signum: signal.signal(signum, wait) for signum in SIGNALS}
     try:
         yield
     finally:
-        _State.graceful = False
-
-
-@contextmanager
-def shielded(then_stop: bool = True) -> Iterator[None]:
-    """Signals wait until the block ends; then, with `then_stop`, one that arrived raises."""
-    previous, _State.shielded, _State.pending = _State.shielded, True, False
-    try:
-        yield
-    finally:
-        _State.shielded = previous
-    if _State.pending and then_stop:
-        raise KeyboardInterrupt("signal received while the run was being recorded")
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if came and then_stop:
+        raise KeyboardInterrupt(f"{came[0]} received while the run was being recorded")

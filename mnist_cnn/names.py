@@ -28,6 +28,7 @@ SLURM_JOB = "slurm_job_id"  # a requeued Slurm job finds its run by it
 # How it was started and how it ended.
 HYDRA_OVERRIDES, RESUME_OVERRIDES = "hydra_overrides", "resume_overrides"
 RESUMED_AT_EPOCH = "resumed_at_epoch"
+RESTART = "restart"  # a continued run: what continued it (runner.restart.Kind: resume, resume_sweep, slurm_requeue)
 INTERRUPTED, RESUME_COMMAND, ERROR = "interrupted", "resume_command", "error"
 PRUNED_AT = "pruned_at_epoch"  # a sweep's pruner stopped it after this epoch
 STOPPED_EARLY_AT = "stopped_early_at_epoch"  # trainer.early_stopping ended it, FINISHED, after this epoch
@@ -65,6 +66,9 @@ CHAMPION_RULE = "champion_rule"  # how a multi-objective sweep chose its best jo
 SWEEPER, LAUNCHER = "sweeper", "launcher"  # Hydra's classes that ran it
 SWEEP_OVERRIDES, SWEEP_DIR, RESUMED_IN = "sweep_overrides", "sweep_dir", "resumed_in"  # the grid; its folders
 PARENT_RUN = "mlflow.parentRunId"  # MLflow's own: a sweep's jobs are its parent's children
+
+# How the commands name a model (a run's, or the registry's).
+MODEL_FORMS = "a run id, runs:/ID/model, models:/NAME/VERSION or models:/NAME@ALIAS"
 
 # An evaluation of a registered model (mnist-cnn-eval), logged as a run of its own.
 EVALUATED_MODEL, SOURCE_RUN = "mnist_cnn.evaluated_model", "mnist_cnn.source_run"

@@ -1,16 +1,16 @@
 """Where a run's wall time goes: start-up, training steps, validation, checkpoints, test, figures,
 the model, and the total, logged as `time_<phase>_s` metrics when the run ends.
 
-A job's clock starts when its process started (the first job of a process pays the imports) or,
-for a later job of a sweep run in the same process, when Hydra handed it over; a caller of the
-Python API that never said when its job began (`job_started`) counts from the run's set-up. Each phase adds up
+A job's clock (`JobClock`, which the job owns) starts when its process started (the first job of a
+process pays the imports) or, for a later job of a sweep run in the same process, when Hydra handed
+it over; a caller of the Python API that gives none counts from the run's set-up. Each phase adds up
 over a resumed run's processes: the seconds ride in the checkpoint. On a GPU the device is
 synchronised before each reading, so queued work is counted in the phase that queued it.
 
 The first job of a process also keeps Python's garbage collector out of its start-up. Importing
 torch, MLflow, SQLAlchemy and matplotlib leaves hundreds of thousands of objects and little garbage,
 yet with the default thresholds the collector walks them again and again (docs/speed.md has the
-count and its cost). So it is off from `job_started()` until the first step, when everything alive
+count and its cost). So it is off from `JobClock.start` until the first step, when everything alive
 (modules, the model, the store's client) is frozen into the permanent generation and collection
 resumes for what training makes. Later jobs of a sweep keep it on and freeze nothing: what a job
 leaves must stay collectable (of the first job's own objects, any caught in a reference cycle stay
@@ -22,7 +22,7 @@ import os
 import time
 from collections import defaultdict
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, Optional
 
 import psutil
@@ -37,29 +37,32 @@ class Lap:
     seconds: float = 0.0
 
 
-class _Job:
-    first = True  # the process's first job: it paid the imports
-    started: Optional[float] = None  # time.time() when the job about to run began; taken by its Stopwatch
-    collector_off = False  # job_started() turned the garbage collector off for the start-up
+@dataclass
+class JobClock:
+    """When one job began, and whether its start-up runs without the garbage collector. Without
+    `start` (a caller of the Python API), the job begins when the clock is made."""
 
+    began: float = field(default_factory=time.time)
+    collector_paused: bool = False
 
-def job_started() -> None:
-    """Called as each job begins: the first job of a process counts from the process's own start,
-    and runs its start-up without the garbage collector."""
-    _Job.started = time.time() - (process_age() if _Job.first else 0.0)
-    if _Job.first and gc.isenabled():
-        gc.disable()
-        _Job.collector_off = True
-    _Job.first = False
+    @classmethod
+    def start(cls, pays_imports: bool) -> "JobClock":
+        """A job begins now. The one that pays the process's imports (its first) counts from the
+        process's own start, and runs its start-up without the collector."""
+        if not pays_imports:
+            return cls(time.time())
+        paused = gc.isenabled()
+        if paused:
+            gc.disable()
+        return cls(time.time() - process_age(), paused)
 
-
-def startup_done() -> None:
-    """The collector back on, with what the start-up made frozen out of its reach (a no-op unless
-    job_started() turned it off)."""
-    if _Job.collector_off:
-        gc.freeze()
-        gc.enable()
-        _Job.collector_off = False
+    def startup_done(self) -> None:
+        """The collector back on, with what the start-up made frozen out of its reach (a no-op
+        unless `start` paused it)."""
+        if self.collector_paused:
+            gc.freeze()
+            gc.enable()
+            self.collector_paused = False
 
 
 def process_age() -> float:
@@ -76,11 +79,16 @@ def process_age() -> float:
 class Stopwatch:
     """Seconds spent in each phase of one run, over all of its processes."""
 
-    def __init__(self, sync: Optional[Callable[[], None]] = None, earlier: Optional[Dict[str, float]] = None):
+    def __init__(
+        self,
+        job: JobClock,
+        sync: Optional[Callable[[], None]] = None,
+        earlier: Optional[Dict[str, float]] = None,
+    ):
+        self.job = job  # when this process's part of the run began
         self.sync = sync  # waits for the device's queued work (torch.cuda.synchronize); None on a CPU
         self.seconds: Dict[str, float] = defaultdict(float, earlier or {})
-        self.began = _Job.started if _Job.started is not None else time.time()
-        _Job.started = None  # taken: the next run of this process starts its own clock
+        self.began = job.began
         self.total_before = self.seconds["total"]  # what earlier processes of a resumed run spent
 
     def _now(self) -> float:
@@ -100,7 +108,7 @@ class Stopwatch:
 
     def first_step(self) -> None:
         """The start-up ends here: imports, data, model, the store opened."""
-        startup_done()
+        self.job.startup_done()
         self.seconds["startup"] += self._now() - self.began
 
     def state(self) -> Dict[str, float]:

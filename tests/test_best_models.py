@@ -33,16 +33,15 @@ def test_the_two_best_epochs_are_kept_and_the_best_one_is_registered(tiny_cfg, s
 
     assert run.data.tags["best_epoch"] == str(best_two[0])
     version = client.get_model_version("tiny", "1")
-    assert (
-        version.source
-        == run.data.tags["best_model_uri"]
-        == f"models:/{next(m.model_id for m in kept if m.tags['epoch'] == str(best_two[0]))}"
-    )
-    assert run.data.tags["model_uri"] != version.source  # the final epoch's model is logged as well, not registered
+    best = next(m for m in kept if m.tags["epoch"] == str(best_two[0]))
+    assert run.data.tags["best_model_uri"] == f"models:/{best.model_id}" and version.source == best.artifact_location
+    final = client.get_logged_model(run.data.tags["model_uri"].removeprefix("models:/"))
+    assert final.artifact_location != version.source  # the final epoch's model is logged as well, not registered
 
 
 def test_without_keep_best_only_the_final_model_is_logged_and_registered(tiny_cfg, store_uri, tmp_path):
     train.run(tiny_cfg("trainer.epochs=2", "tracking.register_as=tiny"), tmp_path / "out")
     run, client = only_run(store_uri), MlflowClient(store_uri)
     assert [m.name for m in client.search_logged_models([run.info.experiment_id])] == ["model"]
-    assert client.get_model_version("tiny", "1").source == run.data.tags["model_uri"]
+    final = client.get_logged_model(run.data.tags["model_uri"].removeprefix("models:/"))
+    assert client.get_model_version("tiny", "1").source == final.artifact_location

@@ -10,6 +10,7 @@ import torch
 from mlflow import MlflowClient
 
 from mnist_cnn.config.checks import check_config
+from mnist_cnn.config.job import JobContext, Torchrun
 from mnist_cnn.data.splits import Split, batches, num_batches
 from mnist_cnn.errors import ConfigError
 from tests.helpers import processes
@@ -60,6 +61,10 @@ def test_ddp_outside_torchrun_names_the_torchrun_command(tiny_root, store_uri, t
     )
 
 
+def under_torchrun(world: int) -> JobContext:
+    return JobContext(torchrun=Torchrun(0, world, 0))
+
+
 @pytest.mark.parametrize(
     "world, overrides, message",
     [
@@ -72,21 +77,16 @@ def test_ddp_outside_torchrun_names_the_torchrun_command(tiny_root, store_uri, t
         ("2", [], "torchrun started 2 processes but trainer.strategy=single"),
     ],
 )
-def test_under_torchrun_a_batch_that_does_not_split_evenly_or_a_single_strategy_is_refused(
-    monkeypatch, world, overrides, message
-):
-    monkeypatch.setenv("WORLD_SIZE", world)
+def test_under_torchrun_a_batch_that_does_not_split_evenly_or_a_single_strategy_is_refused(world, overrides, message):
     with pytest.raises(ConfigError, match=message):
-        check_config(make_cfg(overrides))
+        check_config(make_cfg(overrides), under_torchrun(int(world)))
 
 
-def test_under_torchrun_a_divisible_batch_and_a_single_process_pass(monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    check_config(make_cfg(["trainer.strategy=ddp", "data.batch_size=64"]))
+def test_under_torchrun_a_divisible_batch_and_a_single_process_pass():
+    check_config(make_cfg(["trainer.strategy=ddp", "data.batch_size=64"]), under_torchrun(2))
     # a resume keeps its run's strategy: checked on it
-    check_config(make_cfg(["resume=0123456789abcdef0123456789abcdef"]))
-    monkeypatch.setenv("WORLD_SIZE", "1")
-    check_config(make_cfg([]))
+    check_config(make_cfg(["resume=0123456789abcdef0123456789abcdef"]), under_torchrun(2))
+    check_config(make_cfg([]), under_torchrun(1))
 
 
 @pytest.mark.slow

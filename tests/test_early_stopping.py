@@ -6,7 +6,7 @@ import pytest
 
 from mnist_cnn.engine.early_stopping import EarlyStopping
 from mnist_cnn.runner import train
-from tests.helpers.interrupted import interrupt_at, resume
+from tests.helpers.interrupted import ctrl_c_in_epoch, resume
 from tests.helpers.mlflow_store import history, only_run, runs_by_name
 from tests.helpers.searches import search
 
@@ -48,18 +48,13 @@ def test_without_restore_best_the_run_ends_with_its_last_epochs_weights(tiny_cfg
 
 
 @pytest.mark.slow
-def test_a_run_stopped_in_epoch_3_resumes_to_the_same_early_stop_and_weights(
-    tiny_cfg, store_uri, tmp_path, monkeypatch
-):
+def test_a_run_stopped_in_epoch_3_resumes_to_the_same_early_stop_and_weights(tiny_cfg, store_uri, tmp_path):
     """The best epoch's weights travel in the checkpoint: the resumed run restores the same ones."""
     train.run(tiny_cfg(*PLATEAU, *ON_LOSS, "tracking.run_name=full"), tmp_path / "full")
-    interrupt_at(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
-        train.run(tiny_cfg(*PLATEAU, *ON_LOSS, "tracking.run_name=cut"), tmp_path / "cut")
-    monkeypatch.undo()
-    monkeypatch.chdir(tmp_path)
+        train.run(tiny_cfg(*PLATEAU, *ON_LOSS, "tracking.run_name=cut"), tmp_path / "cut", **ctrl_c_in_epoch(3))
     cut_id = runs_by_name(store_uri)["cut"].info.run_id
-    resume(monkeypatch, tiny_cfg(), cut_id)
+    resume(tiny_cfg(), cut_id)
     runs = runs_by_name(store_uri)
     full, cut = runs["full"].data.tags, runs["cut"].data.tags
     assert cut["resumed_at_epoch"] == "3" and runs["cut"].info.status == "FINISHED"

@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 from mnist_cnn.engine import distributed, loop
 from mnist_cnn.runner import train
 from tests.helpers import processes
-from tests.helpers.interrupted import FAST, interrupt_at, resume
+from tests.helpers.interrupted import FAST, ctrl_c_in_epoch, resume
 from tests.helpers.mlflow_store import history, only_run, runs_by_name
 from tests.helpers.state import fresh_state
 
@@ -88,16 +88,13 @@ def test_an_epoch_never_makes_the_host_wait_for_the_gpu(tiny_cfg, monkeypatch, o
     assert math.isfinite(metrics["train_loss"]) and metrics["train_acc"] > 0.1
 
 
-def test_a_run_on_the_gpu_resumes_to_the_uninterrupted_result_bit_for_bit(tiny_cfg, store_uri, tmp_path, monkeypatch):
+def test_a_run_on_the_gpu_resumes_to_the_uninterrupted_result_bit_for_bit(tiny_cfg, store_uri, tmp_path):
     """With trainer.deterministic=true: the same weights and history after a stop in epoch 2 and a resume."""
     common = (*ON_GPU, *FAST, "trainer.deterministic=true")
     train.run(tiny_cfg(*common, "tracking.run_name=full"), tmp_path / "full")
-    interrupt_at(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
-        train.run(tiny_cfg(*common, "tracking.run_name=cut"), tmp_path / "cut")
-    monkeypatch.undo()
-    monkeypatch.chdir(tmp_path)
-    resume(monkeypatch, tiny_cfg(), runs_by_name(store_uri)["cut"].info.run_id)
+        train.run(tiny_cfg(*common, "tracking.run_name=cut"), tmp_path / "cut", **ctrl_c_in_epoch(2))
+    resume(tiny_cfg(), runs_by_name(store_uri)["cut"].info.run_id)
     runs = runs_by_name(store_uri)
     full, cut = runs["full"], runs["cut"]
     assert (

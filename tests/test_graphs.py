@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from mnist_cnn.config.checks import check_config
+from mnist_cnn.config.job import JobContext, Torchrun
 from mnist_cnn.data.splits import batches
 from mnist_cnn.engine import graphs, loop, repro
 from mnist_cnn.engine.optim import build_optimizer, build_scheduler
@@ -71,12 +72,12 @@ def test_true_where_auto_found_no_gpu_fails_before_a_run_opens(tiny_cfg, store_u
     ],
     ids=["cpu", "ddp", "compile"],
 )
-def test_true_where_no_capture_can_happen_is_a_config_error(monkeypatch, overrides, message):
-    monkeypatch.setenv("WORLD_SIZE", "1")  # as under torchrun, where trainer.strategy=ddp passes its own checks
+def test_true_where_no_capture_can_happen_is_a_config_error(overrides, message):
+    under_torchrun = JobContext(torchrun=Torchrun(0, 1, 0))  # where trainer.strategy=ddp passes its own checks
     with pytest.raises(ConfigError, match=re.escape(message)):
-        check_config(make_cfg(["trainer.cuda_graph=true", *overrides]))
+        check_config(make_cfg(["trainer.cuda_graph=true", *overrides]), under_torchrun)
     for value in ("null", "false"):  # never an error: off where no capture can happen
-        check_config(make_cfg([f"trainer.cuda_graph={value}", *overrides]))
+        check_config(make_cfg([f"trainer.cuda_graph={value}", *overrides]), under_torchrun)
 
 
 @pytest.mark.parametrize(

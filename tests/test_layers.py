@@ -38,12 +38,12 @@ LAYERS: Tuple[Tuple[str, Tuple[str, ...], str], ...] = (
     ("config", ("config",), "the config tree, its typed schema, the checks that run before torch loads"),
     ("engine", ("engine",), "the training state, step loop, optimizers, checkpoints, precision, CUDA graphs, DDP"),
     ("results", ("report", "tracking"), "scoring a model class by class with figures; everything MLflow sees"),
+    ("story", ("runner",), "one run: where it starts (or restarts), its set-up, its epochs and hooks, what it records"),
     (
         "sweeps",
         ("sweep",),
-        "a multirun as one experiment: its parent run, the Optuna search, pruning, resuming it, the champion",
+        "a multirun as one experiment: its parent run, the Optuna search, pruning, the champion",
     ),
-    ("story", ("runner",), "one run: where it starts, its set-up, its epochs, what it records"),
     ("entry points", ("cli", "hydra_plugins"), "the console commands; the Optuna sweeper Hydra loads"),
     ("python -m", ("__main__",), "`python -m mnist_cnn` is mnist-cnn-train"),
 )
@@ -189,6 +189,87 @@ def test_the_config_checks_and_the_command_line_import_nothing_heavy_at_their_to
     """A bad config fails before torch or MLflow loads (test_cli checks it in a fresh process too)."""
     light = ("mnist_cnn.cli.train", "mnist_cnn.config.checks", "mnist_cnn.config.tree", "mnist_cnn.sweep.callback")
     assert not set(light) & heavy_modules()
+
+
+# One contract between a sweep and its jobs (docs/architecture.md, One job, one context).
+HYDRA_AND_SWEEP_FILE = ("HydraConfig", "SWEEP_FILE")  # names read by config.job alone
+JOB_VARIABLES = re.compile(r"^(SLURM_\w+|WORLD_SIZE|RANK|LOCAL_RANK)$")  # Slurm's and torchrun's, with TRIAL_ENV
+ENTRY_POINTS = ("mnist_cnn.cli.", "hydra_plugins.")
+STATUSES = {"RUNNING", "FINISHED", "KILLED", "FAILED", "SCHEDULED"}  # MLflow's: spelled by tracking.states alone
+SEAMS = ("job_overrides", "sweep_info", "sweep_pruner", "train_epoch")  # what tests once monkeypatched to reach a run
+
+
+def _sources() -> Dict[str, str]:
+    return {name: path.read_text(encoding="utf-8") for name, path in modules().items()}
+
+
+def _job_facts(tree: ast.AST) -> List[Tuple[int, str]]:
+    """Where a module names Hydra's config or the sweep file, or reads a job's variable from the
+    environment (Slurm's, torchrun's, the Optuna trial's)."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and node.id in HYDRA_AND_SWEEP_FILE:
+            found.append((node.lineno, node.id))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and JOB_VARIABLES.match(node.value):
+            found.append((node.lineno, node.value))
+        elif (
+            isinstance(node, (ast.Call, ast.Subscript))
+            and "TRIAL_ENV" in ast.unparse(node)
+            and "environ" in ast.unparse(node)
+        ):
+            found.append((node.lineno, "the trial's variable"))
+    return found
+
+
+def test_what_a_job_learns_from_hydra_the_environment_and_the_sweep_file_is_read_in_one_module():
+    found = [
+        f"{modules()[name].relative_to(ROOT)}:{line} reads {fact}"
+        for name, text in _sources().items()
+        if name != "mnist_cnn.config.job"
+        for line, fact in _job_facts(ast.parse(text))
+    ]
+    assert not found, "\n".join(found)
+    assert len(_job_facts(ast.parse(_sources()["mnist_cnn.config.job"]))) >= 6  # they are read, there
+
+
+def test_only_the_entry_points_read_a_jobs_context():
+    callers = sorted(
+        name
+        for name, text in _sources().items()
+        if re.search(r"\b(JobContext|SweepFile)\.read\(", text) and name != "mnist_cnn.config.job"
+    )
+    assert callers and all(name.startswith(ENTRY_POINTS) for name in callers), callers
+
+
+def test_mlflows_run_statuses_are_spelled_only_where_states_are_written_and_read():
+    found = []
+    for name, text in _sources().items():
+        if name == "mnist_cnn.tracking.states":
+            continue
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Constant) and node.value in STATUSES:
+                found.append(f"{modules()[name].relative_to(ROOT)}:{node.lineno} spells {node.value!r}")
+    assert not found, "\n".join(found)
+
+
+def test_no_module_sets_mlflows_global_tracking_uri_or_experiment():
+    found = [
+        f"{modules()[name].relative_to(ROOT)} calls {call}"
+        for name, text in _sources().items()
+        for call in ("set_tracking_uri(", "set_experiment(", "set_registry_uri(")
+        if call in text
+    ]
+    assert not found, "\n".join(found)
+
+
+def test_tests_reach_a_run_through_its_api_not_through_monkeypatched_seams():
+    found = [
+        f"{path.relative_to(ROOT)} monkeypatches {seam}"
+        for path in sorted((ROOT / "tests").rglob("*.py"))
+        for seam in SEAMS
+        if re.search(rf"setattr\([^)]*[\"']{seam}[\"']", path.read_text(encoding="utf-8"))
+    ]
+    assert not found, "\n".join(found)
 
 
 def diagram() -> str:

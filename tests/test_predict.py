@@ -16,7 +16,7 @@ from mnist_cnn.cli import predict
 from mnist_cnn.data.datasets import DATASETS
 from mnist_cnn.data.images import load_image
 from mnist_cnn.errors import DataError
-from mnist_cnn.tracking.lookup import class_names, resolve_model
+from mnist_cnn.tracking.lookup import class_names, logged_config, resolve_model
 from tests.helpers import processes
 from tests.helpers.digits import similarity
 from tests.helpers.mlflow_store import free_port
@@ -196,12 +196,12 @@ def test_class_names_come_from_the_dataset_the_run_trained_on(store_uri):
     experiment = client.create_experiment("names")
     fashion, no_config = client.create_run(experiment).info.run_id, client.create_run(experiment).info.run_id
     client.log_text(fashion, "data:\n  name: fashion_mnist\n", "config.yaml")
-    names = class_names(client, fashion, 10)
+    names = class_names(logged_config(client, fashion), 10)
     assert names == DATASETS["fashion_mnist"].classes and names[9] == "Ankle boot"
     indices = tuple("0123456789")
-    assert class_names(client, no_config, 10) == indices  # not a run mnist-cnn-train made
-    assert class_names(client, None, 10) == indices  # no run at all
-    assert class_names(client, fashion, 12) == tuple(map(str, range(12)))  # a model with other outputs
+    assert logged_config(client, no_config) is None  # not a run mnist-cnn-train made
+    assert class_names(None, 10) == indices  # no run (or no config) at all
+    assert class_names(logged_config(client, fashion), 12) == tuple(map(str, range(12)))  # a model with other outputs
 
 
 UNKNOWN_RUN = "0" * 32
@@ -213,8 +213,7 @@ UNKNOWN_RUN = "0" * 32
         (
             UNKNOWN_RUN,
             "{store}",
-            f"--model {UNKNOWN_RUN}: cannot load it from the tracking store {{store}} (MlflowException: Run with "
-            f"id={UNKNOWN_RUN} not found)",
+            f"--model {UNKNOWN_RUN}: no run {UNKNOWN_RUN} in this tracking store; check the id and the tracking URI.",
         ),
         (
             "models:/nosuch/1",

@@ -9,11 +9,14 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
-from mnist_cnn.config.job import TRIAL_ENV
+from mnist_cnn.config.job import JobContext, Study, SweepFile, Trial
 from mnist_cnn.runner import train
+from mnist_cnn.runner.hooks import EpochHook
 from mnist_cnn.sweep import prune
 from mnist_cnn.sweep.prune import MlflowPruner, TrialPruner, make_pruner
-from mnist_cnn.sweep.search import open_storage
+from mnist_cnn.sweep.study import open_storage
+from mnist_cnn.tracking.states import RunState
+from mnist_cnn.tracking.tracker import Tracker
 from tests.helpers import processes
 from tests.helpers.mlflow_store import only_run
 from tests.helpers.mlflow_store import runs as runs_in
@@ -42,8 +45,9 @@ def judge(tiny_cfg, uri, own, *histories, statuses=None, **settings):
     overrides = [f"objective.{key}={value}" for key, value in settings.items()]
     cfg = tiny_cfg("trainer.epochs=3", *overrides)
     client, parent, judged = sweep_of(uri, *histories, statuses=statuses)
-    history = [{"val_acc": v} for v in own]
-    return MlflowPruner(cfg, parent).should_prune(client, judged, history)
+    pruner = MlflowPruner(cfg, parent)
+    pruner.opened(Tracker(client, judged, uri))  # the judged job's run, once it is recorded
+    return pruner.should_prune([{"val_acc": v} for v in own])
 
 
 PRUNERS = {"median": {}, "hyperband": {}, "successive_halving": {}, "patient": {"prune_patience": 1}}
@@ -91,10 +95,10 @@ def test_a_search_job_reports_its_epochs_to_its_trial_and_its_study_prunes_it(ti
     study = study_with(GOOD, pruner=make_pruner(cfg.objective, 4))
     trial = study.ask()
     trial.report(0.12, 1)  # reported before the job was stopped and continued: kept, not reported again
-    assert TrialPruner(cfg, trial, reported=[1]).should_prune(None, None, [{"val_acc": v} for v in DECLINING])
+    assert TrialPruner(cfg, trial, reported=[1]).should_prune([{"val_acc": v} for v in DECLINING])
     assert study.trials[-1].intermediate_values == {1: 0.12, 2: 0.11, 3: 0.10}
     good = study.ask()
-    assert not TrialPruner(cfg, good, reported=[]).should_prune(None, None, [{"val_acc": 0.6}, {"val_acc": 0.9}])
+    assert not TrialPruner(cfg, good, reported=[]).should_prune([{"val_acc": 0.6}, {"val_acc": 0.9}])
 
 
 def test_a_study_that_stops_answering_prunes_nothing_and_the_run_goes_on(tiny_cfg, monkeypatch, caplog):
@@ -106,36 +110,37 @@ def test_a_study_that_stops_answering_prunes_nothing_and_the_run_goes_on(tiny_cf
         raise OSError("No such file or directory: '/shared/mlflow.db.optuna.journal'")
 
     monkeypatch.setattr(trial, "report", unreachable)
-    assert not TrialPruner(cfg, trial, reported=[]).should_prune(None, None, [{"val_acc": v} for v in DECLINING])
+    assert not TrialPruner(cfg, trial, reported=[]).should_prune([{"val_acc": v} for v in DECLINING])
     assert "not pruned after epoch 3: the study did not answer (No such file or directory" in caplog.text
 
 
 def test_a_search_job_is_not_pruned_before_enough_trials_completed(tiny_cfg):
     cfg = tiny_cfg("trainer.epochs=3", "objective.pruner=median")
     study = study_with(GOOD[:2], pruner=make_pruner(cfg.objective, 3))  # 2 completed < prune_min_runs 3
-    assert not TrialPruner(cfg, study.ask(), reported=[]).should_prune(None, None, [{"val_acc": 0.1}] * 2)
+    assert not TrialPruner(cfg, study.ask(), reported=[]).should_prune([{"val_acc": 0.1}] * 2)
 
 
-def test_a_job_prunes_in_its_study_when_it_can_reach_it_and_from_mlflow_otherwise(tiny_cfg, tmp_path, monkeypatch):
-    """The choice is made for each job: its trial's number (set by the search) and a study it can
-    open and find that trial RUNNING in; else the MLflow pruner, and the journal is not created."""
+def test_a_job_prunes_in_its_study_when_it_can_reach_it_and_from_mlflow_otherwise(tiny_cfg, tmp_path):
+    """The choice is made for each job: its trial (the study from the sweep file, the number from the
+    search) in a study it can open and find that trial RUNNING in; else the MLflow pruner, and the
+    journal is not created."""
     cfg = tiny_cfg("trainer.epochs=3", "objective.pruner=median")
     journal = tmp_path / "study.journal"
     study = study_with(GOOD, storage=open_storage(str(journal)), name="search")
     running = study.ask()
-    sweep = {"parent_run_id": "p", "optuna_study": "search", "optuna_storage": str(journal)}
-    monkeypatch.setattr(prune, "sweep_info", lambda: sweep)
+    here = Study("search", str(journal))
 
-    assert isinstance(prune.sweep_pruner(cfg), MlflowPruner)  # a grid: no trial number
-    monkeypatch.setenv(TRIAL_ENV, str(running.number))
-    assert isinstance(prune.sweep_pruner(cfg), TrialPruner)
-    monkeypatch.setenv(TRIAL_ENV, "0")  # a completed trial: not this job's
-    assert isinstance(prune.sweep_pruner(cfg), MlflowPruner)
-    monkeypatch.setenv(TRIAL_ENV, str(running.number))
-    sweep["optuna_storage"] = str(tmp_path / "elsewhere" / "study.journal")  # another machine's disk
-    assert isinstance(prune.sweep_pruner(cfg), MlflowPruner) and not (tmp_path / "elsewhere").exists()
-    del sweep["optuna_storage"], sweep["optuna_study"]  # a storage with a password stays out of the sweep file
-    assert isinstance(prune.sweep_pruner(cfg), MlflowPruner)
+    def pruner(trial=None):
+        sweep = SweepFile("p", ("optimizer.lr",), here)
+        (hook,) = prune.pruner_hooks(cfg, JobContext(multirun=True, sweep=sweep, trial=trial))
+        return hook
+
+    assert isinstance(pruner(), MlflowPruner)  # a grid: no trial
+    assert isinstance(pruner(Trial(here, running.number)), TrialPruner)
+    assert isinstance(pruner(Trial(here, 0)), MlflowPruner)  # a completed trial: not this job's
+    elsewhere = Study("search", str(tmp_path / "elsewhere" / "study.journal"))  # another machine's disk
+    assert isinstance(pruner(Trial(elsewhere, running.number)), MlflowPruner) and not (tmp_path / "elsewhere").exists()
+    assert prune.pruner_hooks(cfg, JobContext()) == []  # not a sweep's job: nothing to prune against
 
 
 def test_a_lower_loss_is_better_when_the_objective_is_minimized(tiny_cfg, store_uri):
@@ -150,20 +155,23 @@ def test_a_lower_loss_is_better_when_the_objective_is_minimized(tiny_cfg, store_
     cfg = tiny_cfg(
         "trainer.epochs=3", "objective.pruner=median", "objective.metrics=[val_loss]", "objective.directions=[minimize]"
     )
-    assert MlflowPruner(cfg, parent).should_prune(client, judged, [{"val_loss": 2.3}, {"val_loss": 2.3}])
-    assert not MlflowPruner(cfg, parent).should_prune(client, judged, [{"val_loss": 0.7}, {"val_loss": 0.3}])
+    pruner = MlflowPruner(cfg, parent)
+    pruner.opened(Tracker(client, judged, store_uri))
+    assert pruner.should_prune([{"val_loss": 2.3}, {"val_loss": 2.3}])
+    assert not pruner.should_prune([{"val_loss": 0.7}, {"val_loss": 0.3}])
 
 
-def test_a_pruned_job_ends_killed_and_gives_the_sweeper_its_last_value(tiny_cfg, store_uri, tmp_path, monkeypatch):
+def test_a_pruned_job_ends_killed_and_gives_the_sweeper_its_last_value(tiny_cfg, store_uri, tmp_path):
     """A pruner that prunes after epoch 1: the run ends KILLED with `pruned_at_epoch`, and `run` returns
     that epoch's metrics, its run and the epoch (mnist-cnn-train hands them to the sweeper)."""
 
-    class Prunes:
-        def should_prune(self, client, run_id, history):
+    class Prunes(EpochHook):
+        ends = RunState.PRUNED
+
+        def should_stop(self, history):
             return True
 
-    monkeypatch.setattr(train, "sweep_pruner", lambda cfg: Prunes())
-    outcome = train.run(tiny_cfg("trainer.epochs=3", "tracking.log_model=false"), tmp_path / "out")
+    outcome = train.run(tiny_cfg("trainer.epochs=3", "tracking.log_model=false"), tmp_path / "out", hooks=[Prunes()])
     run = only_run(store_uri)
     assert run.info.status == "KILLED" and run.data.tags["pruned_at_epoch"] == "1"
     assert outcome.metrics["val_acc"] == run.data.metrics["val_acc"] and "test_acc" not in outcome.metrics

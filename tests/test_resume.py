@@ -22,7 +22,7 @@ from mnist_cnn.tracking import claim as tracking_claim
 from mnist_cnn.tracking.heartbeat import alive_tags
 from tests.helpers import processes
 from tests.helpers.data import write_tiny_mnist
-from tests.helpers.interrupted import FAST, interrupt_at, killed_in_epoch_2, resume
+from tests.helpers.interrupted import FAST, ctrl_c_in_epoch, killed_in_epoch_2, resume
 from tests.helpers.mlflow_store import all_runs, history, only_run, runs_by_name
 
 
@@ -48,24 +48,19 @@ def test_same_seed_gives_the_same_weights_and_metrics_and_another_seed_does_not(
 
 
 @pytest.mark.parametrize("stop_epoch", [1, 2], ids=["before-the-first-epoch-ended", "in-epoch-2"])
-def test_a_run_in_a_named_experiment_resumes_to_the_uninterrupted_result(
-    tiny_cfg, store_uri, tmp_path, monkeypatch, stop_epoch
-):
+def test_a_run_in_a_named_experiment_resumes_to_the_uninterrupted_result(tiny_cfg, store_uri, tmp_path, stop_epoch):
     """The printed resume command works outside the default experiment, keeps the run's own tracking
     settings (log_model=false), and a run stopped before any checkpoint starts again in the same run."""
     augment = ("data.augment.rotate=15", "data.augment.translate=0.1")  # its random warps must resume too
     common = ("model=bn_cnn", *FAST, *augment, "tracking.experiment=foo")
     train.run(tiny_cfg(*common, "tracking.run_name=full"), tmp_path / "full")
-    interrupt_at(monkeypatch, stop_epoch)
     with pytest.raises(KeyboardInterrupt):
-        train.run(tiny_cfg(*common, "tracking.run_name=cut"), tmp_path / "cut")
+        train.run(tiny_cfg(*common, "tracking.run_name=cut"), tmp_path / "cut", **ctrl_c_in_epoch(stop_epoch))
     killed = runs_by_name(store_uri, "foo")["cut"]
     assert killed.info.status == "KILLED"
     assert [step for step, _ in history(store_uri, killed.info.run_id)["val_acc"]] == list(range(1, stop_epoch))
-    monkeypatch.undo()
-    monkeypatch.chdir(tmp_path)
 
-    resume(monkeypatch, tiny_cfg(), killed.info.run_id)  # default experiment and tracking settings on the command line
+    resume(tiny_cfg(), killed.info.run_id)  # default experiment and tracking settings on the command line
     runs = runs_by_name(store_uri, "foo")
     assert set(runs) == {"full", "cut"}  # the same run continued, no new one
     full, cut = runs["full"], runs["cut"]
@@ -77,38 +72,32 @@ def test_a_run_in_a_named_experiment_resumes_to_the_uninterrupted_result(
     assert "model" not in artifacts and cut.data.params["tracking.log_model"] == "False"
 
 
-def test_a_resumed_run_keeps_its_precision_and_the_reason_it_was_chosen(tiny_cfg, store_uri, tmp_path, monkeypatch):
-    run_id = killed_in_epoch_2(tiny_cfg(*FAST), store_uri, tmp_path / "out", monkeypatch)
+def test_a_resumed_run_keeps_its_precision_and_the_reason_it_was_chosen(tiny_cfg, store_uri, tmp_path):
+    run_id = killed_in_epoch_2(tiny_cfg(*FAST), store_uri, tmp_path / "out")
     before = MlflowClient(store_uri).get_run(run_id).data
-    resume(monkeypatch, tiny_cfg(), run_id)
+    resume(tiny_cfg(), run_id)
     after = only_run(store_uri).data
     assert after.params["trainer.precision"] == before.params["trainer.precision"]
     assert after.tags["precision_reason"] == before.tags["precision_reason"] != "configured (trainer.precision)"
 
 
-def test_an_untracked_run_resumes_from_its_checkpoint_file(tiny_cfg, store_uri, tmp_path, monkeypatch):
+def test_an_untracked_run_resumes_from_its_checkpoint_file(tiny_cfg, store_uri, tmp_path):
     common = ("model=bn_cnn", *FAST, "tracking.enabled=false")
     full = train.run(tiny_cfg(*common), tmp_path / "full").metrics
-    interrupt_at(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
-        train.run(tiny_cfg(*common), tmp_path / "cut")
-    monkeypatch.undo()
-    monkeypatch.chdir(tmp_path)
+        train.run(tiny_cfg(*common), tmp_path / "cut", **ctrl_c_in_epoch(2))
     checkpoint = tmp_path / "cut" / "checkpoints" / "last.pt"
-    resumed = resume(monkeypatch, tiny_cfg(), str(checkpoint))  # the file carries the config: tracking stays off
+    resumed = resume(tiny_cfg(), str(checkpoint))  # the file carries the config: tracking stays off
     for key in ("train_loss", "val_loss", "test_loss", "test_acc"):
         assert resumed[key] == full[key], key
     assert all_runs(store_uri) == []
 
 
-def test_resume_refuses_overrides_that_change_the_result_and_accepts_run_settings(
-    tiny_cfg, store_uri, tmp_path, monkeypatch
-):
-    run_id = killed_in_epoch_2(tiny_cfg(*FAST), store_uri, tmp_path / "out", monkeypatch)
+def test_resume_refuses_overrides_that_change_the_result_and_accepts_run_settings(tiny_cfg, store_uri, tmp_path):
+    run_id = killed_in_epoch_2(tiny_cfg(*FAST), store_uri, tmp_path / "out")
     with pytest.raises(ConfigError, match=r"optimizer.lr=0.5 would change the result of the run being resumed"):
-        resume(monkeypatch, tiny_cfg("optimizer.lr=0.5"), run_id, "optimizer.lr=0.5", "data.root=/elsewhere")
+        resume(tiny_cfg("optimizer.lr=0.5"), run_id, "optimizer.lr=0.5", "data.root=/elsewhere")
     final = resume(
-        monkeypatch,
         tiny_cfg("optimizer.lr=0.001", "trainer.progress=false"),
         run_id,
         "optimizer.lr=0.001",
@@ -116,30 +105,30 @@ def test_resume_refuses_overrides_that_change_the_result_and_accepts_run_setting
     )
     assert final["test_acc"] > 0.5 and only_run(store_uri).info.status == "FINISHED"
     with pytest.raises(CheckpointError, match=f"run {run_id} already FINISHED; there is nothing to resume"):
-        resume(monkeypatch, tiny_cfg(), run_id)
+        resume(tiny_cfg(), run_id)
 
 
-def test_resume_of_an_unknown_run_says_so(tiny_cfg, store_uri, monkeypatch):
+def test_resume_of_an_unknown_run_says_so(tiny_cfg, store_uri):
     with pytest.raises(UserError, match="resume=0123456789abcdef: no run 0123456789abcdef in this tracking store"):
-        resume(monkeypatch, tiny_cfg(), "0123456789abcdef")
+        resume(tiny_cfg(), "0123456789abcdef")
     assert all_runs(store_uri) == []
 
 
-def test_a_truncated_checkpoint_in_a_run_is_named_as_its_artifact(tiny_cfg, store_uri, tmp_path, monkeypatch):
+def test_a_truncated_checkpoint_in_a_run_is_named_as_its_artifact(tiny_cfg, store_uri, tmp_path):
     """resume=RUN_ID downloads the checkpoint into a temporary folder: the message names the run's
     artifact, which the user can find, not that folder."""
-    run_id = killed_in_epoch_2(tiny_cfg(*FAST), store_uri, tmp_path / "out", monkeypatch)
+    run_id = killed_in_epoch_2(tiny_cfg(*FAST), store_uri, tmp_path / "out")
     (stored,) = tmp_path.glob(f"mlruns/*/{run_id}/artifacts/checkpoints/last.pt")
     stored.write_bytes(stored.read_bytes()[:200])
     with pytest.raises(CheckpointError) as e:
-        resume(monkeypatch, tiny_cfg(), run_id)
+        resume(tiny_cfg(), run_id)
     assert str(e.value).startswith(f"run {run_id} artifact checkpoints/last.pt cannot be read (")
     assert str(e.value).endswith("): it is truncated or corrupt; use another checkpoint.")
 
 
-def test_a_run_with_a_fresh_heartbeat_is_refused_and_a_stale_one_resumed(tiny_cfg, store_uri, tmp_path, monkeypatch):
+def test_a_run_with_a_fresh_heartbeat_is_refused_and_a_stale_one_resumed(tiny_cfg, store_uri, tmp_path):
     """Two processes must never write one run: RUNNING with a live heartbeat is refused."""
-    run_id = killed_in_epoch_2(tiny_cfg(*FAST), store_uri, tmp_path / "out", monkeypatch)
+    run_id = killed_in_epoch_2(tiny_cfg(*FAST), store_uri, tmp_path / "out")
     client = MlflowClient(store_uri)
     client.update_run(run_id, status="RUNNING")  # as if another process (our parent, alive) trained it now
     client.set_tag(run_id, PID, str(os.getppid()))
@@ -147,10 +136,10 @@ def test_a_run_with_a_fresh_heartbeat_is_refused_and_a_stale_one_resumed(tiny_cf
     with pytest.raises(
         CheckpointError, match=r"is RUNNING and its heartbeat is \d+ s old: a process \(pid \d+ on .*\) may still"
     ):
-        resume(monkeypatch, tiny_cfg(), run_id)
+        resume(tiny_cfg(), run_id)
     old = datetime.now(timezone.utc) - timedelta(minutes=10)
     client.set_tag(run_id, HEARTBEAT, old.isoformat(timespec="seconds"))  # silent for 10 min: stale
-    assert resume(monkeypatch, tiny_cfg(), run_id)["test_acc"] > 0.5
+    assert resume(tiny_cfg(), run_id)["test_acc"] > 0.5
     assert only_run(store_uri).info.status == "FINISHED"
 
 

@@ -14,7 +14,7 @@ from mnist_cnn.cli import runs
 from mnist_cnn.config import tree
 from mnist_cnn.runner import train
 from mnist_cnn.sweep.callback import shared_config_error
-from mnist_cnn.sweep.search import open_storage
+from mnist_cnn.sweep.study import open_storage
 from mnist_cnn.tracking.run_names import run_name
 from tests.helpers import processes
 from tests.helpers.mlflow_store import only_run

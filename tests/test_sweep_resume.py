@@ -194,7 +194,7 @@ def test_a_resumed_sweep_leaves_a_job_that_failed_on_its_config_alone(tiny_root,
     again = [*processes.TRAIN, "-m", f"resume_sweep={parent.info.run_id}", f"tracking.uri={store_uri}"]
     out = processes.run(again, tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert f"run {failed.info.run_id} did this job already (FAILED): not run again" in out.stdout + out.stderr
+    assert f"run {failed.info.run_id} did this job already (FAILED_ON_CONFIG): not run again" in out.stdout + out.stderr
     parent, after = children(store_uri)
     assert sorted((r.info.run_id, r.info.end_time, r.info.status) for r in after) == sorted(
         (r.info.run_id, r.info.end_time, r.info.status) for r in before
@@ -231,7 +231,7 @@ def test_an_optuna_search_stopped_by_sigterm_finishes_its_study_with_each_trial_
     counted = [
         t
         for t in study_of(parent, tmp_path).trials
-        if not t.user_attrs.get("requeued") and not t.user_attrs.get("surplus")
+        if not t.user_attrs.get("asked_again") and not t.user_attrs.get("surplus")
     ]
     assert len(counted) == 6 and {t.state for t in counted} == {optuna.trial.TrialState.COMPLETE}
 
@@ -266,7 +266,7 @@ def test_a_two_objective_search_stopped_by_sigterm_ends_with_its_pareto_front_an
     assert out.returncode == 0, out.stderr[-3000:]
     parent, after = children(store_uri)
     runs = {r.info.run_id: r for r in after}
-    trials = [t for t in study_of(parent, tmp_path).trials if not t.user_attrs.get("requeued")]
+    trials = [t for t in study_of(parent, tmp_path).trials if not t.user_attrs.get("asked_again")]
     assert len(trials) == 6 and {t.state for t in trials} == {optuna.trial.TrialState.COMPLETE}
     assert {t.user_attrs["mlflow_run"] for t in trials} == set(runs)  # every run is a trial's, every trial has one
     first = [t.user_attrs["mlflow_run"] for t in trials if "repeats" not in t.user_attrs]

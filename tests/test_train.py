@@ -5,27 +5,28 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
 import time
 import warnings
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
-from mnist_cnn import interrupts
+from mnist_cnn.config.job import JobContext
 from mnist_cnn.config.keys import config_sha256
 from mnist_cnn.engine import loop, precision
 from mnist_cnn.errors import ConfigError, DivergedError
 from mnist_cnn.names import HEARTBEAT
-from mnist_cnn.runner import record, start, train
+from mnist_cnn.runner import record, train
 from mnist_cnn.tracking.tracker import Tracker
 from tests.helpers.config import make_cfg
+from tests.helpers.interrupted import resume
 from tests.helpers.mlflow_store import all_runs, only_run
 
 
@@ -124,22 +125,20 @@ def test_logged_model_loads_without_this_package_and_behaves_like_a_module(tiny_
     assert float(out.stdout.strip().splitlines()[-1]) == pytest.approx(run.data.metrics["test_acc"])
 
 
-def test_logging_the_model_leaves_the_callers_model_where_it_was(monkeypatch):
+def test_logging_the_model_leaves_the_callers_model_where_it_was(store_uri):
+    """The logged model is an fp32 copy in eval mode; the caller's stays as it was."""
     import mlflow.pytorch  # the module itself, not mlflow's lazy stand-in for it
 
     from mnist_cnn.tracking import model as logged
 
-    seen = {}
-
-    def log_model(graph, **kwargs):
-        seen.update(graph=graph)
-        return SimpleNamespace(model_uri="models:/m-0")
-
-    monkeypatch.setattr(mlflow.pytorch, "log_model", log_model)
+    client = MlflowClient(store_uri)
+    run = client.create_run(client.create_experiment("logged"))
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)).double().train()
-    logged.log_model("run", model, (1, 28, 28), 10)
+    uri = logged.log_model(client, client.get_run(run.info.run_id), model, (1, 28, 28), 10)
     assert next(model.parameters()).dtype == torch.float64 and model.training  # untouched
-    assert next(seen["graph"].parameters()).dtype == torch.float32 and not seen["graph"].training
+    folder = client.get_logged_model(uri.removeprefix("models:/")).artifact_location
+    copy = mlflow.pytorch.load_model(folder)
+    assert next(copy.parameters()).dtype == torch.float32 and not copy.training
 
 
 @pytest.mark.parametrize(
@@ -292,21 +291,21 @@ def test_a_stop_requested_after_the_last_epoch_is_not_ignored_and_resume_finishe
     owner, name = (record, "score") if phase == "test-evaluation" else (Tracker, "log_model")
     settings = ["tracking.log_model=false"] if phase == "test-evaluation" else []  # no model: quicker
     real = getattr(owner, name)
+    ctx = JobContext()
 
     def then_signal(*args, **kwargs):
         result = real(*args, **kwargs)
-        interrupts._handle(15, None)  # what SIGTERM does; the run is in its graceful phase
+        ctx.stops.handle(signal.SIGTERM)  # what SIGTERM does; the run is in its graceful phase
         return result
 
     monkeypatch.setattr(owner, name, then_signal)
     with pytest.raises(KeyboardInterrupt):
-        train.run(tiny_cfg(*settings), tmp_path / "out")
+        train.run(tiny_cfg(*settings), tmp_path / "out", ctx)
     killed = only_run(store_uri)
     assert killed.info.status == "KILLED"
     monkeypatch.undo()
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(start, "job_overrides", lambda: [f"resume={killed.info.run_id}"])
-    final = train.run(tiny_cfg(f"resume={killed.info.run_id}"), tmp_path / "resumed").metrics
+    final = resume(tiny_cfg(), killed.info.run_id)
     run = only_run(store_uri)
     assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
     assert run.data.metrics["test_acc"] == final["test_acc"]

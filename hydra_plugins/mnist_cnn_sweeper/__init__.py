@@ -5,11 +5,14 @@ Hydra instantiates sweepers only from the `hydra_plugins` namespace, so the clas
 search is mnist_cnn.sweep.search and the typed options mnist_cnn.config.search.
 """
 
+from pathlib import Path
 from typing import Any, List
 
 from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig
+
+from mnist_cnn.config.job import SweepFile
 
 
 class OptunaSweeper(Sweeper):
@@ -27,4 +30,5 @@ class OptunaSweeper(Sweeper):
     def sweep(self, arguments: List[str]) -> None:
         from mnist_cnn.sweep.search import run_search  # Optuna and MLflow: seconds to import, only for a search
 
-        run_search(self.config, self.launcher, arguments)
+        sweep = SweepFile.read(Path(self.config.hydra.sweep.dir))  # the parent run the sweep callback opened
+        run_search(self.config, self.launcher, arguments, sweep.parent_run_id if sweep else None)

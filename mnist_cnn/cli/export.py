@@ -13,9 +13,14 @@ import argparse
 from pathlib import Path
 from typing import List, Optional
 
-from mnist_cnn.cli import run_command
-from mnist_cnn.cli.eval import load_test_split, precision, trained_model
-from mnist_cnn.config.paths import DEFAULT_TRACKING_URI, TRACKING_URI_ENV, default_tracking_uri
+from mnist_cnn.cli.common import (
+    data_root_argument,
+    load_model,
+    model_argument,
+    run_command,
+    test_split,
+    tracking_uri_argument,
+)
 from mnist_cnn.data.datasets import dataset_info
 from mnist_cnn.errors import UserError
 from mnist_cnn.model import onnx_file
@@ -23,21 +28,10 @@ from mnist_cnn.model import onnx_file
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="mnist-cnn-export", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "model", metavar="MODEL", help="run id, runs:/ID/model, models:/NAME/VERSION or models:/NAME@ALIAS"
-    )
+    model_argument(parser)
     parser.add_argument("--onnx", required=True, metavar="FILE", help="the ONNX file to write (name ending in .onnx)")
-    parser.add_argument(
-        "--tracking-uri",
-        metavar="URI",
-        default=default_tracking_uri(),
-        help=f"the MLflow store that holds the model (default: ${TRACKING_URI_ENV}, else {DEFAULT_TRACKING_URI})",
-    )
-    parser.add_argument(
-        "--data-root",
-        metavar="DIR",
-        help="where the test images are, if not where the run read them (never downloaded)",
-    )
+    tracking_uri_argument(parser)
+    data_root_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -53,31 +47,30 @@ def output_file(name: str) -> Path:
 
 def export(args: argparse.Namespace):
     """Check the input, load the model and its test images, write and compare the file. Returns the
-    model's reference, what it trained in, and the export's result."""
+    model and the export's result."""
     onnx_file.require("--onnx")  # before MLflow and torch load: seconds
     path = output_file(args.onnx)
     from mnist_cnn.data.splits import batches  # torch
     from mnist_cnn.tracking import store  # MLflow
 
     client = store.connect(args.tracking_uri, read_only=True)  # only reads: never creates or migrates a store
-    ref, run, config, model = trained_model(client, args.model)
-    images, _ = next(batches(load_test_split(config["data"], args.data_root), onnx_file.COMPARED))
-    classes = dataset_info(config["data"]["name"]).classes
-    return ref, config, precision(run, config), onnx_file.export(model, images, path, classes, ref.uri)
+    trained = load_model(client, args.model, scored=True)
+    images, _ = next(batches(test_split(trained, args.data_root), onnx_file.COMPARED))
+    classes = dataset_info(trained.data()["name"]).classes
+    return trained, onnx_file.export(trained.module, images, path, classes, trained.ref.uri)
 
 
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
-    ref, config, trained_in, exported = run_command(
-        "mnist-cnn-export", lambda: export(args), stopped=f"{args.onnx} was not written."
-    )
-    note = f" (it trained in {trained_in} autocast; its weights are fp32)" if trained_in != "fp32" else ""
+    trained, exported = run_command("mnist-cnn-export", lambda: export(args), stopped=f"{args.onnx} was not written.")
+    ref = trained.ref
+    note = f" (it trained in {trained.precision} autocast; its weights are fp32)" if trained.precision != "fp32" else ""
     print(
         f"{ref.uri} (run {ref.run_id}) -> {args.onnx}: ONNX opset {exported.opset}, fp32{note}, any batch size; "
         "onnx.checker: valid"
     )
     print(
-        f"onnxruntime against PyTorch on {exported.images} {config['data']['name']} test images: "
+        f"onnxruntime against PyTorch on {exported.images} {trained.data()['name']} test images: "
         f"max logit difference {exported.max_difference:.1e} (at most {onnx_file.TOLERANCE:.0e}), "
         f"the same class for {exported.same_class} of {exported.images}"
     )

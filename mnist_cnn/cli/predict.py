@@ -22,32 +22,18 @@ import tempfile
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from mnist_cnn.config.paths import DEFAULT_TRACKING_URI, TRACKING_URI_ENV, default_tracking_uri
+from mnist_cnn.cli import common
 from mnist_cnn.data.datasets import IMAGE_SHAPE
 from mnist_cnn.errors import EXIT_BAD_INPUT, EXIT_OK, DataError, ModelError, UserError
 from mnist_cnn.model import onnx_file
-from mnist_cnn.tracking.redact import redact
 
 TOP = 3  # probabilities shown per file without --json
-FIX = (
-    "Pass a run id (32 hex digits), runs:/<id>/model, models:/NAME/VERSION or models:/NAME@ALIAS that this store "
-    "holds, or the --tracking-uri (or $MLFLOW_TRACKING_URI) of the store that holds the model."
-)
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="mnist-cnn-predict", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--model",
-        required=True,
-        help="run id, runs:/<id>/model, models:/NAME/VERSION, models:/NAME@ALIAS, or FILE.onnx (mnist-cnn-export)",
-    )
-    parser.add_argument(
-        "--tracking-uri",
-        metavar="URI",
-        default=default_tracking_uri(),
-        help=f"the MLflow store that holds the model (default: ${TRACKING_URI_ENV}, else {DEFAULT_TRACKING_URI})",
-    )
+    common.model_argument(parser, "--model", also="or FILE.onnx (mnist-cnn-export)")
+    common.tracking_uri_argument(parser)
     parser.add_argument("--json", action="store_true", help="a JSON list with every class's probability per file")
     parser.add_argument(
         "--show-input",
@@ -62,27 +48,14 @@ def load_model(model: str, tracking_uri: str):
     """The module MODEL names, ready for inference, and its class names; UserError if unusable."""
     if model.endswith(".onnx"):
         return load_onnx(model)
-    import mlflow.pytorch  # MLflow and torch take seconds to import: only after the arguments are parsed
-    import torch  # as above
+    from mnist_cnn.tracking import store  # MLflow takes seconds to import: only after the arguments are parsed
 
-    from mnist_cnn.tracking import store  # MLflow
-    from mnist_cnn.tracking.lookup import class_names, resolve_model  # MLflow
-
+    client = store.connect(tracking_uri, read_only=True)  # only reads: a new store would hold no model
     try:
-        client = store.connect(tracking_uri, read_only=True)  # only reads: a new store would hold no model
-        ref = resolve_model(client, model)
-        net = mlflow.pytorch.load_model(ref.uri).eval()
-        with torch.inference_mode():
-            n_classes = net(torch.zeros(1, *IMAGE_SHAPE)).shape[-1]  # also: it takes 28x28 images
-    except ModelError as e:  # it names the model; the store's own errors name the store
+        trained = common.load_model(client, model)
+    except ModelError as e:
         raise ModelError(f"--model {e}") from e
-    except UserError:
-        raise
-    except Exception as e:  # noqa: BLE001 - MlflowException, OSError, ImportError (an s3:// client), unpickling errors
-        raise UserError(
-            f"--model {model}: cannot load it from the tracking store {tracking_uri} ({store.describe(e)}). {FIX}"
-        ) from e
-    return net, class_names(client, ref.run_id, n_classes)
+    return trained.module, trained.classes
 
 
 def load_onnx(path: str):
@@ -145,6 +118,14 @@ def _unused_name(stem: str, names: set) -> str:
     return name
 
 
+def prepare(args: argparse.Namespace):
+    """--show-input's folder, the model and its class names, then the pictures that could be read."""
+    show = None if args.show_input is None else input_folder(args.show_input)  # before the model: it takes seconds
+    net, classes = load_model(args.model, args.tracking_uri)
+    files, images = read_images(args.files, show)
+    return show, net, classes, files, images
+
+
 def report(files: List[str], probabilities, classes: Tuple[str, ...], as_json: bool) -> None:
     """The predicted class per file: with the top probabilities, or as JSON with all of them."""
     if as_json:
@@ -166,13 +147,7 @@ def report(files: List[str], probabilities, classes: Tuple[str, ...], as_json: b
 
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
-    try:
-        show = None if args.show_input is None else input_folder(args.show_input)  # before the model: it takes seconds
-        net, classes = load_model(args.model, args.tracking_uri)
-        files, images = read_images(args.files, show)
-    except UserError as e:
-        print(f"mnist-cnn-predict: {redact(str(e))}", file=sys.stderr)
-        sys.exit(e.exit_code)
+    show, net, classes, files, images = common.run_command("mnist-cnn-predict", lambda: prepare(args))
     import torch  # loaded already with a PyTorch model; for an ONNX file it only carries the images and logits
 
     if images:

@@ -22,9 +22,9 @@ from typing import List, Optional
 import pandas as pd
 
 from mnist_cnn import names
+from mnist_cnn.cli.common import run_command, tracking_uri_argument
 from mnist_cnn.config.keys import is_run_setting
-from mnist_cnn.config.paths import default_tracking_uri
-from mnist_cnn.errors import EXIT_INTERRUPTED, ConfigError, UserError
+from mnist_cnn.errors import ConfigError, UserError
 from mnist_cnn.names import PRUNED_AT, SEED_METRICS, TEST_ACC, VAL_ACC
 from mnist_cnn.tracking.links import experiment_url, resume_command, ui_base
 from mnist_cnn.tracking.redact import redact
@@ -38,7 +38,7 @@ SHARED = ("tracking_uri", "format", "command")  # the options of the runs table 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="mnist-cnn-runs", description=__doc__.splitlines()[0])
-    parser.add_argument("--tracking-uri", default=default_tracking_uri())
+    tracking_uri_argument(parser)
     parser.add_argument("--experiment", default="mnist", help="MLflow experiment name (default: mnist)")
     parser.add_argument("--sweep", metavar="PARENT_RUN_ID", help="only the jobs of this sweep's parent run")
     parser.add_argument("--sort", metavar="METRIC", help=f"metric to sort by (default: {VAL_ACC})")
@@ -65,7 +65,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     diff.add_argument("run_a", metavar="RUN_A", help="a run id")
     diff.add_argument("run_b", metavar="RUN_B", help="the run id to compare it with")
     # also accepted before `diff`: SUPPRESS leaves the value given there (or the default) in place
-    diff.add_argument("--tracking-uri", default=argparse.SUPPRESS)
+    tracking_uri_argument(diff, default=argparse.SUPPRESS)
     diff.add_argument("--format", choices=["table", "json"], default=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.command == "diff":  # an option of the table given with diff is named, not ignored
@@ -183,7 +183,7 @@ def dashboard(args: argparse.Namespace) -> None:
         import optuna_dashboard  # the sweep extra: only --dashboard needs it
     except ImportError as e:
         raise ConfigError("--dashboard needs optuna-dashboard: pip install 'mnist_cnn[sweep]'.") from e
-    from mnist_cnn.sweep.search import open_storage  # Optuna: seconds to import, only for --dashboard
+    from mnist_cnn.sweep.study import open_storage  # Optuna: seconds to import, only for --dashboard
     from mnist_cnn.tracking import store  # MLflow, as above
     from mnist_cnn.tracking.lookup import find_run  # MLflow, as above
 
@@ -210,19 +210,13 @@ def dashboard(args: argparse.Namespace) -> None:
 
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
-    try:
-        if args.command == "diff":
-            return show_diff(run_diff(args), args.format)
-        if args.dashboard:
-            return dashboard(args)
-        if args.link:
-            return print(experiment_link(args))
-        table = seed_table(args) if args.group_seeds else runs_table(args)
-    except UserError as e:
-        print(f"mnist-cnn-runs: {redact(str(e))}", file=sys.stderr)
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:  # the dashboard's server, stopped
-        sys.exit(EXIT_INTERRUPTED)
+    if args.command == "diff":
+        return show_diff(run_command("mnist-cnn-runs", lambda: run_diff(args)), args.format)
+    if args.dashboard:
+        return run_command("mnist-cnn-runs", lambda: dashboard(args))  # Ctrl-C stops its server: exit 130
+    if args.link:
+        return print(run_command("mnist-cnn-runs", lambda: experiment_link(args)))
+    table = run_command("mnist-cnn-runs", lambda: seed_table(args) if args.group_seeds else runs_table(args))
     if args.format == "csv":
         print(table.to_csv(index=False), end="")
     elif args.format == "json":

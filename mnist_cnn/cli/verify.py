@@ -22,9 +22,8 @@ from typing import Any, Dict, List, Optional
 from omegaconf import DictConfig
 
 from mnist_cnn import names
-from mnist_cnn.cli import run_command
+from mnist_cnn.cli.common import data_root, data_root_argument, run_command, tracking_uri_argument
 from mnist_cnn.config.checks import check_config
-from mnist_cnn.config.paths import default_tracking_uri
 from mnist_cnn.config.schema import typed_config
 from mnist_cnn.errors import ConfigError
 from mnist_cnn.tracking.environment import VERSION, package_versions
@@ -37,14 +36,10 @@ VERIFIES = "verifies"  # the tag of a rerun recorded with --record: the run it v
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="mnist-cnn-verify", description=__doc__.splitlines()[0])
     parser.add_argument("run", metavar="RUN", help="the id of a FINISHED run")
-    parser.add_argument(
-        "--tracking-uri",
-        default=default_tracking_uri(),
-        help="the MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
-    )
+    tracking_uri_argument(parser)
     parser.add_argument("--epochs", type=int, metavar="K", help="check only the first K epochs")
     parser.add_argument("--record", action="store_true", help="record the rerun as a new run, tagged verifies=RUN")
-    parser.add_argument("--data-root", metavar="DIR", help="where the dataset is, if not where the run read it")
+    data_root_argument(parser)
     parser.add_argument(
         "--tolerance",
         type=float,
@@ -104,14 +99,11 @@ def rerun_config(client: Any, logged: Any, scratch: str, args: argparse.Namespac
     cfg.trainer.precision = logged.data.params.get("trainer.precision", cfg.trainer.precision)
     cfg.trainer.progress = False
     cfg.resume = cfg.resume_sweep = None
-    if args.data_root:
-        cfg.data.root = str(Path(args.data_root).expanduser().absolute())
+    cfg.data.root = data_root(args.data_root, cfg.data, logged.info.run_id)
     cfg.tracking.enabled, cfg.tracking.register_as = args.record, None
     if args.record:
         cfg.tracking.uri, cfg.tracking.run_name = args.tracking_uri, f"verify-{logged.info.run_name}"
-    if not Path(cfg.data.root).is_dir():
-        raise ConfigError(f"the data of run {logged.info.run_id} is not at {cfg.data.root}: give --data-root DIR.")
-    check_config(cfg, multirun=False)
+    check_config(cfg)
     return cfg
 
 

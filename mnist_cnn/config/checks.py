@@ -8,14 +8,13 @@ Each error names the key and how to fix it.
 
 import dataclasses
 import difflib
-import os
 import posixpath
 import shlex
 from typing import Iterator, List, Optional, Tuple
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from mnist_cnn.config.job import in_multirun, job_overrides
+from mnist_cnn.config.job import JobContext
 from mnist_cnn.config.keys import override_key
 from mnist_cnn.config.schema import OPTIONS, first_objective
 from mnist_cnn.data.datasets import IMAGE_SHAPE, dataset_info
@@ -25,9 +24,9 @@ from mnist_cnn.model.layers import Layer, plan_layers
 from mnist_cnn.names import EPOCH_METRICS
 
 
-def check_config(cfg: DictConfig, multirun: Optional[bool] = None) -> List[Layer]:
-    """Raise ConfigError for the first thing wrong with `cfg`; returns the layer plan of `cfg.model`.
-    `multirun`: whether `cfg` is a sweep's (None: ask Hydra whether this is one of its jobs)."""
+def check_config(cfg: DictConfig, ctx: Optional[JobContext] = None) -> List[Layer]:
+    """Raise ConfigError for the first thing wrong with `cfg`, the config of job `ctx` (None: a job
+    alone); returns the layer plan of `cfg.model`."""
     for path, node in _typed_nodes(cfg):
         _check_keys(path, node)
         _check_ranges(path, node)
@@ -50,7 +49,7 @@ def check_config(cfg: DictConfig, multirun: Optional[bool] = None) -> List[Layer
         raise ConfigError("optimizer.nesterov=true needs optimizer.momentum > 0.")
     _check_names(cfg)
     _check_epoch_ranking(cfg)
-    _check_ddp(cfg, in_multirun() if multirun is None else multirun)
+    _check_ddp(cfg, ctx or JobContext())
     _check_cuda_graph(cfg)
     return plan_layers(cfg.model.layers, IMAGE_SHAPE, len(dataset_info(cfg.data.name).classes))
 
@@ -151,22 +150,21 @@ def _check_epoch_ranking(cfg: DictConfig) -> None:
         raise ConfigError("resume= continues one run and resume_sweep= a whole sweep; give only one of them.")
 
 
-def _check_ddp(cfg: DictConfig, multirun: bool) -> None:
-    """trainer.strategy=ddp runs one training over the processes torchrun starts (WORLD_SIZE in the
-    environment), and they share each batch evenly; torchrun with trainer.strategy=single would
-    train one run per process."""
-    world = os.environ.get("WORLD_SIZE")
+def _check_ddp(cfg: DictConfig, ctx: JobContext) -> None:
+    """trainer.strategy=ddp runs one training over the processes torchrun starts, and they share
+    each batch evenly; torchrun with trainer.strategy=single would train one run per process."""
+    world = ctx.torchrun.size if ctx.torchrun else None
     if cfg.trainer.strategy != "ddp":
-        if world and int(world) > 1 and not cfg.resume:  # a resumed run keeps its own strategy: checked on its config
+        if world and world > 1 and not cfg.resume:  # a resumed run keeps its own strategy: checked on its config
             raise ConfigError(
                 f"torchrun started {world} processes but trainer.strategy=single: each would train a run of its own. "
                 "Add trainer.strategy=ddp to train one run on all of them."
             )
         return
-    if multirun:
+    if ctx.multirun:
         raise ConfigError("trainer.strategy=ddp runs under torchrun, one run at a time; drop -m (--multirun).")
     if world is None:
-        overrides = job_overrides()
+        overrides = list(ctx.overrides)
         if not cfg.resume and "trainer.strategy" not in map(override_key, overrides):
             overrides.append("trainer.strategy=ddp")
         raise ConfigError(
@@ -174,7 +172,7 @@ def _check_ddp(cfg: DictConfig, multirun: bool) -> None:
             f"  torchrun --nproc_per_node=2 -m mnist_cnn {shlex.join(overrides)}\n"
             "(--nproc_per_node: how many processes on this machine, e.g. one per GPU)."
         )
-    if cfg.data.batch_size % int(world):
+    if cfg.data.batch_size % world:
         raise ConfigError(
             f"data.batch_size={cfg.data.batch_size} does not divide by the {world} processes torchrun started "
             "(WORLD_SIZE): "

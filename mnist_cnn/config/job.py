@@ -1,72 +1,138 @@
-"""What is known about the job that is running: its overrides, multirun mode and sweep file (from
-Hydra), and its Slurm job id and restart count (from Slurm's environment).
+"""What a job of mnist-cnn-train is, read once where the command starts it: its `JobContext`.
 
-Outside Hydra (a test or a script calling engine.train.run) there are no overrides and no sweep.
+Besides its config, a job learns what it belongs to from three places: Hydra (its overrides,
+whether it is one of a multirun's jobs and which launcher runs it, its folders), the environment
+(its Optuna trial's number, Slurm's job id and restart count, torchrun's ranks) and the sweep file
+the launching process wrote into the sweep folder before any job started (the sweep's parent run,
+the swept keys, an Optuna search's study). This module is the only one that reads them, and only
+the entry points call it (`JobContext.read` from mnist-cnn-train, `SweepFile.read` from the Optuna
+sweeper): everything below receives the context. Outside Hydra (a test, a script calling
+mnist_cnn.runner.train.run) `JobContext()` is a job alone: no overrides, no sweep, no torchrun.
+
+A context also carries the two things its job owns from its first moment: its clock and its stop
+requests (the only members that change, as the job runs).
 """
 
 import json
-import math
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Optional, Tuple
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
-SWEEP_FILE = "mlflow_sweep.json"  # written by sweep.callback: {"parent_run_id": ..., "swept": [keys]}
-STUDY, STORAGE = "optuna_study", "optuna_storage"  # and by an Optuna search (sweep.search): its study, where
-TRIAL_ENV = "MNIST_CNN_OPTUNA_TRIAL"  # set in each job of an Optuna search: the number of the job's trial
+from mnist_cnn.interrupts import Stops
+from mnist_cnn.timing import JobClock
+
+SWEEP_FILE = "mlflow_sweep.json"  # in the sweep folder: a SweepFile
+TRIAL_ENV = "MNIST_CNN_OPTUNA_TRIAL"  # set in each job of an Optuna search (sweep.search): its trial's number
 
 
 @dataclass(frozen=True)
-class Outcome:
-    """How a run ended, which is what a sweep job hands back to its sweeper: its final metrics
-    (empty when it failed), its MLflow run (None when untracked), the epoch a pruner stopped it
-    after (None when it was not pruned) and the fingerprint of the weights it tested (None when it
-    tested none)."""
+class Study:
+    """An Optuna study and where it is kept: an Optuna storage URL or a journal file."""
 
-    metrics: Dict[str, float]
-    run_id: Optional[str] = None
-    pruned_at: Optional[int] = None
-    weights_sha256: Optional[str] = None
-
-    def values(self, metrics: Sequence[str]) -> Optional[List[float]]:
-        """The values of `metrics`, or None when one is missing or not finite."""
-        values = [self.metrics.get(m, math.nan) for m in metrics]
-        return values if all(math.isfinite(v) for v in values) else None
+    name: str
+    storage: str
 
 
-def in_multirun() -> bool:
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+@dataclass(frozen=True)
+class SweepFile:
+    """What the launching process of a tracked sweep writes for its jobs, once, before they start
+    (sweep.callback)."""
+
+    parent_run_id: str
+    swept: Tuple[str, ...]  # the keys the sweep varies
+    study: Optional[Study] = None  # an Optuna search's, where its jobs report their epochs; None for a grid, or
+    # a storage whose URL holds a password, which the sweep folder must not (its jobs then prune from MLflow)
+
+    def write(self, folder: Path) -> None:
+        (folder / SWEEP_FILE).write_text(json.dumps(asdict(self)))
+
+    @classmethod
+    def read(cls, folder: Path) -> Optional["SweepFile"]:
+        """The sweep file in `folder`, or None (an untracked sweep writes none)."""
+        path = folder / SWEEP_FILE
+        if not path.is_file():
+            return None
+        found = json.loads(path.read_text())
+        study = Study(**found["study"]) if found.get("study") else None
+        return cls(found["parent_run_id"], tuple(found["swept"]), study)
 
 
-def sweeps_here() -> bool:
-    """Whether this job runs in its sweep's own process, between its siblings (Hydra's basic
-    launcher), rather than in a worker or a job of its own (joblib, submitit, Slurm)."""
-    return in_multirun() and str(HydraConfig.get().launcher._target_).endswith(".BasicLauncher")
+@dataclass(frozen=True)
+class Trial:
+    """The trial of an Optuna search whose values a job trains."""
+
+    study: Study
+    number: int
 
 
-def job_overrides() -> List[str]:
-    """The command-line overrides of this run or job (`optimizer.lr=0.003`, ...)."""
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+@dataclass(frozen=True)
+class SlurmJob:
+    job_id: str  # JOBID, or ARRAYJOBID_TASKID for an array task; a requeued job keeps it
+    restarts: int  # how many times Slurm requeued it (preemption, timeout, `scontrol requeue`)
 
 
-def sweep_info() -> Dict[str, Any]:
-    """What the launching process wrote for this job's sweep; empty outside a tracked multirun."""
-    path = Path(HydraConfig.get().sweep.dir) / SWEEP_FILE if in_multirun() else None
-    return json.loads(path.read_text()) if path is not None and path.is_file() else {}
+@dataclass(frozen=True)
+class Torchrun:
+    """This process's place among those torchrun started."""
+
+    rank: int
+    size: int
+    local_rank: int  # which GPU on this machine
 
 
-def slurm_job_id() -> Optional[str]:
-    """This Slurm job (`JOBID`, or `ARRAYJOBID_TASKID` for an array task); None outside Slurm. A
-    requeued job keeps its id."""
+@dataclass(frozen=True)
+class JobContext:
+    overrides: Tuple[str, ...] = ()  # this job's command-line overrides (`optimizer.lr=0.003`, ...)
+    multirun: bool = False  # one of a sweep's jobs (-m)
+    shares_process: bool = False  # run in its sweep's own process, between its siblings (Hydra's basic launcher)
+    sweep: Optional[SweepFile] = None  # the tracked sweep it belongs to
+    trial: Optional[Trial] = None  # its Optuna trial, when its study can be opened from here
+    slurm: Optional[SlurmJob] = None
+    torchrun: Optional[Torchrun] = None
+    cwd: Path = field(default_factory=Path.cwd)  # where the command was started: relative paths mean this folder
+    output_dir: Optional[Path] = None  # Hydra's folder for this job
+    clock: JobClock = field(default_factory=JobClock)
+    stops: Stops = field(default_factory=Stops)
+
+    @classmethod
+    def read(cls, clock: JobClock, stops: Stops) -> "JobContext":
+        """The context of the job Hydra runs now in this process (mnist-cnn-train's task)."""
+        hydra = HydraConfig.get()
+        multirun = hydra.mode == RunMode.MULTIRUN
+        sweep = SweepFile.read(Path(hydra.sweep.dir)) if multirun else None
+        number = os.environ.get(TRIAL_ENV)
+        return cls(
+            overrides=tuple(hydra.overrides.task),
+            multirun=multirun,
+            shares_process=multirun and str(hydra.launcher._target_).endswith(".BasicLauncher"),
+            sweep=sweep,
+            trial=Trial(sweep.study, int(number)) if sweep and sweep.study and number is not None else None,
+            slurm=_slurm_job(),
+            torchrun=_torchrun(),
+            cwd=Path(hydra.runtime.cwd),
+            output_dir=Path(hydra.runtime.output_dir),
+            clock=clock,
+            stops=stops,
+        )
+
+
+def _slurm_job() -> Optional[SlurmJob]:
     env = os.environ
     if "SLURM_ARRAY_JOB_ID" in env and "SLURM_ARRAY_TASK_ID" in env:
-        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
-    return env.get("SLURM_JOB_ID")
+        job_id = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    elif "SLURM_JOB_ID" in env:
+        job_id = env["SLURM_JOB_ID"]
+    else:
+        return None
+    return SlurmJob(job_id, int(env.get("SLURM_RESTART_COUNT", "0") or 0))
 
 
-def slurm_restarts() -> int:
-    """How many times Slurm requeued this job (preemption, timeout, `scontrol requeue`)."""
-    return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) if slurm_job_id() else 0
+def _torchrun() -> Optional[Torchrun]:
+    env = os.environ
+    if "WORLD_SIZE" not in env:
+        return None
+    return Torchrun(int(env.get("RANK", 0)), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)))

@@ -5,10 +5,16 @@ The sweeper itself is hydra_plugins/mnist_cnn_sweeper (it runs mnist_cnn.sweep.s
 """
 
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
+
+from mnist_cnn.config.job import Study
+from mnist_cnn.config.paths import sqlite_path
+
+JOURNAL = ".optuna.journal"  # beside a sqlite tracking store: mlflow.db.optuna.journal
 
 
 @dataclass
@@ -104,6 +110,25 @@ def sampler_problem(sweeper: DictConfig) -> Optional[str]:
     name = next(n for n, s in SAMPLERS.items() if s is schema)
     options = ", ".join(k for k in known if k != "_target_")
     return f"hydra.sweeper.sampler.{unknown[0]}: not an option of the {name} sampler (its options: {options})."
+
+
+def study_of(config: DictConfig, parent: Optional[str]) -> Study:
+    """The study of the search that `config` (a sweep's, with its `hydra` node) runs, and where it
+    is kept: `hydra.sweeper.study_name`, else `sweep-<parent run id>` (the sweep folder's name when
+    untracked); `hydra.sweeper.storage`, else a journal beside a sqlite tracking store, else one in
+    the sweep folder."""
+    options = config.hydra.sweeper
+    name = options.study_name or f"sweep-{parent or Path(config.hydra.sweep.dir).name}"
+    path = sqlite_path(config.tracking.uri) if config.tracking.enabled else None
+    default = (
+        str(path.expanduser().absolute()) + JOURNAL if path else str(Path(config.hydra.sweep.dir) / "optuna.journal")
+    )
+    return Study(name, options.storage or default)
+
+
+def is_optuna(sweeper: DictConfig) -> bool:
+    """Whether `hydra.sweeper` is this package's Optuna sweeper."""
+    return sweeper.get("_target_") == OptunaSweeperConfig._target_
 
 
 def register(store: ConfigStore) -> None:

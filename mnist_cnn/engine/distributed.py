@@ -30,17 +30,17 @@ With `trainer.strategy=single` none of this runs: `SINGLE` makes every helper he
 """
 
 import logging
-import os
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, List, Tuple
+from typing import Any, Callable, Iterator, List, Optional
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from mnist_cnn import interrupts
+from mnist_cnn.config.job import Torchrun
 from mnist_cnn.errors import EXIT_CRASH, EXIT_INTERRUPTED, ConfigError
+from mnist_cnn.interrupts import Stops
 
 
 @dataclass(frozen=True)
@@ -65,19 +65,17 @@ SINGLE = World()
 
 
 @contextmanager
-def process_group(join: bool) -> Iterator[World]:
+def process_group(join: bool, torchrun: Optional[Torchrun]) -> Iterator[World]:
     """Under torchrun and with `join` (a DDP run, or a resume, whose strategy only rank 0 can read in
     the run's own config), join torchrun's process group, and always leave it (errors and signals
     too); else SINGLE."""
-    if "WORLD_SIZE" not in os.environ or not join:
+    if torchrun is None or not join:
         yield SINGLE
         return
     # The run's device is not known yet: gloo serves CPU tensors, NCCL (set up lazily) CUDA ones.
     dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
     try:
-        world = World(
-            dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), dist.new_group(backend="gloo")
-        )
+        world = World(dist.get_rank(), dist.get_world_size(), torchrun.local_rank, dist.new_group(backend="gloo"))
         if not world.main:
             logging.getLogger().setLevel(logging.WARNING)  # rank 0 tells the story once
         yield world
@@ -123,21 +121,21 @@ def all_sum(world: World, *values: Any) -> List[float]:
 
 
 class StopVote:
-    """The step loop's stop check. One process: `interrupts.check()`. Under DDP, each step's vote
+    """The step loop's stop check. One process: `stops.check()`. Under DDP, each step's vote
     (has any rank been asked to stop?) is an all_reduce sent without waiting and read at the next
     step, so every rank stops before the same step and the vote costs no step any time."""
 
-    def __init__(self, world: World):
-        self.world, self.votes, self.pending = world, torch.zeros(1, dtype=torch.int32), None
+    def __init__(self, world: World, stops: Stops):
+        self.world, self.stops, self.votes, self.pending = world, stops, torch.zeros(1, dtype=torch.int32), None
 
     def check(self) -> None:
         if not self.world.distributed:
-            interrupts.check()
+            self.stops.check()
             return
         self.close()
         if self.votes.item():
             raise KeyboardInterrupt("stop requested")
-        self.votes.fill_(int(interrupts.requested()))
+        self.votes.fill_(int(self.stops.requested()))
         self.pending = dist.all_reduce(self.votes, dist.ReduceOp.MAX, group=self.world.control, async_op=True)
 
     def close(self) -> None:
@@ -147,14 +145,14 @@ class StopVote:
             self.pending = None
 
 
-def agree(world: World, stop: bool, prune: bool, done: bool) -> Tuple[bool, bool, bool]:
-    """At an epoch's end: stop if any rank was asked to; prune if rank 0 (which reads MLflow) decided
-    to; done if rank 0 (which scores validation) stops early."""
-    if not world.distributed:
-        return stop, prune, done
-    votes = torch.tensor([int(stop), int(prune), int(done)])
-    dist.all_reduce(votes, dist.ReduceOp.MAX, group=world.control)
-    return bool(votes[0]), bool(votes[1]), bool(votes[2])
+def agree(world: World, *votes: bool) -> List[bool]:
+    """At an epoch's end, each vote true if it is true on any rank (a stop asked for on one rank, a
+    decision of rank 0, which alone reads MLflow and scores validation), in one all_reduce."""
+    if not world.distributed or not votes:
+        return list(votes)
+    packed = torch.tensor([int(v) for v in votes])
+    dist.all_reduce(packed, dist.ReduceOp.MAX, group=world.control)
+    return [bool(v) for v in packed]
 
 
 def from_main(world: World, fn: Callable[..., Any], *args: Any) -> Any:

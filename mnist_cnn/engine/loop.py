@@ -70,7 +70,7 @@ def train_epoch(state: TrainingState, settings: StepSettings, epoch: int, world:
         s.augment,
     )
     quiet = None if s.progress and world.main else True  # None: tqdm shows the bar only on a terminal
-    stop = distributed.StopVote(world)
+    stop = distributed.StopVote(world, state.stops)
     seen = 0
     for images, labels in tqdm(loader, total=state.steps_per_epoch, desc=f"epoch {epoch}", leave=False, disable=quiet):
         stop.check()

@@ -15,6 +15,7 @@ from torch import nn
 from mnist_cnn.data.splits import Split
 from mnist_cnn.engine import repro
 from mnist_cnn.errors import CheckpointError
+from mnist_cnn.interrupts import Stops
 from mnist_cnn.timing import Stopwatch
 
 
@@ -29,6 +30,7 @@ class TrainingState:
     steps_per_epoch: int  # under DDP, every rank takes each step
     precision: str  # fp32 or bf16, resolved (engine.precision)
     clock: Stopwatch  # the seconds of each phase, over all of a resumed run's processes
+    stops: Stops  # the job's stop requests (Ctrl-C, SIGTERM): checked before each step
     history: List[Dict[str, float]] = field(default_factory=list)  # each completed epoch's metrics
     best: Optional[Dict[str, Any]] = None  # early stopping: the best epoch so far, {"epoch", "model"} (its weights)
 

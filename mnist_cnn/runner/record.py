@@ -7,8 +7,8 @@ from typing import Dict, List, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_cnn import interrupts, names
-from mnist_cnn.config.job import in_multirun
+from mnist_cnn import names
+from mnist_cnn.config.job import JobContext
 from mnist_cnn.data.datasets import IMAGE_SHAPE
 from mnist_cnn.engine import distributed, repro
 from mnist_cnn.engine.checkpoint import save_checkpoint
@@ -36,7 +36,7 @@ def save_and_log_epoch(cfg: DictConfig, tracker: Tracker, state: TrainingState, 
 
 
 def test_and_log_model(
-    cfg: DictConfig, tracker: Tracker, state: TrainingState, classes: tuple
+    cfg: DictConfig, ctx: JobContext, tracker: Tracker, state: TrainingState, classes: tuple
 ) -> Tuple[Dict[str, float], str]:
     """Score the test split once, after the last epoch, class by class with figures; fingerprint the
     weights; log the model; then where the run's time went. Returns the metrics and the weights'
@@ -56,14 +56,14 @@ def test_and_log_model(
     weights = repro.weights_sha256(state.model)
     tracker.set_tags({names.WEIGHTS_SHA256: weights})
     log.info("test  %s", fmt(final))
-    interrupts.check()
+    state.stops.check()
     with clock.phase("model"):
         if cfg.tracking.log_model:
-            register_as = None if in_multirun() else cfg.tracking.register_as  # a sweep registers only its champion
+            register_as = None if ctx.multirun else cfg.tracking.register_as  # a sweep registers only its champion
             tracker.log_model(state.model, IMAGE_SHAPE, len(classes), register_as, cfg.tracking.register_from)
             if cfg.tracking.log_onnx:
                 tracker.log_onnx(state.model, state.splits["test"], classes)
-    interrupts.check()  # a stop asked for while the model was logged: KILLED, resumable, not ignored
+    state.stops.check()  # a stop asked for while the model was logged: KILLED, resumable, not ignored
     timing = clock.metrics()
     tracker.log_metrics(timing, step=state.epoch)
     log.info("time  %s", fmt(timing))

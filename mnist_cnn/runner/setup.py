@@ -20,6 +20,7 @@ from torch import nn
 
 from mnist_cnn import names
 from mnist_cnn.config.checks import check_config
+from mnist_cnn.config.job import JobContext
 from mnist_cnn.config.keys import config_sha256
 from mnist_cnn.data.datasets import IMAGE_SHAPE, dataset_info
 from mnist_cnn.data.idx import load_split
@@ -48,9 +49,9 @@ class Prepared:
     dataset: Dict[str, Any]  # name, folder, sizes (per split), sha256: the run's MLflow input
 
 
-def prepare(cfg: DictConfig, world: World) -> Prepared:
+def prepare(cfg: DictConfig, ctx: JobContext, world: World) -> Prepared:
     """Every check that can fail on a bad config or bad data, done before tracking starts."""
-    plan = check_config(cfg)
+    plan = check_config(cfg, ctx)
     repro.seed_everything(cfg.seed)  # the same initial weights on every rank
     device = distributed.device_for(world, resolve_device(cfg.trainer.device))
     captured = graphs.captures(cfg.trainer, device)  # cuda_graph=true without a GPU fails here, before a run opens
@@ -84,10 +85,11 @@ def prepare(cfg: DictConfig, world: World) -> Prepared:
 
 
 def build_state(
-    cfg: DictConfig, prepared: Prepared, checkpoint: Optional[Dict[str, Any]], world: World
+    cfg: DictConfig, ctx: JobContext, prepared: Prepared, checkpoint: Optional[Dict[str, Any]], world: World
 ) -> Tuple[TrainingState, StepSettings, Dict[str, str]]:
-    """The run's TrainingState, restored from `checkpoint` when it continues; the settings of its
-    step loop; and the tags that say which precision it trains in and why."""
+    """The run's TrainingState, restored from `checkpoint` when it continues, with job `ctx`'s clock
+    and stop requests; the settings of its step loop; and the tags that say which precision it
+    trains in and why."""
     model, device = prepared.model, prepared.splits["train"].labels.device
     choice = resolve_precision(cfg, model, device, world, checkpoint)
     optimizer = build_optimizer(cfg.optimizer, model.parameters())
@@ -103,8 +105,11 @@ def build_state(
         steps_per_epoch=steps,
         precision=choice.precision,
         clock=Stopwatch(
-            torch.cuda.synchronize if device.type == "cuda" else None, checkpoint.get("timing") if checkpoint else None
+            ctx.clock,
+            torch.cuda.synchronize if device.type == "cuda" else None,
+            checkpoint.get("timing") if checkpoint else None,
         ),
+        stops=ctx.stops,
     )
     if checkpoint is not None:
         state.restore(checkpoint)

@@ -1,24 +1,25 @@
 """The training story: check everything, then train, evaluate and record one run.
 
-`run(cfg, output_dir)` is what `mnist-cnn-train` calls after Hydra has composed the config. Every
+`run(cfg, output_dir, ctx, hooks)` is what `mnist-cnn-train` calls after Hydra has composed the
+config, with the job's context (config.job) and, for a sweep's job, its pruner (sweep.prune). Every
 check that can fail on a bad config or bad data happens before an MLflow run is opened (setup), so
 a bad config never leaves a run behind. Each epoch ends with a checkpoint on local disk, then its
-metrics and the checkpoint in MLflow (record). With `resume=RUN_ID` or `resume=path/last.pt` it
-continues that run where the uninterrupted run would have been, bit for bit (start). In a sweep, a
-pruner may stop the run after an epoch (sweep.prune). With trainer.strategy=ddp every process
-torchrun starts runs this story on its share of each batch, and only rank 0 records it
-(engine.distributed).
+metrics and the checkpoint in MLflow (record), then the epoch hooks (hooks): a pruner, a stop
+request or early stopping may end the run there. A job that restarts (`resume=`, `resume_sweep=`,
+a Slurm requeue) continues its run where the uninterrupted run would have been, bit for bit
+(start). With trainer.strategy=ddp every process torchrun starts runs this story on its share of
+each batch, and only rank 0 records it (engine.distributed).
 """
 
 import logging
 from contextlib import ExitStack, nullcontext
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 from omegaconf import DictConfig
 
-from mnist_cnn import interrupts, names
-from mnist_cnn.config.job import Outcome
+from mnist_cnn import names
+from mnist_cnn.config.job import JobContext
 from mnist_cnn.engine import distributed
 from mnist_cnn.engine.distributed import SINGLE, World
 from mnist_cnn.engine.early_stopping import EarlyStopping
@@ -26,50 +27,81 @@ from mnist_cnn.engine.loop import StepSettings, check_divergence, evaluate, trai
 from mnist_cnn.engine.state import TrainingState
 from mnist_cnn.errors import Pruned
 from mnist_cnn.model.build import count_params
+from mnist_cnn.runner.hooks import EpochHook, History, run_hooks
+from mnist_cnn.runner.outcome import Outcome
 from mnist_cnn.runner.record import save_and_log_epoch, test_and_log_model
 from mnist_cnn.runner.setup import build_state, prepare
 from mnist_cnn.runner.start import StartPoint, where_to_start
-from mnist_cnn.sweep.prune import JobPruner, sweep_pruner
-from mnist_cnn.tracking.run import Opening, tracked_run
+from mnist_cnn.tracking.redact import redact
+from mnist_cnn.tracking.run import Opening, record_failed_job, tracked_run
+from mnist_cnn.tracking.states import RunState
 from mnist_cnn.tracking.tracker import Tracker
 
 log = logging.getLogger(__name__)
 
 
-def run(cfg: DictConfig, output_dir: Path, until: Optional[int] = None) -> Outcome:
-    """Train `cfg` (or continue run `cfg.resume`) to the end; returns how it ended: the final metrics
-    (also logged), its run, the epoch it was pruned at. Under torchrun, every process calls this and
-    rank 0 decides where the run starts. `until`: stop after that epoch, untested (the config, and
-    so every epoch before, unchanged: mnist-cnn-verify --epochs)."""
-    interrupts.reset()
-    with distributed.process_group(join=cfg.trainer.strategy == "ddp" or bool(cfg.resume)) as world:
-        start, done = distributed.from_main(world, where_to_start, cfg, world.size)
-        if done is not None:
-            return done
-        return fit(start, output_dir, world if start.cfg.trainer.strategy == "ddp" else SINGLE, until)
+def run(
+    cfg: DictConfig,
+    output_dir: Path,
+    ctx: Optional[JobContext] = None,
+    hooks: Sequence[EpochHook] = (),
+    until: Optional[int] = None,
+) -> Outcome:
+    """Train `cfg` (or continue the run it restarts) to the end; returns how it ended: the final
+    metrics (also logged), its run, the epoch it was pruned at. `ctx`: the job (None: a job alone,
+    as a script or a test runs it); `hooks`: what may end the run after an epoch besides its own
+    early stopping and stop requests (a sweep's pruner). Under torchrun, every process calls this
+    and rank 0 decides where the run starts. `until`: stop after that epoch, untested (the config,
+    and so every epoch before, unchanged: mnist-cnn-verify --epochs). A job of a sweep that fails
+    returns an empty Outcome, after recording the failure: one failed job must not end the sweep."""
+    ctx = ctx or JobContext()
+    with distributed.process_group(cfg.trainer.strategy == "ddp" or bool(cfg.resume), ctx.torchrun) as world:
+        try:
+            start = distributed.from_main(world, where_to_start, cfg, ctx, world.size)
+            if isinstance(start, Outcome):
+                return start
+            return fit(start, output_dir, ctx, world if start.cfg.trainer.strategy == "ddp" else SINGLE, hooks, until)
+        except Exception as e:
+            if not ctx.multirun:
+                raise
+            log.error("job failed, the sweep goes on: %s", redact(f"{type(e).__name__}: {e}"))
+            return Outcome({})
 
 
-def fit(start: StartPoint, output_dir: Path, world: World = SINGLE, until: Optional[int] = None) -> Outcome:
-    """Train from `start` to the last epoch, then test and log the model; every rank trains, rank 0 records."""
+def fit(
+    start: StartPoint,
+    output_dir: Path,
+    ctx: JobContext,
+    world: World = SINGLE,
+    hooks: Sequence[EpochHook] = (),
+    until: Optional[int] = None,
+) -> Outcome:
+    """Train from `start` to the last epoch (or until a hook ends the run), then test and log the
+    model; every rank trains, rank 0 records."""
     cfg = start.cfg
-    prepared = distributed.on_every_rank(world, prepare, cfg, world)
-    state, settings, precision_tags = build_state(cfg, prepared, start.checkpoint, world)
-    tags = {**prepared.tags, **precision_tags, **({names.RESUMED_AT_EPOCH: str(state.epoch + 1)} if cfg.resume else {})}
-    params = {
-        names.N_PARAMS: count_params(state.model),
-        "trainer.precision": state.precision,
-    }  # the precision it resolved
-    checkpoint = output_dir / "checkpoints" / "last.pt"
-    opening = Opening(params, tags, prepared.dataset)
-    pruner = sweep_pruner(cfg) if world.main else None
+    try:
+        prepared = distributed.on_every_rank(world, prepare, cfg, ctx, world)
+        state, settings, precision_tags = build_state(cfg, ctx, prepared, start.checkpoint, world)
+    except Exception as e:
+        record_unopened(start, ctx, e)
+        raise
     early = EarlyStopping.of(cfg)
-    recorded = tracked_run(cfg, opening, start.run_id, checkpoint) if world.main else nullcontext(Tracker(None, None))
+    hooks = run_hooks(hooks, ctx.stops, early, cfg.trainer.epochs)
+    checkpoint = output_dir / "checkpoints" / "last.pt"
+    opening = Opening(
+        opening_params(state), {**prepared.tags, **precision_tags, **restart_tags(start, state)}, prepared.dataset
+    )
+    recorded = (
+        tracked_run(cfg, ctx, opening, start.run_id, checkpoint) if world.main else nullcontext(Tracker(None, None))
+    )
     tracker = Tracker(None, None)
     try:
         with ExitStack() as stack:
             # a store that cannot open stops every rank
             tracker = distributed.on_every_rank(world, stack.enter_context, recorded)
-            stack.enter_context(interrupts.graceful())
+            stack.enter_context(ctx.stops.graceful())
+            for hook in hooks if world.main else ():
+                hook.opened(tracker)
             if state.history:
                 tracker.reconcile(state.history[-1], state.epoch)
             state.clock.first_step()
@@ -82,17 +114,41 @@ def fit(start: StartPoint, output_dir: Path, world: World = SINGLE, until: Optio
                         state.keep_if_best(early.best_epoch(state.history))
                     with state.clock.phase("checkpoint"):
                         save_and_log_epoch(cfg, tracker, state, len(prepared.classes), checkpoint)
-                if end_of_epoch(world, tracker, pruner, state.history, epoch == cfg.trainer.epochs, early):
+                if end_of_epoch(world, tracker, hooks, state.history):
                     if world.main:
                         stopped_early(tracker, state, early.metric)
                     break
             if not world.main or until is not None and state.epoch >= until:
                 return Outcome(state.history[-1], tracker.run_id)
             ended = ended_with(cfg, tracker, state, early)
-            final, weights = test_and_log_model(cfg, tracker, state, prepared.classes)
+            final, weights = test_and_log_model(cfg, ctx, tracker, state, prepared.classes)
     except Pruned as e:
         return Outcome(state.history[-1], tracker.run_id, e.epoch)
     return Outcome({**state.history[ended - 1], **final}, tracker.run_id, weights_sha256=weights)
+
+
+def opening_params(state: TrainingState) -> Dict[str, object]:
+    """What a new run logs as params besides its config: the model's size and the precision it resolved."""
+    return {names.N_PARAMS: count_params(state.model), "trainer.precision": state.precision}
+
+
+def restart_tags(start: StartPoint, state: TrainingState) -> Dict[str, str]:
+    """A continued run's tags: the epoch it continues at and what restarted it."""
+    if start.restart is None:
+        return {}
+    return {names.RESUMED_AT_EPOCH: str(state.epoch + 1), names.RESTART: start.restart.kind.value}
+
+
+def record_unopened(start: StartPoint, ctx: JobContext, error: Exception) -> None:
+    """A job of a tracked sweep that fails before it has a run of its own (its config or data, on
+    `prepare`'s checks) still gets one, FAILED, with its config's fingerprint: the parent's report
+    counts it, and a resumed sweep does not run it again."""
+    if ctx.sweep is None or start.run_id is not None or not start.cfg.tracking.enabled:
+        return
+    try:
+        record_failed_job(start.cfg, ctx, error)
+    except Exception as e:  # noqa: BLE001 - the store itself may be what failed
+        log.warning("could not record the failed job in MLflow: %s", redact(str(e))[:300])
 
 
 def stopped_early(tracker: Tracker, state: TrainingState, metric: str) -> None:
@@ -111,20 +167,17 @@ def ended_with(cfg: DictConfig, tracker: Tracker, state: TrainingState, early: O
     return epoch
 
 
-def end_of_epoch(
-    world: World, tracker: Tracker, pruner: Optional[JobPruner], history, last: bool, early: Optional[EarlyStopping]
-) -> bool:
-    """Every rank ends the epoch alike: pruned (the sweep's pruner, asked by rank 0), stopped (Ctrl-C
-    or SIGTERM on any rank), done (early stopping, judged by rank 0, which scores validation: True),
-    or on to the next (False)."""
-    prune = bool(pruner and not last and tracker.call(pruner.should_prune, tracker.client, tracker.run_id, history))
-    done = bool(early and world.main and not last and early.stops(history))
-    stop, prune, done = distributed.agree(world, interrupts.requested(), prune, done)
-    if prune:
+def end_of_epoch(world: World, tracker: Tracker, hooks: Sequence[EpochHook], history: History) -> bool:
+    """Every rank ends the epoch alike, as the first hook that stops the run says (rank 0 asks them
+    all, the others those that are `every_rank`; one vote): pruned (raises Pruned), stopped by a
+    signal (raises KeyboardInterrupt), done (early stopping: True); or on to the next (False)."""
+    asked = [(world.main or hook.every_rank) and bool(tracker.call(hook.should_stop, history)) for hook in hooks]
+    ending = next((hook.ends for hook, stop in zip(hooks, distributed.agree(world, *asked)) if stop), None)
+    if ending is RunState.PRUNED:
         raise Pruned(len(history))
-    if stop:
+    if ending is RunState.STOPPED:
         raise KeyboardInterrupt("stop requested")
-    return done
+    return ending is RunState.FINISHED
 
 
 def train_and_validate(

@@ -2,8 +2,9 @@
 
 `MlflowSweepCallback` (registered in mnist_cnn/conf/config.yaml under hydra.callbacks) runs in the
 launching process. Before any job starts it opens the tracking store once and the parent run (or,
-with `resume_sweep=ID`, reopens that one); its id is written into the sweep folder with the swept
-keys, where every job finds them whatever launcher started it (local, joblib, submitit, Slurm).
+with `resume_sweep=ID`, continues that one), and writes the sweep file (config.job.SweepFile: the
+parent's id, the swept keys, an Optuna search's study) into the sweep folder, once, where every job
+finds it whatever launcher started it (local, joblib, submitit, Slurm).
 When the sweep ends, or is stopped, the parent gets the sweep's report (sweep.parent) and is
 closed. In every job it also masks credentials in the files Hydra wrote (`.hydra/*.yaml`). MLflow
 is imported only where a method needs it: Hydra makes this callback for single runs too.
@@ -24,8 +25,8 @@ from omegaconf import DictConfig, open_dict
 
 from mnist_cnn import names
 from mnist_cnn.config.checks import check_config
-from mnist_cnn.config.job import SWEEP_FILE
-from mnist_cnn.config.search import sampler_problem
+from mnist_cnn.config.job import JobContext, Study, SweepFile
+from mnist_cnn.config.search import is_optuna, sampler_problem, study_of
 from mnist_cnn.errors import EXIT_BAD_INPUT, EXIT_UNAVAILABLE, ConfigError
 from mnist_cnn.sweep.slurm import slurm_problem
 from mnist_cnn.tracking.links import resume_command
@@ -44,7 +45,7 @@ def shared_config_error(config: DictConfig, swept: List[str]) -> Optional[Config
     with open_dict(job):
         job.pop("hydra", None)  # Hydra's own node, which a job's config does not have
     try:
-        check_config(job, multirun=True)
+        check_config(job, JobContext(multirun=True))
     except ConfigError as e:
         varied = {"model" if key.startswith("model.") else key for key in swept}
         if not any(re.search(rf"(?<![\w.]){re.escape(key)}(?!\w)", str(e)) for key in varied):
@@ -115,15 +116,15 @@ class MlflowSweepCallback(Callback):
         if not config.tracking.enabled:
             return
         from mnist_cnn.sweep.parent import (  # MLflow: seconds to import, and a single run never needs it
+            continue_parent_run,
             open_parent_run,
-            reopen_parent_run,
         )
 
         sweep_dir = Path(config.hydra.sweep.dir)
         grid = list(config.hydra.overrides.task)
         if config.resume_sweep:
             self.run_id = config.resume_sweep
-            self.heartbeat = reopen_parent_run(config, self.run_id, {names.RESUMED_IN: str(sweep_dir)})
+            self.heartbeat = continue_parent_run(config, self.run_id, {names.RESUMED_IN: str(sweep_dir)})
         else:
             tags = {
                 names.SWEEPER: config.hydra.sweeper._target_.rsplit(".", 1)[-1],
@@ -134,8 +135,21 @@ class MlflowSweepCallback(Callback):
                 names.SWEEP_DIR: str(sweep_dir),
             }
             self.run_id, self.heartbeat = open_parent_run(config, name=run_name(grid) or sweep_dir.name, tags=tags)
-        (sweep_dir / SWEEP_FILE).write_text(json.dumps({"parent_run_id": self.run_id, "swept": self.swept}))
+        study = self._study(config) if is_optuna(config.hydra.sweeper) else None
+        SweepFile(self.run_id, tuple(self.swept), study).write(sweep_dir)
         atexit.register(self._close, config, RunState.STOPPED)  # a sweep stopped by Ctrl-C never leaves it RUNNING
+
+    def _study(self, config: DictConfig) -> Optional[Study]:
+        """The study of an Optuna search, named on the parent run; for the sweep file only where its
+        storage's URL holds no password, which the sweep folder must not (its jobs prune from MLflow)."""
+        from mnist_cnn.sweep.parent import tag_parent_run  # MLflow, as in on_multirun_start
+
+        study = study_of(config, self.run_id)
+        tag_parent_run(config, self.run_id, {names.OPTUNA_STUDY: study.name, names.OPTUNA_STORAGE: study.storage})
+        if redact(study.storage) != study.storage:
+            log.info("the study's storage holds a password, which the sweep folder must not: jobs prune from MLflow")
+            return None
+        return study
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         run_id = self.run_id

@@ -19,6 +19,7 @@ from mnist_cnn.sweep.tables import Objective
 from mnist_cnn.tracking import store
 from mnist_cnn.tracking.heartbeat import Heartbeat, alive_tags
 from mnist_cnn.tracking.links import model_version_url, resume_command, run_url
+from mnist_cnn.tracking.lookup import children
 from mnist_cnn.tracking.model import register
 from mnist_cnn.tracking.run import end_run
 from mnist_cnn.tracking.states import RunState, mlflow_status
@@ -37,19 +38,16 @@ def open_parent_run(cfg: DictConfig, name: str, tags: Dict[str, str]) -> Tuple[s
     return run_id, Heartbeat(client, run_id, cfg.tracking.heartbeat_s).start()
 
 
-def reopen_parent_run(cfg: DictConfig, run_id: str, tags: Dict[str, str]) -> Heartbeat:
+def tag_parent_run(cfg: DictConfig, run_id: str, tags: Dict[str, str]) -> None:
+    store.connect(cfg.tracking.uri).log_batch(run_id, tags=as_tags(tags))
+
+
+def continue_parent_run(cfg: DictConfig, run_id: str, tags: Dict[str, str]) -> Heartbeat:
     """Set a stopped sweep's parent RUNNING again, alive in this process (resume_sweep)."""
     client = store.connect(cfg.tracking.uri)
     client.update_run(run_id, status=mlflow_status(RunState.RUNNING))
     client.log_batch(run_id, tags=as_tags({**tags, **alive_tags(cfg.tracking.heartbeat_s)}))
     return Heartbeat(client, run_id, cfg.tracking.heartbeat_s).start()
-
-
-def children(client: MlflowClient, parent_run_id: str) -> List[Run]:
-    """The jobs of a sweep, in the order they started."""
-    experiment_id = client.get_run(parent_run_id).info.experiment_id
-    found = client.search_runs([experiment_id], f"tags.{names.PARENT_RUN} = '{parent_run_id}'", max_results=50_000)
-    return sorted(found, key=lambda run: run.info.start_time)
 
 
 def close_parent_run(cfg: DictConfig, run_id: str, state: RunState, swept: List[str]) -> Tuple[Dict[str, Any], str]:

@@ -3,10 +3,11 @@
 prune a job only once its last objective.prune_patience + 1 epochs all fell short of its best
 before them).
 
-A job asks its pruner after each epoch, in one of two ways, chosen by what the job can reach:
-- in the study: a job of an Optuna search whose machine can open the study's storage (the sweep
-  file names it, and the search set the job's trial number in MNIST_CNN_OPTUNA_TRIAL) reports each
-  epoch to its own trial, and the study's pruner judges it against the study's other trials;
+A job's pruner is an epoch hook (runner.hooks) that the command line hands to the runner; it is
+asked after each epoch but the last, in one of two ways, chosen by what the job can reach:
+- in the study: a job of an Optuna search whose machine can open the study's storage (its context
+  names its trial: the study from the sweep file, the number from the search) reports each epoch
+  to its own trial, and the study's pruner judges it against the study's other trials;
 - from MLflow: any other sweep (a grid of the basic sweeper, or jobs on machines that cannot
   reach the storage) reads its siblings (the other children of the sweep's parent run) from the
   store and replays them, in the order they started, into a study built in memory: each sibling
@@ -18,19 +19,19 @@ before objective.prune_min_runs jobs have finished. A pruned job's run ends KILL
 """
 
 import logging
-import os
 import warnings
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Union
+from typing import TYPE_CHECKING, Dict, Iterable, List, Optional
 
-from mlflow import MlflowClient
 from mlflow.entities import Run
 from omegaconf import DictConfig
 
-from mnist_cnn.config.job import STORAGE, STUDY, TRIAL_ENV, sweep_info
+from mnist_cnn.config.job import JobContext, Trial
 from mnist_cnn.config.schema import first_objective
-from mnist_cnn.sweep.parent import children
+from mnist_cnn.runner.hooks import EpochHook, History
+from mnist_cnn.tracking.lookup import children
 from mnist_cnn.tracking.redact import redact
 from mnist_cnn.tracking.states import RunState, state_of
+from mnist_cnn.tracking.tracker import Tracker
 
 if TYPE_CHECKING:
     import optuna
@@ -38,17 +39,33 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class TrialPruner:
+class Pruner(EpochHook):
+    """A sweep's pruner: asked after each epoch but the last; a stop ends the run PRUNED."""
+
+    ends = RunState.PRUNED
+
+    def __init__(self, cfg: DictConfig):
+        self.objective, self.epochs = cfg.objective, cfg.trainer.epochs
+
+    def should_stop(self, history: History) -> bool:
+        return len(history) < self.epochs and self.should_prune(list(history))
+
+    def should_prune(self, history: List[Dict[str, float]]) -> bool:
+        raise NotImplementedError
+
+
+class TrialPruner(Pruner):
     """Reports each epoch of one job of an Optuna search to its own trial and asks the study's pruner."""
 
     def __init__(self, cfg: DictConfig, trial: "optuna.Trial", reported: Iterable[int]):
+        super().__init__(cfg)
         self.metric, self.min_runs, self.trial = first_objective(cfg.objective)[0], cfg.objective.prune_min_runs, trial
         self.reported = set(reported)  # the epochs the trial has: a resumed job's earlier ones
 
-    def should_prune(self, client: Any, run_id: str, history: List[Dict[str, float]]) -> bool:
-        """True when the study's pruner would stop this job, whose epochs so far are `history` (the
-        store and run are the MLflow pruner's, unused here). A study that cannot be reached now
-        prunes nothing: the run goes on, and reports the epochs it missed once it can."""
+    def should_prune(self, history: List[Dict[str, float]]) -> bool:
+        """True when the study's pruner would stop this job, whose epochs so far are `history`. A
+        study that cannot be reached now prunes nothing: the run goes on, and reports the epochs it
+        missed once it can."""
         try:
             return self._judge(history)
         except Exception as e:  # noqa: BLE001 - a journal file or a database: the run must not die of it
@@ -67,17 +84,22 @@ class TrialPruner:
         return judged and len(finished) >= self.min_runs
 
 
-class MlflowPruner:
+class MlflowPruner(Pruner):
     """Replays, after each epoch of one sweep job, its siblings' histories from MLflow into a study
     in memory, and asks the pruner whether to stop the job."""
 
     def __init__(self, cfg: DictConfig, parent_run_id: str):
-        self.objective, self.epochs, self.parent = cfg.objective, cfg.trainer.epochs, parent_run_id
+        super().__init__(cfg)
+        self.parent, self.tracker = parent_run_id, Tracker(None, None)
 
-    def should_prune(self, client: MlflowClient, run_id: str, history: List[Dict[str, float]]) -> bool:
+    def opened(self, tracker: Tracker) -> None:
+        self.tracker = tracker  # its store, and its run: not a sibling
+
+    def should_prune(self, history: List[Dict[str, float]]) -> bool:
         """True when the pruner would stop this job, whose epochs so far are `history`."""
         metric, _ = first_objective(self.objective)
-        siblings = [r for r in children(client, self.parent) if r.info.run_id != run_id]
+        client = self.tracker.client
+        siblings = [r for r in children(client, self.parent) if r.info.run_id != self.tracker.run_id]
         finished = sum(state_of(r) is RunState.FINISHED for r in siblings)
         if finished < self.objective.prune_min_runs:
             return False
@@ -153,49 +175,47 @@ def _replay_trial(study: "optuna.Study", run: Run, history: Dict[int, float]) ->
     # stopped by a signal, stale or still running: the trial stays running, as the job may continue
 
 
-JobPruner = Union[TrialPruner, MlflowPruner]
-
-
-def sweep_pruner(cfg: DictConfig) -> Optional[JobPruner]:
-    """The pruner of this job: in its study when it can reach it, else from MLflow; None when
+def pruner_hooks(cfg: DictConfig, ctx: JobContext) -> List[EpochHook]:
+    """The pruner of job `ctx`: in its study when it can reach it, else from MLflow; none when
     pruning is off or this is not a tracked sweep's job."""
     if cfg.objective.pruner == "none":
-        return None
-    sweep = sweep_info()
-    if sweep.get("parent_run_id") is None:
+        return []
+    if ctx.sweep is None:
         log.info(
             "objective.pruner=%s applies to the jobs of a tracked sweep (-m); this run is not pruned",
             cfg.objective.pruner,
         )
-        return None
-    return _in_study(cfg, sweep) or MlflowPruner(cfg, sweep["parent_run_id"])
+        return []
+    return [(ctx.trial and _in_study(cfg, ctx.trial)) or MlflowPruner(cfg, ctx.sweep.parent_run_id)]
 
 
-def _in_study(cfg: DictConfig, sweep: Dict[str, Any]) -> Optional[TrialPruner]:
+def _in_study(cfg: DictConfig, trial: Trial) -> Optional[TrialPruner]:
     """The pruner of this job's trial in its Optuna search's study, or None (with the reason in the
-    log) when the job is not one of a search's or cannot reach its study."""
-    number = os.environ.get(TRIAL_ENV)
-    if number is None:  # a grid, or any sweeper but ours
-        return None
-    if STUDY not in sweep:
-        log.info("pruning from MLflow: the sweep file does not say where the study is kept")
-        return None
+    log) when this machine cannot reach the study or the trial no longer runs."""
     import optuna  # see TrialPruner.should_prune
 
-    from mnist_cnn.sweep.search import open_storage  # Optuna and Hydra's parser: only for a search's pruned jobs
+    from mnist_cnn.sweep.study import open_storage  # Optuna: only for a search's pruned jobs
 
+    study = trial.study
     try:
-        storage = open_storage(sweep[STORAGE], create=False)
-        study = optuna.load_study(
-            study_name=sweep[STUDY], storage=storage, pruner=make_pruner(cfg.objective, cfg.trainer.epochs)
+        storage = open_storage(study.storage, create=False)
+        loaded = optuna.load_study(
+            study_name=study.name, storage=storage, pruner=make_pruner(cfg.objective, cfg.trainer.epochs)
         )
+        trial_id = storage.get_trial_id_from_study_id_trial_number(
+            storage.get_study_id_from_name(study.name), trial.number
+        )
+        frozen = storage.get_trial(trial_id)
     except Exception as e:  # noqa: BLE001 - a file, a database or a network that this machine cannot reach
-        log.info("pruning from MLflow: this machine cannot open the study %s (%s)", sweep[STUDY], type(e).__name__)
+        log.info(
+            "pruning from MLflow: this machine cannot open trial %s of study %s (%s)",
+            trial.number,
+            study.name,
+            type(e).__name__,
+        )
         return None
-    found = [t for t in study.get_trials(deepcopy=False) if t.number == int(number)]
-    if not found or found[0].state != optuna.trial.TrialState.RUNNING:
-        log.info("pruning from MLflow: trial %s of study %s is not running", number, sweep[STUDY])
+    if frozen.state != optuna.trial.TrialState.RUNNING:
+        log.info("pruning from MLflow: trial %s of study %s is not running", trial.number, study.name)
         return None
-    log.info("pruning in study %s: this job is its trial %s", sweep[STUDY], number)
-    trial = optuna.Trial(study, found[0]._trial_id)  # noqa: SLF001 - its storage id
-    return TrialPruner(cfg, trial, found[0].intermediate_values)
+    log.info("pruning in study %s: this job is its trial %s", study.name, trial.number)
+    return TrialPruner(cfg, optuna.Trial(loaded, trial_id), frozen.intermediate_values)

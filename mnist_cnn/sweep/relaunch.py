@@ -2,8 +2,8 @@
 
 Before Hydra reads the command line, `sweep_arguments` adds the overrides the sweep's parent run
 recorded; new values are accepted only for the run settings (the launcher, tracking.uri, ...). Each
-job then finds its earlier run (sweep.restart), and an Optuna search continues its study
-(sweep.search).
+job then finds its earlier run (runner.restart), and an Optuna search continues its study
+(sweep.study).
 """
 
 import json
@@ -13,8 +13,7 @@ from typing import List
 from mnist_cnn import names
 from mnist_cnn.config.keys import is_run_setting, override_key
 from mnist_cnn.config.paths import default_tracking_uri
-from mnist_cnn.errors import CheckpointError, ConfigError
-from mnist_cnn.tracking.states import RunState, state_of
+from mnist_cnn.errors import ConfigError
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
 
@@ -51,7 +50,8 @@ def _tracking_uri(argv: List[str]) -> str:
 
 
 def _recorded_overrides(uri: str, parent_id: str, where: str) -> List[str]:
-    from mnist_cnn.tracking import store  # MLflow takes seconds to import: only for a sweep being resumed
+    from mnist_cnn.runner.restart import check_free  # MLflow takes seconds to import: only for a sweep being resumed
+    from mnist_cnn.tracking import store  # MLflow, as above
     from mnist_cnn.tracking.lookup import find_run  # MLflow, as above
 
     parent = find_run(store.connect(uri, read_only=True), parent_id, where)
@@ -60,8 +60,5 @@ def _recorded_overrides(uri: str, parent_id: str, where: str) -> List[str]:
             f"{where}: run {parent_id} is not the parent run of a sweep; give the id of one (mnist-cnn-runs lists "
             "them)."
         )
-    if state_of(parent) is RunState.RUNNING:
-        raise CheckpointError(
-            f"{where}: sweep {parent_id} is still running (its heartbeat is fresh); stop that sweep first."
-        )
+    check_free(parent, where, sweep=True)
     return json.loads(parent.data.tags[names.SWEEP_ARGV])

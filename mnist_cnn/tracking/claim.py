@@ -60,9 +60,7 @@ def claim_holds(value: str, run: Any) -> bool:
 
 def _taken(run_id: str, holder: str) -> CheckpointError:
     host, pid, since = (holder.split(" ") + ["?", "?", "?"])[:3]
-    error = CheckpointError(
+    return CheckpointError(
         f"run {run_id} is being continued by another process (pid {pid} on {host}, since {since}); only one "
         "process may continue a run. Let it finish, or stop it and resume again."
     )
-    error.mlflow_run_id = run_id  # a sweep job must not record a FAILED run of its own for this
-    return error

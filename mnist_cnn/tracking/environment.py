@@ -1,5 +1,4 @@
-"""The environment a run records as tags: the checkout it ran from, the versions of what it used,
-and the Slurm job that ran it (a requeued job finds its run by that id)."""
+"""The environment a run records as tags: the checkout it ran from and the versions of what it used."""
 
 import platform
 import subprocess
@@ -8,7 +7,6 @@ from pathlib import Path
 from typing import Dict, Tuple
 
 from mnist_cnn import names
-from mnist_cnn.config.job import slurm_job_id
 
 PACKAGES = ("torch", "torchvision", "numpy", "mlflow", "hydra-core", "omegaconf")
 VERSION = "version."  # + a package (or python): the tag of the version a run used
@@ -17,8 +15,7 @@ VERSION = "version."  # + a package (or python): the tag of the version a run us
 def environment_tags() -> Dict[str, str]:
     commit, dirty = git_state()
     versions = {VERSION + k: v for k, v in package_versions().items()}
-    slurm = {names.SLURM_JOB: slurm_job_id()} if slurm_job_id() else {}
-    return {**versions, names.GIT_COMMIT: commit, names.GIT_DIRTY: str(dirty), **slurm}
+    return {**versions, names.GIT_COMMIT: commit, names.GIT_DIRTY: str(dirty)}
 
 
 def git_state() -> Tuple[str, bool]:

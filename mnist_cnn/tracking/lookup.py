@@ -1,4 +1,4 @@
-"""Finding what a command names: a run and its logged config, a run free to be resumed and its last
+"""Finding what a command names: a run and its logged config, a sweep's jobs, a run's last
 checkpoint, the run and classes behind a model.
 
 A model is named as MLflow names it (`runs:/ID/model`, `models:/NAME/3`, `models:/NAME@champion`,
@@ -10,7 +10,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 from mlflow import MlflowClient
@@ -20,19 +20,16 @@ from mlflow.store.artifact.utils.models import get_model_name_and_version
 
 from mnist_cnn import names
 from mnist_cnn.data.datasets import dataset_info
-from mnist_cnn.errors import CheckpointError, DataError, ModelError
-from mnist_cnn.tracking import store
-from mnist_cnn.tracking.heartbeat import silence_s, stale_after_s
+from mnist_cnn.errors import DataError, ModelError
+from mnist_cnn.names import MODEL_FORMS
 from mnist_cnn.tracking.redact import redact
-from mnist_cnn.tracking.states import RunState, state_of
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-FORMS = "a run id, runs:/ID/model, models:/NAME/VERSION or models:/NAME@ALIAS"  # how commands name a model
 
 
 @dataclass(frozen=True)
 class ModelRef:
-    uri: str  # what mlflow.pytorch.load_model takes
+    uri: str  # runs:/ID/model, models:/..., or a path or URI of the model's files
     run_id: Optional[str]  # the run that logged it; None for a model no run logged (a folder)
     registered: bool  # named through the model registry
 
@@ -55,24 +52,11 @@ def run_config(client: MlflowClient, run_id: str, folder: str, where: str) -> Di
     return yaml.safe_load(Path(path).read_text())
 
 
-def resumable_run(uri: str, run_id: str, where: str) -> MlflowClient:
-    """A client for `uri`, once run `run_id` is known to be there and free to continue: not FINISHED,
-    and not RUNNING with a live process behind it."""
-    client = store.connect(uri)
-    run = find_run(client, run_id, where)
-    state = state_of(run)
-    if state is RunState.FINISHED:
-        raise CheckpointError(f"{where}: run {run_id} already FINISHED; there is nothing to resume.")
-    if state is RunState.RUNNING:
-        tags = run.data.tags
-        raise CheckpointError(
-            f"{where}: run {run_id} is RUNNING and its heartbeat is {silence_s(tags, run.info.start_time):.0f} s old: "
-            f"a process (pid {tags.get(names.PID, '?')} on {tags.get(names.HOST, '?')}) may still be training it. "
-            "Stop that "
-            f"process first; a run whose heartbeat is older than {stale_after_s(tags):.0f} s counts as stale and can "
-            "be resumed."
-        )
-    return client
+def children(client: MlflowClient, parent_run_id: str) -> List[Run]:
+    """The jobs of a sweep (the children of its parent run), in the order they started."""
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    found = client.search_runs([experiment_id], f"tags.{names.PARENT_RUN} = '{parent_run_id}'", max_results=50_000)
+    return sorted(found, key=lambda run: run.info.start_time)
 
 
 def fetch_run(client: MlflowClient, run_id: str, folder: str, where: str) -> Tuple[Dict[str, Any], Optional[Path]]:
@@ -87,7 +71,7 @@ def fetch_run(client: MlflowClient, run_id: str, folder: str, where: str) -> Tup
 def resolve_model(client: MlflowClient, spec: str) -> ModelRef:
     """The model URI and source run of `spec`, through MLflow's own resolution of models:/ URIs."""
     if not spec.strip():
-        raise ModelError(f"{spec!r}: no model named; give {FORMS}.")
+        raise ModelError(f"{spec!r}: no model named; give {MODEL_FORMS}.")
     uri = f"runs:/{spec}/model" if RUN_ID.match(spec) else spec
     if uri.startswith("runs:/"):
         return ModelRef(uri, uri[len("runs:/") :].split("/", 1)[0], registered=False)
@@ -114,6 +98,24 @@ def resolve_model(client: MlflowClient, spec: str) -> ModelRef:
     return ModelRef(uri, run_id, registered=True)
 
 
+def model_files(client: MlflowClient, ref: ModelRef) -> str:
+    """Where the files of model `ref` are (an artifact location MLflow downloads from), found through
+    `client`: MLflow's own download of a runs:/ or models:/ URI looks the model up in the process's
+    global tracking and registry URIs, which this project never sets."""
+    if ref.uri.startswith("runs:/"):
+        run_id, _, name = ref.uri[len("runs:/") :].partition("/")
+        run = client.get_run(run_id)
+        logged = client.search_logged_models([run.info.experiment_id], filter_string=f"name = '{name}'")
+        mine = sorted((m for m in logged if m.source_run_id == run_id), key=lambda m: m.creation_timestamp)
+        return mine[-1].artifact_location if mine else f"{run.info.artifact_uri}/{name}"
+    if ref.uri.startswith("models:/"):
+        found = get_model_name_and_version(client, ref.uri)
+        if len(found) == 1:
+            return client.get_logged_model(found[0]).artifact_location
+        return client.get_model_version_download_uri(*found)
+    return ref.uri
+
+
 def _registered(client: MlflowClient, name: str) -> bool:
     try:
         client.get_registered_model(name)
@@ -122,15 +124,21 @@ def _registered(client: MlflowClient, name: str) -> bool:
     return True
 
 
-def class_names(client: MlflowClient, run_id: Optional[str], n_classes: int) -> Tuple[str, ...]:
-    """The classes of the dataset run `run_id` trained on, or the class indices where there is no
-    such run or config, or its dataset has another number of classes than the model."""
-    indices = tuple(str(i) for i in range(n_classes))
-    if run_id is None:
-        return indices
+def logged_config(client: MlflowClient, run_id: str) -> Optional[Dict[str, Any]]:
+    """The config run `run_id` logged, or None for a run that logged none (not one of mnist-cnn-train's)."""
     try:
         with tempfile.TemporaryDirectory() as folder:
-            classes = dataset_info(run_config(client, run_id, folder, run_id)["data"]["name"]).classes
-    except (ModelError, KeyError, TypeError, DataError):  # not a run mnist-cnn-train made
+            return run_config(client, run_id, folder, run_id)
+    except ModelError:
+        return None
+
+
+def class_names(config: Optional[Dict[str, Any]], n_classes: int) -> Tuple[str, ...]:
+    """The classes of the dataset a run's `config` trained on, or the class indices where there is
+    no such config, or its dataset has another number of classes than the model gives."""
+    indices = tuple(str(i) for i in range(n_classes))
+    try:
+        classes = dataset_info(config["data"]["name"]).classes if config else indices
+    except (KeyError, TypeError, DataError):  # not a config mnist-cnn-train wrote
         return indices
     return classes if len(classes) == n_classes else indices

@@ -25,7 +25,7 @@ from mlflow.tracking.context.registry import resolve_tags
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_cnn import interrupts, names
-from mnist_cnn.config.job import job_overrides, sweep_info
+from mnist_cnn.config.job import JobContext
 from mnist_cnn.config.keys import config_sha256, flatten
 from mnist_cnn.errors import Pruned, TrackingError, TrackingLostError, failed_on_config
 from mnist_cnn.tracking import store
@@ -52,8 +52,10 @@ class Opening:
 
 
 @contextmanager
-def tracked_run(cfg: DictConfig, opening: Opening, run_id: Optional[str], checkpoint: Path) -> Iterator[Tracker]:
-    """Open a run for `cfg` (or reopen run `run_id`), yield its Tracker, and always end it.
+def tracked_run(
+    cfg: DictConfig, ctx: JobContext, opening: Opening, run_id: Optional[str], checkpoint: Path
+) -> Iterator[Tracker]:
+    """Open a run for `cfg`, job `ctx`'s (or continue run `run_id`), yield its Tracker, and always end it.
 
     `checkpoint` is the local file the loop rewrites each epoch: the messages for a stopped run or a
     lost store point at it. With tracking disabled nothing is recorded and a stop says how to
@@ -69,8 +71,8 @@ def tracked_run(cfg: DictConfig, opening: Opening, run_id: Optional[str], checkp
     client = store.connect(cfg.tracking.uri)
     opened, background = None, ExitStack()  # heartbeat and system metrics: stopped before the final status
     try:
-        with interrupts.shielded(), store.quick():  # a signal now waits until the run is recorded
-            opened = _open(client, cfg, opening, run_id)
+        with interrupts.held():  # a signal now waits until the run is recorded
+            opened = _open(client, cfg, ctx, opening, run_id)
         background.callback(Heartbeat(client, opened, cfg.tracking.heartbeat_s).start().stop)
         if cfg.tracking.system_metrics:
             background.callback(_system_metrics(opened, cfg.tracking.uri, resumed=run_id is not None).finish)
@@ -98,7 +100,6 @@ def tracked_run(cfg: DictConfig, opening: Opening, run_id: Optional[str], checkp
         if opened:
             background.close()
             end_run(client, opened, failed_state(e), {names.ERROR: error_tag(e)})
-            e.mlflow_run_id = opened  # lets a sweep job know its failure is already recorded
         raise
     else:
         background.close()
@@ -128,10 +129,10 @@ def _system_metrics(run_id: str, uri: str, resumed: bool) -> Any:
     return monitor
 
 
-def _open(client: MlflowClient, cfg: DictConfig, opening: Opening, run_id: Optional[str]) -> str:
+def _open(client: MlflowClient, cfg: DictConfig, ctx: JobContext, opening: Opening, run_id: Optional[str]) -> str:
     """Create the run (params, config.yaml, dataset) or set run `run_id` RUNNING again; tag it as alive here."""
     try:
-        return _record_start(client, cfg, opening, run_id)
+        return _record_start(client, cfg, ctx, opening, run_id)
     except Exception as e:  # noqa: BLE001 - sorted below
         if not store.is_store_failure(e):
             raise
@@ -141,18 +142,20 @@ def _open(client: MlflowClient, cfg: DictConfig, opening: Opening, run_id: Optio
         ) from e
 
 
-def _new_run(client: MlflowClient, cfg: DictConfig) -> str:
+def _new_run(client: MlflowClient, cfg: DictConfig, ctx: JobContext) -> str:
     """A RUNNING run in `tracking.experiment`, named after the job's overrides, a child of its sweep."""
-    sweep = sweep_info()
-    name = cfg.tracking.run_name or run_name(job_overrides(), only=sweep.get("swept"))
-    parent = {names.PARENT_RUN: sweep["parent_run_id"]} if sweep.get("parent_run_id") else {}
+    swept = list(ctx.sweep.swept) if ctx.sweep else None
+    name = cfg.tracking.run_name or run_name(list(ctx.overrides), only=swept)
+    parent = {names.PARENT_RUN: ctx.sweep.parent_run_id} if ctx.sweep else {}
     experiment_id = store.experiment_id(client, cfg.tracking.experiment)
     return client.create_run(experiment_id, run_name=name, tags=resolve_tags(parent)).info.run_id
 
 
-def _record_start(client: MlflowClient, cfg: DictConfig, opening: Opening, run_id: Optional[str]) -> str:
+def _record_start(
+    client: MlflowClient, cfg: DictConfig, ctx: JobContext, opening: Opening, run_id: Optional[str]
+) -> str:
     if run_id is None:
-        run_id = _new_run(client, cfg)
+        run_id = _new_run(client, cfg, ctx)
         tree = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
         flat = {**flatten(tree), **opening.params}
         params_batch = [Param(k, redact(str(v))) for k, v in flat.items()]
@@ -160,12 +163,13 @@ def _record_start(client: MlflowClient, cfg: DictConfig, opening: Opening, run_i
             client.log_batch(run_id, params=params_batch[start : start + 100])
         client.log_text(run_id, redact(OmegaConf.to_yaml(cfg, resolve=True)), names.CONFIG_FILE)
         _log_dataset(client, run_id, dataset_input(**opening.dataset))
-        tags = {**opening.tags, names.HYDRA_OVERRIDES: shlex.join(job_overrides())}
+        tags = {**opening.tags, names.HYDRA_OVERRIDES: shlex.join(ctx.overrides)}
     else:
         claim(client, run_id)
         client.update_run(run_id, status=mlflow_status(RunState.RUNNING))
-        tags = {**opening.tags, names.RESUME_OVERRIDES: shlex.join(job_overrides())}  # the run's own overrides stay
-    all_tags = {**tags, **environment_tags(), **alive_tags(cfg.tracking.heartbeat_s)}
+        tags = {**opening.tags, names.RESUME_OVERRIDES: shlex.join(ctx.overrides)}  # the run's own overrides stay
+    slurm = {names.SLURM_JOB: ctx.slurm.job_id} if ctx.slurm else {}  # a requeued job finds its run by it
+    all_tags = {**tags, **slurm, **environment_tags(), **alive_tags(cfg.tracking.heartbeat_s)}
     client.log_batch(run_id, tags=as_tags(all_tags))
     return run_id
 
@@ -185,11 +189,14 @@ def _log_dataset(client: MlflowClient, run_id: str, dataset: Any, attempts: int 
 
 
 def end_run(client: MlflowClient, run_id: str, state: RunState, tags: Dict[str, str]) -> None:
-    """Record how the run ended, shielded from signals and with fast-failing requests (seconds)."""
+    """Record how the run ended, signals held; a server that no longer answers is not waited for."""
     if state is RunState.FAILED_ON_CONFIG:
         tags = {**tags, names.FAILED_ON: names.FAILED_ON_CONFIG_VALUE}
-    with interrupts.shielded(then_stop=state is RunState.FINISHED), store.quick():
+    with interrupts.held(then_stop=state is RunState.FINISHED):
         try:
+            gone = store.unreachable(client.tracking_uri)
+            if gone is not None:
+                raise gone
             if tags:
                 client.log_batch(run_id, tags=as_tags(tags))
             if state is RunState.FINISHED:  # a resumed run: what its interruption left no longer applies
@@ -230,14 +237,14 @@ def error_tag(error: BaseException) -> str:
     return redact(f"{type(error).__name__}: {error}")[:5000]  # MLflow caps tag values
 
 
-def record_failed_job(cfg: DictConfig, error: Exception) -> None:
+def record_failed_job(cfg: DictConfig, ctx: JobContext, error: Exception) -> None:
     """A sweep job that failed before its run was opened (bad config or data) still gets a FAILED run,
     with its config's fingerprint: a resumed sweep finds it by that and does not run it again."""
     client = store.connect(cfg.tracking.uri)
-    run_id = _new_run(client, cfg)
+    run_id = _new_run(client, cfg, ctx)
     tags = {
         names.ERROR: error_tag(error),
-        names.HYDRA_OVERRIDES: shlex.join(job_overrides()),
+        names.HYDRA_OVERRIDES: shlex.join(ctx.overrides),
         names.CONFIG_SHA256: config_sha256(cfg),
     }
     end_run(client, run_id, failed_state(error), tags)

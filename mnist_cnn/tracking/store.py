@@ -1,9 +1,11 @@
 """Opening the MLflow store named by `tracking.uri` so that it fails fast, never hangs, never breaks.
 
-- Every HTTP request is bounded (MLflow's own settings, unless the environment sets them): a 10 s
-  timeout and 3 retries with backoff end a request within about a minute, where MLflow's
-  defaults take 4 minutes against a dead server and 20 against a hung one. The first contact
-  and a run's final status use `quick()` (no retries): a wrong address fails in seconds.
+- Every HTTP request is bounded (MLflow's own settings, set once unless the environment sets
+  them): a 10 s timeout and 3 retries with backoff end a request within about a minute, where
+  MLflow's defaults take 4 minutes against a dead server and 20 against a hung one. Before the
+  first contact, and before a run's final status, one request of our own without retries asks
+  whether the server answers at all (`unreachable`): a wrong address fails in seconds, and a run
+  whose server went away is left for its heartbeat to show STALE instead of waiting a minute.
 - Credentials in an http(s) URI move into MLFLOW_TRACKING_USERNAME / PASSWORD / TOKEN before
   MLflow sees the URI (it would print it at the end of a run and in every error message).
 - sqlite: the folder must be writable before MLflow sees the path (its engine retries an
@@ -20,11 +22,10 @@
 import os
 import sqlite3
 import tempfile
-from contextlib import closing, contextmanager, nullcontext
+from contextlib import closing, nullcontext
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
-import mlflow
 import requests
 from filelock import FileLock
 from mlflow import MlflowClient
@@ -34,8 +35,9 @@ from mnist_cnn.config.paths import DEFAULT_TRACKING_URI, sqlite_path
 from mnist_cnn.errors import TrackingError
 from mnist_cnn.tracking.redact import redact, split_http_credentials
 
+TIMEOUT = "MLFLOW_HTTP_REQUEST_TIMEOUT"
 SETTINGS = {  # MLflow's own variables, set unless the environment already does
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",  # seconds to connect, and for each read
+    TIMEOUT: "10",  # seconds to connect, and for each read
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",  # 4 attempts, sleeping 0, 4 and 8 s (+ jitter): ~55 s at most
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "1",
@@ -43,7 +45,6 @@ SETTINGS = {  # MLflow's own variables, set unless the environment already does
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # our own message names the run; saves a request
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # a checkpoint download is not worth three bars
 }
-QUICK = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 FIX = (
     f"Use sqlite:///PATH.db for a local store (the default is $MLFLOW_TRACKING_URI, else {DEFAULT_TRACKING_URI}), or "
     "the http(s):// address of a running MLflow server."
@@ -64,9 +65,11 @@ def connect(uri: str, create: bool = True, read_only: bool = False) -> MlflowCli
         _check_is_store(uri, path.expanduser().absolute())
     if path is not None and not read_only:
         _check_writable(uri, path)
+    gone = unreachable(uri)
+    if gone is not None:
+        raise TrackingError(_diagnose(uri, path, gone))
     try:
-        with quick(), FileLock(f"{path}.lock", timeout=300) if path and create else nullcontext():
-            mlflow.set_tracking_uri(uri)  # log_model finds the store through the global URI
+        with FileLock(f"{path}.lock", timeout=300) if path and create else nullcontext():
             client = MlflowClient(uri)
             client.search_experiments(max_results=1)  # creates and migrates a new store's schema
             if path is not None:
@@ -96,19 +99,19 @@ def experiment_id(client: MlflowClient, name: str) -> str:
     raise TrackingError(f"tracking.experiment={name!r} could neither be found nor created{reason}.")
 
 
-@contextmanager
-def quick() -> Iterator[None]:
-    """HTTP requests without retries for the duration (first contact, a run's final status)."""
-    saved = {key: os.environ.get(key) for key in QUICK}
-    os.environ.update(QUICK)
+def unreachable(uri: str) -> Optional[requests.RequestException]:
+    """The error of one request, without retries, to the tracking server at `uri` (its `/health`,
+    which needs no password), or None when it answers within a request's timeout or `uri` is not a
+    server's."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    base, _ = split_http_credentials(uri)
+    timeout = float(os.environ.get(TIMEOUT, SETTINGS[TIMEOUT]))
     try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        requests.get(f"{base.split('?')[0].rstrip('/')}/health", timeout=timeout)
+    except requests.RequestException as e:
+        return e
+    return None
 
 
 def is_store_failure(error: BaseException) -> bool:
@@ -123,7 +126,7 @@ def describe(error: BaseException) -> str:
     cause: Optional[BaseException] = error
     while cause is not None:
         if isinstance(cause, requests.Timeout) or "timed out" in str(cause).lower():
-            return f"no answer within {os.environ.get('MLFLOW_HTTP_REQUEST_TIMEOUT', '120')} s"
+            return f"no answer within {os.environ.get(TIMEOUT, SETTINGS[TIMEOUT])} s"
         if isinstance(cause, requests.ConnectionError):
             return "connection refused" if "refused" in str(cause).lower() else "connection failed"
         cause = cause.__cause__ or cause.__context__

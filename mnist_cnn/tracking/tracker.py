@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import mlflow
 import torch
 from mlflow import MlflowClient
 from mlflow.entities import Metric, RunTag
@@ -104,9 +103,7 @@ class Tracker:
 
         def upload() -> None:
             run = self.client.get_run(self.run_id)
-            # MLflow files a model under the active experiment, not its run's: `runs:/ID/model` finds it only there.
-            mlflow.set_experiment(experiment_id=run.info.experiment_id)
-            uri = logged.log_model(self.run_id, model, in_shape, num_classes)
+            uri = logged.log_model(self.client, run, model, in_shape, num_classes)
             self.set_tags({names.MODEL_URI: uri})
             if register_as:
                 source = uri if register_from == "last" else run.data.tags[names.BEST_MODEL_URI]
@@ -141,8 +138,7 @@ class Tracker:
                 for kept in logged.epoch_models(self.client, run):
                     if kept.tags[names.EPOCH] == str(epoch):
                         return kept.model_id
-            mlflow.set_experiment(experiment_id=run.info.experiment_id)
-            return logged.log_model(self.run_id, model, in_shape, num_classes, epoch).removeprefix("models:/")
+            return logged.log_model(self.client, run, model, in_shape, num_classes, epoch).removeprefix("models:/")
 
         return self.call(upload)
 

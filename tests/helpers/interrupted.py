@@ -1,41 +1,51 @@
-"""Runs cut short in process, as Ctrl-C would cut them, and resumed as `resume=` would resume them."""
+"""Runs cut short in process, as Ctrl-C cuts them, and resumed as `resume=` resumes them."""
 
+import signal
 from pathlib import Path
 
 import pytest
 
-from mnist_cnn.runner import start, train
-from mnist_cnn.tracking import run as tracking_run
+from mnist_cnn.config.job import JobContext
+from mnist_cnn.runner import train
+from mnist_cnn.runner.hooks import EpochHook
 from tests.helpers.mlflow_store import only_run
 
 FAST = ("trainer.epochs=2", "tracking.log_model=false")
 
 
-def interrupt_at(monkeypatch, epoch: int) -> None:
-    """Make training stop as Ctrl-C would, at the start of `epoch`."""
-    real = train.train_epoch
+class CtrlC(EpochHook):
+    """Ctrl-C as it comes at the start of `epoch`: delivered to the job's stop requests once the
+    epoch before has ended (or, for epoch 1, once the run is recorded), so the run stops before
+    the epoch's first step."""
 
-    def train_epoch(*args, **kwargs):
-        if args[2] == epoch:  # train_epoch(state, settings, epoch, world)
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
+    def __init__(self, ctx: JobContext, epoch: int):
+        self.ctx, self.epoch = ctx, epoch
 
-    monkeypatch.setattr(train, "train_epoch", train_epoch)
+    def opened(self, tracker) -> None:
+        if self.epoch == 1:
+            self.ctx.stops.handle(signal.SIGINT)
+
+    def should_stop(self, history) -> bool:
+        if len(history) == self.epoch - 1:
+            self.ctx.stops.handle(signal.SIGINT)
+        return False
 
 
-def killed_in_epoch_2(cfg, uri, out, monkeypatch) -> str:
-    """Train `cfg` until Ctrl-C in epoch 2; returns the KILLED run's id (monkeypatches undone)."""
-    interrupt_at(monkeypatch, 2)
+def ctrl_c_in_epoch(epoch: int) -> dict:
+    """`train.run`'s ctx and hooks for a job stopped by Ctrl-C at the start of `epoch`."""
+    ctx = JobContext()
+    return {"ctx": ctx, "hooks": [CtrlC(ctx, epoch)]}
+
+
+def killed_in_epoch_2(cfg, uri, out) -> str:
+    """Train `cfg` until Ctrl-C in epoch 2; returns the STOPPED (KILLED) run's id."""
     with pytest.raises(KeyboardInterrupt):
-        train.run(cfg, out)
-    monkeypatch.undo()
-    monkeypatch.chdir(out.parent)
+        train.run(cfg, out, **ctrl_c_in_epoch(2))
     return only_run(uri).info.run_id
 
 
-def resume(monkeypatch, cfg, target, *overrides):
+def resume(cfg, target, *overrides):
     """`mnist-cnn-train resume=TARGET OVERRIDES`, in process, from the test's folder."""
-    for module in (start, tracking_run):  # the command line as Hydra would give it
-        monkeypatch.setattr(module, "job_overrides", lambda: [f"resume={target}", *overrides])
     cfg.resume = target
-    return train.run(cfg, Path.cwd() / "resumed").metrics
+    ctx = JobContext(overrides=(f"resume={target}", *overrides))  # the command line as Hydra gives it
+    return train.run(cfg, Path.cwd() / "resumed", ctx).metrics

@@ -6,7 +6,7 @@ from typing import Dict, Tuple
 import optuna
 from mlflow.entities import Run
 
-from mnist_cnn.sweep.search import open_storage
+from mnist_cnn.sweep.study import open_storage
 from tests.helpers import processes
 from tests.helpers.mlflow_store import runs as runs_in
 
