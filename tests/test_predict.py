@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 from mlflow import MlflowClient
@@ -184,7 +185,7 @@ def test_a_model_uri_leads_back_to_the_run_that_trained_it(digits_model, tmp_pat
     ]
     for uri in uris:
         assert resolve_model(client, uri).run_id == run_id, uri
-    folder = client.download_artifacts(run_id, "model", str(tmp_path))  # a model that no run logged
+    folder = mlflow.artifacts.download_artifacts(logged.artifact_location, dst_path=str(tmp_path))  # no run's model
     assert resolve_model(client, folder).run_id is None
     client.create_registered_model("from-a-folder")
     client.create_model_version("from-a-folder", folder)

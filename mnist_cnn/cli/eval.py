@@ -11,23 +11,16 @@ import argparse
 from typing import List, Optional
 
 from mnist_cnn import names
-from mnist_cnn.cli.common import (
-    data_root_argument,
-    load_model,
-    model_argument,
-    run_command,
-    test_split,
-    tracking_uri_argument,
-)
+from mnist_cnn.cli import common
 from mnist_cnn.data.datasets import dataset_info
 from mnist_cnn.tracking.states import RunState
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="mnist-cnn-eval", description=__doc__.splitlines()[0])
-    model_argument(parser)
-    tracking_uri_argument(parser)
-    data_root_argument(parser)
+    common.model_argument(parser)
+    common.tracking_uri_argument(parser)
+    common.data_root_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -39,10 +32,10 @@ def evaluate_model(args: argparse.Namespace):
     from mnist_cnn.tracking import store  # MLflow
 
     client = store.connect(args.tracking_uri, create=False)
-    trained = load_model(client, args.model, scored=True)
+    trained = common.load_model(client, args.model, scored=True)
     data = trained.data()
     set_deterministic(trained.run.data.tags.get(names.DETERMINISTIC) == "True")  # as in training: the same numbers
-    split = test_split(trained, args.data_root)
+    split = common.test_split(trained, args.data_root)
     report = score(
         trained.module, split, dataset_info(data["name"]).classes, data["eval_batch_size"], trained.precision
     )
@@ -80,7 +73,7 @@ def _log_back(client, ref, report) -> str:
 
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
-    report, trained, logged = run_command(
+    report, trained, logged = common.run_command(
         "mnist-cnn-eval", lambda: evaluate_model(args), stopped="run the same command again to evaluate."
     )
     ref, logged_acc = trained.ref, trained.run.data.metrics.get(names.TEST_ACC, float("nan"))

@@ -13,14 +13,7 @@ import argparse
 from pathlib import Path
 from typing import List, Optional
 
-from mnist_cnn.cli.common import (
-    data_root_argument,
-    load_model,
-    model_argument,
-    run_command,
-    test_split,
-    tracking_uri_argument,
-)
+from mnist_cnn.cli import common
 from mnist_cnn.data.datasets import dataset_info
 from mnist_cnn.errors import UserError
 from mnist_cnn.model import onnx_file
@@ -28,10 +21,10 @@ from mnist_cnn.model import onnx_file
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="mnist-cnn-export", description=__doc__.splitlines()[0])
-    model_argument(parser)
+    common.model_argument(parser)
     parser.add_argument("--onnx", required=True, metavar="FILE", help="the ONNX file to write (name ending in .onnx)")
-    tracking_uri_argument(parser)
-    data_root_argument(parser)
+    common.tracking_uri_argument(parser)
+    common.data_root_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -54,15 +47,17 @@ def export(args: argparse.Namespace):
     from mnist_cnn.tracking import store  # MLflow
 
     client = store.connect(args.tracking_uri, read_only=True)  # only reads: never creates or migrates a store
-    trained = load_model(client, args.model, scored=True)
-    images, _ = next(batches(test_split(trained, args.data_root), onnx_file.COMPARED))
+    trained = common.load_model(client, args.model, scored=True)
+    images, _ = next(batches(common.test_split(trained, args.data_root), onnx_file.COMPARED))
     classes = dataset_info(trained.data()["name"]).classes
     return trained, onnx_file.export(trained.module, images, path, classes, trained.ref.uri)
 
 
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
-    trained, exported = run_command("mnist-cnn-export", lambda: export(args), stopped=f"{args.onnx} was not written.")
+    trained, exported = common.run_command(
+        "mnist-cnn-export", lambda: export(args), stopped=f"{args.onnx} was not written."
+    )
     ref = trained.ref
     note = f" (it trained in {trained.precision} autocast; its weights are fp32)" if trained.precision != "fp32" else ""
     print(
