@@ -1,4 +1,4 @@
-"""The parent run of a sweep: opened (or reopened, for resume_sweep) before its jobs, and closed
+"""The parent run of a sweep: opened (or continued, for resume_sweep) before its jobs, and closed
 after them with the sweep's report: counts, the best job, seeds grouped, `sweep/summary.csv`, the
 figures, and the champion model when `tracking.register_as` is set."""
 

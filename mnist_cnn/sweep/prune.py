@@ -14,8 +14,8 @@ asked after each epoch but the last, in one of two ways, chosen by what the job 
   becomes a trial that reports its per-epoch metric and ends as it ended (finished, pruned,
   failed, or still running); the job's own history is reported last, and the pruner decides.
 Either way the rule is Optuna's, judged on the first of objective.metrics, and no job is pruned
-before objective.prune_min_runs jobs have finished. A pruned job's run ends KILLED, tagged
-`pruned_at_epoch`, and an Optuna search marks its trial PRUNED.
+before objective.prune_min_runs jobs have finished. A pruned job's run ends PRUNED (MLflow's
+KILLED, tagged `pruned_at_epoch`), and an Optuna search marks its trial PRUNED.
 """
 
 import logging
