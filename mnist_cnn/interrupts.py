@@ -12,7 +12,8 @@ RUNNING, or half-recorded.
 mnist-cnn-train routes the process's signals to the job that runs now (`Signals`). Between two jobs
 of a sweep that runs them in its own process, the first signal also only asks: the next job stops
 the sweep as it starts. Raised at once, it would land in Hydra's code building the next job's
-config, where OmegaConf turns it into an AttributeError (exit 1, not 130).
+config, where OmegaConf turns it into an AttributeError (exit 1, not 130). A sweep whose jobs run
+side by side in processes of their own passes a stop on to them (`stop_children`).
 """
 
 import logging
@@ -20,6 +21,8 @@ import signal
 import threading
 from contextlib import contextmanager
 from typing import Any, Iterator, List, Optional
+
+import psutil
 
 log = logging.getLogger(__name__)
 
@@ -122,3 +125,20 @@ def held(then_stop: bool = True) -> Iterator[None]:
             signal.signal(signum, handler)
     if came and then_stop:
         raise KeyboardInterrupt(f"{came[0]} received while the run was being recorded")
+
+
+def stop_children() -> int:
+    """Pass a stop on to the jobs this process launched side by side (joblib's workers, submitit's
+    local jobs): SIGTERM to each child process but the resource trackers of multiprocessing and
+    joblib. Each job then ends its run STOPPED after its current step. Returns how many were sent."""
+    sent = 0
+    for child in psutil.Process().children():
+        try:
+            if not any("resource_tracker" in part for part in child.cmdline()):
+                child.send_signal(signal.SIGTERM)
+                sent += 1
+        except psutil.Error:  # it ended meanwhile
+            continue
+    if sent:
+        log.warning("SIGTERM passed on to the %d job process(es) this sweep started", sent)
+    return sent

@@ -47,6 +47,7 @@ STOPPED = (
 # Alive: a RUNNING run's heartbeat (tracking.heartbeat), and where its process runs.
 HEARTBEAT, HEARTBEAT_INTERVAL = "mnist_cnn.heartbeat", "mnist_cnn.heartbeat_s"
 HOST, PID = "mnist_cnn.host", "mnist_cnn.pid"
+JOB_STARTED = "mnist_cnn.job_started"  # when its job (this process's part of it) was handed over, in Unix seconds
 CLAIM = "mnist_cnn.continued_by."  # params N = 1, 2, ...: "HOST PID TIME" of each process that continued the run
 
 # Its models.
@@ -64,6 +65,9 @@ IMPORTANCE = "importance_"  # + a searched key: its share of the objective's var
 PARETO_FRONT = "pareto_front."  # + a job's run id: on a multi-objective search's Pareto front (its values)
 CHAMPION_RULE = "champion_rule"  # how a multi-objective sweep chose its best job, and so its champion
 SWEEPER, LAUNCHER = "sweeper", "launcher"  # Hydra's classes that ran it
+# The sweep's own seconds outside its jobs: from the command's start to its first job's, and from its
+# last job's end to its report written.
+SWEEP_STARTUP, SWEEP_REPORT = "time_sweep_startup_s", "time_sweep_report_s"
 SWEEP_OVERRIDES, SWEEP_DIR, RESUMED_IN = "sweep_overrides", "sweep_dir", "resumed_in"  # the grid; its folders
 PARENT_RUN = "mlflow.parentRunId"  # MLflow's own: a sweep's jobs are its parent's children
 

@@ -42,19 +42,25 @@ class JobClock:
     """When one job began, and whether its start-up runs without the garbage collector. Without
     `start` (a caller of the Python API), the job begins when the clock is made."""
 
-    began: float = field(default_factory=time.time)
+    handed: float = field(default_factory=time.time)  # when the job was handed over (Hydra called its task)
+    began: float = -1.0  # what its seconds count from: `handed`, or for a process's first job its start
     collector_paused: bool = False
+
+    def __post_init__(self) -> None:
+        if self.began < 0:
+            self.began = self.handed
 
     @classmethod
     def start(cls, pays_imports: bool) -> "JobClock":
         """A job begins now. The one that pays the process's imports (its first) counts from the
         process's own start, and runs its start-up without the collector."""
+        now = time.time()
         if not pays_imports:
-            return cls(time.time())
+            return cls(now)
         paused = gc.isenabled()
         if paused:
             gc.disable()
-        return cls(time.time() - process_age(), paused)
+        return cls(now, now - process_age(), paused)
 
     def startup_done(self) -> None:
         """The collector back on, with what the start-up made frozen out of its reach (a no-op
@@ -63,6 +69,20 @@ class JobClock:
             gc.freeze()
             gc.enable()
             self.collector_paused = False
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """The garbage collector off for the block (a launching process's imports, as a first job's:
+    see above), then what the block made frozen and collection on again, if it was on."""
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if paused:
+            gc.freeze()
+            gc.enable()
 
 
 def process_age() -> float:

@@ -4,7 +4,7 @@ deleted with their files; tracking.register_from=best registers the best of them
 from mlflow import MlflowClient
 
 from mnist_cnn.runner import train
-from mnist_cnn.tracking.model import epoch_models
+from mnist_cnn.tracking.registry import epoch_models
 from tests.helpers.mlflow_store import only_run
 
 

@@ -22,7 +22,7 @@ from mnist_cnn.runner import train
 from mnist_cnn.runner.restart import Kind, Restart
 from mnist_cnn.timing import JobClock
 from mnist_cnn.tracking import store
-from mnist_cnn.tracking.run import end_run
+from mnist_cnn.tracking.ending import end_run
 from mnist_cnn.tracking.states import RunState, mlflow_status, state_of
 from tests.helpers.mlflow_store import all_runs
 

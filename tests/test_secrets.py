@@ -9,9 +9,9 @@ from mlflow import MlflowClient
 
 from mnist_cnn.errors import TrackingError
 from mnist_cnn.tracking import store
+from mnist_cnn.tracking.ending import error_tag
 from mnist_cnn.tracking.links import resume_command
 from mnist_cnn.tracking.redact import move_credentials, redact, redact_uri, split_http_credentials
-from mnist_cnn.tracking.run import error_tag
 from tests.helpers import processes
 from tests.helpers.mlflow_store import Server, free_port
 

@@ -2,6 +2,7 @@
 leaves its job and its parent KILLED, each with the command that continues it."""
 
 import signal
+import time
 
 import pytest
 from mlflow import MlflowClient
@@ -24,7 +25,7 @@ def test_a_parent_whose_report_fails_still_ends_with_its_status(tiny_cfg, store_
 
     monkeypatch.setattr(MlflowClient, "log_figure", upload_fails)
     with pytest.raises(RuntimeError, match="the artifact store is full"):
-        parent.close_parent_run(cfg, run_id, state, [])
+        parent.close_parent_run(cfg, run_id, state, [], time.time())
     run = MlflowClient(store_uri).get_run(run_id)
     assert run.info.status == status
     resume = f"mnist-cnn-train -m resume_sweep={run_id} tracking.uri={store_uri}" if status == "KILLED" else None

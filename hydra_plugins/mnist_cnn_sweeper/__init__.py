@@ -13,6 +13,7 @@ from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig
 
 from mnist_cnn.config.job import SweepFile
+from mnist_cnn.timing import collector_paused
 
 
 class OptunaSweeper(Sweeper):
@@ -28,7 +29,8 @@ class OptunaSweeper(Sweeper):
         )
 
     def sweep(self, arguments: List[str]) -> None:
-        from mnist_cnn.sweep.search import run_search  # Optuna and MLflow: seconds to import, only for a search
+        with collector_paused():  # the search's first jobs wait for these imports
+            from mnist_cnn.sweep.search import run_search  # Optuna and MLflow: seconds to import, only for a search
 
         sweep = SweepFile.read(Path(self.config.hydra.sweep.dir))  # the parent run the sweep callback opened
         run_search(self.config, self.launcher, arguments, sweep.parent_run_id if sweep else None)

@@ -45,7 +45,7 @@ def evaluate_model(args: argparse.Namespace):
 def _log_back(client, ref, report) -> str:
     """Log the evaluation to the model's own run, or to a new run for a registered model."""
     from mnist_cnn.report.figures import run_figures  # matplotlib
-    from mnist_cnn.tracking.run import end_run  # MLflow
+    from mnist_cnn.tracking.ending import end_run  # MLflow
     from mnist_cnn.tracking.tracker import Tracker  # MLflow
 
     if ref.registered:

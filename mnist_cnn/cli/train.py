@@ -122,6 +122,7 @@ def command() -> None:
         sys.exit(EXIT_BAD_INPUT)
     tree.register()
     process = Command()
+    process.signals.install()  # a sweep's launching process too: a stop ends its parent run STOPPED
     try:
         hydra.main(version_base="1.3", config_path=str(tree.CONF_DIR), config_name=tree.CONFIG_NAME)(process.job)()
     except KeyboardInterrupt:  # between a sweep's jobs: every job so far is recorded, the parent STOPPED

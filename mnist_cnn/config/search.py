@@ -90,7 +90,8 @@ class OptunaSweeperConfig:
     defaults: List[Any] = field(default_factory=lambda: [{"sampler": "tpe"}])
     sampler: SamplerConfig = MISSING
     n_trials: int = 20  # trials in the study, those of an earlier or a parallel sweep of it included
-    n_jobs: int = 1  # trials asked at a time: raise it with a parallel launcher
+    n_jobs: int = 1  # trials in flight at a time: raise it with a launcher that runs jobs side by side
+    asynchronous: bool = True  # with such a launcher, the next trial starts as soon as one ends; false: in batches
     study_name: Optional[str] = None  # null: one study per sweep; a name shares the study between sweeps
     storage: Optional[str] = None  # null: beside the tracking store (a journal file), or an Optuna storage URL
     params: Dict[str, str] = field(default_factory=dict)  # key: Hydra's search syntax, e.g. choice(16, 32)

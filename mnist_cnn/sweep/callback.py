@@ -16,6 +16,7 @@ import logging
 import re
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -29,6 +30,7 @@ from mnist_cnn.config.job import JobContext, Study, SweepFile
 from mnist_cnn.config.search import is_optuna, sampler_problem, study_of
 from mnist_cnn.errors import EXIT_BAD_INPUT, EXIT_UNAVAILABLE, ConfigError
 from mnist_cnn.sweep.slurm import slurm_problem
+from mnist_cnn.timing import collector_paused, process_age
 from mnist_cnn.tracking.links import resume_command
 from mnist_cnn.tracking.redact import redact
 from mnist_cnn.tracking.run_names import run_name
@@ -113,8 +115,12 @@ class MlflowSweepCallback(Callback):
         problem = str(error) if error is not None else sampler_problem(config.hydra.sweeper)
         problem = problem or slurm_problem(config.hydra.launcher)
         refuse(problem or folder_problem("hydra.sweep.dir", config.hydra.sweep.dir))  # once, before the parent opens
-        if not config.tracking.enabled:
-            return
+        if config.tracking.enabled:
+            with collector_paused():  # MLflow's import and store: the sweep's jobs wait for its parent run
+                self._open(config)
+
+    def _open(self, config: DictConfig) -> None:
+        """Open the parent run (or continue it) and write the sweep file its jobs read."""
         from mnist_cnn.sweep.parent import (  # MLflow: seconds to import, and a single run never needs it
             continue_parent_run,
             open_parent_run,
@@ -171,7 +177,7 @@ class MlflowSweepCallback(Callback):
 
         run_id, self.run_id = self.run_id, None
         self.heartbeat.stop()
-        summary, link = close_parent_run(config, run_id, state, self.swept)
+        summary, link = close_parent_run(config, run_id, state, self.swept, time.time() - process_age())
         log.info(
             "sweep parent run %s: %s\n  %s",
             run_id,

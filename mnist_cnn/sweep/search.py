@@ -14,8 +14,11 @@ epochs to the study's pruner (sweep.prune). At the end the parent logs what the 
 (sweep.search_report).
 """
 
+import itertools
 import logging
 import math
+import threading
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import optuna
@@ -26,6 +29,7 @@ from omegaconf import DictConfig
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
+from mnist_cnn import interrupts
 from mnist_cnn.config.job import TRIAL_ENV
 from mnist_cnn.config.schema import objectives
 from mnist_cnn.runner.outcome import Outcome
@@ -34,6 +38,8 @@ from mnist_cnn.sweep.study import PARENT, REPEATS, RUN, SURPLUS, counted, grid_d
 from mnist_cnn.tracking import store
 
 log = logging.getLogger(__name__)
+
+STOP_WAIT_S = 120  # how long a stopped search waits for its running jobs to record their stop
 
 
 def search_space(params: Dict[str, str], arguments: Sequence[str]) -> Tuple[Dict[str, BaseDistribution], List[str]]:
@@ -69,25 +75,17 @@ def distribution(override: Override) -> BaseDistribution:
 
 def run_search(config: DictConfig, launcher: Any, arguments: List[str], parent: Optional[str]) -> None:
     """The whole search of the sweep whose parent run is `parent` (None: untracked): the study
-    opened (or continued), then batches of `n_jobs` trials until the study holds `n_trials`; at the
-    end, what mattered and (several objectives) the Pareto front."""
+    opened (or continued), then trials until the study holds `n_trials` (`n_jobs` in flight at a
+    time); at the end, what mattered and (several objectives) the Pareto front."""
     options = config.hydra.sweeper
     space, fixed = search_space(options.params or {}, arguments)
     study = open_study(config, space, parent)
     metrics = [metric for metric, _ in objectives(config.objective)]
-    job_index = 0
-    while True:
-        trials = _ask(study, space, options.n_trials, options.n_jobs, parent)
-        if not trials:
-            break
-        trials = [trial for trial in trials if not _told_as_before(study, trial)]
-        if not trials:
-            continue
-        overrides = [[*fixed, *(f"{k}={v}" for k, v in trial.params.items()), _trial_env(trial)] for trial in trials]
-        returns = launcher.launch(overrides, initial_job_idx=job_index)
-        job_index += len(trials)
-        for trial, returned in zip(trials, returns):
-            _tell(study, trial, returned, metrics)
+    search = Search(study, space, fixed, options.n_trials, parent, metrics)
+    if options.asynchronous and side_by_side(launcher):
+        as_workers_free(search, launcher, options.n_jobs)
+    else:
+        in_batches(search, launcher, options.n_jobs)
     completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if completed and len(metrics) == 1:
         log.info("study %s: best %s %g with %s", study.study_name, metrics[0], study.best_value, study.best_params)
@@ -98,6 +96,109 @@ def run_search(config: DictConfig, launcher: Any, arguments: List[str], parent: 
         tag_pareto_front(client, parent, study, metrics)
     if space:
         log_importances(client, parent, study, metrics)
+
+
+def side_by_side(launcher: Any) -> bool:
+    """Whether `launcher` runs jobs side by side (joblib, submitit, Slurm), rather than one after
+    another in this process (Hydra's basic launcher)."""
+    return type(launcher).__name__ != "BasicLauncher"
+
+
+@dataclass(frozen=True)
+class Job:
+    trial: optuna.Trial
+    overrides: List[str]
+    index: int  # Hydra's job number: its folder in the sweep folder
+
+
+class Search:
+    """The trials of one search, asked and told one at a time under a lock (jobs end in any order)."""
+
+    def __init__(
+        self,
+        study: optuna.Study,
+        space: Dict[str, BaseDistribution],
+        fixed: List[str],
+        n_trials: int,
+        parent: Optional[str],
+        metrics: List[str],
+    ):
+        self.study, self.space, self.fixed, self.n_trials = study, space, fixed, n_trials
+        self.parent, self.metrics = parent, metrics
+        self.lock, self.numbers = threading.Lock(), itertools.count()
+
+    def ask(self) -> Optional[Job]:
+        """The next trial to train, or None once the study holds `n_trials` (or its grid is done). A
+        trial with the values of one this sweep finished is told that one's result instead."""
+        with self.lock:
+            while (trial := _ask(self.study, self.space, self.n_trials, self.parent)) is not None:
+                if not _told_as_before(self.study, trial):
+                    params = [f"{k}={v}" for k, v in trial.params.items()]
+                    return Job(trial, [*self.fixed, *params, _trial_env(trial)], next(self.numbers))
+            return None
+
+    def tell(self, job: Job, returned: JobReturn) -> None:
+        with self.lock:
+            _tell(self.study, job.trial, returned, self.metrics)
+
+
+def in_batches(search: Search, launcher: Any, n_jobs: int) -> None:
+    """`n_jobs` trials launched together, all told before the next are asked: Hydra's basic launcher
+    runs them one after another in this process (or, with hydra.sweeper.asynchronous=false, any
+    launcher waits for the slowest of each batch)."""
+    while True:
+        jobs = list(itertools.takewhile(lambda job: job is not None, (search.ask() for _ in range(n_jobs))))
+        if not jobs:
+            return
+        returns = launcher.launch([job.overrides for job in jobs], initial_job_idx=jobs[0].index)
+        for job, returned in zip(jobs, returns):
+            search.tell(job, returned)
+
+
+def as_workers_free(search: Search, launcher: Any, n_jobs: int) -> None:
+    """`n_jobs` trials in flight: each of `n_jobs` slots launches a trial's job, tells its result and
+    asks the next at once, so no worker waits for the slowest job of a batch. Once a slot has no
+    trial left (its worker idles from then on), the reports' imports are paid meanwhile. A stop
+    (Ctrl-C, SIGTERM) is passed on to the running jobs, which end STOPPED after their current step;
+    their trials stay RUNNING, asked again by `resume_sweep=`. A slot whose job could not run (its
+    worker died) stops the search once the others' jobs have ended, with that error."""
+    stopping, one_free, errors = threading.Event(), threading.Event(), []
+
+    def slot() -> None:
+        try:
+            while not stopping.is_set() and (job := search.ask()) is not None:
+                returned = launcher.launch([job.overrides], initial_job_idx=job.index)[0]
+                search.tell(job, returned)
+        except BaseException as e:  # noqa: BLE001 - a job stopped by a signal (exit 130), a dead worker: ends the search
+            errors.append(e)
+            stopping.set()
+        finally:
+            one_free.set()
+
+    slots = [threading.Thread(target=slot, name=f"trial-slot-{i}", daemon=True) for i in range(n_jobs)]
+    for thread in slots:
+        thread.start()
+    try:
+        one_free.wait()
+        warm_up()
+        for thread in slots:
+            thread.join()
+    except KeyboardInterrupt:
+        stopping.set()
+        interrupts.stop_children()
+        for thread in slots:
+            thread.join(timeout=STOP_WAIT_S)
+        raise
+    if errors:
+        raise errors[0]
+
+
+def warm_up() -> None:
+    """Import what the reports need once the jobs have ended: pandas and matplotlib (the sweep's
+    tables and figures), scikit-learn (Optuna's fANOVA importances)."""
+    import mnist_cnn.sweep.report  # noqa: F401 - pandas and matplotlib: seconds, paid now instead of after the last job
+
+    optuna.importance.FanovaImportanceEvaluator  # noqa: B018 - Optuna imports fANOVA, and scikit-learn, on first use
 
 
 def _told_as_before(study: optuna.Study, trial: optuna.Trial) -> bool:
@@ -138,23 +239,20 @@ def _trial_env(trial: optuna.Trial) -> str:
 
 
 def _ask(
-    study: optuna.Study, space: Dict[str, BaseDistribution], n_trials: int, n_jobs: int, parent: Optional[str]
-) -> List[optuna.Trial]:
-    """Up to `n_jobs` new trials, none beyond the study's `n_trials` (a trial another sweep of the
-    study asked first counts: one asked too many is marked surplus and told FAIL, never launched)."""
-    trials: List[optuna.Trial] = []
-    for _ in range(n_jobs):
-        if _rank(study, math.inf) >= n_trials or grid_done(study):  # the study is full, or its grid done
-            break
-        trial = study.ask(space)
-        if _rank(study, trial.number) >= n_trials:
-            trial.set_user_attr(SURPLUS, True)
-            told(study, trial, state=TrialState.FAIL)
-            break
-        if parent:
-            trial.set_user_attr(PARENT, parent)
-        trials.append(trial)
-    return trials
+    study: optuna.Study, space: Dict[str, BaseDistribution], n_trials: int, parent: Optional[str]
+) -> Optional[optuna.Trial]:
+    """A new trial, or None beyond the study's `n_trials` (a trial another sweep of the study asked
+    first counts: one asked too many is marked surplus and told FAIL, never launched)."""
+    if _rank(study, math.inf) >= n_trials or grid_done(study):  # the study is full, or its grid done
+        return None
+    trial = study.ask(space)
+    if _rank(study, trial.number) >= n_trials:
+        trial.set_user_attr(SURPLUS, True)
+        told(study, trial, state=TrialState.FAIL)
+        return None
+    if parent:
+        trial.set_user_attr(PARENT, parent)
+    return trial
 
 
 def _rank(study: optuna.Study, number: float) -> int:

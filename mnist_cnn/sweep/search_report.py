@@ -11,7 +11,6 @@ from mlflow.entities import Metric
 from optuna.trial import TrialState
 
 from mnist_cnn import names
-from mnist_cnn.sweep import plots
 from mnist_cnn.sweep.study import RUN
 
 log = logging.getLogger(__name__)
@@ -47,6 +46,8 @@ def log_importances(client: Any, parent: str, study: optuna.Study, metrics: List
             evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
             target=lambda t, i=i: t.values[i],
         )
+    from mnist_cnn.sweep import plots  # matplotlib: only once the search has ended
+
     prefix = {m: names.IMPORTANCE + (f"{m}/" if len(metrics) > 1 else "") for m in metrics}
     logged = {prefix[m] + key: float(v) for m, importances in found.items() for key, v in importances.items()}
     if logged:

@@ -27,9 +27,10 @@ from omegaconf import DictConfig, OmegaConf
 from mnist_cnn import interrupts, names
 from mnist_cnn.config.job import JobContext
 from mnist_cnn.config.keys import config_sha256, flatten
-from mnist_cnn.errors import Pruned, TrackingError, TrackingLostError, failed_on_config
+from mnist_cnn.errors import Pruned, TrackingError, TrackingLostError
 from mnist_cnn.tracking import store
 from mnist_cnn.tracking.claim import claim
+from mnist_cnn.tracking.ending import as_tags, end_run, error_tag, failed_state
 from mnist_cnn.tracking.environment import environment_tags
 from mnist_cnn.tracking.heartbeat import Heartbeat, alive_tags
 from mnist_cnn.tracking.inputs import dataset_input
@@ -37,7 +38,7 @@ from mnist_cnn.tracking.links import resume_command, run_url
 from mnist_cnn.tracking.redact import redact
 from mnist_cnn.tracking.run_names import run_name
 from mnist_cnn.tracking.states import RunState, mlflow_status
-from mnist_cnn.tracking.tracker import Tracker, as_tags
+from mnist_cnn.tracking.tracker import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +170,8 @@ def _record_start(
         client.update_run(run_id, status=mlflow_status(RunState.RUNNING))
         tags = {**opening.tags, names.RESUME_OVERRIDES: shlex.join(ctx.overrides)}  # the run's own overrides stay
     slurm = {names.SLURM_JOB: ctx.slurm.job_id} if ctx.slurm else {}  # a requeued job finds its run by it
-    all_tags = {**tags, **slurm, **environment_tags(), **alive_tags(cfg.tracking.heartbeat_s)}
+    started = {names.JOB_STARTED: f"{ctx.clock.handed:.3f}"}
+    all_tags = {**tags, **slurm, **started, **environment_tags(), **alive_tags(cfg.tracking.heartbeat_s)}
     client.log_batch(run_id, tags=as_tags(all_tags))
     return run_id
 
@@ -188,35 +190,6 @@ def _log_dataset(client: MlflowClient, run_id: str, dataset: Any, attempts: int 
             time.sleep(0.2 * attempt)
 
 
-def end_run(client: MlflowClient, run_id: str, state: RunState, tags: Dict[str, str]) -> None:
-    """Record how the run ended, signals held; a server that no longer answers is not waited for."""
-    if state is RunState.FAILED_ON_CONFIG:
-        tags = {**tags, names.FAILED_ON: names.FAILED_ON_CONFIG_VALUE}
-    with interrupts.held(then_stop=state is RunState.FINISHED):
-        try:
-            gone = store.unreachable(client.tracking_uri)
-            if gone is not None:
-                raise gone
-            if tags:
-                client.log_batch(run_id, tags=as_tags(tags))
-            if state is RunState.FINISHED:  # a resumed run: what its interruption left no longer applies
-                for key in set(names.STOPPED) & set(client.get_run(run_id).data.tags) - set(tags):
-                    client.delete_tag(run_id, key)
-            client.set_terminated(run_id, mlflow_status(state))
-        except Exception as e:  # noqa: BLE001 - the store is gone: the heartbeat will show the run STALE
-            log.warning(
-                "could not mark run %s %s (%s); mnist-cnn-runs will show it as STALE",
-                run_id,
-                state.value,
-                store.describe(e),
-            )
-
-
-def failed_state(error: BaseException) -> RunState:
-    """FAILED_ON_CONFIG for an error the same config would meet again, else FAILED."""
-    return RunState.FAILED_ON_CONFIG if failed_on_config(error) else RunState.FAILED
-
-
 def _lost_message(error: Exception, run_id: Optional[str], checkpoint: Path, uri: str) -> str:
     saved = (
         f"The last complete epoch is saved on this machine: {checkpoint}. When the store answers again, "
@@ -231,10 +204,6 @@ def _lost_message(error: Exception, run_id: Optional[str], checkpoint: Path, uri
 def _stopped_untracked(checkpoint: Path) -> None:
     if checkpoint.is_file():
         log.warning("stopped after the last complete epoch; continue with:\n  mnist-cnn-train resume=%s", checkpoint)
-
-
-def error_tag(error: BaseException) -> str:
-    return redact(f"{type(error).__name__}: {error}")[:5000]  # MLflow caps tag values
 
 
 def record_failed_job(cfg: DictConfig, ctx: JobContext, error: Exception) -> None:

@@ -10,7 +10,7 @@ import logging
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 from mlflow import MlflowClient
@@ -23,7 +23,8 @@ from mnist_cnn.data.splits import Split, batches
 from mnist_cnn.errors import TrackingLostError
 from mnist_cnn.model import onnx_file
 from mnist_cnn.tracking import model as logged
-from mnist_cnn.tracking import store
+from mnist_cnn.tracking import registry, store
+from mnist_cnn.tracking.ending import as_tags
 from mnist_cnn.tracking.heartbeat import now_tag
 from mnist_cnn.tracking.links import model_version_url
 from mnist_cnn.tracking.redact import redact
@@ -107,7 +108,7 @@ class Tracker:
             self.set_tags({names.MODEL_URI: uri})
             if register_as:
                 source = uri if register_from == "last" else run.data.tags[names.BEST_MODEL_URI]
-                version = logged.register(self.client, source, register_as, run)
+                version = registry.register(self.client, source, register_as, run)
                 log.info(
                     "registered as models:/%s/%s: %s",
                     register_as,
@@ -135,7 +136,7 @@ class Tracker:
         def upload() -> str:
             run = self.client.get_run(self.run_id)
             if epoch in self.logged_steps:  # only an epoch a resume replays can have its model already
-                for kept in logged.epoch_models(self.client, run):
+                for kept in registry.epoch_models(self.client, run):
                     if kept.tags[names.EPOCH] == str(epoch):
                         return kept.model_id
             return logged.log_model(self.client, run, model, in_shape, num_classes, epoch).removeprefix("models:/")
@@ -148,10 +149,10 @@ class Tracker:
         metric, direction = first_objective(objective)
 
         def prune() -> None:
-            models = logged.epoch_models(self.client, self.client.get_run(self.run_id))
-            ranked = logged.rank(models, metric, direction == "maximize")
+            models = registry.epoch_models(self.client, self.client.get_run(self.run_id))
+            ranked = registry.rank(models, metric, direction == "maximize")
             for doomed in ranked[k:]:
-                logged.delete_model(self.client, doomed)
+                registry.delete_model(self.client, doomed)
             if ranked:
                 self.set_tags(
                     {
@@ -172,7 +173,3 @@ class Tracker:
             raise TrackingLostError(
                 f"the MLflow store at {redact(self.uri)} stopped answering ({store.describe(e)})"
             ) from e
-
-
-def as_tags(tags: Dict[str, Any]) -> List[RunTag]:
-    return [RunTag(key, redact(str(value))) for key, value in tags.items()]

@@ -1,0 +1,59 @@
+"""The models a run keeps in MLflow, without loading them: registering one as a version of a named
+model, the per-epoch models of trainer.keep_best (ranked, and deleted with their files). No torch
+here: a sweep's launching process registers its champion without it."""
+
+from typing import List
+
+from mlflow import MlflowClient
+from mlflow.entities import LoggedModel, Run
+from mlflow.exceptions import MlflowException
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+from mnist_cnn.names import EPOCH, FINGERPRINTS, TEST_ACC
+
+
+def register(client: MlflowClient, model_uri: str, name: str, run: Run) -> str:
+    """Register logged model `model_uri` (`models:/m-...`) of `run` as a version of model `name`
+    (created if new), described by the run's test accuracy and tagged with its fingerprints;
+    returns the version. A model already registered under `name` keeps its version."""
+    model_id = model_uri.removeprefix("models:/")
+    location = client.get_logged_model(model_id).artifact_location
+    for version in client.search_model_versions(f"name = '{name}'"):
+        if version.source in (location, model_uri):
+            return version.version
+    try:
+        client.create_registered_model(name)
+    except MlflowException as e:  # registered before, by an earlier run or a parallel job
+        if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+    tags = {k: v for k, v in run.data.tags.items() if k in FINGERPRINTS} | {"run_id": run.info.run_id}
+    # The model's files as the source, its run as the link: MLflow's sqlite registry would look a
+    # models:/ source up in the store of the process's global tracking URI, which this project never sets.
+    version = client.create_model_version(name, location, run_id=run.info.run_id, tags=tags)
+    description = f"{TEST_ACC} {run.data.metrics.get(TEST_ACC, float('nan')):.4f}, from run {run.info.run_id}"
+    client.update_model_version(name, version.version, description)
+    return version.version
+
+
+def epoch_models(client: MlflowClient, run: Run) -> List[LoggedModel]:
+    """The per-epoch models run `run` still keeps (trainer.keep_best)."""
+    found = client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'")
+    return [m for m in found if EPOCH in m.tags]
+
+
+def rank(models: List[LoggedModel], metric: str, maximize: bool) -> List[LoggedModel]:
+    """Best first by the value of `metric` linked to each model; ties go to the earlier epoch, and a
+    model with no value comes last."""
+
+    def key(model: LoggedModel) -> tuple:
+        values = [m.value for m in model.metrics or [] if m.key == metric]
+        score = (-values[-1] if maximize else values[-1]) if values else float("inf")
+        return score, int(model.tags[EPOCH])
+
+    return sorted(models, key=key)
+
+
+def delete_model(client: MlflowClient, model: LoggedModel) -> None:
+    """Delete a logged model and its files (MLflow's delete alone keeps the files until `mlflow gc`)."""
+    get_artifact_repository(model.artifact_location).delete_artifacts()
+    client.delete_logged_model(model.model_id)

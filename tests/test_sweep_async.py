@@ -1,0 +1,111 @@
+"""An Optuna search keeps `n_jobs` trials in flight with a launcher that runs jobs side by side: a
+trial starts as soon as a worker frees, not when the slowest job of a batch ends. Stand-in jobs of
+known lengths show it without training anything."""
+
+import threading
+import time
+from typing import Dict, List, Tuple
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.utils import get_class
+from omegaconf import open_dict
+
+from mnist_cnn.config import tree
+from mnist_cnn.runner.outcome import Outcome
+from mnist_cnn.sweep.search import run_search, side_by_side
+
+LENGTHS = "seconds=choice(0.3,1.2)"  # each trial's job lasts this long
+SEEDS = "seed=choice(1,2,3)"
+
+
+class StandIn:
+    """A launcher whose jobs sleep for their trial's `seconds`, all of one launch side by side (as
+    joblib's workers run a batch); it records, for each job, the slot that launched it, its
+    launch's number, and when it started and ended."""
+
+    def __init__(self):
+        self.jobs: List[Tuple[str, int, float, float, float]] = []  # (slot, launch, seconds, start, end)
+        self.lock, self.launches = threading.Lock(), 0
+
+    def launch(self, job_overrides, initial_job_idx):
+        slot, returns = threading.current_thread().name, []
+        with self.lock:
+            self.launches += 1
+            launch = self.launches
+
+        def job(overrides):
+            seconds = float(next(o for o in overrides if o.startswith("seconds=")).partition("=")[2])
+            start = time.perf_counter()
+            time.sleep(seconds)
+            with self.lock:
+                self.jobs.append((slot, launch, seconds, start, time.perf_counter()))
+            returned = JobReturn()
+            returned.status, returned.return_value = JobStatus.COMPLETED, Outcome({"val_acc": 1 - seconds / 10})
+            returns.append(returned)
+
+        workers = [threading.Thread(target=job, args=(overrides,)) for overrides in job_overrides]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        return returns
+
+
+def searched(tmp_path, asynchronous: bool) -> StandIn:
+    """A 6-trial grid over seconds x seed, 2 in flight, untracked (its study in the sweep folder)."""
+    tree.register()
+    with initialize_config_dir(config_dir=str(tree.CONF_DIR), version_base="1.3"):
+        config = compose(
+            tree.CONFIG_NAME,
+            [
+                "hydra/sweeper=optuna",
+                "hydra/sweeper/sampler=grid",
+                "hydra.sweeper.sampler.seed=0",
+                "hydra.sweeper.n_trials=6",
+                "hydra.sweeper.n_jobs=2",
+                f"hydra.sweeper.asynchronous={str(asynchronous).lower()}",
+                "tracking.enabled=false",
+            ],
+            return_hydra_config=True,
+        )
+    with open_dict(config):
+        config.hydra.sweep.dir = str(tmp_path / f"sweep-{asynchronous}")
+    launcher = StandIn()
+    run_search(config, launcher, [LENGTHS, SEEDS], parent=None)
+    return launcher
+
+
+def gaps(jobs) -> List[float]:
+    """The seconds between each job's end and the start of the next job its slot launched."""
+    by_slot: Dict[str, list] = {}
+    for slot, _, _, start, end in sorted(jobs, key=lambda job: job[3]):
+        by_slot.setdefault(slot, []).append((start, end))
+    return [b[0] - a[1] for runs in by_slot.values() for a, b in zip(runs, runs[1:])]
+
+
+def test_a_freed_worker_starts_the_next_trial_within_a_second(tmp_path):
+    launcher = searched(tmp_path, asynchronous=True)
+    assert sorted(job[2] for job in launcher.jobs) == [0.3] * 3 + [1.2] * 3  # each trial once
+    waits = gaps(launcher.jobs)
+    assert len(waits) == 4 and max(waits) < 1.0, waits  # 6 jobs on 2 slots: 4 handovers, none waits for the other
+
+
+def test_in_batches_a_batch_starts_once_the_slowest_job_of_the_one_before_ended(tmp_path):
+    """hydra.sweeper.asynchronous=false, as every search ran before: what the benchmark compares."""
+    launcher = searched(tmp_path, asynchronous=False)
+    assert sorted(job[2] for job in launcher.jobs) == [0.3] * 3 + [1.2] * 3
+    batches = [[job for job in launcher.jobs if job[1] == n] for n in (1, 2, 3)]
+    assert [len(batch) for batch in batches] == [2, 2, 2]
+    for before, after in zip(batches, batches[1:]):
+        assert min(job[3] for job in after) >= max(job[4] for job in before)
+
+
+@pytest.mark.parametrize("launcher, side", [("basic", False), ("joblib", True), ("submitit_local", True)])
+def test_only_a_launcher_that_runs_jobs_side_by_side_keeps_them_in_flight(launcher, side):
+    tree.register()
+    with initialize_config_dir(config_dir=str(tree.CONF_DIR), version_base="1.3"):
+        config = compose(tree.CONFIG_NAME, [f"hydra/launcher={launcher}"], return_hydra_config=True)
+    cls = get_class(config.hydra.launcher._target_)
+    assert side_by_side(cls.__new__(cls)) is side
