@@ -6,7 +6,9 @@
 #   3. experiment=best_gpu, seeds 1-3 (its goal is 99.5%, so the tutorial loop is not run again);
 #   4. whole processes: a 1-batch run, a 10-job sweep, and `mnist-cnn-train experiment=fast99_gpu`
 #      (run_overhead.py), with where each run's time went;
-#   5. the tests marked gpu (make test-gpu): the captured step, the sync-free epoch, resume bit for
+#   5. trials a minute of experiment=fast99_gpu, 4 seeds one at a time against 4 side by side on one
+#      GPU (sweep_throughput.py --gpu);
+#   6. the tests marked gpu (make test-gpu): the captured step, the sync-free epoch, resume bit for
 #      bit, DDP through NCCL, a whole run through the CLI.
 # Data stay resident on the GPU; trainer.precision null measures fp32 (TF32) against bf16.
 #
@@ -47,5 +49,8 @@ echo "   goals: a 1-batch run <= 5 s of wall time (moonshot 3 s); mnist-cnn-trai
 echo "   Before: 32.5 s and 34-45 s on an H200."
 "$PYTHON" benchmarks/run_overhead.py --data-root "$DATA_ROOT" --repeats 2 --jobs 10
 "$PYTHON" benchmarks/run_overhead.py --data-root "$DATA_ROOT" --repeats 2 --whole experiment=fast99_gpu
-echo "== 5. the tests marked gpu =="
+echo "== 5. jobs side by side on one GPU =="
+echo "   trials a minute of experiment=fast99_gpu, 4 seeds one at a time (basic launcher) against 4 side by side (joblib)."
+"$PYTHON" benchmarks/sweep_throughput.py --data-root "$DATA_ROOT" --gpu
+echo "== 6. the tests marked gpu =="
 "$PYTHON" -m pytest -m gpu -q -p no:cacheprovider

@@ -72,6 +72,7 @@ class Signals:
         self.job: Optional[Stops] = None
         self.between_jobs = False  # a sweep's own process after one of its jobs ended, before the next
         self.asked = False  # a signal came between jobs: the next job stops as it starts
+        self.idle_worker = False  # a launcher's worker process after its job ended: its launcher owns it now
 
     def install(self) -> None:
         """Route SIGINT and SIGTERM here (the main thread only; elsewhere Python forbids it)."""
@@ -82,6 +83,8 @@ class Signals:
     def _handle(self, signum: int, frame: Any) -> None:
         if self.job is not None:
             self.job.handle(signum)
+        elif self.idle_worker:  # no job to stop: a stopped sweep ends this process itself
+            log.debug("%s in an idle worker: nothing to stop", signal.Signals(signum).name)
         elif self.between_jobs and not self.asked:
             self.asked = True
             log.warning("%s: stopping before the next job; send it again to stop at once", signal.Signals(signum).name)
@@ -98,9 +101,11 @@ class Signals:
         self.job = Stops()
         return self.job
 
-    def job_ended(self, sweeping: bool) -> None:
-        """A job ended; in a sweep run in this process, signals only ask for a stop until the next one starts."""
-        self.job, self.between_jobs = None, sweeping
+    def job_ended(self, sweeping: bool, worker: bool = False) -> None:
+        """A job ended: in a sweep run in this process (`sweeping`), signals only ask for a stop until
+        the next one starts; in a launcher's `worker` (joblib's, submitit's), which the launcher may
+        hand another job or shut down, they have nothing to stop."""
+        self.job, self.between_jobs, self.idle_worker = None, sweeping, worker and not sweeping
 
 
 @contextmanager

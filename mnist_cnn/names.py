@@ -95,6 +95,7 @@ OBJECTIVES = (
 )  # what objective.metrics may name
 SEED_METRICS = (VAL_ACC, TEST_ACC)  # what a sweep over seeds averages
 N_PARAMS = "n_params"  # a param: the model's size
+TORCH_THREADS = "torch_threads"  # a param: the threads torch trained with (a sweep's job: its share of the cores)
 
 
 def class_metric(prefix: str, k: int) -> str:

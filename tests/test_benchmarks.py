@@ -80,3 +80,32 @@ def test_run_overhead_prints_the_wall_times_beside_the_logged_phases(tiny_root, 
     assert re.search(r"each extra job: -?[\d.]+ s, of which its own work .* -?[\d.]+ s beyond it", result.stdout), (
         result.stdout
     )
+
+
+@pytest.mark.slow
+def test_sweep_throughput_prints_both_searches_the_fixed_costs_and_the_per_job_cost(tiny_root, tmp_path):
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "sweep_throughput.py"),
+        "--data-root",
+        str(tiny_root),
+        "--batches",
+        "2,4",
+        "--seeds",
+        "1",
+        "--jobs",
+        "2",
+        "--skip-cores",
+        "data.verify_checksums=false",
+        "data.val_size=100",
+    ]
+    result = processes.run(command, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for mode in ("blocking \\(asynchronous=false\\)", "asynchronous"):
+        line = rf"  {mode} +wall +[\d.]+ s, jobs busy +[\d.]+ s, occupancy [\d.]+, "
+        line += r"startup [\d.]+ s, report [\d.]+ s \(2 trials\)"
+        assert re.search(line, result.stdout), result.stdout
+    assert re.search(r"asynchronous / blocking: [\d.]+x the wall time, occupancy [+-][\d.]+", result.stdout)
+    assert re.search(r"each extra job -?[\d.]+ s, of which its own training and test pass [\d.]+ s", result.stdout)
+    gpu = "GPU: trials a minute of experiment=fast99_gpu"
+    assert gpu in result.stdout and ("needs a CUDA GPU" in result.stdout or "against" in result.stdout)

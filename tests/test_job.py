@@ -2,6 +2,7 @@
 the sweep file), the one word for how a run ended, the one way a run restarts, and the state a job
 owns instead of the process."""
 
+import os
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,6 +21,7 @@ from mnist_cnn.config.job import TRIAL_ENV, JobContext, SlurmJob, Study, SweepFi
 from mnist_cnn.interrupts import Stops
 from mnist_cnn.runner import train
 from mnist_cnn.runner.restart import Kind, Restart
+from mnist_cnn.sweep.callback import side_by_side
 from mnist_cnn.timing import JobClock
 from mnist_cnn.tracking import store
 from mnist_cnn.tracking.ending import end_run
@@ -38,6 +40,7 @@ def hydra_job(tmp_path: Path, multirun: bool, launcher: str = "basic") -> None:
         cfg.hydra.sweep.dir = str(tmp_path / "sweep")
         cfg.hydra.runtime.cwd = str(tmp_path)
         cfg.hydra.runtime.output_dir = str(tmp_path / "sweep" / "0")
+        cfg.hydra.job.num = 0
     HydraConfig.instance().set_config(cfg)
 
 
@@ -157,3 +160,40 @@ def test_a_final_status_for_a_server_that_is_gone_is_not_waited_for(caplog):
     end_run(MlflowClient("http://127.0.0.1:9"), "0" * 32, RunState.STOPPED, {"interrupted": "yes"})
     assert time.perf_counter() - start < 5
     assert "could not mark run 00000000000000000000000000000000 STOPPED (connection refused)" in caplog.text
+
+
+def test_a_sweeps_job_trains_on_its_share_of_the_cores():
+    sweep = SweepFile("p", (), side_by_side=2)
+    assert JobContext(multirun=True, sweep=sweep, cpus=8).torch_threads == 4
+    assert JobContext(multirun=True, sweep=sweep, cpus=8, threads_given=3).torch_threads == 3  # joblib's share wins
+    assert JobContext(multirun=True, sweep=SweepFile("p", (), side_by_side=4), cpus=2).torch_threads == 1
+    assert JobContext(cpus=6).torch_threads == 6  # a job alone: all it may run on
+
+
+def test_jobs_side_by_side_take_the_gpus_round_robin():
+    sweep = SweepFile("p", (), side_by_side=4)
+    assert [JobContext(multirun=True, sweep=sweep, number=n).gpu(2) for n in range(4)] == [0, 1, 0, 1]  # 2 share each
+    assert [JobContext(multirun=True, sweep=sweep, number=n).gpu(8) for n in range(4)] == [0, 1, 2, 3]
+    assert JobContext(multirun=True, sweep=sweep, number=3).gpu(1) is None  # one GPU: torch's choice
+    assert JobContext(multirun=True, sweep=SweepFile("p", ()), number=3).gpu(4) is None  # one job at a time
+    assert JobContext(number=3).gpu(4) is None  # a job alone
+
+
+@pytest.mark.parametrize(
+    "overrides, grid, expected",
+    [
+        ([], ["seed=1,2,3,4"], 1),  # the basic launcher: one after another
+        (["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], ["seed=1,2,3,4"], 2),
+        (["hydra/launcher=joblib", "hydra.launcher.n_jobs=-1"], ["seed=1,2,3,4"], len(os.sched_getaffinity(0))),
+        (["hydra/launcher=submitit_local"], ["seed=1,2,3", "optimizer.lr=0.1,0.2"], 6),  # the whole grid at once
+        (["hydra/launcher=submitit_local", "hparams_search=lr_batch", "hydra.sweeper.n_jobs=3"], [], 3),
+        (["hydra/launcher=slurm"], ["seed=1,2,3,4"], 1),  # an allocation each
+    ],
+)
+def test_how_many_jobs_of_a_sweep_share_a_machine(overrides, grid, expected):
+    tree.register()
+    with initialize_config_dir(config_dir=str(tree.CONF_DIR), version_base="1.3"):
+        config = compose(tree.CONFIG_NAME, overrides, return_hydra_config=True)
+    with open_dict(config):
+        config.hydra.overrides.task = grid
+    assert side_by_side(config) == expected

@@ -2,6 +2,7 @@
 the runs table."""
 
 import json
+import os
 import shlex
 import sqlite3
 import time
@@ -72,6 +73,8 @@ def test_parallel_joblib_sweep_is_one_parent_with_four_children(tiny_root, store
     assert parent.data.tags["launcher"] == "JoblibLauncher" and parent.data.tags["sweeper"] == "BasicSweeper"
     assert "optimizer.lr=1e-3,3e-3 seed=1,2" in parent.data.tags["sweep_overrides"]
     assert all("optimizer.lr=" in c.data.tags["hydra_overrides"] for c in children)
+    share = str(max(1, len(os.sched_getaffinity(0)) // 2))  # 2 workers side by side: half the cores each
+    assert {c.data.params["torch_threads"] for c in children} == {share}
 
     runs.main(["--tracking-uri", store_uri, "--sweep", parent.info.run_id, "--format", "json"])
     rows = json.loads(capsys.readouterr().out)
@@ -84,6 +87,8 @@ def test_submitit_local_sweep_is_one_parent_with_four_children(tiny_root, store_
         tmp_path, tiny_root, store_uri, "hydra/launcher=submitit_local", "optimizer.lr=1e-3,3e-3", "seed=1,2"
     )
     assert_four_good_children(parent, children)
+    share = str(max(1, len(os.sched_getaffinity(0)) // 4))  # the 4 jobs start together: a quarter of the cores each
+    assert {c.data.params["torch_threads"] for c in children} == {share}
 
 
 @pytest.mark.slow

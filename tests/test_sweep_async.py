@@ -6,15 +6,19 @@ import threading
 import time
 from typing import Dict, List, Tuple
 
+import optuna
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.utils import get_class
+from mlflow import MlflowClient
 from omegaconf import open_dict
 
 from mnist_cnn.config import tree
 from mnist_cnn.runner.outcome import Outcome
 from mnist_cnn.sweep.search import run_search, side_by_side
+from tests.helpers import processes
+from tests.helpers.searches import children, stop_with_sigterm, study_of
 
 LENGTHS = "seconds=choice(0.3,1.2)"  # each trial's job lasts this long
 SEEDS = "seed=choice(1,2,3)"
@@ -109,3 +113,50 @@ def test_only_a_launcher_that_runs_jobs_side_by_side_keeps_them_in_flight(launch
         config = compose(tree.CONFIG_NAME, [f"hydra/launcher={launcher}"], return_hydra_config=True)
     cls = get_class(config.hydra.launcher._target_)
     assert side_by_side(cls.__new__(cls)) is side
+
+
+@pytest.mark.slow
+def test_an_asynchronous_search_stopped_with_trials_in_flight_resumes_to_each_trial_once_and_one_champion(
+    tiny_root, store_uri, tmp_path
+):
+    """A 6-point grid on 2 joblib workers, stopped by SIGTERM to the launching process once 2 jobs
+    finished: the stop reaches the job in flight (its run STOPPED with its resume command) within
+    seconds, the parent STOPPED with its own; `resume_sweep=` trains each grid point once, in 6
+    runs, and registers one champion."""
+    search = (
+        "hydra/sweeper=optuna",
+        "hydra/sweeper/sampler=grid",
+        "hydra.sweeper.sampler.seed=0",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.n_trials=6",
+        "trainer.limit_batches=choice(2,12)",
+        "seed=choice(1,2,3)",
+        "trainer.epochs=40",
+        "tracking.register_as=digits",
+    )
+    output = stop_with_sigterm(
+        processes.train_command(tiny_root, store_uri, *search, multirun=True), tmp_path, store_uri, 2
+    )
+    assert "SIGTERM passed on to" in output, output[-3000:]
+    parent, before = children(store_uri)
+    assert parent.info.status == "KILLED" and parent.data.tags["resume_command"].startswith(
+        "mnist-cnn-train -m resume_sweep="
+    )
+    stopped = [r for r in before if r.info.status == "KILLED"]
+    assert stopped and all(r.data.tags["resume_command"] for r in stopped), output[-3000:]  # trials were in flight
+    out = processes.run(
+        [*processes.TRAIN, "-m", f"resume_sweep={parent.info.run_id}", f"tracking.uri={store_uri}"], tmp_path
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    parent, after = children(store_uri)
+    points = sorted((r.data.params["trainer.limit_batches"], r.data.params["seed"]) for r in after)
+    assert points == [(b, s) for b in ("12", "2") for s in ("1", "2", "3")], points  # each grid point once, in a run
+    assert {r.info.status for r in after} == {"FINISHED"} and {r.info.run_id for r in stopped} <= {
+        r.info.run_id for r in after
+    }
+    counted = [t for t in study_of(parent, tmp_path).trials if not t.user_attrs.get("asked_again")]
+    assert len(counted) == 6 and {t.state for t in counted} == {optuna.trial.TrialState.COMPLETE}
+    assert [int(v.version) for v in MlflowClient(store_uri).search_model_versions("name = 'digits'")] == [1]
+    assert parent.data.tags["champion"] == "models:/digits/1"

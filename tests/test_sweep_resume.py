@@ -2,8 +2,6 @@
 
 import json
 import shlex
-import signal
-import time
 
 import optuna
 import pytest
@@ -17,6 +15,7 @@ from mnist_cnn.sweep.tables import jobs_table
 from mnist_cnn.tracking.heartbeat import alive_tags
 from tests.helpers import processes
 from tests.helpers.mlflow_store import runs as runs_in
+from tests.helpers.searches import children, stop_with_sigterm, study_of
 
 RECORDED = ["hydra/launcher=joblib", "optimizer.lr=1e-3,3e-3", "seed=1,2", "data.root=/data"]
 
@@ -81,26 +80,6 @@ def test_resume_sweep_names_a_run_that_is_no_sweep_or_still_running(store_uri):
         with pytest.raises(error) as e:
             sweep_arguments(["train", "-m", f"resume_sweep={run_id}", f"tracking.uri={store_uri}"])
         assert message in str(e.value)
-
-
-def children(uri: str) -> tuple:
-    found = runs_in(uri)
-    parents = [r for r in found if "mlflow.parentRunId" not in r.data.tags]
-    assert len(parents) == 1, [r.info.run_name for r in parents]
-    return parents[0], [r for r in found if r is not parents[0]]
-
-
-def stop_with_sigterm(command: list, folder, uri: str, finished: int) -> str:
-    """Start a sweep and send it SIGTERM once `finished` of its runs have finished: it exits 130;
-    returns what it printed."""
-    job = processes.start(command, folder)
-    deadline = time.time() + 300
-    while time.time() < deadline and sum(r.info.status == "FINISHED" for r in runs_in(uri)) < finished:
-        time.sleep(0.2)
-    job.send_signal(signal.SIGTERM)
-    output = job.communicate(timeout=120)[0]
-    assert job.returncode == 130, output[-3000:]
-    return output
 
 
 @pytest.mark.slow
@@ -294,16 +273,6 @@ def test_a_two_objective_search_stopped_by_sigterm_ends_with_its_pareto_front_an
     }
     artifacts = {a.path for a in MlflowClient(store_uri).list_artifacts(parent.info.run_id, "sweep")}
     assert {"sweep/pareto.png", "sweep/importance.png"} <= artifacts
-
-
-def study_of(parent, folder) -> optuna.Study:
-    """The study of an Optuna search's parent run, from its journal beside the store in `folder`."""
-    return optuna.load_study(
-        study_name=parent.data.tags["optuna_study"],
-        storage=optuna.storages.JournalStorage(
-            optuna.storages.journal.JournalFileBackend(str(folder / "mlflow.db.optuna.journal"))
-        ),
-    )
 
 
 @pytest.mark.slow

@@ -109,7 +109,8 @@ class Command:
             sys.exit(e.exit_code)
         finally:
             clock.startup_done()  # a job that failed before its first step leaves the collector on for the next
-            self.signals.job_ended(sweeping=ctx is not None and ctx.shares_process)
+            shares, worker = (ctx.shares_process, ctx.multirun) if ctx is not None else (False, False)
+            self.signals.job_ended(sweeping=shares, worker=worker)
 
 
 def command() -> None:

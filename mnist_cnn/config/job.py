@@ -46,6 +46,7 @@ class SweepFile:
     swept: Tuple[str, ...]  # the keys the sweep varies
     study: Optional[Study] = None  # an Optuna search's, where its jobs report their epochs; None for a grid, or
     # a storage whose URL holds a password, which the sweep folder must not (its jobs then prune from MLflow)
+    side_by_side: int = 1  # how many of its jobs run at once on one machine: they share its cores and GPUs
 
     def write(self, folder: Path) -> None:
         (folder / SWEEP_FILE).write_text(json.dumps(asdict(self)))
@@ -58,7 +59,7 @@ class SweepFile:
             return None
         found = json.loads(path.read_text())
         study = Study(**found["study"]) if found.get("study") else None
-        return cls(found["parent_run_id"], tuple(found["swept"]), study)
+        return cls(found["parent_run_id"], tuple(found["swept"]), study, found.get("side_by_side", 1))
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,9 @@ class JobContext:
     torchrun: Optional[Torchrun] = None
     cwd: Path = field(default_factory=Path.cwd)  # where the command was started: relative paths mean this folder
     output_dir: Optional[Path] = None  # Hydra's folder for this job
+    number: int = 0  # Hydra's number of the job in its sweep
+    cpus: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))  # what this process may run on
+    threads_given: Optional[int] = None  # OMP_NUM_THREADS: a launcher's share for it (joblib's), or the user's
     clock: JobClock = field(default_factory=JobClock)
     stops: Stops = field(default_factory=Stops)
 
@@ -115,9 +119,25 @@ class JobContext:
             torchrun=_torchrun(),
             cwd=Path(hydra.runtime.cwd),
             output_dir=Path(hydra.runtime.output_dir),
+            number=int(hydra.job.num) if multirun else 0,
+            threads_given=int(os.environ["OMP_NUM_THREADS"]) if os.environ.get("OMP_NUM_THREADS") else None,
             clock=clock,
             stops=stops,
         )
+
+    @property
+    def torch_threads(self) -> int:
+        """The threads a sweep's job trains with: what its launcher gave it (OMP_NUM_THREADS), else
+        its share of the CPUs it may run on (Slurm's allocation, taskset), split between the jobs
+        that run side by side on this machine."""
+        return self.threads_given or max(1, self.cpus // (self.sweep.side_by_side if self.sweep else 1))
+
+    def gpu(self, count: int) -> Optional[int]:
+        """Which of `count` GPUs a sweep's job takes when several of its jobs run side by side on
+        this machine: round robin by job number (more jobs than GPUs share them); None: one job at
+        a time, or one GPU (torch's own choice)."""
+        side_by_side = self.sweep.side_by_side if self.sweep else 1
+        return self.number % count if self.multirun and side_by_side > 1 and count > 1 else None
 
 
 def _slurm_job() -> Optional[SlurmJob]:

@@ -53,7 +53,9 @@ def prepare(cfg: DictConfig, ctx: JobContext, world: World) -> Prepared:
     """Every check that can fail on a bad config or bad data, done before tracking starts."""
     plan = check_config(cfg, ctx)
     repro.seed_everything(cfg.seed)  # the same initial weights on every rank
-    device = distributed.device_for(world, resolve_device(cfg.trainer.device))
+    if ctx.multirun:  # its share of this machine's cores: jobs side by side would fight over all of them
+        torch.set_num_threads(ctx.torch_threads)
+    device = distributed.device_for(world, job_device(cfg.trainer.device, ctx))
     captured = graphs.captures(cfg.trainer, device)  # cuda_graph=true without a GPU fails here, before a run opens
     deterministic = cfg.trainer.deterministic if cfg.trainer.deterministic is not None else device.type == "cpu"
     repro.set_deterministic(deterministic, compiled=cfg.trainer.compile)
@@ -82,6 +84,17 @@ def prepare(cfg: DictConfig, ctx: JobContext, world: World) -> Prepared:
     if cfg.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return Prepared(model.to(device), splits, steps, captured, info.classes, tags, dataset)
+
+
+def job_device(name: str, ctx: JobContext) -> torch.device:
+    """trainer.device resolved; `cuda` for a sweep's job that runs beside others on a machine with
+    several GPUs is one of them, round robin (JobContext.gpu)."""
+    device = resolve_device(name)
+    gpu = ctx.gpu(torch.cuda.device_count()) if device.type == "cuda" and device.index is None else None
+    if gpu is None:
+        return device
+    torch.cuda.set_device(gpu)
+    return torch.device("cuda", gpu)
 
 
 def build_state(

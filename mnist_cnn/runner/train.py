@@ -16,6 +16,7 @@ from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
+import torch
 from omegaconf import DictConfig
 
 from mnist_cnn import names
@@ -128,8 +129,13 @@ def fit(
 
 
 def opening_params(state: TrainingState) -> Dict[str, object]:
-    """What a new run logs as params besides its config: the model's size and the precision it resolved."""
-    return {names.N_PARAMS: count_params(state.model), "trainer.precision": state.precision}
+    """What a new run logs as params besides its config: the model's size, the precision it
+    resolved and the threads torch trains with."""
+    return {
+        names.N_PARAMS: count_params(state.model),
+        "trainer.precision": state.precision,
+        names.TORCH_THREADS: torch.get_num_threads(),
+    }
 
 
 def restart_tags(start: StartPoint, state: TrainingState) -> Dict[str, str]:

@@ -13,6 +13,8 @@ is imported only where a method needs it: Hydra makes this callback for single r
 import atexit
 import json
 import logging
+import math
+import os
 import re
 import sys
 import tempfile
@@ -83,6 +85,25 @@ def swept_keys(config: DictConfig) -> List[str]:
     return list(dict.fromkeys(keys))
 
 
+def side_by_side(config: DictConfig) -> int:
+    """How many jobs of the sweep `config` runs at once on one machine (they share its cores and
+    GPUs): joblib's n_jobs; submitit's local jobs, the Optuna search's trials in flight or the whole
+    grid (Hydra's basic sweeper launches it at once); one for Hydra's basic launcher, which runs
+    them one after another, and for Slurm, which gives each job an allocation of its own."""
+    launcher, sweeper = config.hydra.launcher, config.hydra.sweeper
+    kind = str(launcher._target_).rsplit(".", 1)[-1]
+    if kind == "JoblibLauncher":
+        n_jobs = launcher.n_jobs or 1
+        return n_jobs if n_jobs > 0 else max(1, (os.cpu_count() or 1) + 1 + n_jobs)  # joblib's count: -1, all
+    if kind == "LocalLauncher":
+        if is_optuna(sweeper):
+            return sweeper.n_jobs
+        grid = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+        jobs = math.prod(len(list(o.sweep_string_iterator())) for o in grid if o.is_sweep_override())
+        return min(jobs, sweeper.get("max_batch_size") or jobs)
+    return 1
+
+
 class MlflowSweepCallback(Callback):
     """Opens the parent run before the jobs of a multirun and summarises it after them."""
 
@@ -142,7 +163,7 @@ class MlflowSweepCallback(Callback):
             }
             self.run_id, self.heartbeat = open_parent_run(config, name=run_name(grid) or sweep_dir.name, tags=tags)
         study = self._study(config) if is_optuna(config.hydra.sweeper) else None
-        SweepFile(self.run_id, tuple(self.swept), study).write(sweep_dir)
+        SweepFile(self.run_id, tuple(self.swept), study, side_by_side(config)).write(sweep_dir)
         atexit.register(self._close, config, RunState.STOPPED)  # a sweep stopped by Ctrl-C never leaves it RUNNING
 
     def _study(self, config: DictConfig) -> Optional[Study]:

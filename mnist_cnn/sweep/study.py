@@ -70,11 +70,11 @@ def open_study(config: DictConfig, space: Dict[str, BaseDistribution], parent: O
 def sampler(options: DictConfig, space: Dict[str, BaseDistribution], trials_so_far: int) -> optuna.samplers.BaseSampler:
     """hydra.sweeper.sampler as Optuna's. A study that already has trials (a resumed sweep, or one
     sharing the study) seeds it from its seed and that count: reproducible, and never drawing the
-    first sweep's points again."""
-    seed = options.sampler.seed
-    grid = {"search_space": _grid(space)} if options.sampler._target_.endswith("GridSampler") else {}
-    reseed = {"seed": seed + trials_so_far} if seed is not None and trials_so_far else {}
-    return instantiate(options.sampler, **grid, **reseed)
+    first sweep's points again. A grid keeps its seed, which orders its points: it never draws a
+    point twice anyway."""
+    seed, grid = options.sampler.seed, options.sampler._target_.endswith("GridSampler")
+    reseed = {"seed": seed + trials_so_far} if seed is not None and trials_so_far and not grid else {}
+    return instantiate(options.sampler, **({"search_space": _grid(space)} if grid else {}), **reseed)
 
 
 def _grid(space: Dict[str, BaseDistribution]) -> Dict[str, List[Any]]:

@@ -1,5 +1,7 @@
 """An Optuna search run as a user runs it, on tiny data, and what it left: its parent, its jobs and its study."""
 
+import signal
+import time
 from pathlib import Path
 from typing import Dict, Tuple
 
@@ -22,3 +24,33 @@ def search(root: Path, uri: str, folder: Path, *overrides: str) -> Tuple[Run, Di
         study_name=parent.data.tags["optuna_study"], storage=open_storage(str(folder / "mlflow.db.optuna.journal"))
     )
     return parent, {r.info.run_id: r for r in found if r is not parent}, study, out.stdout + out.stderr
+
+
+def children(uri: str) -> tuple:
+    found = runs_in(uri)
+    parents = [r for r in found if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1, [r.info.run_name for r in parents]
+    return parents[0], [r for r in found if r is not parents[0]]
+
+
+def stop_with_sigterm(command: list, folder, uri: str, finished: int) -> str:
+    """Start a sweep and send it SIGTERM once `finished` of its runs have finished: it exits 130;
+    returns what it printed."""
+    job = processes.start(command, folder)
+    deadline = time.time() + 300
+    while time.time() < deadline and sum(r.info.status == "FINISHED" for r in runs_in(uri)) < finished:
+        time.sleep(0.2)
+    job.send_signal(signal.SIGTERM)
+    output = job.communicate(timeout=120)[0]
+    assert job.returncode == 130, output[-3000:]
+    return output
+
+
+def study_of(parent, folder) -> optuna.Study:
+    """The study of an Optuna search's parent run, from its journal beside the store in `folder`."""
+    return optuna.load_study(
+        study_name=parent.data.tags["optuna_study"],
+        storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(folder / "mlflow.db.optuna.journal"))
+        ),
+    )
