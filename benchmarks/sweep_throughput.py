@@ -37,7 +37,7 @@ import torch
 from mlflow import MlflowClient
 
 from mnist_cnn.config.paths import default_data_root
-from mnist_cnn.names import JOB_STARTED, PARENT_RUN, SWEEP_REPORT, SWEEP_STARTUP, TORCH_THREADS
+from mnist_cnn.names import ERROR, JOB_STARTED, PARENT_RUN, SWEEP_REPORT, SWEEP_STARTUP, TORCH_THREADS
 from mnist_cnn.tracking import store
 
 WORKERS = 2
@@ -72,7 +72,13 @@ def sweep(overrides: List[str], folder: Path, template: Path) -> Tuple[float, Li
     client = MlflowClient(uri)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     parent = next(r for r in runs if PARENT_RUN not in r.data.tags)
-    return wall, [r for r in runs if r is not parent], parent
+    jobs = [r for r in runs if r is not parent]
+    failed = [
+        f"{r.info.run_name} {r.info.status}: {r.data.tags.get(ERROR, '')}" for r in jobs if r.info.status != "FINISHED"
+    ]
+    if failed:  # a failed job's seconds are no measure of the sweep
+        sys.exit(f"sweep_throughput: jobs of the sweep in {folder} did not finish:\n  " + "\n  ".join(failed))
+    return wall, jobs, parent
 
 
 def cpu_name() -> str:
@@ -92,12 +98,12 @@ def busy(jobs: List) -> float:
 def search(asynchronous: bool, common: List[str], batches: str, seeds: int, tmp: Path, template: Path) -> Dict:
     wall, jobs, parent = sweep(
         [
-            *common,
             *SEARCH,
             f"hydra.sweeper.n_trials={2 * seeds}",
             f"hydra.sweeper.asynchronous={str(asynchronous).lower()}",
             f"trainer.limit_batches=choice({batches})",
             f"seed=choice({','.join(str(s) for s in range(1, seeds + 1))})",
+            *common,  # last: the caller's overrides win
         ],
         tmp / f"search-{'async' if asynchronous else 'blocking'}",
         template,
@@ -153,12 +159,12 @@ def cores(common: List[str], experiment: str, tmp: Path, template: Path) -> Dict
     ):
         wall, jobs, _ = sweep(
             [
-                *common,
                 f"experiment={experiment}",
                 "seed=1,2,3,4",
                 "tracking.log_model=false",
                 "trainer.progress=false",
                 *launch,
+                *common,
             ],
             tmp / f"{experiment}-{len(launch)}",
             template,
@@ -177,12 +183,12 @@ def gpu(common: List[str], tmp: Path, template: Path) -> None:
     for launch in ([], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=4"]):
         wall, _, _ = sweep(
             [
-                *common,
                 "experiment=fast99_gpu",
                 "seed=1,2,3,4",
                 "trainer.device=cuda",
                 "tracking.log_model=false",
                 *launch,
+                *common,
             ],
             tmp / f"gpu-{len(launch)}",
             template,
