@@ -4,7 +4,7 @@ known lengths show it without training anything."""
 
 import threading
 import time
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import optuna
 import pytest
@@ -12,11 +12,13 @@ from hydra import compose, initialize_config_dir
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.utils import get_class
 from mlflow import MlflowClient
-from omegaconf import open_dict
+from omegaconf import DictConfig, open_dict
 
 from mnist_cnn.config import tree
+from mnist_cnn.config.search import study_of as study_of_config
 from mnist_cnn.runner.outcome import Outcome
 from mnist_cnn.sweep.search import run_search, side_by_side
+from mnist_cnn.sweep.study import open_storage
 from tests.helpers import processes
 from tests.helpers.searches import children, stop_with_sigterm, study_of
 
@@ -27,11 +29,12 @@ SEEDS = "seed=choice(1,2,3)"
 class StandIn:
     """A launcher whose jobs sleep for their trial's `seconds`, all of one launch side by side (as
     joblib's workers run a batch); it records, for each job, the slot that launched it, its
-    launch's number, and when it started and ended."""
+    launch's number, and when it started and ended. With `stopped`, the job that ends that many-th
+    hands back a stop (as a job in a worker does after Ctrl-C or SIGTERM)."""
 
-    def __init__(self):
+    def __init__(self, stopped: Optional[int] = None):
         self.jobs: List[Tuple[str, int, float, float, float]] = []  # (slot, launch, seconds, start, end)
-        self.lock, self.launches = threading.Lock(), 0
+        self.lock, self.launches, self.stopped = threading.Lock(), 0, stopped
 
     def launch(self, job_overrides, initial_job_idx):
         slot, returns = threading.current_thread().name, []
@@ -45,8 +48,10 @@ class StandIn:
             time.sleep(seconds)
             with self.lock:
                 self.jobs.append((slot, launch, seconds, start, time.perf_counter()))
+                stop = len(self.jobs) == self.stopped
+            outcome = Outcome({}, stopped=True) if stop else Outcome({"val_acc": 1 - seconds / 10})
             returned = JobReturn()
-            returned.status, returned.return_value = JobStatus.COMPLETED, Outcome({"val_acc": 1 - seconds / 10})
+            returned.status, returned.return_value = JobStatus.COMPLETED, outcome
             returns.append(returned)
 
         workers = [threading.Thread(target=job, args=(overrides,)) for overrides in job_overrides]
@@ -57,8 +62,15 @@ class StandIn:
         return returns
 
 
-def searched(tmp_path, asynchronous: bool) -> StandIn:
+def searched(tmp_path, asynchronous: bool, launcher: Optional[StandIn] = None) -> StandIn:
     """A 6-trial grid over seconds x seed, 2 in flight, untracked (its study in the sweep folder)."""
+    config = search_config(tmp_path, asynchronous)
+    launcher = launcher or StandIn()
+    run_search(config, launcher, [LENGTHS, SEEDS], parent=None)
+    return launcher
+
+
+def search_config(tmp_path, asynchronous: bool) -> DictConfig:
     tree.register()
     with initialize_config_dir(config_dir=str(tree.CONF_DIR), version_base="1.3"):
         config = compose(
@@ -76,9 +88,7 @@ def searched(tmp_path, asynchronous: bool) -> StandIn:
         )
     with open_dict(config):
         config.hydra.sweep.dir = str(tmp_path / f"sweep-{asynchronous}")
-    launcher = StandIn()
-    run_search(config, launcher, [LENGTHS, SEEDS], parent=None)
-    return launcher
+    return config
 
 
 def gaps(jobs) -> List[float]:
@@ -104,6 +114,20 @@ def test_in_batches_a_batch_starts_once_the_slowest_job_of_the_one_before_ended(
     assert [len(batch) for batch in batches] == [2, 2, 2]
     for before, after in zip(batches, batches[1:]):
         assert min(job[3] for job in after) >= max(job[4] for job in before)
+
+
+@pytest.mark.parametrize("asynchronous", [True, False])
+def test_a_job_that_hands_back_a_stop_stops_the_search_and_its_trial_stays_running(tmp_path, asynchronous):
+    """The first job to end was stopped: the search raises KeyboardInterrupt (the command exits 130)
+    once the job in flight beside it has ended and been told; no trial starts after the stop, and
+    the stopped one stays RUNNING for resume_sweep= to ask again."""
+    launcher = StandIn(stopped=1)
+    with pytest.raises(KeyboardInterrupt, match="was stopped"):
+        searched(tmp_path, asynchronous, launcher)
+    assert len(launcher.jobs) == 2  # the stopped job and the one beside it: nothing after
+    where = study_of_config(search_config(tmp_path, asynchronous), None)
+    study = optuna.load_study(study_name=where.name, storage=open_storage(where.storage, create=False))
+    assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "RUNNING"]
 
 
 @pytest.mark.parametrize("launcher, side", [("basic", False), ("joblib", True), ("submitit_local", True)])

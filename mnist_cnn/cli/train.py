@@ -103,6 +103,9 @@ class Command:
 
             return run(cfg, ctx.output_dir, ctx, pruner_hooks(cfg, ctx))
         except KeyboardInterrupt:  # the run is STOPPED; tracking logged how to resume it
+            if ctx is not None and ctx.multirun and not ctx.shares_process:
+                # a launcher's worker: raised, joblib would end every other worker, mid-step, unrecorded
+                return Outcome({}, stopped=True)
             sys.exit(EXIT_INTERRUPTED)
         except UserError as e:
             log.error("%s", redact(str(e)))

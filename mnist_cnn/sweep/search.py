@@ -137,9 +137,14 @@ class Search:
                     return Job(trial, [*self.fixed, *params, _trial_env(trial)], next(self.numbers))
             return None
 
-    def tell(self, job: Job, returned: JobReturn) -> None:
+    def tell(self, job: Job, returned: JobReturn) -> bool:
+        """Tell the study how `job` ended; False for a job Ctrl-C or SIGTERM stopped, whose trial
+        stays RUNNING (`resume_sweep=` asks it again): the search stops."""
+        if returned.status == JobStatus.COMPLETED and getattr(returned.return_value, "stopped", False):
+            return False
         with self.lock:
             _tell(self.study, job.trial, returned, self.metrics)
+        return True
 
 
 def in_batches(search: Search, launcher: Any, n_jobs: int) -> None:
@@ -151,25 +156,29 @@ def in_batches(search: Search, launcher: Any, n_jobs: int) -> None:
         if not jobs:
             return
         returns = launcher.launch([job.overrides for job in jobs], initial_job_idx=jobs[0].index)
-        for job, returned in zip(jobs, returns):
-            search.tell(job, returned)
+        if not all([search.tell(job, returned) for job, returned in zip(jobs, returns)]):  # every one told first
+            raise KeyboardInterrupt("a job of the sweep was stopped")
 
 
 def as_workers_free(search: Search, launcher: Any, n_jobs: int) -> None:
     """`n_jobs` trials in flight: each of `n_jobs` slots launches a trial's job, tells its result and
     asks the next at once, so no worker waits for the slowest job of a batch. Once a slot has no
     trial left (its worker idles from then on), the reports' imports are paid meanwhile. A stop
-    (Ctrl-C, SIGTERM) is passed on to the running jobs, which end STOPPED after their current step;
-    their trials stay RUNNING, asked again by `resume_sweep=`. A slot whose job could not run (its
-    worker died) stops the search once the others' jobs have ended, with that error."""
+    (Ctrl-C, SIGTERM) is passed on to the running jobs, which end STOPPED after their current step
+    and hand their stop back (raised, joblib would end the other workers' jobs unrecorded); their
+    trials stay RUNNING, asked again by `resume_sweep=`. A job stopped on its own stops the search
+    too: no trial starts after it. A slot whose job could not run (its worker died) stops the search
+    once the others' jobs have ended, with that error."""
     stopping, one_free, errors = threading.Event(), threading.Event(), []
 
     def slot() -> None:
         try:
             while not stopping.is_set() and (job := search.ask()) is not None:
                 returned = launcher.launch([job.overrides], initial_job_idx=job.index)[0]
-                search.tell(job, returned)
-        except BaseException as e:  # noqa: BLE001 - a job stopped by a signal (exit 130), a dead worker: ends the search
+                if not search.tell(job, returned):
+                    errors.append(KeyboardInterrupt("a job of the sweep was stopped"))
+                    stopping.set()
+        except BaseException as e:  # noqa: BLE001 - a dead worker: ends the search
             errors.append(e)
             stopping.set()
         finally:
