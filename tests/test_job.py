@@ -64,6 +64,7 @@ def test_a_sweep_job_reads_its_overrides_sweep_trial_and_environment_once(tmp_pa
     clock, stops = JobClock(), Stops()
     ctx = JobContext.read(clock, stops)
     assert ctx.overrides == ("optimizer.lr=0.01", "seed=3") and ctx.multirun and ctx.shares_process
+    assert not ctx.in_pool
     assert ctx.sweep == SweepFile("p" * 32, ("optimizer.lr",), study) and ctx.trial == Trial(study, 7)
     assert ctx.slurm == SlurmJob("123", 2) and ctx.torchrun == Torchrun(1, 2, 1)
     assert (ctx.cwd, ctx.output_dir) == (tmp_path, tmp_path / "sweep" / "0")
@@ -82,6 +83,7 @@ def test_a_single_run_has_no_sweep_and_a_grid_job_no_trial(tmp_path, monkeypatch
     hydra_job(tmp_path, multirun=True, launcher="joblib")
     grid = JobContext.read(JobClock(), Stops())
     assert grid.sweep.parent_run_id == "p" * 32 and grid.trial is None and not grid.shares_process
+    assert grid.in_pool
     monkeypatch.setenv(TRIAL_ENV, "3")  # a trial's number, but a study the sweep file keeps out (a password)
     assert JobContext.read(JobClock(), Stops()).trial is None
 

@@ -103,8 +103,9 @@ class Command:
 
             return run(cfg, ctx.output_dir, ctx, pruner_hooks(cfg, ctx))
         except KeyboardInterrupt:  # the run is STOPPED; tracking logged how to resume it
-            if ctx is not None and ctx.multirun and not ctx.shares_process:
-                # a launcher's worker: raised, joblib would end every other worker, mid-step, unrecorded
+            if ctx is not None and ctx.in_pool:
+                # raised, joblib would end every other worker, mid-step, unrecorded (a Slurm job must
+                # exit instead: a requeued job that returned would hand its launcher a result)
                 return Outcome({}, stopped=True)
             sys.exit(EXIT_INTERRUPTED)
         except UserError as e:

@@ -90,6 +90,7 @@ class JobContext:
     overrides: Tuple[str, ...] = ()  # this job's command-line overrides (`optimizer.lr=0.003`, ...)
     multirun: bool = False  # one of a sweep's jobs (-m)
     shares_process: bool = False  # run in its sweep's own process, between its siblings (Hydra's basic launcher)
+    in_pool: bool = False  # run by one of a pool's workers beside its siblings' (joblib's): an exception ends them all
     sweep: Optional[SweepFile] = None  # the tracked sweep it belongs to
     trial: Optional[Trial] = None  # its Optuna trial, when its study can be opened from here
     slurm: Optional[SlurmJob] = None
@@ -109,10 +110,12 @@ class JobContext:
         multirun = hydra.mode == RunMode.MULTIRUN
         sweep = SweepFile.read(Path(hydra.sweep.dir)) if multirun else None
         number = os.environ.get(TRIAL_ENV)
+        launcher = str(hydra.launcher._target_).rsplit(".", 1)[-1] if multirun else None
         return cls(
             overrides=tuple(hydra.overrides.task),
             multirun=multirun,
-            shares_process=multirun and str(hydra.launcher._target_).endswith(".BasicLauncher"),
+            shares_process=launcher == "BasicLauncher",
+            in_pool=launcher == "JoblibLauncher",
             sweep=sweep,
             trial=Trial(sweep.study, int(number)) if sweep and sweep.study and number is not None else None,
             slurm=_slurm_job(),

@@ -11,7 +11,7 @@ class Outcome:
     """A run's final metrics (empty when it failed), its MLflow run (None when untracked), the
     epoch a pruner stopped it after (None when it was not pruned), the fingerprint of the weights
     it tested (None when it tested none), and whether Ctrl-C or SIGTERM stopped it (a job in a
-    launcher's worker hands its stop back instead of raising it: see cli.train.Command.job)."""
+    pool's worker, joblib's, hands its stop back instead of raising it: see cli.train.Command.job)."""
 
     metrics: Dict[str, float]
     run_id: Optional[str] = None
