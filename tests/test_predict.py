@@ -14,6 +14,7 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from mnist_cnn.cli import predict
+from mnist_cnn.data import images as image_files
 from mnist_cnn.data.datasets import DATASETS
 from mnist_cnn.data.images import load_image
 from mnist_cnn.errors import DataError
@@ -121,6 +122,35 @@ def test_a_picture_larger_than_pillow_reads_says_so(tmp_path, monkeypatch):
         DataError, match=rf"^{path}: larger than Pillow reads \(Image size \(3600 pixels\) exceeds limit"
     ):
         load_image(path)
+
+
+def test_a_picture_over_the_stated_pixel_count_is_refused_before_it_is_decoded(tmp_path, monkeypatch):
+    """A PNG cannot be decoded shrunk: one of 13000x13000 took 3.9 GB and 12 s. Here one just over
+    MAX_PIXELS (25 megapixels) is refused from its header, without a pixel decoded."""
+    path = tmp_path / "wide.png"
+    Image.new("L", (5001, 5000), 255).save(path, compress_level=1)
+    monkeypatch.setattr(Image.Image, "load", lambda self: pytest.fail("the picture was decoded"))
+    with pytest.raises(DataError) as error:
+        load_image(path)
+    assert str(error.value) == (
+        f"{path}: 5001x5000 pixels, more than the 25 megapixels a picture may have; pass a smaller picture of the "
+        "character (it is shrunk to 1024 pixels a side anyway)."
+    )
+
+
+def test_a_jpeg_over_the_pixel_count_is_decoded_shrunk_and_read(tmp_path, monkeypatch):
+    """A JPEG decodes at 1/2, 1/4 or 1/8 of its size: a phone's 6000x5000 photo is read at 1500x1250."""
+    pixels = np.full((5000, 6000), 255, np.uint8)
+    pixels[1000:4000, 2800:3200] = 0  # a "1", dark on white
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(pixels).save(path, quality=80)
+    decoded = []
+    shrink = image_files._shrunk
+    monkeypatch.setattr(image_files, "_shrunk", lambda grey: decoded.append(grey.shape) or shrink(grey))
+    prepared = load_image(path)[0].numpy()
+    assert decoded == [(1250, 1500)]
+    rows, cols = np.nonzero(prepared > 0.5)
+    assert np.ptp(rows) >= 18 and np.ptp(cols) <= 6, "a tall thin stroke, 20 pixels high"
 
 
 def _save_as_users_do(images: np.ndarray, folder: Path) -> list:

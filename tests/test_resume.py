@@ -109,9 +109,24 @@ def test_resume_refuses_overrides_that_change_the_result_and_accepts_run_setting
 
 
 def test_resume_of_an_unknown_run_says_so(tiny_cfg, store_uri):
-    with pytest.raises(UserError, match="resume=0123456789abcdef: no run 0123456789abcdef in this tracking store"):
+    with pytest.raises(UserError, match="resume=0123456789abcdef: no run 0123456789abcdef in this tracking store") as e:
         resume(tiny_cfg(), "0123456789abcdef")
+    assert str(e.value).endswith(f" It was looked for in tracking.uri={store_uri!r}.")
     assert all_runs(store_uri) == []
+
+
+def test_resume_from_a_folder_without_the_store_names_where_it_looked_and_creates_none(tiny_cfg, tmp_path):
+    """`mnist-cnn-train resume=RUN` started in another folder, without tracking.uri: the default
+    ./mlflow.db is not there, and a resume only looks a run up."""
+    elsewhere = f"sqlite:///{tmp_path}/elsewhere/mlflow.db"
+    (tmp_path / "elsewhere").mkdir()
+    with pytest.raises(UserError) as e:
+        resume(tiny_cfg(f"tracking.uri={elsewhere}"), "0123456789abcdef0123456789abcdef")
+    assert str(e.value).startswith(
+        f"resume=0123456789abcdef0123456789abcdef: run 0123456789abcdef0123456789abcdef was looked for in "
+        f"tracking.uri={elsewhere!r}: there is no MLflow store at {tmp_path}/elsewhere/mlflow.db."
+    )
+    assert list((tmp_path / "elsewhere").iterdir()) == []  # no empty store, no lock file
 
 
 def test_a_truncated_checkpoint_in_a_run_is_named_as_its_artifact(tiny_cfg, store_uri, tmp_path):

@@ -96,6 +96,18 @@ def test_a_run_names_its_dataset_and_links_to_the_model_training_view(
 
 
 @pytest.mark.slow  # a process of its own
+def test_a_local_runs_link_comes_with_the_mlflow_ui_command_that_serves_its_store(
+    tiny_cfg, store_uri, tmp_path, capsys
+):
+    """Not `make ui`, which serves only the checkout's ./mlflow.db: the store this run used, on the
+    address the link names."""
+    train.run(tiny_cfg("trainer.limit_batches=2", "tracking.log_model=false"), tmp_path / "out")
+    run = only_run(store_uri)
+    link = f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}?workflowType=machine_learning"
+    command = f"mlflow ui --backend-store-uri {store_uri} --host 127.0.0.1 --port 5000"
+    assert f"  {link}  (serve this store's UI with: {command})\n" in capsys.readouterr().out
+
+
 def test_logged_model_loads_without_this_package_and_behaves_like_a_module(tiny_cfg, tiny_root, store_uri, tmp_path):
     """It takes [0, 1] floats and normalises inside; `.eval()`/`.train()` work; no mnist_cnn code needed."""
     cfg = tiny_cfg()

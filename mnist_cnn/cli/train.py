@@ -1,8 +1,9 @@
 """`mnist-cnn-train` (also `python -m mnist_cnn`): compose the config with Hydra, check it, train.
 
 Before Hydra reads the command line, credentials in a `tracking.uri=` override move into the
-environment (so Hydra's own files and console never hold them) and every YAML file of the config
-tree is parsed, so a typo is one line naming the file and line rather than a long traceback.
+environment (so Hydra's own files and console never hold them). An error in a config file Hydra
+composes (YAML that does not parse, a key no schema has) is one line naming the file, and the
+line or the closest key, rather than Hydra's multi-line report.
 The config checks are plain Python: a bad config fails in about a second, before torch loads.
 """
 
@@ -11,10 +12,14 @@ import logging
 import os
 import sys
 import threading
-from typing import List, NoReturn, Union
+from contextlib import contextmanager
+from typing import Iterator, List, NoReturn, Union
 
 import hydra
+import yaml
+from hydra.errors import HydraException
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from mnist_cnn.cli.common import run_command
 from mnist_cnn.config import tree
@@ -30,6 +35,7 @@ from mnist_cnn.timing import JobClock
 from mnist_cnn.tracking.redact import move_credentials, redact
 
 log = logging.getLogger("mnist_cnn")
+HYDRA_FULL_ERROR = "HYDRA_FULL_ERROR"
 
 
 def main() -> None:
@@ -122,20 +128,35 @@ def command() -> None:
     sys.argv = move_credentials(sys.argv)
     # resume_sweep=ID: the sweep's own overrides
     sys.argv = run_command("mnist-cnn-train", lambda: sweep_arguments(check_launcher(sys.argv)))
-    for problem in tree.yaml_problems(tree.config_dirs(sys.argv[1:])):
-        print(f"mnist-cnn-train: {problem}", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
     tree.register()
     process = Command()
     process.signals.install()  # a sweep's launching process too: a stop ends its parent run STOPPED
+    main = hydra.main(version_base="1.3", config_path=str(tree.CONF_DIR), config_name=tree.CONFIG_NAME)(process.job)
     try:
-        hydra.main(version_base="1.3", config_path=str(tree.CONF_DIR), config_name=tree.CONFIG_NAME)(process.job)()
-    except KeyboardInterrupt:  # between a sweep's jobs: every job so far is recorded, the parent STOPPED
-        sys.exit(EXIT_INTERRUPTED)
-    except SystemExit as e:
-        if e.code == 1 and not process.started:  # an override or config Hydra could not compose
-            sys.exit(EXIT_BAD_INPUT)
-        raise
+        with hydra_raises():
+            # Ctrl-C between a sweep's jobs: exit 130, every job so far recorded, the parent STOPPED
+            run_command("mnist-cnn-train", main)
+    except (HydraException, OmegaConfBaseException, yaml.YAMLError) as e:
+        if process.started:  # not the config: a job's own error, a bug
+            raise
+        print(f"mnist-cnn-train: {tree.composition_error(e, tree.config_dirs(sys.argv[1:]))}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+@contextmanager
+def hydra_raises() -> Iterator[None]:
+    """Hydra raises the errors it meets instead of printing them (its documented HYDRA_FULL_ERROR=1):
+    an error in a config file it composes, and only in a file it composes, is then told in one
+    line naming the file (a broken file that the command does not use stops nothing)."""
+    before = os.environ.get(HYDRA_FULL_ERROR)
+    os.environ[HYDRA_FULL_ERROR] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(HYDRA_FULL_ERROR, None)
+        else:
+            os.environ[HYDRA_FULL_ERROR] = before
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from mnist_cnn.names import EPOCH_METRICS
 def check_config(cfg: DictConfig, ctx: Optional[JobContext] = None) -> List[Layer]:
     """Raise ConfigError for the first thing wrong with `cfg`, the config of job `ctx` (None: a job
     alone); returns the layer plan of `cfg.model`."""
+    _check_missing(cfg, ctx or JobContext())
     for path, node in _typed_nodes(cfg):
         _check_keys(path, node)
         _check_ranges(path, node)
@@ -52,6 +53,16 @@ def check_config(cfg: DictConfig, ctx: Optional[JobContext] = None) -> List[Laye
     _check_ddp(cfg, ctx or JobContext())
     _check_cuda_graph(cfg)
     return plan_layers(cfg.model.layers, IMAGE_SHAPE, len(dataset_info(cfg.data.name).classes))
+
+
+def _check_missing(cfg: DictConfig, ctx: JobContext) -> None:
+    """A key the schema requires (an option's `name`, a model's `layers`) that no file sets: named
+    with the file of its group that should set it."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        group, _, key = missing[0].partition(".")
+        where = ctx.files.get(group) or f"the {group} file"
+        raise ConfigError(f"{missing[0]} has no value: {where} must set `{key}:` (or give {missing[0]}=...).")
 
 
 def _check_names(cfg: DictConfig) -> None:
@@ -217,12 +228,15 @@ def _check_keys(path: str, node: DictConfig) -> None:
     for key in node.keys():
         if key not in known:
             where = f"{path}.{key}" if path else key
-            close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.5)
-            hint = f"did you mean {close[0]}? " if close else ""
-            raise ConfigError(
-                f"{where}: not a key of {schema.__name__} ({hint}its keys: {', '.join(known)}); "
-                "`+` cannot add keys to the schema."
-            )
+            raise ConfigError(f"{unknown_key(where, schema)}; `+` cannot add keys to the schema.")
+
+
+def unknown_key(where: str, schema: type) -> str:
+    """`trainer.epoch: not a key of TrainerConfig (did you mean epochs? its keys: ...)`."""
+    known = [f.name for f in dataclasses.fields(schema)]
+    close = difflib.get_close_matches(where.rpartition(".")[2], known, n=1, cutoff=0.5)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return f"{where}: not a key of {schema.__name__} ({hint}its keys: {', '.join(known)})"
 
 
 def _check_ranges(path: str, node: DictConfig) -> None:

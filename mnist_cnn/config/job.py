@@ -17,11 +17,13 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from omegaconf import DictConfig
 
+from mnist_cnn.config.paths import find_config
 from mnist_cnn.interrupts import Stops
 from mnist_cnn.timing import JobClock
 
@@ -98,6 +100,7 @@ class JobContext:
     cwd: Path = field(default_factory=Path.cwd)  # where the command was started: relative paths mean this folder
     output_dir: Optional[Path] = None  # Hydra's folder for this job
     number: int = 0  # Hydra's number of the job in its sweep
+    files: Dict[str, Path] = field(default_factory=dict)  # the file each group's option was read from, for messages
     cpus: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))  # what this process may run on
     threads_given: Optional[int] = None  # OMP_NUM_THREADS: a launcher's share for it (joblib's), or the user's
     clock: JobClock = field(default_factory=JobClock)
@@ -123,6 +126,7 @@ class JobContext:
             cwd=Path(hydra.runtime.cwd),
             output_dir=Path(hydra.runtime.output_dir),
             number=int(hydra.job.num) if multirun else 0,
+            files=_option_files(hydra),
             threads_given=int(os.environ["OMP_NUM_THREADS"]) if os.environ.get("OMP_NUM_THREADS") else None,
             clock=clock,
             stops=stops,
@@ -141,6 +145,13 @@ class JobContext:
         a time, or one GPU (torch's own choice)."""
         side_by_side = self.sweep.side_by_side if self.sweep else 1
         return self.number % count if self.multirun and side_by_side > 1 and count > 1 else None
+
+
+def _option_files(hydra: DictConfig) -> Dict[str, Path]:
+    """The file of each option Hydra chose (`model` -> .../model/mine.yaml), in its search path's order."""
+    dirs = [Path(source.path) for source in hydra.runtime.config_sources if source.schema == "file"]
+    chosen = {g: find_config(dirs, f"{g}/{o}") for g, o in hydra.runtime.choices.items() if o and "hydra" not in g}
+    return {group: path for group, path in chosen.items() if path is not None}
 
 
 def _slurm_job() -> Optional[SlurmJob]:

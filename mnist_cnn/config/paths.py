@@ -8,6 +8,7 @@ against it before anything reads them, so the logged config names the real folde
 
 import os
 from pathlib import Path
+from typing import Iterable, Optional
 
 from omegaconf import DictConfig
 
@@ -44,3 +45,9 @@ def make_paths_absolute(cfg: DictConfig, base: Path) -> None:
     path = sqlite_path(cfg.tracking.uri)
     if path is not None and not path.is_absolute():
         cfg.tracking.uri = SQLITE + str(base / path)
+
+
+def find_config(dirs: Iterable[Path], name: str) -> Optional[Path]:
+    """The file of config `name` (`experiment/mine`) in the first of the config folders `dirs` that
+    has it, as Hydra's search path finds it; None if none has."""
+    return next((d / f"{name}.yaml" for d in dirs if (d / f"{name}.yaml").is_file()), None)

@@ -3,10 +3,11 @@
 `conf/config.yaml` starts its defaults list with `config_schema` (the `Config` below), so each
 group merges into a typed node: an unknown key or a value of the wrong type fails as soon as Hydra
 composes the config. Groups with several options (optimizer, scheduler) have one dataclass per
-option, stored as `<group>/base_<option>` and named first in that option's YAML (Hydra's
-structured-config pattern), so `optimizer=adam optimizer.momentum=0.9` is an error: AdamConfig has
-no momentum. Choices are enums; numbers carry their valid range in `metadata["range"]`, which
-`config.checks` enforces before anything runs. The YAML files repeat these defaults with a comment
+option, stored as `<group>_<option>_schema` (outside the groups, so `--help` offers no schema as an
+option) and named first in that option's YAML (Hydra's structured-config pattern), so
+`optimizer=adam optimizer.momentum=0.9` is an error: AdamConfig has no momentum. Choices are
+enums; numbers carry their valid range in `metadata["range"]`, which `config.checks` enforces
+before anything runs. The YAML files repeat these defaults with a comment
 on each key; a test keeps the two equal.
 """
 

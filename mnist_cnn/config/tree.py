@@ -8,17 +8,21 @@ search spaces. Users add their own groups or presets from any folder with Hydra'
 is then `experiment=mine`.
 """
 
-import os
+import dataclasses
+import re
 from pathlib import Path
-from typing import Iterator, List
+from typing import List
 
 import yaml
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from mnist_cnn.config import search
+from mnist_cnn.config.checks import unknown_key
+from mnist_cnn.config.paths import find_config
 from mnist_cnn.config.schema import OPTIONS, Config
 
 CONF_DIR = Path(__file__).parents[1] / "conf"
@@ -26,15 +30,21 @@ CONFIG_NAME = "config"
 
 
 def register() -> None:
-    """Register `config_schema` (the `Config` that `config.yaml` names first) and every
-    `<group>/base_<option>` that the option files name, and the Optuna sweeper's options
+    """Register `config_schema` (the `Config` that `config.yaml` names first), every option's schema
+    that its file names first (`/<group>_<option>_schema@_here_`: outside the groups, so that
+    `--help` does not offer it as an option), and the Optuna sweeper's options
     (`hydra/sweeper=optuna`). Storing again replaces: calling twice is harmless."""
     store = ConfigStore.instance()
     store.store(name="config_schema", node=Config)
     for group, options in OPTIONS.items():
         for option in options:
-            store.store(group=group, name=f"base_{option.name}", node=option)
+            store.store(name=option_schema(group, option.name), node=option)
     search.register(store)
+
+
+def option_schema(group: str, option: str) -> str:
+    """The ConfigStore name of an option's schema, which its YAML file names first."""
+    return f"{group}_{option}_schema"
 
 
 def compose(overrides: List[str]) -> DictConfig:
@@ -64,15 +74,24 @@ def config_dirs(args: List[str]) -> List[Path]:
     return dirs
 
 
-def yaml_problems(dirs: List[Path]) -> Iterator[str]:
-    """`FILE line L, column C: what is wrong` for each YAML file that does not parse."""
-    for folder in dirs:
-        for parent, _, names in os.walk(folder):
-            for name in sorted(n for n in names if n.endswith((".yaml", ".yml"))):
-                path = Path(parent) / name
-                try:
-                    yaml.safe_load(path.read_text(encoding="utf-8"))
-                except yaml.YAMLError as e:
-                    mark = getattr(e, "problem_mark", None)
-                    where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-                    yield f"{path}{where}: {getattr(e, 'problem', None) or e}; fix the YAML there."
+def composition_error(error: Exception, dirs: List[Path]) -> str:
+    """One line for an error Hydra met while composing the config: a YAML file that does not parse
+    (`FILE line L, column C: ...`), or a key no schema has, in a file or on the command line (with
+    the key it is closest to); any other error as Hydra itself prints it."""
+    if isinstance(error, yaml.YAMLError):
+        return yaml_problem(error)
+    unknown = error.__cause__ or error.__context__
+    if isinstance(unknown, (ConfigKeyError, ConfigAttributeError)) and dataclasses.is_dataclass(unknown.object_type):
+        line = unknown_key(unknown.full_key, unknown.object_type)
+        source = re.match(r"In '([^']+)':", str(error))  # Hydra names the config it was merging
+        found = find_config(dirs, source.group(1)) if source else None
+        return f"{found or source.group(1)}: {line}; fix it there." if source else f"{line}."
+    cause = error.__cause__
+    return f"{error}\n{cause}" if isinstance(cause, OmegaConfBaseException) else str(error)
+
+
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """`FILE line L, column C: what is wrong; fix the YAML there.` (the file is the stream's name)."""
+    mark = getattr(error, "problem_mark", None)
+    where = f"{mark.name} line {mark.line + 1}, column {mark.column + 1}" if mark else "a config file"
+    return f"{where}: {getattr(error, 'problem', None) or error}; fix the YAML there."

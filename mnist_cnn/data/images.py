@@ -11,6 +11,7 @@ images.
 
 import errno
 import stat
+import warnings
 from pathlib import Path
 from typing import Union
 
@@ -25,6 +26,10 @@ from mnist_cnn.errors import DataError
 BOX = 20  # MNIST's digits fit a 20x20 box inside the 28x28 field
 INK = 0.2  # after the background is made 0 and the brightest ink 1: fainter pixels do not count as ink
 READ_SIDE = 1024  # larger pictures (a phone's 4000x3000) are read shrunk to this: the character ends up 20x20
+# Larger pictures are refused before they are decoded: a PNG cannot be decoded shrunk, and one of
+# 13000x13000 (684 KB on disk) took 3.9 GB and 12 s. A JPEG is first read at 1/2, 1/4 or 1/8 of
+# its size, as its format allows, so a phone's 50-megapixel photo is read at 12 or 3 megapixels.
+MAX_PIXELS = 25_000_000
 
 
 def load_image(path: Union[str, Path]) -> torch.Tensor:
@@ -32,7 +37,12 @@ def load_image(path: Union[str, Path]) -> torch.Tensor:
     cannot be read or shows no character, or several. Only regular files are opened: a FIFO would block forever."""
     _check_regular_file(Path(path))
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked below
+            image = Image.open(path)  # reads the header only
+        with image:
+            image.draft(None, (READ_SIDE, READ_SIDE))  # a JPEG decodes shrunk, still at least READ_SIDE a side
+            _check_size(path, image)
             image.load()  # Pillow reads lazily: a truncated file fails here, not later
     except PermissionError as e:
         raise DataError(f"{path}: permission denied; make the file readable.") from e
@@ -40,12 +50,24 @@ def load_image(path: Union[str, Path]) -> torch.Tensor:
         raise DataError(f"{path}: not an image Pillow can read; pass a PNG or JPEG file.") from e
     except Image.DecompressionBombError as e:
         raise DataError(f"{path}: larger than Pillow reads ({e}); pass a smaller picture of the character.") from e
+    except DataError:
+        raise
     except (OSError, SyntaxError, ValueError) as e:  # Pillow's ways of saying "corrupt"
         raise DataError(f"{path}: cannot be read ({e}); the file is truncated or corrupt.") from e
     try:
         return to_mnist(image)
     except DataError as e:
         raise DataError(f"{path}: {e}") from e
+
+
+def _check_size(path: Union[str, Path], image: Image.Image) -> None:
+    """DataError when `image` (as it will be decoded) has more than MAX_PIXELS pixels."""
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise DataError(
+            f"{path}: {width}x{height} pixels, more than the {MAX_PIXELS // 1_000_000} megapixels a picture may have; "
+            f"pass a smaller picture of the character (it is shrunk to {READ_SIDE} pixels a side anyway)."
+        )
 
 
 def save_image(image: torch.Tensor, path: Union[str, Path]) -> None:

@@ -145,9 +145,14 @@ class OnnxModel:
             self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own kinds for every unreadable file
             raise ModelError(f"{path}: onnxruntime cannot load it ({_first_line(e)}); give an ONNX model file.") from e
+        self.path = path
         self.input = self.session.get_inputs()[0].name
+        batch = self.session.get_inputs()[0].shape[0]
+        self.batch = batch if isinstance(batch, int) else None  # a file exported with a fixed batch (often 1)
         try:
-            self.num_classes = self.session.run(None, {self.input: np.zeros((1, *in_shape), np.float32)})[0].shape[-1]
+            self.num_classes = self._logits(np.zeros((self.batch or 2, *in_shape), np.float32)).shape[1]
+        except ModelError:
+            raise
         except Exception as e:  # noqa: BLE001 - as above, for an input of another shape or type
             raise ModelError(
                 f"{path}: does not take float images of shape (N, {', '.join(map(str, in_shape))}) ({_first_line(e)})."
@@ -155,14 +160,40 @@ class OnnxModel:
         self.metadata = self.session.get_modelmeta().custom_metadata_map
 
     def __call__(self, images):
+        """The logits (N, classes) of `images`; a file with a fixed batch is given the images that
+        many at a time, the last batch filled up with blank images whose logits are dropped."""
         import torch  # only to hand the logits back as the PyTorch model would
 
-        return torch.from_numpy(self.session.run(None, {self.input: images.cpu().numpy()})[0])
+        images = images.cpu().numpy()
+        if self.batch is None:
+            return torch.from_numpy(self._logits(images))
+        parts = [images[i : i + self.batch] for i in range(0, len(images), self.batch)]
+        return torch.from_numpy(
+            np.concatenate([self._logits(_filled(part, self.batch))[: len(part)] for part in parts])
+        )
+
+    def _logits(self, images: np.ndarray) -> np.ndarray:
+        """onnxruntime's output for `images` as one row of class scores per image; ModelError for
+        an output of another shape (one number per image, say)."""
+        out = self.session.run(None, {self.input: images})[0]
+        if out.ndim == 1 and len(images) == 1 and out.size > 1:  # a batch of one, squeezed away
+            out = out[None]
+        if out.ndim != 2 or out.shape[0] != len(images) or out.shape[1] < 2:
+            raise ModelError(
+                f"{self.path}: gives an output of shape {tuple(out.shape)} for {len(images)} image(s); "
+                "predict needs (N, classes): a row of class scores (logits) per image, for two classes or more."
+            )
+        return out
 
     def classes(self) -> Tuple[str, ...]:
         """The class names mnist-cnn-export wrote into the file, else the class indices."""
         names = tuple(json.loads(self.metadata.get(CLASSES, "[]")))
         return names if len(names) == self.num_classes else tuple(str(i) for i in range(self.num_classes))
+
+
+def _filled(images: np.ndarray, batch: int) -> np.ndarray:
+    """`images` followed by blank images up to `batch`."""
+    return np.concatenate([images, np.zeros((batch - len(images), *images.shape[1:]), images.dtype)])
 
 
 def _first_line(error: Exception) -> str:

@@ -28,11 +28,12 @@ from omegaconf import DictConfig
 from mnist_cnn import names
 from mnist_cnn.config.job import JobContext
 from mnist_cnn.config.keys import config_sha256
-from mnist_cnn.errors import CheckpointError
+from mnist_cnn.errors import CheckpointError, ModelError, TrackingError
 from mnist_cnn.runner.outcome import Outcome
 from mnist_cnn.tracking import store
 from mnist_cnn.tracking.heartbeat import silence_s, stale_after_s
 from mnist_cnn.tracking.lookup import children, find_run
+from mnist_cnn.tracking.redact import redact
 from mnist_cnn.tracking.states import RunState, state_of
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,15 @@ def check_free(run: Run, where: str, sweep: bool = False) -> None:
 
 
 def free_run(uri: str, run_id: str, where: str) -> MlflowClient:
-    """A client for `uri`, once run `run_id` is known to be there and free to continue (`check_free`)."""
-    client = store.connect(uri)
-    check_free(find_run(client, run_id, where), where)
+    """A client for `uri`, once run `run_id` is known to be there and free to continue (`check_free`).
+    The store is only looked in, never created: a resume that finds no run leaves nothing behind."""
+    try:
+        client = store.connect(uri, create=False)
+    except TrackingError as e:
+        raise TrackingError(f"{where}: run {run_id} was looked for in {e}") from e
+    try:
+        run = find_run(client, run_id, where)
+    except ModelError as e:
+        raise ModelError(f"{e} It was looked for in tracking.uri={redact(uri)!r}.") from e
+    check_free(run, where)
     return client

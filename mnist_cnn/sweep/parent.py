@@ -14,7 +14,7 @@ from mnist_cnn import names
 from mnist_cnn.tracking import store
 from mnist_cnn.tracking.ending import as_tags, end_run
 from mnist_cnn.tracking.heartbeat import Heartbeat, alive_tags
-from mnist_cnn.tracking.links import resume_command, run_url
+from mnist_cnn.tracking.links import resume_command, run_url, ui_hint
 from mnist_cnn.tracking.lookup import children
 from mnist_cnn.tracking.states import RunState, mlflow_status
 
@@ -77,4 +77,5 @@ def close_parent_run(
         end_run(client, run_id, state, tags)
     run = client.get_run(run_id)
     importances = {k: v for k, v in run.data.metrics.items() if k.startswith(names.IMPORTANCE)}  # an Optuna search's
-    return {**summary, **importances, **tags}, run_url(cfg.tracking.uri, run.info.experiment_id, run_id)
+    link = run_url(cfg.tracking.uri, run.info.experiment_id, run_id) + ui_hint(cfg.tracking.uri)
+    return {**summary, **importances, **tags}, link

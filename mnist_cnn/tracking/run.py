@@ -34,7 +34,7 @@ from mnist_cnn.tracking.ending import as_tags, end_run, error_tag, failed_state
 from mnist_cnn.tracking.environment import environment_tags
 from mnist_cnn.tracking.heartbeat import Heartbeat, alive_tags
 from mnist_cnn.tracking.inputs import dataset_input
-from mnist_cnn.tracking.links import resume_command, run_url
+from mnist_cnn.tracking.links import resume_command, run_url, ui_hint
 from mnist_cnn.tracking.redact import redact
 from mnist_cnn.tracking.run_names import run_name
 from mnist_cnn.tracking.states import RunState, mlflow_status
@@ -108,19 +108,11 @@ def tracked_run(
         experiment_id = client.get_run(opened).info.experiment_id
         print(
             f"MLflow run {opened} finished in experiment {cfg.tracking.experiment!r} ({redact(cfg.tracking.uri)}):\n"
-            f"  {run_url(cfg.tracking.uri, experiment_id, opened)}{_ui_hint(cfg.tracking.uri)}",
+            f"  {run_url(cfg.tracking.uri, experiment_id, opened)}{ui_hint(cfg.tracking.uri)}",
             flush=True,
         )
     finally:
         background.close()
-
-
-def _ui_hint(tracking_uri: str) -> str:
-    return (
-        ""
-        if tracking_uri.startswith(("http://", "https://"))
-        else "  (for this local store, start the UI with `make ui`)"
-    )
 
 
 def _system_metrics(run_id: str, uri: str, resumed: bool) -> Any:
