@@ -23,6 +23,7 @@ from mnist_cnn import names
 from mnist_cnn.cli import eval as eval_cli
 from mnist_cnn.cli import export, predict, verify
 from mnist_cnn.config.checks import check_config
+from mnist_cnn.errors import ModelError
 from mnist_cnn.runner import train
 from mnist_cnn.tracking import model as logged
 from tests.helpers.config import make_cfg
@@ -183,3 +184,29 @@ def test_a_rebuilt_model_gives_the_logits_of_the_model_that_was_logged(store_uri
     images = torch.rand(5, *network.in_shape)
     trained.eval().to(memory_format=torch.contiguous_format)  # the rebuilt one's layout: the same arithmetic
     assert torch.equal(rebuilt(images), trained(images)) and not rebuilt.training
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("{not json", "Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"),
+        ("[1, 2]", "not a JSON object"),
+        ('{"layers": [{"type": "exec"}], "in_shape": [1, 28, 28], "num_classes": 10}', "model.layers[0]: unknown type"),
+        (
+            '{"layers": [], "in_shape": [1, 28, 28], "num_classes": 10, "code": "x"}',
+            "unexpected keyword argument 'code'",
+        ),
+        ('{"layers": [], "in_shape": [-1], "num_classes": 10}', "in_shape [-1] and num_classes 10 must be positive"),
+    ],
+    ids=["not-json", "not-an-object", "unknown-layer", "unknown-key", "negative-shape"],
+)
+def test_a_network_json_that_describes_no_network_is_refused_naming_why(tmp_path, text, reason):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / names.NETWORK_FILE).write_text(text)
+    torch.save({}, folder / names.STATE_DICT_FILE)
+    with pytest.raises(ModelError) as refused:
+        logged.load_model(str(folder), str(tmp_path / "download"), "", "MODEL")
+    message = str(refused.value)
+    assert message.startswith("MODEL: its network.json does not describe a network (") and reason in message
+    assert message.endswith("); train it again.")

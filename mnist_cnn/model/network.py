@@ -18,6 +18,8 @@ from mnist_cnn.model.layers import Layer, Shape, plan_layers
 
 @dataclass(frozen=True)
 class Network:
+    """A network as `network.json` holds it (`to_json`, `from_json`)."""
+
     layers: Tuple[Dict[str, Any], ...]  # model.layers, each entry without its unset keys
     in_shape: Shape  # one sample: (channels, height, width)
     num_classes: int
@@ -26,7 +28,12 @@ class Network:
 
     @classmethod
     def of(
-        cls, layers: Sequence[Mapping[str, Any]], in_shape: Shape, num_classes: int, mean=None, std=None
+        cls,
+        layers: Sequence[Mapping[str, Any]],
+        in_shape: Sequence[int],
+        num_classes: int,
+        mean: Optional[float] = None,
+        std: Optional[float] = None,
     ) -> "Network":
         """A network of `layers` (a config's `model.layers`, as plain containers)."""
         kept = tuple({key: value for key, value in dict(layer).items() if value is not None} for layer in layers)
