@@ -34,7 +34,11 @@ PACKAGES = ("mnist_cnn", "hydra_plugins/mnist_cnn_sweeper")  # our code: the pac
 LAYERS: Tuple[Tuple[str, Tuple[str, ...], str], ...] = (
     ("words", ("names", "errors"), "what runs are recorded under in MLflow; what can go wrong, with exit codes"),
     ("process", ("interrupts", "timing"), "what Ctrl-C and SIGTERM do to a run; where its wall time goes"),
-    ("inputs", ("data", "model"), "MNIST-format files, checks and splits; layer kinds, shape inference, the builder"),
+    (
+        "inputs",
+        ("data", "model"),
+        "MNIST-format files, checks and splits; layer kinds, shape inference, the network, the builder",
+    ),
     ("config", ("config",), "the config tree, its typed schema, the checks that run before torch loads"),
     ("engine", ("engine",), "the training state, step loop, optimizers, checkpoints, precision, CUDA graphs, DDP"),
     ("results", ("report", "tracking"), "scoring a model class by class with figures; everything MLflow sees"),

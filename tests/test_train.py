@@ -22,6 +22,7 @@ from mnist_cnn.config.job import JobContext
 from mnist_cnn.config.keys import config_sha256
 from mnist_cnn.engine import loop, precision
 from mnist_cnn.errors import ConfigError, DivergedError
+from mnist_cnn.model.network import Network
 from mnist_cnn.names import HEARTBEAT
 from mnist_cnn.runner import record, train
 from mnist_cnn.tracking.tracker import Tracker
@@ -145,8 +146,9 @@ def test_logging_the_model_leaves_the_callers_model_where_it_was(store_uri):
 
     client = MlflowClient(store_uri)
     run = client.create_run(client.create_experiment("logged"))
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)).double().train()
-    uri = logged.log_model(client, client.get_run(run.info.run_id), model, (1, 28, 28), 10)
+    network = Network.of([{"type": "flatten"}, {"type": "linear", "out_features": 10}], (1, 28, 28), 10)
+    model = network.build().double().train()
+    uri = logged.log_model(client, client.get_run(run.info.run_id), model, network)
     assert next(model.parameters()).dtype == torch.float64 and model.training  # untouched
     folder = client.get_logged_model(uri.removeprefix("models:/")).artifact_location
     copy = mlflow.pytorch.load_model(folder)

@@ -109,11 +109,12 @@ def unknown_dataset(spec: str) -> ModelError:
 
 def load_model(client: Any, spec: str, scored: bool = False) -> TrainedModel:
     """The model `spec` names (a run id or model URI) in `client`'s store, with the run and config
-    behind it; ModelError (naming `spec`) when it cannot be found, loaded, or given an image, or,
-    to be `scored` on its dataset, when no run logged it."""
-    import mlflow  # MLflow and torch take seconds to import: only after the arguments are parsed
-    import torch  # as above
+    behind it, rebuilt from its network and weights without unpickling anything (tracking.model);
+    ModelError (naming `spec`) when it cannot be found, loaded that way, or given an image, or, to
+    be `scored` on its dataset, when no run logged it."""
+    import torch  # torch and MLflow take seconds to import: only after the arguments are parsed
 
+    from mnist_cnn.tracking import model as logged  # torch and MLflow, as above
     from mnist_cnn.tracking.lookup import class_names, find_run, logged_config, model_files, resolve_model  # MLflow
 
     ref = resolve_model(client, spec)
@@ -124,8 +125,9 @@ def load_model(client: Any, spec: str, scored: bool = False) -> TrainedModel:
     try:
         with tempfile.TemporaryDirectory() as folder:
             files = model_files(client, ref)  # where its files are, found through this store's client
-            local = mlflow.artifacts.download_artifacts(files, dst_path=folder, tracking_uri=client.tracking_uri)
-            module = mlflow.pytorch.load_model(local, map_location="cpu").eval()
+            module = logged.load_model(files, folder, client.tracking_uri, spec)  # rebuilt: never unpickled
+    except UserError:
+        raise
     except Exception as e:  # noqa: BLE001 - MLflow raises many kinds for a missing or unreadable model
         raise ModelError(f"{spec}: cannot be loaded ({type(e).__name__}: {str(e).splitlines()[0][:200]}).") from e
     try:

@@ -20,13 +20,14 @@ from mnist_cnn.config.schema import OPTIONS, first_objective
 from mnist_cnn.data.datasets import IMAGE_SHAPE, dataset_info
 from mnist_cnn.errors import ConfigError
 from mnist_cnn.model import onnx_file
-from mnist_cnn.model.layers import Layer, plan_layers
+from mnist_cnn.model.network import Network
 from mnist_cnn.names import EPOCH_METRICS
 
 
-def check_config(cfg: DictConfig, ctx: Optional[JobContext] = None) -> List[Layer]:
+def check_config(cfg: DictConfig, ctx: Optional[JobContext] = None) -> Network:
     """Raise ConfigError for the first thing wrong with `cfg`, the config of job `ctx` (None: a job
-    alone); returns the layer plan of `cfg.model`."""
+    alone); returns the network it trains (its model's layers, for its dataset's images and classes,
+    normalised as it says)."""
     _check_missing(cfg, ctx or JobContext())
     for path, node in _typed_nodes(cfg):
         _check_keys(path, node)
@@ -52,7 +53,11 @@ def check_config(cfg: DictConfig, ctx: Optional[JobContext] = None) -> List[Laye
     _check_epoch_ranking(cfg)
     _check_ddp(cfg, ctx or JobContext())
     _check_cuda_graph(cfg)
-    return plan_layers(cfg.model.layers, IMAGE_SHAPE, len(dataset_info(cfg.data.name).classes))
+    info = dataset_info(cfg.data.name)
+    layers = OmegaConf.to_container(cfg.model.layers, resolve=True, enum_to_str=True)
+    network = Network.of(layers, IMAGE_SHAPE, len(info.classes), *((info.mean, info.std) if cfg.data.normalize else ()))
+    network.plan()  # its layers fit the images and the classes
+    return network
 
 
 def _check_missing(cfg: DictConfig, ctx: JobContext) -> None:

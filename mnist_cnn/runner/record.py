@@ -9,10 +9,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist_cnn import names
 from mnist_cnn.config.job import JobContext
-from mnist_cnn.data.datasets import IMAGE_SHAPE
 from mnist_cnn.engine import distributed, repro
 from mnist_cnn.engine.checkpoint import save_checkpoint
 from mnist_cnn.engine.state import TrainingState
+from mnist_cnn.model.network import Network
 from mnist_cnn.report.figures import run_figures
 from mnist_cnn.report.metrics import score
 from mnist_cnn.tracking.redact import redact
@@ -21,14 +21,14 @@ from mnist_cnn.tracking.tracker import Tracker
 log = logging.getLogger(__name__)
 
 
-def save_and_log_epoch(cfg: DictConfig, tracker: Tracker, state: TrainingState, classes: int, path: Path) -> None:
+def save_and_log_epoch(cfg: DictConfig, tracker: Tracker, state: TrainingState, network: Network, path: Path) -> None:
     """The epoch's checkpoint on local disk (its config and run id with it), then in MLflow with its
     metrics; with trainer.keep_best, the epoch's model too, linked to its metrics, and only the best
     `keep_best` of those models kept."""
     config = redact(OmegaConf.to_yaml(cfg, resolve=True))  # credentials masked: a resume takes tracking.uri anew
     save_checkpoint(path, {**state.checkpoint(), "config": config, "run_id": tracker.run_id})
     keep, epoch = cfg.trainer.keep_best, state.epoch
-    model_id = tracker.log_epoch_model(state.model, IMAGE_SHAPE, classes, epoch) if keep else None
+    model_id = tracker.log_epoch_model(state.model, network, epoch) if keep else None
     tracker.log_epoch(state.history[-1], epoch, path, model_id)
     if keep:
         tracker.keep_best(keep, cfg.objective)
@@ -36,7 +36,7 @@ def save_and_log_epoch(cfg: DictConfig, tracker: Tracker, state: TrainingState, 
 
 
 def test_and_log_model(
-    cfg: DictConfig, ctx: JobContext, tracker: Tracker, state: TrainingState, classes: tuple
+    cfg: DictConfig, ctx: JobContext, tracker: Tracker, state: TrainingState, classes: tuple, network: Network
 ) -> Tuple[Dict[str, float], str]:
     """Score the test split once, after the last epoch, class by class with figures; fingerprint the
     weights; log the model; then where the run's time went. Returns the metrics and the weights'
@@ -60,7 +60,7 @@ def test_and_log_model(
     with clock.phase("model"):
         if cfg.tracking.log_model:
             register_as = None if ctx.multirun else cfg.tracking.register_as  # a sweep registers only its champion
-            tracker.log_model(state.model, IMAGE_SHAPE, len(classes), register_as, cfg.tracking.register_from)
+            tracker.log_model(state.model, network, register_as, cfg.tracking.register_from)
             if cfg.tracking.log_onnx:
                 tracker.log_onnx(state.model, state.splits["test"], classes)
     state.stops.check()  # a stop asked for while the model was logged: KILLED, resumable, not ignored

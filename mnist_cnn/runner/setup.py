@@ -22,7 +22,7 @@ from mnist_cnn import names
 from mnist_cnn.config.checks import check_config
 from mnist_cnn.config.job import JobContext
 from mnist_cnn.config.keys import config_sha256
-from mnist_cnn.data.datasets import IMAGE_SHAPE, dataset_info
+from mnist_cnn.data.datasets import dataset_info
 from mnist_cnn.data.idx import load_split
 from mnist_cnn.data.splits import Split, num_batches, split_validation
 from mnist_cnn.engine import distributed, graphs, precision, repro
@@ -31,6 +31,7 @@ from mnist_cnn.engine.loop import StepSettings, resolve_device
 from mnist_cnn.engine.optim import build_optimizer, build_scheduler
 from mnist_cnn.engine.state import TrainingState
 from mnist_cnn.model.build import build_model, summary
+from mnist_cnn.model.network import Network
 from mnist_cnn.timing import Stopwatch
 
 log = logging.getLogger(__name__)
@@ -45,13 +46,14 @@ class Prepared:
     steps_per_epoch: int  # never 0: an empty epoch is a config error
     cuda_graph: bool  # whether each full batch's step replays a captured CUDA graph (engine.graphs.captures)
     classes: Tuple[str, ...]  # the dataset's class names
+    network: Network  # what rebuilds the model: logged with it, so that loading it never unpickles
     tags: Dict[str, str]  # fingerprints: device, seed, data and config hashes, ...
     dataset: Dict[str, Any]  # name, folder, sizes (per split), sha256: the run's MLflow input
 
 
 def prepare(cfg: DictConfig, ctx: JobContext, world: World) -> Prepared:
     """Every check that can fail on a bad config or bad data, done before tracking starts."""
-    plan = check_config(cfg, ctx)
+    network = check_config(cfg, ctx)
     repro.seed_everything(cfg.seed)  # the same initial weights on every rank
     if ctx.multirun:  # its share of this machine's cores: jobs side by side would fight over all of them
         torch.set_num_threads(ctx.torch_threads)
@@ -59,9 +61,9 @@ def prepare(cfg: DictConfig, ctx: JobContext, world: World) -> Prepared:
     captured = graphs.captures(cfg.trainer, device)  # cuda_graph=true without a GPU fails here, before a run opens
     deterministic = cfg.trainer.deterministic if cfg.trainer.deterministic is not None else device.type == "cpu"
     repro.set_deterministic(deterministic, compiled=cfg.trainer.compile)
-    info = dataset_info(cfg.data.name)
-    model = build_model(plan, *((info.mean, info.std) if cfg.data.normalize else ()))
-    log.info("model %s on %s:\n%s", cfg.model.name, device, summary(model, plan, IMAGE_SHAPE))
+    info, plan = dataset_info(cfg.data.name), network.plan()
+    model = build_model(plan, network.mean, network.std)
+    log.info("model %s on %s:\n%s", cfg.model.name, device, summary(model, plan, network.in_shape))
     load = dict(root=cfg.data.root, name=cfg.data.name, download=cfg.data.download, verify=cfg.data.verify_checksums)
     full_train, test = load_split(split="train", **load), load_split(split="test", **load)
     train, val = split_validation(full_train, cfg.data.val_size, cfg.seed)
@@ -83,7 +85,7 @@ def prepare(cfg: DictConfig, ctx: JobContext, world: World) -> Prepared:
     )
     if cfg.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return Prepared(model.to(device), splits, steps, captured, info.classes, tags, dataset)
+    return Prepared(model.to(device), splits, steps, captured, info.classes, network, tags, dataset)
 
 
 def job_device(name: str, ctx: JobContext) -> torch.device:

@@ -114,7 +114,7 @@ def fit(
                     if early is not None:  # before the checkpoint, which carries the best weights
                         state.keep_if_best(early.best_epoch(state.history))
                     with state.clock.phase("checkpoint"):
-                        save_and_log_epoch(cfg, tracker, state, len(prepared.classes), checkpoint)
+                        save_and_log_epoch(cfg, tracker, state, prepared.network, checkpoint)
                 if end_of_epoch(world, tracker, hooks, state.history):
                     if world.main:
                         stopped_early(tracker, state, early.metric)
@@ -122,7 +122,7 @@ def fit(
             if not world.main or until is not None and state.epoch >= until:
                 return Outcome(state.history[-1], tracker.run_id)
             ended = ended_with(cfg, tracker, state, early)
-            final, weights = test_and_log_model(cfg, ctx, tracker, state, prepared.classes)
+            final, weights = test_and_log_model(cfg, ctx, tracker, state, prepared.classes, prepared.network)
     except Pruned as e:
         return Outcome(state.history[-1], tracker.run_id, e.epoch)
     return Outcome({**state.history[ended - 1], **final}, tracker.run_id, weights_sha256=weights)

@@ -22,6 +22,7 @@ from mnist_cnn.config.schema import first_objective
 from mnist_cnn.data.splits import Split, batches
 from mnist_cnn.errors import TrackingLostError
 from mnist_cnn.model import onnx_file
+from mnist_cnn.model.network import Network
 from mnist_cnn.tracking import model as logged
 from mnist_cnn.tracking import registry, store
 from mnist_cnn.tracking.ending import as_tags
@@ -94,17 +95,16 @@ class Tracker:
     def log_model(
         self,
         model: torch.nn.Module,
-        in_shape: tuple,
-        num_classes: int,
+        network: Network,
         register_as: Optional[str] = None,
         register_from: str = "last",
     ) -> None:
-        """Log the final model (tagged `model_uri`); with `register_as`, also register it, or the best
+        """Log the final model of `network` (tagged `model_uri`); with `register_as`, also register it, or the best
         epoch kept (`register_from=best`), as a new version of that model."""
 
         def upload() -> None:
             run = self.client.get_run(self.run_id)
-            uri = logged.log_model(self.client, run, model, in_shape, num_classes)
+            uri = logged.log_model(self.client, run, model, network)
             self.set_tags({names.MODEL_URI: uri})
             if register_as:
                 source = uri if register_from == "last" else run.data.tags[names.BEST_MODEL_URI]
@@ -130,7 +130,7 @@ class Tracker:
         log.info("%s: max logit difference from PyTorch %.1e", names.ONNX_FILE, exported.max_difference)
 
     @_when_tracking
-    def log_epoch_model(self, model: torch.nn.Module, in_shape: tuple, num_classes: int, epoch: int) -> str:
+    def log_epoch_model(self, model: torch.nn.Module, network: Network, epoch: int) -> str:
         """Log this epoch's model (trainer.keep_best) unless a resumed run already has it; returns its id."""
 
         def upload() -> str:
@@ -139,7 +139,7 @@ class Tracker:
                 for kept in registry.epoch_models(self.client, run):
                     if kept.tags[names.EPOCH] == str(epoch):
                         return kept.model_id
-            return logged.log_model(self.client, run, model, in_shape, num_classes, epoch).removeprefix("models:/")
+            return logged.log_model(self.client, run, model, network, epoch).removeprefix("models:/")
 
         return self.call(upload)
 
