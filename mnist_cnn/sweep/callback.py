@@ -134,11 +134,21 @@ class MlflowSweepCallback(Callback):
         self.swept = swept_keys(config)
         error = shared_config_error(config, self.swept)
         problem = str(error) if error is not None else sampler_problem(config.hydra.sweeper)
-        problem = problem or slurm_problem(config.hydra.launcher)
+        problem = problem or slurm_problem(config.hydra.launcher) or self._search_problem(config)
         refuse(problem or folder_problem("hydra.sweep.dir", config.hydra.sweep.dir))  # once, before the parent opens
         if config.tracking.enabled:
             with collector_paused():  # MLflow's import and store: the sweep's jobs wait for its parent run
                 self._open(config)
+
+    @staticmethod
+    def _search_problem(config: DictConfig) -> Optional[str]:
+        """Why an Optuna search could not run (sweep.checks), or None (also for a grid)."""
+        if not is_optuna(config.hydra.sweeper):
+            return None
+        from mnist_cnn.sweep.checks import search_problem  # Optuna: seconds to import, only for a search
+
+        with collector_paused():
+            return search_problem(config)
 
     def _open(self, config: DictConfig) -> None:
         """Open the parent run (or continue it) and write the sweep file its jobs read."""
