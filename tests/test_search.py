@@ -14,9 +14,9 @@ from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from mnist_cnn.cli import runs
-from mnist_cnn.config.search import SAMPLERS, sampler_problem
+from mnist_cnn.config.search import SAMPLERS, sampler_problem, study_of
 from mnist_cnn.runner import train
-from mnist_cnn.sweep.callback import MlflowSweepCallback
+from mnist_cnn.sweep.callback import MlflowSweepCallback, sweep_argv
 from mnist_cnn.sweep.checks import sampler_problem as sampler_problem_of
 from mnist_cnn.sweep.checks import search_problem
 from mnist_cnn.sweep.search import _told_as_before, search_space
@@ -294,7 +294,9 @@ def test_a_sweep_joining_a_study_with_another_space_leaves_no_parent_and_no_tria
     first = processes.run(processes.train_command(tiny_root, store_uri, *shared, multirun=True), tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     before = runs_in(store_uri)
-    other = processes.train_command(tiny_root, store_uri, *shared, "model.layers.0.out_channels=choice(8,16)", multirun=True)
+    other = processes.train_command(
+        tiny_root, store_uri, *shared, "model.layers.0.out_channels=choice(8,16)", multirun=True
+    )
     out = processes.run(other, tmp_path)
     assert out.returncode == 2 and out.stderr.strip().splitlines()[-1] == (
         "mnist-cnn-train: study shared: it searched model.layers.0.out_channels as choice(16, 32, 48), this sweep "
@@ -303,3 +305,20 @@ def test_a_sweep_joining_a_study_with_another_space_leaves_no_parent_and_no_tria
     assert [r.info.run_id for r in runs_in(store_uri)] == [r.info.run_id for r in before]
     study = optuna.load_study(study_name="shared", storage=open_storage(str(tmp_path / "mlflow.db.optuna.journal")))
     assert [t.state.name for t in study.trials] == ["COMPLETE"]
+
+
+def test_a_studys_file_is_named_absolute_and_resumed_from_anywhere(tmp_path, monkeypatch):
+    """`~/x.journal` made a folder named `~`; a relative journal resumed from another folder started
+    a new, empty study. The path is made absolute against the folder the command started in (the
+    user's home for `~`), and the sweep records it so for `resume_sweep=`."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    for given, absolute in (
+        ("~/x.journal", str(tmp_path / "home" / "x.journal")),
+        ("studies/x.journal", str(tmp_path / "studies" / "x.journal")),
+        ("sqlite:///optuna.db", f"sqlite:///{tmp_path}/optuna.db"),
+        ("postgresql://host/optuna", "postgresql://host/optuna"),  # a server's URL as it is
+    ):
+        config = sweep_config(tmp_path, "hparams_search=lr_batch", f"hydra.sweeper.storage='{given}'", "seed=3")
+        assert study_of(config, "p").storage == absolute
+        assert sweep_argv(config) == [f"hydra.sweeper.storage='{absolute}'", "hparams_search=lr_batch", "seed=3"]

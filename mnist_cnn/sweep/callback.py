@@ -29,6 +29,7 @@ from omegaconf import DictConfig, open_dict
 from mnist_cnn import names
 from mnist_cnn.config.checks import check_config
 from mnist_cnn.config.job import JobContext, Study, SweepFile
+from mnist_cnn.config.keys import override_key
 from mnist_cnn.config.search import is_optuna, sampler_problem, study_of
 from mnist_cnn.errors import EXIT_BAD_INPUT, EXIT_UNAVAILABLE, ConfigError
 from mnist_cnn.sweep.slurm import slurm_problem
@@ -83,6 +84,14 @@ def swept_keys(config: DictConfig) -> List[str]:
     grid = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
     keys = [o.get_key_element() for o in grid if o.is_sweep_override()] + list(config.hydra.sweeper.get("params") or {})
     return list(dict.fromkeys(keys))
+
+
+def sweep_argv(config: DictConfig) -> List[str]:
+    """The sweep's overrides as `resume_sweep=` adds them again, with `hydra.sweeper.storage` absolute
+    (config.search.storage_at): a resume started from another folder continues the same study."""
+    argv = list(config.hydra.overrides.hydra) + list(config.hydra.overrides.task)
+    quoted = "'" + study_of(config, None).storage.replace("'", "\\'") + "'"  # Hydra's quoting: any path parses
+    return [f"hydra.sweeper.storage={quoted}" if override_key(a) == "hydra.sweeper.storage" else a for a in argv]
 
 
 def side_by_side(config: DictConfig) -> int:
@@ -167,7 +176,7 @@ class MlflowSweepCallback(Callback):
                 names.SWEEPER: config.hydra.sweeper._target_.rsplit(".", 1)[-1],
                 names.LAUNCHER: config.hydra.launcher._target_.rsplit(".", 1)[-1],
                 names.SWEEP_OVERRIDES: redact(" ".join(grid)),
-                names.SWEEP_ARGV: redact(json.dumps(list(config.hydra.overrides.hydra) + grid)),
+                names.SWEEP_ARGV: redact(json.dumps(sweep_argv(config))),
                 names.SWEPT: json.dumps(self.swept),
                 names.SWEEP_DIR: str(sweep_dir),
             }
