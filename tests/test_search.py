@@ -1,10 +1,14 @@
 """The Optuna sweeper's parts that need no process: Hydra's search syntax as Optuna distributions,
 the samplers' typed options, and a sampler's random state carried over to a resumed sweep."""
 
+import json
 import signal
 import sys
+from wsgiref.simple_server import WSGIServer
+from wsgiref.util import setup_testing_defaults
 
 import optuna
+import optuna_dashboard
 import pytest
 import requests
 from hydra.errors import ConfigCompositionException
@@ -322,3 +326,41 @@ def test_a_studys_file_is_named_absolute_and_resumed_from_anywhere(tmp_path, mon
         config = sweep_config(tmp_path, "hparams_search=lr_batch", f"hydra.sweeper.storage='{given}'", "seed=3")
         assert study_of(config, "p").storage == absolute
         assert sweep_argv(config) == [f"hydra.sweeper.storage='{absolute}'", "hparams_search=lr_batch", "seed=3"]
+
+
+def test_the_dashboard_links_the_port_it_listens_on_and_shows_the_metric_names(
+    tmp_path, store_uri, monkeypatch, capsys
+):
+    """`--port 0` printed `http://127.0.0.1:0/...` (the system picks a port: the link names it);
+    the study records its objective's metric names, which Optuna's dashboard shows instead of
+    "Objective 0"."""
+    config = sweep_config(
+        tmp_path,
+        "hparams_search=lr_batch",
+        f"tracking.uri={store_uri}",
+        "objective.metrics=[val_loss,train_time_s]",
+        "objective.directions=[minimize,minimize]",
+    )
+    space, _ = search_space(config.hydra.sweeper.params, [])
+    where = study_of(config, "p")
+    study = open_study(config, space, "p")
+    client = MlflowClient(store_uri)
+    tags = {"optuna_study": where.name, "optuna_storage": where.storage}
+    run_id = client.create_run(client.create_experiment("searches"), tags=tags).info.run_id
+    monkeypatch.setattr(WSGIServer, "serve_forever", lambda server: None)  # as if Ctrl-C came at once
+    runs.main(["--tracking-uri", store_uri, "--sweep", run_id, "--dashboard", "--port", "0"])
+    port = int(capsys.readouterr().out.split("http://127.0.0.1:")[1].split("/")[0])
+    assert port > 0
+    environ = {"PATH_INFO": f"/api/studies/{study._study_id}"}
+    setup_testing_defaults(environ)
+    served = json.loads(b"".join(optuna_dashboard.wsgi(open_storage(where.storage))(environ, lambda *a: None)))
+    assert served["objective_names"] == ["val_loss", "train_time_s"]  # "Objective 0", "Objective 1" without
+
+
+@pytest.mark.parametrize("port", ["70000", "-1", "eighty"])
+def test_a_port_that_is_no_port_is_refused_by_the_argument_parser(port, capsys):
+    with pytest.raises(SystemExit) as code:
+        runs.parse_args(["--sweep", "x", "--dashboard", "--port", port])
+    assert code.value.code == 2 and capsys.readouterr().err.endswith(
+        f"argument --port: {port!r} is not a port; give 1 to 65535, or 0 for any free port\n"
+    )
