@@ -2,6 +2,7 @@
 the samplers' typed options, and a sampler's random state carried over to a resumed sweep."""
 
 import json
+import logging
 import signal
 import sys
 from wsgiref.simple_server import WSGIServer
@@ -24,6 +25,7 @@ from mnist_cnn.sweep.callback import MlflowSweepCallback, sweep_argv
 from mnist_cnn.sweep.checks import sampler_problem as sampler_problem_of
 from mnist_cnn.sweep.checks import search_problem
 from mnist_cnn.sweep.search import _told_as_before, search_space
+from mnist_cnn.sweep.search_report import importance_lines, log_importances
 from mnist_cnn.sweep.study import PARENT, RUN, open_storage, open_study, sampler
 from tests.helpers import processes
 from tests.helpers.config import TINY
@@ -364,3 +366,29 @@ def test_a_port_that_is_no_port_is_refused_by_the_argument_parser(port, capsys):
     assert code.value.code == 2 and capsys.readouterr().err.endswith(
         f"argument --port: {port!r} is not a port; give 1 to 65535, or 0 for any free port\n"
     )
+
+
+def test_a_searchs_importances_are_printed_a_key_a_line_and_called_noise_over_few_trials(store_uri, caplog):
+    """They were buried in the sweep's 400-character summary line, with no word that fANOVA over a
+    few trials is noise."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    space = {"optimizer.lr": FloatDistribution(0.0, 1.0), "seed": FloatDistribution(0.0, 1.0)}
+    for _ in range(6):
+        trial = study.ask(space)
+        study.tell(trial, trial.params["optimizer.lr"])
+    client = MlflowClient(store_uri)
+    run_id = client.create_run(client.create_experiment("searches")).info.run_id
+    with caplog.at_level(logging.INFO, logger="mnist_cnn.sweep.search_report"):
+        log_importances(client, run_id, study, ["val_acc"])
+    (printed,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("what mattered")]
+    head, *lines = printed.splitlines()
+    assert head == (
+        "what mattered to val_acc (fANOVA over 6 completed trials; too few to mean much: about 20 would be, 10 per "
+        "searched key):"
+    )
+    assert [line.split()[0] for line in lines] == ["optimizer.lr", "seed"]  # the one the value follows first
+    assert importance_lines("val_acc", {"optimizer.lr": 0.7, "seed": 0.3}, 20).splitlines() == [
+        "what mattered to val_acc (fANOVA over 20 completed trials):",
+        "  optimizer.lr  0.70",
+        "  seed          0.30",
+    ]

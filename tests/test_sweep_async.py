@@ -10,15 +10,18 @@ from typing import Dict, List, Optional, Tuple
 import optuna
 import pytest
 from hydra import compose, initialize_config_dir
-from hydra.core.utils import JobReturn, JobStatus
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
+from hydra._internal.utils import create_config_search_path
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra.utils import get_class
 from mlflow import MlflowClient
 from omegaconf import DictConfig
 
 from mnist_cnn.config import tree
+from mnist_cnn.config.job import TRIAL_ENV
 from mnist_cnn.config.search import study_of as study_of_config
 from mnist_cnn.runner.outcome import Outcome
-from mnist_cnn.sweep.search import run_search, side_by_side
+from mnist_cnn.sweep.search import Search, run_search, search_space, side_by_side
 from mnist_cnn.sweep.study import open_storage
 from tests.helpers import processes
 from tests.helpers.searches import children, stop_with_sigterm, study_of, sweep_config
@@ -189,3 +192,18 @@ def test_an_asynchronous_search_stopped_with_trials_in_flight_resumes_to_each_tr
     assert len(counted) == 6 and {t.state for t in counted} == {optuna.trial.TrialState.COMPLETE}
     assert [int(v.version) for v in MlflowClient(store_uri).search_model_versions("name = 'digits'")] == [1]
     assert parent.data.tags["champion"] == "models:/digits/1"
+
+
+def test_a_trials_job_is_told_its_trial_without_showing_it_in_the_launch_line(tmp_path):
+    """Hydra's launchers print each job's overrides but `hydra.` ones: `++hydra.job.env_set...=0`
+    was shown to the user; the override now sets a variable config.yaml declares, without `++`."""
+    config = search_config(tmp_path, asynchronous=True)
+    space, fixed = search_space({}, [LENGTHS, SEEDS])
+    job = Search(optuna.create_study(), space, fixed, 6, None, ["val_acc"]).ask()
+    assert filter_overrides(job.overrides) == [
+        f"seconds={job.trial.params['seconds']}",
+        f"seed={job.trial.params['seed']}",
+    ]
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(tree.CONF_DIR)))
+    told = loader.load_sweep_config(config, job.overrides[-1:])  # (seconds: a stand-in job's key, not the config's)
+    assert told.hydra.job.env_set[TRIAL_ENV] == "0"

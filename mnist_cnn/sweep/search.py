@@ -251,8 +251,9 @@ def _told_as_before(study: optuna.Study, trial: optuna.Trial) -> bool:
 def _trial_env(trial: optuna.Trial) -> str:
     """The override that tells the job its trial (Hydra sets it in the job's environment): a job
     that can reach the study reports its epochs there and asks the study's pruner. A `hydra.`
-    override changes neither the job's config nor its name."""
-    return f"++hydra.job.env_set.{TRIAL_ENV}={trial.number}"
+    override changes neither the job's config nor its name, and Hydra's launchers leave it out of
+    the lines they print (`++hydra...` they showed: config.yaml declares the variable, so it goes without `++`)."""
+    return f"hydra.job.env_set.{TRIAL_ENV}={trial.number}"
 
 
 def _ask(
