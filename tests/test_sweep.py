@@ -20,6 +20,7 @@ from mnist_cnn.tracking.run_names import run_name
 from tests.helpers import processes
 from tests.helpers.mlflow_store import only_run
 from tests.helpers.mlflow_store import runs as runs_in
+from tests.helpers.searches import sweep_config
 
 FAST = ("trainer.limit_batches=3", "tracking.log_model=false")
 
@@ -296,3 +297,26 @@ def test_the_runs_table_shows_an_override_with_spaces_whole(tiny_root, store_uri
     assert "'optimizer.betas=[0.9, 0.99]'" in only_run(store_uri).data.tags["hydra_overrides"]
     runs.main(["--tracking-uri", store_uri, "--format", "json"])
     assert json.loads(capsys.readouterr().out)[0]["overrides"].endswith(",limit_batches=3,betas=[0.9, 0.99]")
+
+
+def test_two_sweeps_composed_in_one_second_name_two_sweep_folders():
+    """Hydra's default folder, `multirun/DATE/HH-MM-SS`, was the same for two sweeps started in one
+    second from one folder (Hydra issues 1607, 1817): their jobs wrote into each other's folders
+    and the second sweep's file replaced the first's. Composed one just after the other, as two
+    commands started at once are, the two configs name two folders."""
+    first, second = (sweep_config(None, "seed=1").hydra.sweep.dir for _ in range(2))
+    assert first != second and first.startswith("multirun/")
+
+
+@pytest.mark.slow
+def test_two_sweeps_started_at_once_from_one_folder_keep_their_own_sweep_folders(tiny_root, tmp_path):
+    command = processes.train_command(
+        tiny_root, "sqlite:///unused.db", "tracking.enabled=false", "seed=1,2", multirun=True
+    )
+    both = [processes.start(command, tmp_path) for _ in range(2)]
+    for job in both:
+        output = job.communicate(timeout=300)[0]
+        assert job.returncode == 0, output[-3000:]
+    (day,) = (tmp_path / "multirun").iterdir()
+    folders = sorted(day.iterdir())
+    assert len(folders) == 2 and all(sorted(p.name for p in f.glob("[0-9]")) == ["0", "1"] for f in folders)

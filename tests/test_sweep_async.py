@@ -2,6 +2,7 @@
 trial starts as soon as a worker frees, not when the slowest job of a batch ends. Stand-in jobs of
 known lengths show it without training anything."""
 
+import sys
 import threading
 import time
 from typing import Dict, List, Optional, Tuple
@@ -9,18 +10,21 @@ from typing import Dict, List, Optional, Tuple
 import optuna
 import pytest
 from hydra import compose, initialize_config_dir
-from hydra.core.utils import JobReturn, JobStatus
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
+from hydra._internal.utils import create_config_search_path
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra.utils import get_class
 from mlflow import MlflowClient
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 from mnist_cnn.config import tree
+from mnist_cnn.config.job import TRIAL_ENV
 from mnist_cnn.config.search import study_of as study_of_config
 from mnist_cnn.runner.outcome import Outcome
-from mnist_cnn.sweep.search import run_search, side_by_side
+from mnist_cnn.sweep.search import Search, run_search, search_space, side_by_side
 from mnist_cnn.sweep.study import open_storage
 from tests.helpers import processes
-from tests.helpers.searches import children, stop_with_sigterm, study_of
+from tests.helpers.searches import children, stop_with_sigterm, study_of, sweep_config
 
 LENGTHS = "seconds=choice(0.3,1.2)"  # each trial's job lasts this long
 SEEDS = "seed=choice(1,2,3)"
@@ -70,25 +74,17 @@ def searched(tmp_path, asynchronous: bool, launcher: Optional[StandIn] = None) -
     return launcher
 
 
-def search_config(tmp_path, asynchronous: bool) -> DictConfig:
-    tree.register()
-    with initialize_config_dir(config_dir=str(tree.CONF_DIR), version_base="1.3"):
-        config = compose(
-            tree.CONFIG_NAME,
-            [
-                "hydra/sweeper=optuna",
-                "hydra/sweeper/sampler=grid",
-                "hydra.sweeper.sampler.seed=0",
-                "hydra.sweeper.n_trials=6",
-                "hydra.sweeper.n_jobs=2",
-                f"hydra.sweeper.asynchronous={str(asynchronous).lower()}",
-                "tracking.enabled=false",
-            ],
-            return_hydra_config=True,
-        )
-    with open_dict(config):
-        config.hydra.sweep.dir = str(tmp_path / f"sweep-{asynchronous}")
-    return config
+def search_config(tmp_path, asynchronous: bool, sampler: str = "grid", n_trials: int = 6) -> DictConfig:
+    return sweep_config(
+        tmp_path / f"asynchronous-{asynchronous}",
+        "hydra/sweeper=optuna",
+        f"hydra/sweeper/sampler={sampler}",
+        "hydra.sweeper.sampler.seed=0",
+        f"hydra.sweeper.n_trials={n_trials}",
+        "hydra.sweeper.n_jobs=2",
+        f"hydra.sweeper.asynchronous={str(asynchronous).lower()}",
+        "tracking.enabled=false",
+    )
 
 
 def gaps(jobs) -> List[float]:
@@ -114,6 +110,18 @@ def test_in_batches_a_batch_starts_once_the_slowest_job_of_the_one_before_ended(
     assert [len(batch) for batch in batches] == [2, 2, 2]
     for before, after in zip(batches, batches[1:]):
         assert min(job[3] for job in after) >= max(job[4] for job in before)
+
+
+def test_a_cmaes_search_draws_its_trials_with_the_cmaes_package(tmp_path):
+    """hydra/sweeper/sampler=cmaes (documented) needs the cmaes package from its second trial on
+    (its first is drawn at random): without it, the search died there with `No module named 'cmaes'`."""
+    config = search_config(tmp_path, asynchronous=True, sampler="cmaes", n_trials=4)
+    launcher = StandIn()
+    run_search(config, launcher, ["seconds=interval(0.01, 0.05)", "x=interval(0.0, 1.0)"], parent=None)
+    where = study_of_config(config, None)
+    study = optuna.load_study(study_name=where.name, storage=open_storage(where.storage, create=False))
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4 and len(launcher.jobs) == 4
+    assert "cmaes" in sys.modules  # Optuna's CMA-ES drew the trials after the first
 
 
 @pytest.mark.parametrize("asynchronous", [True, False])
@@ -184,3 +192,18 @@ def test_an_asynchronous_search_stopped_with_trials_in_flight_resumes_to_each_tr
     assert len(counted) == 6 and {t.state for t in counted} == {optuna.trial.TrialState.COMPLETE}
     assert [int(v.version) for v in MlflowClient(store_uri).search_model_versions("name = 'digits'")] == [1]
     assert parent.data.tags["champion"] == "models:/digits/1"
+
+
+def test_a_trials_job_is_told_its_trial_without_showing_it_in_the_launch_line(tmp_path):
+    """Hydra's launchers print each job's overrides but `hydra.` ones: `++hydra.job.env_set...=0`
+    was shown to the user; the override now sets a variable config.yaml declares, without `++`."""
+    config = search_config(tmp_path, asynchronous=True)
+    space, fixed = search_space({}, [LENGTHS, SEEDS])
+    job = Search(optuna.create_study(), space, fixed, 6, None, ["val_acc"]).ask()
+    assert filter_overrides(job.overrides) == [
+        f"seconds={job.trial.params['seconds']}",
+        f"seed={job.trial.params['seed']}",
+    ]
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(tree.CONF_DIR)))
+    told = loader.load_sweep_config(config, job.overrides[-1:])  # (seconds: a stand-in job's key, not the config's)
+    assert told.hydra.job.env_set[TRIAL_ENV] == "0"

@@ -51,7 +51,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         action="store_true",
         help="with --sweep of an Optuna search: serve its study in Optuna's dashboard on 127.0.0.1 (Ctrl-C stops it)",
     )
-    parser.add_argument("--port", type=int, default=8080, help="the dashboard's port (default: 8080)")
+    parser.add_argument(
+        "--port", type=_port, default=8080, help="the dashboard's port (default: 8080; 0: any free port, printed)"
+    )
     parser.add_argument(
         "--group-seeds",
         action="store_true",
@@ -83,6 +85,13 @@ def _at_least_one(text: str) -> int:
     """--top N: a whole number of runs, 1 or more (argparse names the option and exits 2 otherwise)."""
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of runs; give 1 or more")
+    return int(text)
+
+
+def _port(text: str) -> int:
+    """--port N: a TCP port, 0 to 65535 (0: one the system picks)."""
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port; give 1 to 65535, or 0 for any free port")
     return int(text)
 
 
@@ -203,7 +212,8 @@ def dashboard(args: argparse.Namespace) -> None:
         server = wsgiref.simple_server.make_server("127.0.0.1", args.port, optuna_dashboard.wsgi(storage))
     except OSError as e:
         raise ConfigError(f"--port {args.port}: cannot serve there ({e.strerror}); choose another port.") from e
-    link = f"http://127.0.0.1:{args.port}/dashboard/studies/{storage.get_study_id_from_name(study)}"
+    # the port it listens on: with --port 0, the one the system picked
+    link = f"http://127.0.0.1:{server.server_port}/dashboard/studies/{storage.get_study_id_from_name(study)}"
     print(f"Optuna's dashboard of study {study} ({location}): {link}  (Ctrl-C stops it)", flush=True)
     server.serve_forever()
 

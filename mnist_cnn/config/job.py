@@ -112,7 +112,7 @@ class JobContext:
         hydra = HydraConfig.get()
         multirun = hydra.mode == RunMode.MULTIRUN
         sweep = SweepFile.read(Path(hydra.sweep.dir)) if multirun else None
-        number = os.environ.get(TRIAL_ENV)
+        number = os.environ.get(TRIAL_ENV) or None  # config.yaml declares it empty
         launcher = str(hydra.launcher._target_).rsplit(".", 1)[-1] if multirun else None
         return cls(
             overrides=tuple(hydra.overrides.task),

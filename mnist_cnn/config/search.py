@@ -12,7 +12,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
 from mnist_cnn.config.job import Study
-from mnist_cnn.config.paths import sqlite_path
+from mnist_cnn.config.paths import SQLITE, sqlite_path
 
 JOURNAL = ".optuna.journal"  # beside a sqlite tracking store: mlflow.db.optuna.journal
 
@@ -117,14 +117,25 @@ def study_of(config: DictConfig, parent: Optional[str]) -> Study:
     """The study of the search that `config` (a sweep's, with its `hydra` node) runs, and where it
     is kept: `hydra.sweeper.study_name`, else `sweep-<parent run id>` (the sweep folder's name when
     untracked); `hydra.sweeper.storage`, else a journal beside a sqlite tracking store, else one in
-    the sweep folder."""
+    the sweep folder. A file is named absolute (storage_at)."""
     options = config.hydra.sweeper
     name = options.study_name or f"sweep-{parent or Path(config.hydra.sweep.dir).name}"
+    cwd = Path(config.hydra.runtime.get("cwd") or Path.cwd())
     path = sqlite_path(config.tracking.uri) if config.tracking.enabled else None
-    default = (
-        str(path.expanduser().absolute()) + JOURNAL if path else str(Path(config.hydra.sweep.dir) / "optuna.journal")
-    )
-    return Study(name, options.storage or default)
+    default = str(path) + JOURNAL if path else str(Path(config.hydra.sweep.dir) / "optuna.journal")
+    return Study(name, storage_at(options.storage or default, cwd))
+
+
+def storage_at(storage: str, cwd: Path) -> str:
+    """An Optuna storage with its file (a journal, or a sqlite URL's database) absolute: `~` is the
+    user's home and a relative path means `cwd`, the folder the command was started in, so a sweep
+    resumed from elsewhere finds the same study. A server's URL is returned as it is."""
+    url = "://" in storage
+    path = sqlite_path(storage) if url else Path(storage)
+    if path is None:
+        return storage
+    path = cwd / path.expanduser()  # an absolute path stays itself
+    return SQLITE + str(path) if url else str(path)
 
 
 def is_optuna(sweeper: DictConfig) -> bool:

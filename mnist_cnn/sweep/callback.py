@@ -26,9 +26,10 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict
 
-from mnist_cnn import names
+from mnist_cnn import interrupts, names
 from mnist_cnn.config.checks import check_config
 from mnist_cnn.config.job import JobContext, Study, SweepFile
+from mnist_cnn.config.keys import override_key
 from mnist_cnn.config.search import is_optuna, sampler_problem, study_of
 from mnist_cnn.errors import EXIT_BAD_INPUT, EXIT_UNAVAILABLE, ConfigError
 from mnist_cnn.sweep.slurm import slurm_problem
@@ -85,6 +86,18 @@ def swept_keys(config: DictConfig) -> List[str]:
     return list(dict.fromkeys(keys))
 
 
+def sweep_argv(config: DictConfig) -> List[str]:
+    """The sweep's overrides as `resume_sweep=` adds them again, with `hydra.sweeper.storage` absolute
+    (config.search.storage_at): a resume started from another folder continues the same study."""
+    argv = list(config.hydra.overrides.hydra) + list(config.hydra.overrides.task)
+    return [_absolute_storage(config) if override_key(a) == "hydra.sweeper.storage" else a for a in argv]
+
+
+def _absolute_storage(config: DictConfig) -> str:
+    """The override of an Optuna search's storage, its file absolute, in Hydra's quotes: any path parses."""
+    return "hydra.sweeper.storage='" + study_of(config, None).storage.replace("'", "\\'") + "'"
+
+
 def side_by_side(config: DictConfig) -> int:
     """How many jobs of the sweep `config` runs at once on one machine (they share its cores and
     GPUs): joblib's n_jobs; submitit's local jobs, the Optuna search's trials in flight or the whole
@@ -134,11 +147,21 @@ class MlflowSweepCallback(Callback):
         self.swept = swept_keys(config)
         error = shared_config_error(config, self.swept)
         problem = str(error) if error is not None else sampler_problem(config.hydra.sweeper)
-        problem = problem or slurm_problem(config.hydra.launcher)
+        problem = problem or slurm_problem(config.hydra.launcher) or self._search_problem(config)
         refuse(problem or folder_problem("hydra.sweep.dir", config.hydra.sweep.dir))  # once, before the parent opens
         if config.tracking.enabled:
             with collector_paused():  # MLflow's import and store: the sweep's jobs wait for its parent run
                 self._open(config)
+
+    @staticmethod
+    def _search_problem(config: DictConfig) -> Optional[str]:
+        """Why an Optuna search could not run (sweep.checks), or None (also for a grid)."""
+        if not is_optuna(config.hydra.sweeper):
+            return None
+        from mnist_cnn.sweep.checks import search_problem  # Optuna: seconds to import, only for a search
+
+        with collector_paused():
+            return search_problem(config)
 
     def _open(self, config: DictConfig) -> None:
         """Open the parent run (or continue it) and write the sweep file its jobs read."""
@@ -149,22 +172,23 @@ class MlflowSweepCallback(Callback):
 
         sweep_dir = Path(config.hydra.sweep.dir)
         grid = list(config.hydra.overrides.task)
-        if config.resume_sweep:
-            self.run_id = config.resume_sweep
-            self.heartbeat = continue_parent_run(config, self.run_id, {names.RESUMED_IN: str(sweep_dir)})
-        else:
-            tags = {
-                names.SWEEPER: config.hydra.sweeper._target_.rsplit(".", 1)[-1],
-                names.LAUNCHER: config.hydra.launcher._target_.rsplit(".", 1)[-1],
-                names.SWEEP_OVERRIDES: redact(" ".join(grid)),
-                names.SWEEP_ARGV: redact(json.dumps(list(config.hydra.overrides.hydra) + grid)),
-                names.SWEPT: json.dumps(self.swept),
-                names.SWEEP_DIR: str(sweep_dir),
-            }
-            self.run_id, self.heartbeat = open_parent_run(config, name=run_name(grid) or sweep_dir.name, tags=tags)
+        tags = {
+            names.SWEEPER: config.hydra.sweeper._target_.rsplit(".", 1)[-1],
+            names.LAUNCHER: config.hydra.launcher._target_.rsplit(".", 1)[-1],
+            names.SWEEP_OVERRIDES: redact(" ".join(grid)),
+            names.SWEEP_ARGV: redact(json.dumps(sweep_argv(config))),
+            names.SWEPT: json.dumps(self.swept),
+            names.SWEEP_DIR: str(sweep_dir),
+        }
+        with interrupts.held():  # a signal waits until the parent is ours to close, then stops the sweep
+            if config.resume_sweep:
+                self.run_id = config.resume_sweep
+                self.heartbeat = continue_parent_run(config, self.run_id, {names.RESUMED_IN: str(sweep_dir)})
+            else:
+                self.run_id, self.heartbeat = open_parent_run(config, run_name(grid) or sweep_dir.name, tags)
+            atexit.register(self._close, config, RunState.STOPPED)  # a stopped sweep never leaves it RUNNING
         study = self._study(config) if is_optuna(config.hydra.sweeper) else None
         SweepFile(self.run_id, tuple(self.swept), study, side_by_side(config)).write(sweep_dir)
-        atexit.register(self._close, config, RunState.STOPPED)  # a sweep stopped by Ctrl-C never leaves it RUNNING
 
     def _study(self, config: DictConfig) -> Optional[Study]:
         """The study of an Optuna search, named on the parent run; for the sweep file only where its
@@ -196,9 +220,12 @@ class MlflowSweepCallback(Callback):
             return {}
         from mnist_cnn.sweep.parent import close_parent_run  # MLflow: see on_multirun_start
 
-        run_id, self.run_id = self.run_id, None
+        run_id = self.run_id
         self.heartbeat.stop()
         summary, link = close_parent_run(config, run_id, state, self.swept, time.time() - process_age())
+        # only now: a signal that stopped the closing (during the report's imports) leaves the parent to
+        # the exit handler's close, which ends it STOPPED; taken before, the parent stayed RUNNING
+        self.run_id = None
         log.info(
             "sweep parent run %s: %s\n  %s",
             run_id,

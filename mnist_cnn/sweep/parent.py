@@ -75,7 +75,6 @@ def close_parent_run(
         summary |= fixed_costs(client, run_id, started)  # after the report: its seconds are the sweep's too
     finally:
         end_run(client, run_id, state, tags)
-    run = client.get_run(run_id)
-    importances = {k: v for k, v in run.data.metrics.items() if k.startswith(names.IMPORTANCE)}  # an Optuna search's
+    run = client.get_run(run_id)  # (an Optuna search printed its importances as it ended: search_report)
     link = run_url(cfg.tracking.uri, run.info.experiment_id, run_id) + ui_hint(cfg.tracking.uri)
-    return {**summary, **importances, **tags}, link
+    return {**summary, **tags}, link

@@ -32,6 +32,7 @@ from optuna.trial import TrialState
 from mnist_cnn import interrupts
 from mnist_cnn.config.job import TRIAL_ENV
 from mnist_cnn.config.schema import objectives
+from mnist_cnn.errors import ConfigError
 from mnist_cnn.runner.outcome import Outcome
 from mnist_cnn.sweep.search_report import log_importances, tag_pareto_front
 from mnist_cnn.sweep.study import PARENT, REPEATS, RUN, SURPLUS, counted, grid_done, open_study, told
@@ -51,7 +52,14 @@ def search_space(params: Dict[str, str], arguments: Sequence[str]) -> Tuple[Dict
     for override in parsed:
         key = override.get_key_element()
         if override.is_sweep_override():
-            space[key] = distribution(override)
+            try:
+                space[key] = distribution(override)
+            except (ValueError, IndexError) as e:  # Optuna's checks (low > high, ...); an empty range
+                reason = str(e).rstrip(".") if isinstance(e, ValueError) else "it holds no value"
+                raise ConfigError(
+                    f"{override.input_line}: not a search space Optuna can draw from ({reason}); fix it in "
+                    "hydra.sweeper.params or on the command line."
+                ) from None
         else:
             space.pop(key, None)
             fixed.append(override.input_line)
@@ -243,8 +251,9 @@ def _told_as_before(study: optuna.Study, trial: optuna.Trial) -> bool:
 def _trial_env(trial: optuna.Trial) -> str:
     """The override that tells the job its trial (Hydra sets it in the job's environment): a job
     that can reach the study reports its epochs there and asks the study's pruner. A `hydra.`
-    override changes neither the job's config nor its name."""
-    return f"++hydra.job.env_set.{TRIAL_ENV}={trial.number}"
+    override changes neither the job's config nor its name, and Hydra's launchers leave it out of
+    the lines they print (`++hydra...` they showed: config.yaml declares the variable, so it goes without `++`)."""
+    return f"hydra.job.env_set.{TRIAL_ENV}={trial.number}"
 
 
 def _ask(

@@ -15,6 +15,8 @@ from mnist_cnn.sweep.study import RUN
 
 log = logging.getLogger(__name__)
 
+TRIALS_PER_KEY = 10  # fANOVA fits a forest to the trials: with fewer per searched key, its shares are noise
+
 
 def tag_pareto_front(client: Any, parent: str, study: optuna.Study, metrics: List[str]) -> List[str]:
     """Tag the parent with each run on the study's Pareto front (`pareto_front.<run id>`: its
@@ -46,6 +48,8 @@ def log_importances(client: Any, parent: str, study: optuna.Study, metrics: List
             evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
             target=lambda t, i=i: t.values[i],
         )
+    for metric, importances in found.items():
+        log.info("%s", importance_lines(metric, importances, len(completed)))
     from mnist_cnn.sweep import plots  # matplotlib: only once the search has ended
 
     prefix = {m: names.IMPORTANCE + (f"{m}/" if len(metrics) > 1 else "") for m in metrics}
@@ -55,3 +59,14 @@ def log_importances(client: Any, parent: str, study: optuna.Study, metrics: List
         client.log_batch(parent, metrics=[Metric(key, value, now, 0) for key, value in logged.items()])
         client.log_figure(parent, plots.importance(found), "sweep/importance.png")
     return logged
+
+
+def importance_lines(metric: str, importances: Dict[str, float], trials: int) -> str:
+    """What mattered to `metric`, a key a line, and whether `trials` are enough for it to mean much."""
+    enough = TRIALS_PER_KEY * len(importances)
+    caveat = (
+        f"; too few to mean much: about {enough} would be, {TRIALS_PER_KEY} per searched key" if trials < enough else ""
+    )
+    width = max(len(key) for key in importances)
+    lines = [f"  {key:<{width}}  {share:.2f}" for key, share in importances.items()]
+    return "\n".join([f"what mattered to {metric} (fANOVA over {trials} completed trials{caveat}):", *lines])

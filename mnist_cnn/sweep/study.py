@@ -14,13 +14,14 @@ Each trial keeps, as user attributes, the sweep that asked it and the MLflow run
 """
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
 import optuna
 from hydra.utils import instantiate
 from omegaconf import DictConfig
-from optuna.distributions import BaseDistribution, CategoricalDistribution
+from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from mnist_cnn.config.job import Study
@@ -61,10 +62,20 @@ def open_study(config: DictConfig, space: Dict[str, BaseDistribution], parent: O
         directions=[direction for _, direction in objectives(config.objective)],
         load_if_exists=True,
     )
+    if study.metric_names is None:  # a new study (sweep.checks refused one with other metrics)
+        _name_metrics(study, [metric for metric, _ in objectives(config.objective)])
     if config.resume_sweep and parent:
         _ask_again_stopped(study, storage, where, parent)
     log.info("Optuna study %s in %s: %d trials so far", where.name, redact(where.storage), len(counted(study.trials)))
     return study
+
+
+def _name_metrics(study: optuna.Study, metrics: List[str]) -> None:
+    """Record the objective's metric names in the study: Optuna's dashboard shows them instead of
+    "Objective 0", and a sweep joining the study is checked against them (sweep.checks)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(metrics)
 
 
 def sampler(options: DictConfig, space: Dict[str, BaseDistribution], trials_so_far: int) -> optuna.samplers.BaseSampler:
@@ -78,9 +89,7 @@ def sampler(options: DictConfig, space: Dict[str, BaseDistribution], trials_so_f
 
 
 def _grid(space: Dict[str, BaseDistribution]) -> Dict[str, List[Any]]:
-    """GridSampler's search space: every searched key must be a choice."""
-    if not all(isinstance(d, CategoricalDistribution) for d in space.values()):
-        raise ValueError("hydra/sweeper/sampler=grid needs every searched key to be a choice(...)")
+    """GridSampler's search space: every searched key is a choice (sweep.checks refuses another)."""
     return {key: list(d.choices) for key, d in space.items()}
 
 

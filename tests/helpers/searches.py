@@ -3,14 +3,31 @@
 import signal
 import time
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import optuna
+from hydra import compose, initialize_config_dir
 from mlflow.entities import Run
+from omegaconf import DictConfig, open_dict
 
+from mnist_cnn.config import tree
 from mnist_cnn.sweep.study import open_storage
 from tests.helpers import processes
 from tests.helpers.mlflow_store import runs as runs_in
+
+
+def sweep_config(tmp_path: Optional[Path], *overrides: str, params: Optional[Dict[str, str]] = None) -> DictConfig:
+    """The config of `mnist-cnn-train -m OVERRIDES` with its `hydra` node, as the sweep callback and
+    the sweeper are given it, its sweep folder `tmp_path/sweep` (None: Hydra's); `params` are added
+    to hydra.sweeper.params (a dotted key cannot be added there on the command line)."""
+    tree.register()
+    with initialize_config_dir(config_dir=str(tree.CONF_DIR), version_base="1.3"):
+        config = compose(tree.CONFIG_NAME, list(overrides), return_hydra_config=True)
+    with open_dict(config):
+        config.hydra.sweep.dir = str(tmp_path / "sweep") if tmp_path else config.hydra.sweep.dir
+        if params:
+            config.hydra.sweeper.params.update(params)
+    return config
 
 
 def search(root: Path, uri: str, folder: Path, *overrides: str) -> Tuple[Run, Dict[str, Run], optuna.Study, str]:
