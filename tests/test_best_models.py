@@ -1,11 +1,17 @@
 """trainer.keep_best: the K best epochs kept as logged models, linked to their metrics, the rest
 deleted with their files; tracking.register_from=best registers the best of them."""
 
+import sys
+from pathlib import Path
+
+import pytest
 from mlflow import MlflowClient
+from PIL import Image, ImageDraw
 
 from mnist_cnn.runner import train
 from mnist_cnn.tracking.registry import epoch_models
-from tests.helpers.mlflow_store import only_run
+from tests.helpers import processes
+from tests.helpers.mlflow_store import Server, only_run
 
 
 def test_the_two_best_epochs_are_kept_and_the_best_one_is_registered(tiny_cfg, store_uri, tmp_path):
@@ -45,3 +51,24 @@ def test_without_keep_best_only_the_final_model_is_logged_and_registered(tiny_cf
     assert [m.name for m in client.search_logged_models([run.info.experiment_id])] == ["model"]
     final = client.get_logged_model(run.data.tags["model_uri"].removeprefix("models:/"))
     assert client.get_model_version("tiny", "1").source == final.artifact_location
+
+
+@pytest.mark.slow
+def test_a_model_is_registered_on_a_server_that_serves_its_artifacts_and_predicts_from_there(tiny_root, tmp_path):
+    """`mlflow server --artifacts-destination`: the version's source is an mlflow-artifacts:/ folder,
+    which the server accepts only inside the logged model the request names."""
+    server = Server(tmp_path / "server").start()
+    try:
+        trained = processes.run(processes.train_command(tiny_root, server.uri, "tracking.register_as=digits"), tmp_path)
+        assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
+        version = MlflowClient(server.uri).get_model_version("digits", "1")
+        assert version.source.startswith("mlflow-artifacts:/") and version.status == "READY"
+        image = tmp_path / "digit.png"
+        picture = Image.new("L", (28, 28), "black")
+        ImageDraw.Draw(picture).line([(14, 5), (14, 22)], fill="white", width=3)  # a 1
+        picture.save(image)
+        command = ["mnist-cnn-predict", "--model", "models:/digits/1", "--tracking-uri", server.uri, str(image)]
+        predicted = processes.run([str(Path(sys.executable).parent / command[0]), *command[1:]], tmp_path)
+        assert predicted.returncode == 0 and predicted.stdout.startswith(str(image)), predicted.stderr[-3000:]
+    finally:
+        server.stop()

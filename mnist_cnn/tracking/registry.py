@@ -29,7 +29,9 @@ def register(client: MlflowClient, model_uri: str, name: str, run: Run) -> str:
     tags = {k: v for k, v in run.data.tags.items() if k in FINGERPRINTS} | {"run_id": run.info.run_id}
     # The model's files as the source, its run as the link: MLflow's sqlite registry would look a
     # models:/ source up in the store of the process's global tracking URI, which this project never sets.
-    version = client.create_model_version(name, location, run_id=run.info.run_id, tags=tags)
+    # The model's id too: a server that serves artifacts (mlflow-artifacts:/) accepts a source only
+    # inside the artifact folder of the run or logged model the request names.
+    version = client.create_model_version(name, location, run_id=run.info.run_id, tags=tags, model_id=model_id)
     description = f"{TEST_ACC} {run.data.metrics.get(TEST_ACC, float('nan')):.4f}, from run {run.info.run_id}"
     client.update_model_version(name, version.version, description)
     return version.version
