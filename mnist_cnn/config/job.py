@@ -100,6 +100,10 @@ class JobContext:
     number: int = 0  # Hydra's number of the job in its sweep
     cpus: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))  # what this process may run on
     threads_given: Optional[int] = None  # OMP_NUM_THREADS: a launcher's share for it (joblib's), or the user's
+    # mnist-cnn-verify's rerun: the precision the verified run resolved (kept, as a resume keeps it,
+    # the config unchanged: its fingerprint stays the run's), and a scratch folder that its end deletes
+    precision: Optional[str] = None
+    scratch: bool = False
     clock: JobClock = field(default_factory=JobClock)
     stops: Stops = field(default_factory=Stops)
 
