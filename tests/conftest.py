@@ -5,6 +5,7 @@ per test run.
 """
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,13 @@ def digits_model(real_root, store_template, tmp_path_factory) -> dict:
     """A model that reads MNIST's test digits (98.8%), registered as digits@champion in a store of its
     own: trained by the first test that asks (10-20 s), then only read, by predict, photo and export tests."""
     return train_and_register(real_root, store_template, tmp_path_factory.mktemp("digits"))
+
+
+@pytest.fixture
+def signals_restored():
+    """For a test that runs a command's main in process: the command routes Ctrl-C and SIGTERM to
+    itself (interrupts.Signals); pytest's own handlers are put back after it."""
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)

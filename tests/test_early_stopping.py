@@ -4,7 +4,7 @@ epoch's weights, its resume to the same weights, and a sweep that is given what 
 import optuna
 import pytest
 
-from mnist_cnn.engine.early_stopping import EarlyStopping
+from mnist_cnn.engine.early_stopping import BestEpoch, EarlyStopping
 from mnist_cnn.runner import train
 from tests.helpers.interrupted import ctrl_c_in_epoch, resume
 from tests.helpers.mlflow_store import history, only_run, runs_by_name
@@ -24,6 +24,13 @@ def test_the_best_epoch_is_the_last_that_improved_by_more_than_min_delta():
     assert not rule.stops(epochs(0.5, 0.3, 0.295))
     assert rule.stops(epochs(0.5, 0.3, 0.295, 0.291))
     assert EarlyStopping("val_acc", "maximize", 0.0, 1).best_epoch([{"val_acc": a} for a in (0.9, 0.95, 0.95)]) == 2
+
+
+def test_epochs_are_ranked_best_first_by_the_same_rule_as_early_stopping():
+    """trainer.keep_best and register_from=best rank by it: epoch 4's lower loss is no gain over epoch 3's."""
+    rule = BestEpoch("val_loss", "minimize", min_delta=0.01)
+    assert rule.ranked(epochs(0.5, 0.3, 0.295, 0.291)) == [2, 3, 4, 1]
+    assert BestEpoch("val_acc", "maximize", 0.0).ranked([{"val_acc": a} for a in (0.9, 0.95, 0.95)]) == [2, 3, 1]
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ import errno
 import hashlib
 import json
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -389,3 +390,56 @@ def test_predict_with_the_exported_file_gives_the_pytorch_models_classes_on_clea
     assert [(r["file"], r["class"]) for r in by_onnx] == [(r["file"], r["class"]) for r in by_pytorch]
     for a, b in zip(by_onnx, by_pytorch):
         assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-4)
+
+
+def test_export_of_a_sweeps_parent_or_of_a_run_without_a_model_says_so_exit_2(store_uri, tmp_path, capsys):
+    """Not MLflow's download error: a sweep's parent names what to give instead; a run that logged no
+    model (tracking.log_model=false, or stopped before its end: KILLED) says so."""
+    client = MlflowClient(store_uri)
+    parent = client.create_run("0", tags={"sweep_argv": "[]"}).info.run_id
+    killed = client.create_run("0").info.run_id
+    client.set_terminated(killed, "KILLED")
+    for run_id, message in [
+        (
+            parent,
+            f"{parent}: run {parent} is a sweep's parent run, which trains no model itself; give the id of one of its "
+            f"jobs (its child runs: mnist-cnn-runs --sweep {parent}).",
+        ),
+        (
+            killed,
+            f"{killed}: this run logged no model (it was stopped before its end, or trained with "
+            "tracking.log_model=false); give a FINISHED run that logged one.",
+        ),
+    ]:
+        argv = [run_id, "--onnx", str(tmp_path / "m.onnx"), "--tracking-uri", store_uri]
+        code, out, err = run_main(export.main, argv, capsys)
+        assert (code, out, err) == (2, "", f"mnist-cnn-export: {message}\n")
+    assert not list(tmp_path.glob("m.onnx*"))
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("signals_restored")
+def test_sigterm_during_an_export_exits_130_and_two_exports_never_share_a_temporary_file(
+    tiny_cfg, store_uri, tmp_path, monkeypatch, capsys
+):
+    train.run(tiny_cfg("tracking.log_model=true"), tmp_path / "out")
+    capsys.readouterr()
+    target, written = tmp_path / "m.onnx", []
+    real_write = onnx_file._write
+
+    def write_then(path: Path, data: bytes, then=None) -> None:
+        written.append(path)
+        real_write(path, data)
+        if then:
+            signal.raise_signal(then)  # as `kill -TERM` would, while the file is half done
+
+    argv = [only_run(store_uri).info.run_id, "--onnx", str(target), "--tracking-uri", store_uri]
+    monkeypatch.setattr(onnx_file, "_write", write_then)
+    for _ in range(2):
+        assert run_main(export.main, argv, capsys)[0] == 0
+    assert written[0] != written[1] and {p.parent for p in written} == {tmp_path}  # each its own, beside the file
+    target.unlink()
+    monkeypatch.setattr(onnx_file, "_write", lambda path, data: write_then(path, data, signal.SIGTERM))
+    code, out, err = run_main(export.main, argv, capsys)
+    assert (code, out, err) == (130, "", f"mnist-cnn-export: stopped by SIGTERM; {target} was not written.\n")
+    assert list(tmp_path.glob("m.onnx*")) == []

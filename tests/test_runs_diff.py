@@ -2,6 +2,7 @@
 metric histories; bad ids and runs without a config are one line, exit 2."""
 
 import json
+import re
 
 import pytest
 from mlflow import MlflowClient
@@ -111,3 +112,36 @@ def test_an_option_of_the_runs_table_given_to_diff_is_named_exit_2(argv, named, 
     code, out, err = diff([*argv, "diff", "a", "b"], capsys)
     assert (code, out) == (2, "")
     assert f"mnist-cnn-runs: error: {named}" in err and "not an option of diff" in err
+
+
+def test_diff_of_a_sweeps_parent_names_it_and_what_to_give_instead_exit_2(store_uri, capsys):
+    client = MlflowClient(store_uri)
+    parent = client.create_run("0", tags={"sweep_argv": "[]"}).info.run_id
+    other = client.create_run("0").info.run_id
+    code, out, err = diff(["diff", parent, other, "--tracking-uri", store_uri], capsys)
+    assert (code, out) == (2, "")
+    assert err == (
+        f"mnist-cnn-runs: RUN_A: run {parent} is a sweep's parent run, which trains no model itself; give the id of "
+        f"one of its jobs (its child runs: mnist-cnn-runs --sweep {parent}).\n"
+    )
+
+
+@pytest.mark.slow  # trains two runs
+def test_diff_shows_ints_as_ints_metrics_grouped_and_a_deleted_run_as_deleted(tiny_cfg, tmp_path, store_uri, capsys):
+    a, b = trained(tiny_cfg, tmp_path, ["data.batch_size=50"], ["data.batch_size=64"])
+    MlflowClient(store_uri).delete_run(b)
+    code, out, err = diff(["diff", a, b, "--tracking-uri", store_uri], capsys)
+    assert (code, err) == (0, "")
+    assert f"B  {b}  " in out and out.splitlines()[1].endswith("  DELETED")
+    assert re.search(r"data\.batch_size\s+50\s+64\n", out), out  # not 50.000 and 64.000
+    sections = [line for line in out.splitlines() if line.startswith("final metrics")]
+    assert sections == ["final metrics:", "final metrics, timings:", "final metrics, per class:"]
+    headline = out[out.index("final metrics:") : out.index("final metrics, timings:")]
+    timings = out[out.index("final metrics, timings:") : out.index("final metrics, per class:")]
+    per_class = out[out.index("final metrics, per class:") :]
+    assert "test_acc " in headline and "val_acc " in headline and "_s " not in headline and "class" not in headline
+    assert "train_time_s" in timings and "epoch_time_s" in timings and "class" not in timings
+    classes = re.findall(r"test_acc_class_(\d+)", per_class)
+    assert classes == [str(k) for k in range(10)]  # by number: class_10 would come after class_9
+    found = json.loads(diff(["diff", a, b, "--tracking-uri", store_uri, "--format", "json"], capsys)[1])
+    assert found["runs"]["b"]["status"] == "DELETED" and found["config"]["data.batch_size"] == {"a": 50, "b": 64}

@@ -18,7 +18,7 @@ from mnist_cnn.sweep.callback import shared_config_error
 from mnist_cnn.sweep.study import open_storage
 from mnist_cnn.tracking.run_names import run_name
 from tests.helpers import processes
-from tests.helpers.mlflow_store import only_run
+from tests.helpers.mlflow_store import only_run, runs_by_name
 from tests.helpers.mlflow_store import runs as runs_in
 from tests.helpers.searches import sweep_config
 
@@ -154,14 +154,30 @@ def test_runs_table_sorts_and_formats_runs(tiny_cfg, store_uri, tmp_path, capsys
     assert all(r.info.run_id in table for r in made.values()) and "FINISHED" in table and "STALE" not in table
 
 
-def test_runs_table_shows_runs_without_the_default_metric_and_says_so(tiny_cfg, store_uri, tmp_path, capsys):
-    """No validation split, so no val_acc (like a sweep whose jobs all failed): listed all the same."""
-    train.run(tiny_cfg(*FAST, "data.val_size=0", "objective.metrics=[test_acc]"), tmp_path / "out")
-    capsys.readouterr()
+def test_runs_table_shows_runs_without_the_default_metric_and_says_so(store_uri, capsys):
+    """Runs with no metric to sort by (like a sweep whose jobs all failed): listed all the same."""
+    client = MlflowClient(store_uri)
+    client.create_run(client.create_experiment("mnist"), tags={"mlflow.runName": "bare"})
     runs.main(["--tracking-uri", store_uri])
     out = capsys.readouterr()
-    assert only_run(store_uri).info.run_id in out.out
-    assert out.err.startswith("mnist-cnn-runs: no run has the metric 'val_acc' (these do: ") and "test_acc" in out.err
+    assert "bare" in out.out and out.err == "mnist-cnn-runs: no run has the metric 'val_acc' (these do: none).\n"
+
+
+def test_runs_without_a_validation_split_are_ranked_by_a_metric_every_run_has_and_the_header_says_which(
+    tiny_cfg, store_uri, tmp_path, capsys
+):
+    """--top N, best first: val_acc would put the run without a validation split last, whatever its
+    accuracy; test_acc, which both runs log, ranks them, and the line above the table names it."""
+    for name, overrides in [("no_val", ["data.val_size=0", "objective.metrics=[test_acc]"]), ("val", [])]:
+        train.run(tiny_cfg(*FAST, *overrides, f"tracking.run_name={name}"), tmp_path / name)
+    made = runs_by_name(store_uri)
+    capsys.readouterr()
+    runs.main(["--tracking-uri", store_uri, "--top", "2"])
+    header, *table = capsys.readouterr().out.splitlines()
+    assert header == "sorted by test_acc, largest first (a metric every run here logged)"
+    shown = [line.split()[1] for line in table[1:]]
+    accuracies = [made[name].data.metrics["test_acc"] for name in shown]
+    assert sorted(shown) == sorted(made) and accuracies == sorted(accuracies, reverse=True)
 
 
 def test_runs_table_rejects_an_unknown_experiment_with_exit_code_2(store_uri, capsys):

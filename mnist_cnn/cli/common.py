@@ -22,17 +22,24 @@ from mnist_cnn.tracking.redact import redact
 
 def run_command(prog: str, command: Callable[[], Any], stopped: str = "") -> Any:
     """`command()`, as a console command runs it: a UserError becomes one line on stderr, `PROG:
-    message` with credentials masked, and its exit code; Ctrl-C exits 130, after `stopped` (what it
-    left undone) when given."""
+    message` with credentials masked, and its exit code; Ctrl-C (and SIGTERM, where the command
+    routes it here: interrupts.Signals) exits 130, after `stopped` (what it left undone) when given."""
     try:
         return command()
     except UserError as e:
         print(f"{prog}: {redact(str(e))}", file=sys.stderr)
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         if stopped:
-            print(f"{prog}: stopped by Ctrl-C; {stopped}", file=sys.stderr)
+            print(f"{prog}: stopped by {_signal_named(e)}; {stopped}", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
+
+
+def _signal_named(stop: KeyboardInterrupt) -> str:
+    """Which signal stopped the command: Python's own Ctrl-C carries no name, interrupts.Signals
+    raises with the signal's, and a stop asked for earlier (at the next step) with neither."""
+    named = {"": "Ctrl-C", "SIGINT": "Ctrl-C", "SIGTERM": "SIGTERM"}
+    return named.get(str(stop), "Ctrl-C or SIGTERM")
 
 
 def tracking_uri_argument(parser: argparse.ArgumentParser, default: Any = None) -> None:

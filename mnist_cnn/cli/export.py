@@ -4,7 +4,8 @@ MODEL is named as for mnist-cnn-eval and -predict: a run id, `runs:/ID/model`, `
 `models:/NAME@alias`. The file has a dynamic batch axis and the dataset's class names; it is
 checked with onnx.checker, then run in onnxruntime on the first 1,000 images of the test split its
 run was trained for, against PyTorch, and the largest logit difference is printed. It takes its
-name only after both checks passed. `mnist-cnn-predict --model FILE` runs it with onnxruntime.
+name only after both checks passed (two exports to one file at once each write a temporary file of
+its own); Ctrl-C or SIGTERM leaves no file behind (exit 130). `mnist-cnn-predict --model FILE` runs it with onnxruntime.
 
 Only reads the tracking store (opened read-only, as predict does); needs the `export` extra.
 """
@@ -16,6 +17,7 @@ from typing import List, Optional
 from mnist_cnn.cli import common
 from mnist_cnn.data.datasets import dataset_info
 from mnist_cnn.errors import UserError
+from mnist_cnn.interrupts import Signals
 from mnist_cnn.model import onnx_file
 
 
@@ -43,10 +45,13 @@ def export(args: argparse.Namespace):
     model and the export's result."""
     onnx_file.require("--onnx")  # before MLflow and torch load: seconds
     path = output_file(args.onnx)
+    Signals().install()  # SIGTERM, like Ctrl-C, ends the export: its temporary file removed, exit 130
     from mnist_cnn.data.splits import batches  # torch
     from mnist_cnn.tracking import store  # MLflow
+    from mnist_cnn.tracking.lookup import require_model, resolve_model  # MLflow
 
     client = store.connect(args.tracking_uri, read_only=True)  # only reads: never creates or migrates a store
+    require_model(client, resolve_model(client, args.model), args.model)  # before MLflow's download error
     trained = common.load_model(client, args.model, scored=True)
     images, _ = next(batches(common.test_split(trained, args.data_root), onnx_file.COMPARED))
     classes = dataset_info(trained.data()["name"]).classes

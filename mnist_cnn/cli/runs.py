@@ -17,7 +17,7 @@ import math
 import shlex
 import sys
 import wsgiref.simple_server
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import pandas as pd
 
@@ -31,6 +31,7 @@ from mnist_cnn.tracking.redact import redact
 from mnist_cnn.tracking.run_names import run_name
 from mnist_cnn.tracking.states import RunState, state_of
 
+DEFAULT_SORTS = (VAL_ACC, TEST_ACC)  # what the table is sorted by when the runs share no objective, in this order
 COLUMNS = ["run_id", "name", "status", "overrides", VAL_ACC, TEST_ACC, "epochs", "wall_s"]
 DIFF = "what two runs differ in: config keys, fingerprints, final metrics, the epoch their histories part"
 SHARED = ("tracking_uri", "format", "command")  # the options of the runs table that diff takes too
@@ -41,7 +42,12 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     tracking_uri_argument(parser)
     parser.add_argument("--experiment", default="mnist", help="MLflow experiment name (default: mnist)")
     parser.add_argument("--sweep", metavar="PARENT_RUN_ID", help="only the jobs of this sweep's parent run")
-    parser.add_argument("--sort", metavar="METRIC", help=f"metric to sort by (default: {VAL_ACC})")
+    parser.add_argument(
+        "--sort",
+        metavar="METRIC",
+        help=f"metric to sort by (default: the objective the runs share, else {' or '.join(DEFAULT_SORTS)}: the first "
+        "that every run with metrics has)",
+    )
     parser.add_argument("--ascending", action="store_true", help="smallest first (for losses)")
     parser.add_argument("--top", type=_at_least_one, metavar="N", help="show only the first N runs")
     parser.add_argument("--format", choices=["table", "csv", "json"], default="table")
@@ -112,10 +118,12 @@ def search(args: argparse.Namespace) -> list:
     return runs
 
 
-def runs_table(args: argparse.Namespace) -> pd.DataFrame:
-    """One row per run with the COLUMNS above plus the sort metric, sorted; UserError on bad input."""
+def runs_table(args: argparse.Namespace) -> Tuple[pd.DataFrame, str]:
+    """One row per run with the COLUMNS above plus the sort metric, sorted; and the line that says
+    how. UserError on bad input."""
     runs = search(args)
-    sort = args.sort or VAL_ACC
+    sort, ascending, why = (args.sort, args.ascending, "") if args.sort else default_sort(runs)
+    ascending = ascending or args.ascending
     table = pd.DataFrame([_row(run, sort) for run in runs])
     if table[sort].isna().all():
         known = ", ".join(sorted({key for run in runs for key in run.data.metrics})) or "none"
@@ -123,8 +131,27 @@ def runs_table(args: argparse.Namespace) -> pd.DataFrame:
             raise UserError(f"--sort {args.sort}: no run here has that metric; these do: {known}.")
         # the default, on runs without it (a sweep whose jobs all failed): still show them, unsorted
         print(f"mnist-cnn-runs: no run has the metric {sort!r} (these do: {known}).", file=sys.stderr)
-    table = table.sort_values(sort, ascending=args.ascending, na_position="last")
-    return table.head(args.top) if args.top else table
+    table = table.sort_values(sort, ascending=ascending, na_position="last")
+    header = f"sorted by {sort}, {'smallest' if ascending else 'largest'} first{why}"
+    return (table.head(args.top) if args.top else table), header
+
+
+def default_sort(runs: list) -> Tuple[str, bool, str]:
+    """The metric a table of `runs` is sorted by when --sort is not given, whether smallest first,
+    and why it: the first objective the runs share, else the first of DEFAULT_SORTS, as long as
+    every run that logged metrics has it (a run without a validation split logs no val_acc, and would
+    land last whatever its accuracy)."""
+    scored = [run for run in runs if run.data.metrics]
+    shared = {
+        (run.data.params.get("objective.metrics.0"), run.data.params.get("objective.directions.0")) for run in scored
+    }
+    (metric, direction), *others = shared or {(None, None)}
+    if metric is not None and not others and all(metric in run.data.metrics for run in scored):
+        return metric, direction == "minimize", " (the objective of every run here)"
+    for metric in DEFAULT_SORTS:
+        if all(metric in run.data.metrics for run in scored):
+            return metric, False, " (a metric every run here logged)"
+    return VAL_ACC, False, ""
 
 
 def seed_table(args: argparse.Namespace) -> pd.DataFrame:
@@ -226,13 +253,17 @@ def main(argv: Optional[List[str]] = None) -> None:
         return run_command("mnist-cnn-runs", lambda: dashboard(args))  # Ctrl-C stops its server: exit 130
     if args.link:
         return print(run_command("mnist-cnn-runs", lambda: experiment_link(args)))
-    table = run_command("mnist-cnn-runs", lambda: seed_table(args) if args.group_seeds else runs_table(args))
+    table, header = run_command(
+        "mnist-cnn-runs", lambda: (seed_table(args), "") if args.group_seeds else runs_table(args)
+    )
     if args.format == "csv":
         print(table.to_csv(index=False), end="")
     elif args.format == "json":
         print(table.to_json(orient="records", indent=2))
     else:
         formatters = {"wall_s": "{:.1f}".format} if "wall_s" in table else {}
+        if header:
+            print(header)
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}", formatters=formatters, na_rep="-"))
         if "status" in table:
             _stale_hints(table, args.tracking_uri)
@@ -249,27 +280,42 @@ def run_diff(args: argparse.Namespace):
 
 def show_diff(diff, style: str) -> None:
     """Print a RunDiff as JSON, or as a few tables: the runs, config keys, fingerprints, final
-    metrics, and a line saying where the histories part."""
+    metrics (headline, timings, system, per class: each group a table), and a line saying where
+    the histories part."""
+    from mnist_cnn.tracking.compare import METRIC_GROUPS, metric_group, status  # MLflow, loaded by the diff
+
     if style == "json":
         return print(json.dumps(diff.as_dict(), indent=2))
     for label, run in zip("AB", diff.runs):
-        print(f"{label}  {run.info.run_id}  {run.info.run_name}  {run.info.status}")
+        print(f"{label}  {run.info.run_id}  {run.info.run_name}  {status(run)}")
     for title, label, found in (("config keys", "key", diff.config), ("fingerprints", "tag", diff.fingerprints)):
         if found:
             print(f"\n{title} that differ ({len(found)}):")
-            print(_pairs(found, label).to_string(index=False, na_rep="-"))
+            print(_pairs(found, label).to_string(index=False))
         else:
             print(f"\n{title}: no difference")
-    if diff.metrics:
-        table = _pairs(diff.metrics, "metric")
-        table["B-A"] = pd.to_numeric(table["B"]) - pd.to_numeric(table["A"])
-        print("\nfinal metrics:")
-        print(table.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.6g}"))
+    for group in METRIC_GROUPS:
+        found = {key: pair for key, pair in diff.metrics.items() if metric_group(key) == group}
+        if found:
+            table = _pairs(found, "metric")
+            a, b = (pd.to_numeric(pd.Series([pair[i] for pair in found.values()])) for i in (0, 1))
+            table["B-A"] = [_cell(value) for value in b - a]
+            print(f"\nfinal metrics, {group}:" if group != METRIC_GROUPS[0] else "\nfinal metrics:")
+            print(table.to_string(index=False))
     print(f"\n{diff.histories.describe()}")
 
 
 def _pairs(found: dict, label: str) -> pd.DataFrame:
-    return pd.DataFrame([(key, a, b) for key, (a, b) in found.items()], columns=[label, "A", "B"])
+    """A table of keys with both runs' values, each written as its type says (64, not 64.000)."""
+    return pd.DataFrame([(key, _cell(a), _cell(b)) for key, (a, b) in found.items()], columns=[label, "A", "B"])
+
+
+def _cell(value) -> str:
+    """A value as the diff's tables show it: `-` for none, a float to 6 significant digits, anything
+    else (an int, a string, a bool, a list) as written."""
+    if value is None or isinstance(value, float) and math.isnan(value):
+        return "-"
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
 def _stale_hints(table: pd.DataFrame, uri: str) -> None:

@@ -8,7 +8,9 @@ exit 0 when all are equal, 1 at the first difference, which is named. The rerun 
 precision RUN resolved. Training is bit for bit repeatable on one host, with one torch version and
 device; when RUN's fingerprints name another, equality is not expected, and the metrics are
 compared within `--tolerance` (relative) instead, the weights not at all. `--epochs K` checks only
-the first K epochs (the config unchanged, so the learning-rate schedule is too).
+the first K epochs (the config unchanged, so the learning-rate schedule is too); a sweep's job that
+its pruner stopped is checked up to the epoch it was pruned at. Ctrl-C or SIGTERM stops the rerun
+and deletes its scratch folder (exit 130).
 """
 
 import argparse
@@ -24,8 +26,10 @@ from omegaconf import DictConfig
 from mnist_cnn import names
 from mnist_cnn.cli.common import data_root, data_root_argument, run_command, tracking_uri_argument
 from mnist_cnn.config.checks import check_config
+from mnist_cnn.config.job import JobContext
 from mnist_cnn.config.schema import typed_config
 from mnist_cnn.errors import ConfigError
+from mnist_cnn.interrupts import Signals
 from mnist_cnn.tracking.environment import VERSION, package_versions
 from mnist_cnn.tracking.states import RunState, state_of
 
@@ -34,8 +38,10 @@ VERIFIES = "verifies"  # the tag of a rerun recorded with --record: the run it v
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="mnist-cnn-verify", description=__doc__.splitlines()[0])
-    parser.add_argument("run", metavar="RUN", help="the id of a FINISHED run")
+    parser = argparse.ArgumentParser(
+        prog="mnist-cnn-verify", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("run", metavar="RUN", help="the id of a FINISHED run (or of a sweep's job its pruner stopped)")
     tracking_uri_argument(parser)
     parser.add_argument("--epochs", type=int, metavar="K", help="check only the first K epochs")
     parser.add_argument("--record", action="store_true", help="record the rerun as a new run, tagged verifies=RUN")
@@ -51,65 +57,101 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
-    sys.exit(run_command("mnist-cnn-verify", lambda: verify(args)))
+    sys.exit(run_command("mnist-cnn-verify", lambda: verify(args), stopped="nothing compared, scratch folder deleted."))
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse what no rerun could satisfy before anything is loaded: ConfigError."""
+    if not math.isfinite(args.tolerance) or args.tolerance < 0:
+        raise ConfigError(
+            f"--tolerance {args.tolerance:g}: give a relative difference of 0 or more (the default 1e-3 is 0.1%)."
+        )
+    if args.epochs is not None and args.epochs < 1:
+        raise ConfigError(f"--epochs {args.epochs}: give 1 or more")
+    if args.epochs is not None and args.record:
+        raise ConfigError("--record keeps a whole rerun: drop --epochs.")
 
 
 def verify(args: argparse.Namespace) -> int:
     """Rerun RUN and compare; returns the exit code."""
+    check_args(args)
+    signals = Signals()
+    signals.install()  # SIGTERM, like Ctrl-C, stops the rerun: exit 130, its scratch folder deleted
     from mnist_cnn.engine.checkpoint import load_checkpoint  # torch: seconds to import, after the arguments
     from mnist_cnn.runner.train import run as train  # torch and MLflow, as above
     from mnist_cnn.tracking import store  # MLflow, as above
-    from mnist_cnn.tracking.lookup import find_run  # MLflow, as above
+    from mnist_cnn.tracking.lookup import find_run, require_trained  # MLflow, as above
 
-    if args.epochs is not None and (args.epochs < 1 or args.record):
-        raise ConfigError(
-            f"--epochs {args.epochs}: give 1 or more"
-            if args.epochs < 1
-            else "--record keeps a whole rerun: drop --epochs."
-        )
     client = store.connect(args.tracking_uri, read_only=not args.record)
     logged = find_run(client, args.run, "RUN")
-    state = state_of(logged)
-    if state is not RunState.FINISHED:
-        raise ConfigError(
-            f"run {args.run} is {state.value}: verify a FINISHED run (finish it first with "
-            f"mnist-cnn-train resume={args.run})."
-        )
+    require_trained(logged, "RUN")
+    until = checked_epochs(logged, args)
+    ctx = JobContext(precision=logged.data.params.get("trainer.precision"), scratch=True, stops=signals.job_started())
     with tempfile.TemporaryDirectory(prefix="mnist-cnn-verify-") as scratch:
         cfg = rerun_config(client, logged, scratch, args)
-        epochs = _epochs(cfg, args.epochs)
-        print(f"training run {args.run} again ({epochs} epoch{'s' * (epochs != 1)}) in {scratch} ...", flush=True)
-        outcome = train(cfg, Path(scratch) / "rerun", until=args.epochs)
+        epochs = min(until or cfg.trainer.epochs, cfg.trainer.epochs)
+        kept = "recorded" if args.record else "not recorded (--record keeps it as a run)"
+        print(
+            f"training run {args.run} again ({epochs} epoch{'s' * (epochs != 1)}) in {scratch}, {kept} ...", flush=True
+        )
+        outcome = train(cfg, Path(scratch) / "rerun", ctx, until=until)
         ours = load_checkpoint(Path(scratch) / "rerun" / names.CHECKPOINT)["history"]
     if outcome.run_id is not None:
         client.set_tag(outcome.run_id, VERIFIES, args.run)
     elsewhere = other_environment(logged, cfg)
     if elsewhere:
         print(f"{elsewhere}: equality is not expected; metrics compared within a relative {args.tolerance:g}")
-    weights = outcome.weights_sha256 if args.epochs is None else None
-    return compare(client, logged, ours, weights, args.tolerance if elsewhere else 0.0)
+    partial = "--epochs checks the epochs' metrics only" if args.epochs else "a pruned run has no final weights"
+    return compare(client, logged, ours, outcome.weights_sha256, args.tolerance if elsewhere else 0.0, partial)
+
+
+def checked_epochs(logged: Any, args: argparse.Namespace) -> Optional[int]:
+    """The epochs the rerun trains and checks: all (None), --epochs K, or those of a sweep's job up
+    to the epoch its pruner stopped it at; ConfigError for a run no rerun can match."""
+    state = state_of(logged)
+    if state is RunState.PRUNED:
+        pruned = int(logged.data.tags[names.PRUNED_AT])
+        if args.record:
+            raise ConfigError(
+                f"run {args.run} was pruned by its sweep after epoch {pruned}: verify checks those {pruned} "
+                "epochs without --record (a recorded rerun is a whole run); drop --record."
+            )
+        return min(args.epochs or pruned, pruned)
+    if state is not RunState.FINISHED:
+        raise ConfigError(
+            f"run {args.run} is {state.value}: verify a FINISHED run (finish it first with "
+            f"mnist-cnn-train resume={args.run})."
+        )
+    return args.epochs
 
 
 def rerun_config(client: Any, logged: Any, scratch: str, args: argparse.Namespace) -> DictConfig:
-    """RUN's config as it trained: its own precision, data where it was (or --data-root), recorded
-    only with --record, and registering nothing."""
+    """RUN's config as it trained (its precision is kept apart: JobContext.precision), with data
+    where it was (or --data-root), registering nothing, and recorded only with --record: unrecorded,
+    it keeps no epoch models and has no pruner (both need the store; neither changes what is
+    trained, and the rerun of a pruned job stops where it was pruned)."""
     from mnist_cnn.tracking.lookup import run_config  # MLflow: seconds to import
 
     cfg = typed_config(run_config(client, logged.info.run_id, scratch, "RUN"))
-    cfg.trainer.precision = logged.data.params.get("trainer.precision", cfg.trainer.precision)
     cfg.trainer.progress = False
     cfg.resume = cfg.resume_sweep = None
     cfg.data.root = data_root(args.data_root, cfg.data, logged.info.run_id)
     cfg.tracking.enabled, cfg.tracking.register_as = args.record, None
     if args.record:
         cfg.tracking.uri, cfg.tracking.run_name = args.tracking_uri, f"verify-{logged.info.run_name}"
+    else:
+        cfg.trainer.keep_best, cfg.tracking.register_from = 0, "last"
+        cfg.objective.pruner, cfg.objective.prune_patience = "none", None
     check_config(cfg)
     return cfg
 
 
-def compare(client: Any, logged: Any, ours: List[Dict[str, float]], weights: Optional[str], tolerance: float) -> int:
+def compare(
+    client: Any, logged: Any, ours: List[Dict[str, float]], weights: Optional[str], tolerance: float, partial: str = ""
+) -> int:
     """Print each epoch's verdict and the weights' (`tolerance` 0: equal, else relative; the weights
-    then not compared); returns 0 when all agree, else 1."""
+    then not compared, nor when the rerun stopped before the end: `partial` says why); returns 0
+    when all agree, else 1."""
     from mnist_cnn.tracking.compare import HISTORY, history  # MLflow, loaded by the rerun already
 
     theirs = history(client, logged.info.run_id)
@@ -122,10 +164,7 @@ def compare(client: Any, logged: Any, ours: List[Dict[str, float]], weights: Opt
                 return EXIT_DIFFERENT
         print(f"epoch {epoch}: the same {', '.join(compared)}")
     if weights is None or tolerance:
-        print(
-            "weights_sha256: not compared"
-            + (" (another environment)" if tolerance else " (--epochs checks the epochs' metrics only)")
-        )
+        print("weights_sha256: not compared" + (" (another environment)" if tolerance else f" ({partial})"))
         return 0
     recorded = logged.data.tags.get(names.WEIGHTS_SHA256)
     if recorded != weights:
@@ -154,10 +193,6 @@ def _agree(recorded: float, value: float, tolerance: float) -> bool:
     if tolerance == 0.0:
         return recorded == value
     return math.isclose(recorded, value, rel_tol=tolerance, abs_tol=tolerance)
-
-
-def _epochs(cfg: DictConfig, epochs: Optional[int]) -> int:
-    return min(epochs or cfg.trainer.epochs, cfg.trainer.epochs)
 
 
 if __name__ == "__main__":

@@ -103,6 +103,10 @@ class JobContext:
     files: Dict[str, Path] = field(default_factory=dict)  # the file each group's option was read from, for messages
     cpus: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))  # what this process may run on
     threads_given: Optional[int] = None  # OMP_NUM_THREADS: a launcher's share for it (joblib's), or the user's
+    # mnist-cnn-verify's rerun: the precision the verified run resolved (kept, as a resume keeps it,
+    # the config unchanged: its fingerprint stays the run's), and a scratch folder that its end deletes
+    precision: Optional[str] = None
+    scratch: bool = False
     clock: JobClock = field(default_factory=JobClock)
     stops: Stops = field(default_factory=Stops)
 

@@ -17,6 +17,7 @@ import importlib.util
 import json
 import logging
 import os
+import secrets
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,7 +86,9 @@ def export(model, images, path: Path, classes: Tuple[str, ...], source: str) -> 
         proto.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(proto, full_check=True)
     opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
-    tmp = path.with_name(path.name + ".tmp")
+    # A name of its own beside `path`, created exclusively (two exports to one file at once never share
+    # it), in the same folder (os.replace is atomic there), with the permissions the umask gives.
+    tmp = path.with_name(f"{path.name}.{secrets.token_hex(8)}.tmp")
     try:
         _write(tmp, proto.SerializeToString())
         with torch.inference_mode():
@@ -124,7 +127,7 @@ def _quiet(*names: str) -> Iterator[None]:
 
 
 def _write(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
+    with open(path, "xb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())  # on disk before the rename gives it its name

@@ -11,6 +11,7 @@ from mnist_cnn import names
 from mnist_cnn.config.job import JobContext
 from mnist_cnn.engine import distributed, repro
 from mnist_cnn.engine.checkpoint import save_checkpoint
+from mnist_cnn.engine.early_stopping import BestEpoch
 from mnist_cnn.engine.state import TrainingState
 from mnist_cnn.model.network import Network
 from mnist_cnn.report.figures import run_figures
@@ -23,15 +24,19 @@ log = logging.getLogger(__name__)
 
 def save_and_log_epoch(cfg: DictConfig, tracker: Tracker, state: TrainingState, network: Network, path: Path) -> None:
     """The epoch's checkpoint on local disk (its config and run id with it), then in MLflow with its
-    metrics; with trainer.keep_best, the epoch's model too, linked to its metrics, and only the best
-    `keep_best` of those models kept."""
+    metrics; with trainer.keep_best, the epoch's model too (tagged with its weights' fingerprint),
+    linked to its metrics, and only the best `keep_best` of those models kept, as the one rule of the
+    best epoch ranks them (engine.early_stopping.BestEpoch)."""
     config = redact(OmegaConf.to_yaml(cfg, resolve=True))  # credentials masked: a resume takes tracking.uri anew
     save_checkpoint(path, {**state.checkpoint(), "config": config, "run_id": tracker.run_id})
     keep, epoch = cfg.trainer.keep_best, state.epoch
-    model_id = tracker.log_epoch_model(state.model, network, epoch) if keep else None
+    model_id = None
+    if keep:
+        weights = repro.weights_sha256(state.model)
+        model_id = tracker.log_epoch_model(state.model, network, epoch, weights)
     tracker.log_epoch(state.history[-1], epoch, path, model_id)
     if keep:
-        tracker.keep_best(keep, cfg.objective)
+        tracker.keep_best(keep, BestEpoch.of(cfg).ranked(state.history))
     log.info("epoch %d/%d  %s", epoch, cfg.trainer.epochs, fmt(state.history[-1]))
 
 

@@ -106,7 +106,7 @@ def build_state(
     and stop requests; the settings of its step loop; and the tags that say which precision it
     trains in and why."""
     model, device = prepared.model, prepared.splits["train"].labels.device
-    choice = resolve_precision(cfg, model, device, world, checkpoint)
+    choice = resolve_precision(cfg, model, device, world, checkpoint, ctx.precision)
     optimizer = build_optimizer(cfg.optimizer, model.parameters())
     steps = prepared.steps_per_epoch
     forward = torch.compile(model) if cfg.trainer.compile else model  # shares weights with `model`
@@ -135,12 +135,20 @@ def build_state(
 
 
 def resolve_precision(
-    cfg: DictConfig, model: nn.Module, device: torch.device, world: World, checkpoint: Optional[Dict[str, Any]]
+    cfg: DictConfig,
+    model: nn.Module,
+    device: torch.device,
+    world: World,
+    checkpoint: Optional[Dict[str, Any]],
+    verified: Optional[str] = None,
 ) -> precision.Choice:
-    """What the run trains in: the checkpoint's precision when it continues, else trainer.precision,
-    or for null the faster one measured (engine.precision; rank 0 measures, every rank follows)."""
+    """What the run trains in: the checkpoint's precision when it continues, the `verified` run's
+    when mnist-cnn-verify trains it again, else trainer.precision, or for null the faster one
+    measured (engine.precision; rank 0 measures, every rank follows)."""
     if checkpoint is not None and "precision" in checkpoint:
         choice = precision.Choice(checkpoint["precision"], "kept from the run being resumed")
+    elif verified is not None:
+        choice = precision.Choice(verified, "kept from the run being verified")
     else:
         batch = cfg.data.batch_size // world.size
         choice = distributed.from_main(world, precision.choose, cfg.trainer.precision, model, batch, device)

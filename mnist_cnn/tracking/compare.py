@@ -6,18 +6,20 @@ Each run's config is the `config.yaml` it logged, flattened to dotted keys (`opt
 differs. Only the store's read API is used.
 """
 
+import re
 import tempfile
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 from mlflow import MlflowClient
-from mlflow.entities import Run
+from mlflow.entities import LifecycleStage, Run
 
 from mnist_cnn import names
 from mnist_cnn.config.keys import flatten
 from mnist_cnn.tracking.environment import VERSION
 from mnist_cnn.tracking.lookup import find_run, run_config
+from mnist_cnn.tracking.states import state_of
 
 # The metrics logged each epoch that two runs computing the same things log alike: where histories part.
 HISTORY = (*names.EPOCH_METRICS, names.LR)
@@ -25,6 +27,10 @@ HISTORY = (*names.EPOCH_METRICS, names.LR)
 TIMINGS = (names.EPOCH_TIME, names.VAL_TIME, names.SAMPLES_PER_S)
 
 Pair = Tuple[Any, Any]  # (run A's value, run B's value); None where a run has none
+# How the final metrics are grouped, in this order: what the run scored, then where its time went
+# (every metric in seconds, and throughput), MLflow's system metrics, then the test split class by class.
+METRIC_GROUPS = ("headline", "timings", "system", "per class")
+PER_CLASS = re.compile(r"_acc_class_(\d+)$")  # names.class_metric
 
 
 @dataclass(frozen=True)
@@ -62,7 +68,7 @@ class RunDiff:
         def pairs(found: Dict[str, Pair]) -> Dict[str, Dict[str, Any]]:
             return {key: {"a": a, "b": b} for key, (a, b) in found.items()}
 
-        runs = [{"run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status} for r in self.runs]
+        runs = [{"run_id": r.info.run_id, "name": r.info.run_name, "status": status(r)} for r in self.runs]
         parting = self.histories
         return {
             "runs": {"a": runs[0], "b": runs[1]},
@@ -91,9 +97,32 @@ def diff_runs(client: MlflowClient, run_a: str, run_b: str) -> RunDiff:
         runs=runs,
         config=differing(*configs),
         fingerprints=differing(*tags),
-        metrics={key: (a.get(key), b.get(key)) for key in sorted(a.keys() | b.keys())},
+        metrics={key: (a.get(key), b.get(key)) for key in sorted(a.keys() | b.keys(), key=metric_order)},
         histories=parting(history(client, run_a), history(client, run_b)),
     )
+
+
+def metric_group(key: str) -> str:
+    """Which of METRIC_GROUPS a final metric belongs to."""
+    if PER_CLASS.search(key):
+        return "per class"
+    if key.startswith("system/"):
+        return "system"
+    return "timings" if key.endswith("_s") else "headline"
+
+
+def metric_order(key: str) -> tuple:
+    """Group by group (METRIC_GROUPS); the headline metrics in the order runs log them (HISTORY,
+    then the test split's), the classes by number, the rest by name."""
+    group = METRIC_GROUPS.index(metric_group(key))
+    known = (*HISTORY, names.TEST_LOSS, names.TEST_ACC)
+    per_class = PER_CLASS.search(key)
+    return group, known.index(key) if key in known else len(known), int(per_class[1]) if per_class else 0, key
+
+
+def status(run: Run) -> str:
+    """How a run ended (tracking.states), or DELETED for a run in MLflow's trash."""
+    return "DELETED" if run.info.lifecycle_stage == LifecycleStage.DELETED else state_of(run).value
 
 
 def differing(a: Dict[str, Any], b: Dict[str, Any]) -> Dict[str, Pair]:

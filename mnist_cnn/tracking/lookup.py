@@ -42,14 +42,40 @@ def find_run(client: MlflowClient, run_id: str, where: str) -> Run:
 
 
 def run_config(client: MlflowClient, run_id: str, folder: str, where: str) -> Dict[str, Any]:
-    """The resolved config run `run_id` logged as config.yaml."""
+    """The resolved config run `run_id` logged as config.yaml; ModelError for a run that has none
+    (a sweep's parent: naming it, and what to give instead)."""
     try:
         path = client.download_artifacts(run_id, names.CONFIG_FILE, folder)
     except (MlflowException, OSError) as e:
+        require_trained(client.get_run(run_id), where)
         raise ModelError(
             f"{where}: run {run_id} has no {names.CONFIG_FILE} artifact; it was not made by mnist-cnn-train."
         ) from e
     return yaml.safe_load(Path(path).read_text())
+
+
+def require_trained(run: Run, where: str) -> None:
+    """ModelError when `run` is a sweep's parent, which trains nothing itself: give one of its jobs."""
+    if names.SWEEP_ARGV in run.data.tags:
+        run_id = run.info.run_id
+        raise ModelError(
+            f"{where}: run {run_id} is a sweep's parent run, which trains no model itself; give the id of one "
+            f"of its jobs (its child runs: mnist-cnn-runs --sweep {run_id})."
+        )
+
+
+def require_model(client: MlflowClient, ref: ModelRef, where: str) -> None:
+    """ModelError, before any download, when `ref` names the final model of a run that logged none:
+    a sweep's parent, a run with tracking.log_model=false, or one stopped before its end."""
+    if ref.run_id is None or ref.uri != f"runs:/{ref.run_id}/model":
+        return  # a registered or logged model, or a folder: MLflow's lookup says whether it exists
+    run = find_run(client, ref.run_id, where)
+    require_trained(run, where)
+    if names.MODEL_URI not in run.data.tags:
+        raise ModelError(
+            f"{where}: this run logged no model (it was stopped before its end, or trained with "
+            "tracking.log_model=false); give a FINISHED run that logged one."
+        )
 
 
 def children(client: MlflowClient, parent_run_id: str) -> List[Run]:

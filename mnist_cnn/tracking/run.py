@@ -60,13 +60,14 @@ def tracked_run(
 
     `checkpoint` is the local file the loop rewrites each epoch: the messages for a stopped run or a
     lost store point at it. With tracking disabled nothing is recorded and a stop says how to
-    resume from that file.
+    resume from that file, unless the job's folder is scratch that its end deletes (mnist-cnn-verify).
     """
     if not cfg.tracking.enabled:
         try:
             yield Tracker(None, None)
         except KeyboardInterrupt:
-            _stopped_untracked(checkpoint)
+            if not ctx.scratch:
+                _stopped_untracked(checkpoint)
             raise
         return
     client = store.connect(cfg.tracking.uri)

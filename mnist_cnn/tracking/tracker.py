@@ -10,15 +10,13 @@ import logging
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from mlflow import MlflowClient
 from mlflow.entities import Metric, RunTag
-from omegaconf import DictConfig
 
 from mnist_cnn import names
-from mnist_cnn.config.schema import first_objective
 from mnist_cnn.data.splits import Split, batches
 from mnist_cnn.errors import TrackingLostError
 from mnist_cnn.model import onnx_file
@@ -130,8 +128,9 @@ class Tracker:
         log.info("%s: max logit difference from PyTorch %.1e", names.ONNX_FILE, exported.max_difference)
 
     @_when_tracking
-    def log_epoch_model(self, model: torch.nn.Module, network: Network, epoch: int) -> str:
-        """Log this epoch's model (trainer.keep_best) unless a resumed run already has it; returns its id."""
+    def log_epoch_model(self, model: torch.nn.Module, network: Network, epoch: int, weights_sha256: str) -> str:
+        """Log this epoch's model (trainer.keep_best), tagged with its weights' fingerprint, unless a
+        resumed run already has it; returns its id."""
 
         def upload() -> str:
             run = self.client.get_run(self.run_id)
@@ -139,25 +138,28 @@ class Tracker:
                 for kept in registry.epoch_models(self.client, run):
                     if kept.tags[names.EPOCH] == str(epoch):
                         return kept.model_id
-            return logged.log_model(self.client, run, model, network, epoch).removeprefix("models:/")
+            model_id = logged.log_model(self.client, run, model, network, epoch).removeprefix("models:/")
+            self.client.set_logged_model_tags(model_id, {names.WEIGHTS_SHA256: weights_sha256})
+            return model_id
 
         return self.call(upload)
 
     @_when_tracking
-    def keep_best(self, k: int, objective: DictConfig) -> None:
-        """Delete all but the `k` best epoch models by the first objective; tag the run with the best one."""
-        metric, direction = first_objective(objective)
+    def keep_best(self, k: int, ranked: List[int]) -> None:
+        """Keep the models of the `k` best epochs (`ranked`: every epoch, best first) and delete the
+        others; tag the run with the best one kept."""
 
         def prune() -> None:
             models = registry.epoch_models(self.client, self.client.get_run(self.run_id))
-            ranked = registry.rank(models, metric, direction == "maximize")
-            for doomed in ranked[k:]:
+            place = {epoch: i for i, epoch in enumerate(ranked)}  # a model of an epoch not in ranked: last
+            models.sort(key=lambda model: place.get(int(model.tags[names.EPOCH]), len(ranked)))
+            for doomed in models[k:]:
                 registry.delete_model(self.client, doomed)
-            if ranked:
+            if models:
                 self.set_tags(
                     {
-                        names.BEST_EPOCH: ranked[0].tags[names.EPOCH],
-                        names.BEST_MODEL_URI: f"models:/{ranked[0].model_id}",
+                        names.BEST_EPOCH: models[0].tags[names.EPOCH],
+                        names.BEST_MODEL_URI: f"models:/{models[0].model_id}",
                     }
                 )
 
