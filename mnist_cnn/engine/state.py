@@ -33,6 +33,7 @@ class TrainingState:
     stops: Stops  # the job's stop requests (Ctrl-C, SIGTERM): checked before each step
     history: List[Dict[str, float]] = field(default_factory=list)  # each completed epoch's metrics
     best: Optional[Dict[str, Any]] = None  # early stopping: the best epoch so far, {"epoch", "model"} (its weights)
+    step: Any = None  # the training step, made by the first epoch and kept for the run (engine.graphs); not saved
 
     @property
     def device(self) -> torch.device:
