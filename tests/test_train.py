@@ -21,12 +21,13 @@ from omegaconf import OmegaConf
 from mnist_cnn.config.job import JobContext
 from mnist_cnn.config.keys import config_sha256
 from mnist_cnn.engine import loop, precision
+from mnist_cnn.engine.distributed import World
 from mnist_cnn.errors import ConfigError, DivergedError
 from mnist_cnn.names import HEARTBEAT
-from mnist_cnn.runner import record, train
+from mnist_cnn.runner import record, setup, train
 from mnist_cnn.tracking.tracker import Tracker
 from tests.helpers.config import make_cfg
-from tests.helpers.interrupted import resume
+from tests.helpers.interrupted import FAST, killed_in_epoch_2, resume
 from tests.helpers.mlflow_store import all_runs, only_run
 
 
@@ -215,6 +216,34 @@ def test_bf16_is_not_tried_where_torch_runs_avx2_kernels(monkeypatch):
     assert precision.candidates(None, torch.device("cpu")) == ("fp32",)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     assert precision.candidates(None, torch.device("cpu")) == ("fp32", "bf16")
+
+
+def test_fp32_matmuls_use_tensor_cores_on_cuda_and_nothing_changes_on_a_cpu():
+    """cuBLAS's own flag: set_float32_matmul_precision("high") would also turn oneDNN's CPU matmuls to TF32."""
+    matmul = torch.backends.cuda.matmul
+    before, matmul.allow_tf32 = matmul.allow_tf32, False  # a property of torch's: monkeypatch cannot put it back
+    try:
+        precision.use_tensor_cores(torch.device("cpu"))
+        assert matmul.allow_tf32 is False and torch.backends.mkldnn.matmul.fp32_precision != "tf32"
+        precision.use_tensor_cores(torch.device("cuda", 0))  # a flag: set without a GPU
+        assert matmul.allow_tf32 is True and torch.backends.mkldnn.matmul.fp32_precision != "tf32"
+    finally:
+        matmul.allow_tf32 = before
+
+
+def test_a_resumed_run_and_every_rank_set_the_matmul_precision_for_their_device(tiny_cfg, store_uri, monkeypatch):
+    """Not only where trainer.precision=null measures: a resumed run takes its precision from the
+    checkpoint and ranks other than 0 never measure, yet each computes as the run that measured."""
+    prepared = []
+    monkeypatch.setattr(precision, "use_tensor_cores", prepared.append)
+    cfg = tiny_cfg("trainer.device=cpu", *FAST)
+    run_id = killed_in_epoch_2(cfg, store_uri, Path.cwd() / "cut")
+    prepared.clear()
+    resume(tiny_cfg(), run_id)
+    assert prepared == [torch.device("cpu")]
+    prepared.clear()
+    setup.prepare(cfg, JobContext(), World(rank=1, size=2))  # what rank 1 of two does before its first step
+    assert prepared == [torch.device("cpu")]
 
 
 def test_resolve_device_refuses_cuda_without_a_gpu():
