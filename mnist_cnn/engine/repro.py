@@ -32,8 +32,11 @@ def set_deterministic(enabled: bool, compiled: bool = False) -> None:
     torch.backends.cudnn.benchmark = not enabled
 
 
-def rng_state(generator: torch.Generator) -> Dict[str, Any]:
-    """Every RNG state a run depends on, as tensors and plain values (loadable with weights_only)."""
+def rng_state(generator: torch.Generator, device: torch.device) -> Dict[str, Any]:
+    """Every RNG state a run depends on, as tensors and plain values (loadable with weights_only).
+    Of the CUDA generators, the one of the device the run trains on (dropout's masks): under DDP
+    rank r trains on cuda:r, and every rank's draws are alike (engine.distributed), so the state rank
+    0 saves of its own device is each rank's own."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     return {
         "python": random.getstate(),
@@ -45,19 +48,24 @@ def rng_state(generator: torch.Generator) -> Dict[str, Any]:
             "gauss": gauss,
         },
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
         "data": generator.get_state(),
     }
 
 
-def restore_rng_state(state: Dict[str, Any], generator: torch.Generator) -> None:
+def restore_rng_state(state: Dict[str, Any], generator: torch.Generator, device: torch.device) -> None:
+    """Put back what rng_state saved; the CUDA state goes to `device`, the one this process trains on."""
     version_, internal, gauss = state["python"]
     random.setstate((version_, tuple(internal), gauss))
     n = state["numpy"]
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state["cuda"]
+    if isinstance(cuda, list):  # a checkpoint from before: every visible device's state, in device order
+        if cuda and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(cuda)
+    elif cuda is not None and device.type == "cuda":  # a run on a GPU resumed on a CPU has no use for it
+        torch.cuda.set_rng_state(cuda, device)
     generator.set_state(state["data"])
 
 
