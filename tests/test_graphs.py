@@ -54,7 +54,7 @@ def test_true_on_a_device_that_resolved_to_the_cpu_is_refused():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="trainer.device=auto resolves to the GPU here")
 def test_true_where_auto_found_no_gpu_fails_before_a_run_opens(tiny_cfg, store_uri, tmp_path):
     with pytest.raises(ConfigError, match="trainer.cuda_graph=true needs a CUDA GPU but the run is on cpu"):
-        train.run(tiny_cfg("trainer.cuda_graph=true"), tmp_path / "out")
+        train.run(tiny_cfg("trainer.device=auto", "trainer.cuda_graph=true"), tmp_path / "out")
     assert all_runs(store_uri) == []
 
 

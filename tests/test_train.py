@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 
 from mnist_cnn.config.job import JobContext
 from mnist_cnn.config.keys import config_sha256
+from mnist_cnn.config.schema import DEVICE_ENV
 from mnist_cnn.engine import loop, precision
 from mnist_cnn.engine.distributed import World
 from mnist_cnn.errors import ConfigError, DivergedError
@@ -29,6 +30,7 @@ from mnist_cnn.tracking.tracker import Tracker
 from tests.helpers.config import make_cfg
 from tests.helpers.interrupted import FAST, killed_in_epoch_2, resume
 from tests.helpers.mlflow_store import all_runs, only_run
+from tests.helpers.state import fresh_state
 
 
 def test_one_epoch_lands_everything_in_mlflow(tiny_cfg, store_uri, tmp_path):
@@ -39,14 +41,15 @@ def test_one_epoch_lands_everything_in_mlflow(tiny_cfg, store_uri, tmp_path):
     assert run.info.status == "FINISHED"
     params = run.data.params
     assert params["model.layers.0.out_channels"] == "8" and params["optimizer.name"] == "adam"
-    assert params["trainer.device"] == "auto" and params["data.download"] == "never"  # enums logged by name
+    # enums logged by name; the suite's device is cpu (conftest)
+    assert params["trainer.device"] == "cpu" and params["data.download"] == "never"
     assert params["n_params"] == str(8 * 9 + 8 + 64 * 8 * 9 + 64 + 3136 * 10 + 10)
     client = MlflowClient(store_uri)
     for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s", "samples_per_s"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1], key
     assert run.data.metrics["test_acc"] == pytest.approx(final["test_acc"])
     tags = run.data.tags  # git_commit, seed and the versions: by value in test_resume
-    assert (tags["device"], tags["mnist_cnn.pid"]) == (str(loop.resolve_device("auto")), str(os.getpid()))
+    assert (tags["device"], tags["mnist_cnn.pid"]) == ("cpu", str(os.getpid()))
     assert HEARTBEAT in tags  # a clock time, written while the run trains
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {
         "config.yaml",
@@ -244,6 +247,16 @@ def test_a_resumed_run_and_every_rank_set_the_matmul_precision_for_their_device(
     prepared.clear()
     setup.prepare(cfg, JobContext(), World(rank=1, size=2))  # what rank 1 of two does before its first step
     assert prepared == [torch.device("cpu")]
+
+
+def test_the_test_suites_runs_train_on_the_cpu_where_a_gpu_is_visible(tiny_cfg, monkeypatch):
+    """`make test` on a GPU machine: trainer.device=auto would send the suite's runs, and their
+    bit-for-bit assertions, to CUDA; conftest makes cpu the default, for processes started here too."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cfg = tiny_cfg()
+    assert cfg.trainer.device.name == "cpu" and os.environ[DEVICE_ENV] == "cpu"
+    state, _ = fresh_state(cfg)
+    assert state.device == torch.device("cpu") and next(state.model.parameters()).device == torch.device("cpu")
 
 
 def test_resolve_device_refuses_cuda_without_a_gpu():
