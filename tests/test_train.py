@@ -2,6 +2,7 @@
 back what MLflow holds: metrics, tags, artifacts, the model, and a final status for every ending."""
 
 import json
+import logging
 import math
 import os
 import re
@@ -21,7 +22,7 @@ from omegaconf import OmegaConf
 from mnist_cnn.config.job import JobContext
 from mnist_cnn.config.keys import config_sha256
 from mnist_cnn.config.schema import DEVICE_ENV
-from mnist_cnn.engine import loop, precision
+from mnist_cnn.engine import loop, precision, repro
 from mnist_cnn.engine.distributed import World
 from mnist_cnn.errors import ConfigError, DivergedError
 from mnist_cnn.names import HEARTBEAT
@@ -257,6 +258,37 @@ def test_the_test_suites_runs_train_on_the_cpu_where_a_gpu_is_visible(tiny_cfg, 
     assert cfg.trainer.device.name == "cpu" and os.environ[DEVICE_ENV] == "cpu"
     state, _ = fresh_state(cfg)
     assert state.device == torch.device("cpu") and next(state.model.parameters()).device == torch.device("cpu")
+
+
+@pytest.mark.parametrize(
+    "inherited, deterministic, kept",
+    [
+        (":0:0", True, ":4096:8"),  # torch's check would raise at the first matmul: replaced, with a warning
+        (":16:8", True, ":16:8"),  # a deterministic value of the user's own
+        (None, True, ":4096:8"),
+        (None, False, ":4096:8"),  # set for every run: a deterministic job may follow in the same process
+        (":0:0", False, ":0:0"),  # a user's value, for a run that is not deterministic
+    ],
+)
+def test_the_cublas_workspace_is_one_deterministic_matmuls_accept(monkeypatch, caplog, inherited, deterministic, kept):
+    if inherited is None:
+        monkeypatch.delenv(repro.CUBLAS_WORKSPACE, raising=False)
+    else:
+        monkeypatch.setenv(repro.CUBLAS_WORKSPACE, inherited)
+    repro.cublas_workspace(deterministic)
+    assert os.environ[repro.CUBLAS_WORKSPACE] == kept
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    replaced = inherited is not None and inherited != kept
+    message = (
+        "CUBLAS_WORKSPACE_CONFIG=':0:0' is not a workspace cuBLAS is deterministic with; trainer.deterministic=true"
+    )
+    assert warned == ([f"{message} sets it to ':4096:8'."] if replaced else [])
+
+
+def test_a_deterministic_run_replaces_an_inherited_cublas_workspace_that_is_not(monkeypatch):
+    monkeypatch.setenv(repro.CUBLAS_WORKSPACE, ":0:0")
+    repro.set_deterministic(True)  # what every run on the CPU sets anyway (trainer.deterministic=null)
+    assert os.environ[repro.CUBLAS_WORKSPACE] == ":4096:8"
 
 
 def test_resolve_device_refuses_cuda_without_a_gpu():

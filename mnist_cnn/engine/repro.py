@@ -2,12 +2,15 @@
 and the fingerprint of a run's final weights (its config's is config.keys.config_sha256)."""
 
 import hashlib
+import logging
 import os
 import random
 from typing import Any, Dict
 
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 
 def seed_everything(seed: int) -> None:
@@ -17,10 +20,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+CUBLAS_WORKSPACE = "CUBLAS_WORKSPACE_CONFIG"
+CUBLAS_DETERMINISTIC = (":4096:8", ":16:8")  # the only values torch's deterministic check accepts (at::Context)
+
+
 def set_deterministic(enabled: bool, compiled: bool = False) -> None:
     """Deterministic kernels (and cuDNN without autotuning), or PyTorch's fastest ones."""
-    if enabled:  # cuBLAS needs a fixed workspace to be deterministic; read when CUDA starts
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    cublas_workspace(enabled)
     if compiled:
         torch.use_deterministic_algorithms(enabled)  # also sets the inductor's own flag
     else:  # the same switch without importing torch._inductor for its flag: a second of every start-up
@@ -30,6 +36,26 @@ def set_deterministic(enabled: bool, compiled: bool = False) -> None:
     torch.utils.deterministic.fill_uninitialized_memory = False
     torch.backends.cudnn.deterministic = enabled
     torch.backends.cudnn.benchmark = not enabled
+
+
+def cublas_workspace(deterministic: bool) -> None:
+    """A cuBLAS workspace that deterministic matmuls accept, set before this process's first one.
+    torch reads CUBLAS_WORKSPACE_CONFIG once a process (its check, like cuBLAS's workspace size, is
+    kept from the first matmul), so an inherited value that is not deterministic made a deterministic
+    run raise at its first matmul: it is replaced, with a warning. Unset, it is set for every run,
+    deterministic or not, so that a deterministic job after a fast one in the same process (a sweep
+    on the basic launcher) still passes; a value a user set is left to a run that is not deterministic."""
+    current = os.environ.get(CUBLAS_WORKSPACE)
+    if current in CUBLAS_DETERMINISTIC or (current is not None and not deterministic):
+        return
+    if current is not None:
+        log.warning(
+            "%s=%r is not a workspace cuBLAS is deterministic with; trainer.deterministic=true sets it to %r.",
+            CUBLAS_WORKSPACE,
+            current,
+            CUBLAS_DETERMINISTIC[0],
+        )
+    os.environ[CUBLAS_WORKSPACE] = CUBLAS_DETERMINISTIC[0]
 
 
 def rng_state(generator: torch.Generator, device: torch.device) -> Dict[str, Any]:
