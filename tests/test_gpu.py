@@ -136,6 +136,16 @@ def test_a_run_resumed_in_a_fresh_process_computes_as_the_uninterrupted_one(tiny
     assert runs["cut"].data.tags["weights_sha256"] == runs["full"].data.tags["weights_sha256"]
 
 
+def test_system_metrics_read_the_gpus_utilisation_and_memory():
+    """What tracking.system_metrics=true logs on a GPU, through nvidia-ml-py (a dependency)."""
+    from mlflow.system_metrics.metrics.gpu_monitor import GPUMonitor
+
+    monitor = GPUMonitor()
+    monitor.collect_metrics()
+    figures = monitor.aggregate_metrics()
+    assert {"gpu_0_utilization_percentage", "gpu_0_memory_usage_megabytes"} <= set(figures), figures
+
+
 @pytest.mark.slow
 def test_ddp_over_nccl_trains_one_run(tiny_root, store_uri, tmp_path):
     """One process on one GPU under torchrun: NCCL for the gradients, the step eager (no capture under DDP)."""
