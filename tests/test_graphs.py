@@ -66,11 +66,11 @@ def test_true_where_auto_found_no_gpu_fails_before_a_run_opens(tiny_cfg, store_u
             "trainer.cuda_graph=true needs a GPU but trainer.device=cpu; set trainer.cuda_graph to null",
         ),
         (
-            ["trainer.strategy=ddp"],
+            ["trainer.device=auto", "trainer.strategy=ddp"],
             "trainer.cuda_graph=true does not work with trainer.strategy=ddp (its all-reduce hooks); set",
         ),
         (
-            ["trainer.compile=true"],
+            ["trainer.device=auto", "trainer.compile=true"],
             "trainer.cuda_graph=true with trainer.compile=true: compile has CUDA graphs of its own; set",
         ),
     ],
