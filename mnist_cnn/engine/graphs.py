@@ -23,9 +23,9 @@ step's lr. OneCycleLR also cycles momentum: every step it sets Adam's beta1 (or 
 a new Python float, which a graph would keep at its value when captured, and torch's Adam reads
 tensor betas with `.item()`, which cannot be captured either. With a scheduler that cycles
 momentum the optimizer therefore steps eagerly after each replay (forward, backward and the sums
-stay in the graph), as it would without graphs. Each epoch sets the optimizer for the step it will
-take, so a checkpoint continues on either device: a run captured on a GPU and resumed on a CPU gets
-build_optimizer's settings back.
+stay in the graph), as it would without graphs. Each process sets the optimizer for the step it
+will take when it makes its step, so a checkpoint continues on either device: a run captured on a
+GPU and resumed on a CPU gets build_optimizer's settings back.
 
 A run captures its step once and replays it every epoch, on one side stream: its first WARMUP
 full batches run eagerly on that stream, as PyTorch's whole-network example does, so that lazy
@@ -84,8 +84,8 @@ def optimizer_in_graph(optimizer: torch.optim.Optimizer, scheduler) -> bool:
 def training_step(
     forward: Forward, optimizer: torch.optim.Optimizer, scheduler, captured: bool, device: torch.device
 ) -> "EagerStep":
-    """The step train_epoch runs on each batch: `captured` (what `captures` decided for the run), else
-    eager; the optimizer set for the step it will take."""
+    """The step train_epoch runs on each batch of the run: `captured` (what `captures` decided for
+    the run), else eager; the optimizer set for the step it will take."""
     in_graph = captured and optimizer_in_graph(optimizer, scheduler)
     if in_graph:
         _graph_settings(optimizer, device)
@@ -179,13 +179,13 @@ class CapturedStep(EagerStep):
                 if self.in_graph:
                     self.optimizer.step()
                 graph.capture_end()  # also instantiates the graph, which can fail too (out of memory)
-            except RuntimeError as e:
+            except Exception as e:  # noqa: BLE001 - any failure: the capture must end before the GPU is used again
                 _abandon(graph, pool, self.stream.device)
                 self._failed(e)
                 return None
         return graph
 
-    def _failed(self, error: RuntimeError) -> None:
+    def _failed(self, error: Exception) -> None:
         """Warn once with the capture's own error and go on as trainer.cuda_graph=false would: the
         optimizer back to build_optimizer's settings."""
         text = str(error).strip()
