@@ -221,7 +221,10 @@ def _sync() -> None:
 
 
 def side_by_side(loops: Dict[str, Callable[[int], None]], steps: int, rounds: int) -> Dict[str, List[float]]:
-    """Seconds per step of each loop in each round; the loops take turns within a round."""
+    """Seconds per step of each loop in each round; the loops take turns within a round. On a GPU the
+    warm-up holds mnist_cnn's capture (its eager warm-up steps, the device synchronisation and the
+    graph's instantiation): a run captures its step once and keeps it (engine.graphs), so the timed
+    rounds are replays."""
     for run in loops.values():
         run(WARMUP)
     times = {name: [] for name in loops}

@@ -11,6 +11,9 @@ CONFIG_SHA256, DATA_SHA256, WEIGHTS_SHA256 = "config_sha256", "data_sha256", "we
 GIT_COMMIT, GIT_DIRTY = "git_commit", "git_dirty"
 # what the run trains in (trainer.precision resolved), and why
 PRECISION, PRECISION_REASON = "precision", "precision_reason"
+CUDA_GRAPH = (
+    "cuda_graph"  # `failed: <cause>` when capturing the step failed and the run trained eagerly (engine.graphs)
+)
 FINGERPRINTS = (
     SEED,
     WEIGHTS_SHA256,

@@ -12,11 +12,16 @@ import pytest
 import torch
 
 from mnist_cnn.config.paths import DATA_ROOT_ENV
+from mnist_cnn.config.schema import DEVICE_ENV
 from mnist_cnn.data.idx import load_split
 from tests.helpers.config import TINY, make_cfg
 from tests.helpers.data import REAL_DATA, write_tiny_mnist
 from tests.helpers.digits import train_and_register
 from tests.helpers.mlflow_store import copy_store, migrated_store
+
+# The suite's runs train on the CPU, where its bit-for-bit assertions hold, on a GPU machine too: trainer.device's
+# default is cpu for every config composed here and every process started from here. The tests marked gpu say cuda.
+os.environ[DEVICE_ENV] = "cpu"
 
 
 def pytest_collection_modifyitems(config, items):

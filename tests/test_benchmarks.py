@@ -56,6 +56,32 @@ def test_gpu_check_says_so_without_a_gpu(tmp_path):
     assert "torch sees no CUDA GPU here" in result.stderr and "run it on a GPU machine" in result.stderr
 
 
+def test_gpu_check_runs_the_gpu_tests_first_and_every_section_whatever_the_others_did(tmp_path):
+    """With a stand-in for Python that fails the gpu tests and section 3: each section still runs and
+    says pass or FAIL, and the script exits 1 at the end naming the sections that failed."""
+    calls = tmp_path / "calls.txt"
+    python = tmp_path / "python"
+    python.write_text(
+        '#!/usr/bin/env bash\necho "$*" >> "$CALLS"\ncase "$*" in "-m pytest"*) exit 1;; *best_gpu*) exit 3;; esac\n'
+    )
+    python.chmod(0o755)
+    env = {"PYTHON": str(python), "CALLS": str(calls)}
+    result = processes.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(tmp_path)], tmp_path, env=env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    verdicts = re.findall(r"== section (\d): (pass|FAIL \(exit \d\))", result.stdout)
+    assert verdicts == [
+        ("0", "FAIL (exit 1)"),
+        ("1", "pass"),
+        ("2", "pass"),
+        ("3", "FAIL (exit 3)"),
+        ("4", "pass"),
+        ("5", "pass"),
+    ], result.stdout
+    called = calls.read_text().splitlines()[2:]  # after the check for a GPU and the GPU's name
+    assert called[0].startswith("-m pytest -m gpu") and sum("run_overhead.py" in c for c in called) == 2
+    assert "gpu_check: sections 0 3 failed" in result.stderr
+
+
 @pytest.mark.slow
 def test_run_overhead_prints_the_wall_times_beside_the_logged_phases(tiny_root, tmp_path):
     command = [

@@ -18,6 +18,8 @@ from mnist_cnn.errors import CheckpointError
 from mnist_cnn.runner import train
 from tests.helpers.mlflow_store import only_run
 
+CPU = torch.device("cpu")
+
 
 def small_state():
     model = torch.nn.Linear(4, 2)
@@ -42,7 +44,7 @@ def state(model, optimizer, scheduler, epoch, rng, **extra):
 
 def save(path, epoch=1, **extra):
     model, optimizer, scheduler = small_state()
-    rng = repro.rng_state(torch.Generator().manual_seed(0))
+    rng = repro.rng_state(torch.Generator().manual_seed(0), CPU)
     return save_checkpoint(path, state(model, optimizer, scheduler, epoch, rng, **extra)), (model, scheduler)
 
 
@@ -59,11 +61,28 @@ def test_round_trip_restores_model_optimizer_scheduler_epoch_and_the_config(tmp_
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temporary file left behind
 
 
+def test_under_ddp_each_rank_restores_dropouts_rng_on_its_own_gpu(monkeypatch):
+    """Rank r trains on cuda:r, and every rank's draws are alike. Saving every device's state
+    (get_rng_state_all) on rank 0 had rank 1 restore rank 0's untouched cuda:1; now rank 0 saves its
+    own device's state and each rank puts it on its own device. Two GPUs stood in for on the CPU:
+    cuda:0 drew (its state 5), cuda:1 did not (its state 0)."""
+    gpus = {0: torch.tensor([5], dtype=torch.uint8), 1: torch.tensor([0], dtype=torch.uint8)}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": gpus[torch.device(device).index].clone())
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [gpus[0].clone(), gpus[1].clone()])
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": gpus.update({device.index: state}))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: gpus.update(enumerate(states)))
+    saved = repro.rng_state(torch.Generator(), torch.device("cuda", 0))  # rank 0's checkpoint
+    gpus.update({0: torch.tensor([9], dtype=torch.uint8), 1: torch.tensor([9], dtype=torch.uint8)})  # drew on
+    repro.restore_rng_state(saved, torch.Generator(), torch.device("cuda", 1))  # rank 1 resumes
+    assert gpus[1].item() == 5 and gpus[0].item() == 9  # its own GPU, as rank 0's was: no other device touched
+
+
 def test_every_rng_continues_where_it_was_saved(tmp_path):
     """After a restore, Python, NumPy, torch and the data generator draw what they would have drawn."""
     repro.seed_everything(5)
     generator = torch.Generator().manual_seed(5)
-    rng = repro.rng_state(generator)
+    rng = repro.rng_state(generator, CPU)
     expected = (
         random.random(),
         np.random.rand(),
@@ -73,7 +92,7 @@ def test_every_rng_continues_where_it_was_saved(tmp_path):
     path = save_checkpoint(tmp_path / "last.pt", state(*small_state(), 1, rng))
     repro.seed_everything(99)
     other = torch.Generator().manual_seed(99)
-    repro.restore_rng_state(load_checkpoint(path)["rng"], other)
+    repro.restore_rng_state(load_checkpoint(path)["rng"], other, CPU)
     assert (
         random.random(),
         np.random.rand(),

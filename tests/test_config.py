@@ -13,7 +13,15 @@ from mnist_cnn.config import tree
 from mnist_cnn.config.checks import check_config, registrable
 from mnist_cnn.config.keys import RUN_SETTINGS, config_sha256, is_run_setting, override_key
 from mnist_cnn.config.paths import make_paths_absolute
-from mnist_cnn.config.schema import OPTIONS, DataConfig, ObjectiveConfig, TrackingConfig, TrainerConfig, typed_config
+from mnist_cnn.config.schema import (
+    DEVICE_ENV,
+    OPTIONS,
+    DataConfig,
+    ObjectiveConfig,
+    TrackingConfig,
+    TrainerConfig,
+    typed_config,
+)
 from mnist_cnn.config.tree import CONF_DIR
 from mnist_cnn.errors import UserError
 from mnist_cnn.tracking.run_names import run_name
@@ -181,6 +189,14 @@ def test_keys_that_do_not_apply_and_unknown_choices_fail_at_compose(overrides, m
 )
 def test_check_config_names_the_bad_key(overrides, message):
     assert message in check_error(*overrides)
+
+
+def test_a_device_variable_that_names_no_device_is_one_line_naming_it(monkeypatch):
+    monkeypatch.setenv(DEVICE_ENV, "tpu")
+    assert check_error() == (
+        "MNIST_CNN_DEVICE='tpu' (trainer.device's default) is not a device: set it to auto, cpu or cuda, or unset it."
+    )
+    check_config(make_cfg(["trainer.device=cpu"]))  # a device given on the command line: the variable is not read
 
 
 def test_every_shipped_model_and_experiment_passes_the_checks():

@@ -9,7 +9,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from mnist_cnn.engine import distributed, loop
+from mnist_cnn.engine import distributed, loop, precision
 from mnist_cnn.runner import train
 from tests.helpers import processes
 from tests.helpers.interrupted import FAST, ctrl_c_in_epoch, resume
@@ -28,6 +28,19 @@ DROPOUT_NET = (
 STEPS_100 = ("data.batch_size=48", "trainer.epochs=9")  # 10 full batches of the 500 images and a partial one, 9 times
 
 
+@pytest.fixture
+def exact_fp32(monkeypatch):
+    """fp32 without TF32 for cuDNN's convolutions and cuBLAS's matmuls, on both sides of a comparison:
+    every run's set-up turns TF32 on for matmuls (engine.precision.use_tensor_cores), and its
+    rounding, not the steps compared, would decide a tolerance of 1e-4."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(precision, "use_tensor_cores", lambda device: None)
+    matmul = torch.backends.cuda.matmul
+    before, matmul.allow_tf32 = matmul.allow_tf32, False  # a property of torch's: monkeypatch cannot put it back
+    yield
+    matmul.allow_tf32 = before
+
+
 def trained(cfg):
     """Each epoch's train_loss and train_acc, and the final weights and buffers."""
     state, settings = fresh_state(cfg)
@@ -44,12 +57,13 @@ def trained(cfg):
     ],
     ids=["adam-onecycle", "adamw-cosine", "sgd-step"],
 )
-def test_the_captured_step_computes_what_the_eager_step_computes(tiny_cfg, monkeypatch, overrides):
+def test_the_captured_step_computes_what_the_eager_step_computes(tiny_cfg, exact_fp32, overrides):
     """99 steps of the same batches from the same seed: each epoch captures after its warm-up, the
     partial batch runs eagerly between replays, and the lr changes under the graph (onecycle keeps
-    the optimizer out of the graph). Only float rounding differs: Adam's capturable arithmetic,
-    fused SGD; fp32 without TF32 and deterministic kernels keep it from growing into the result."""
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    the optimizer out of the graph). Only float rounding differs: Adam's capturable arithmetic
+    (float32 bias corrections on the device, float64 on the host when eager), fused SGD; fp32
+    without TF32 on both sides (pinned, and checked to have held) and deterministic kernels keep it
+    from growing into the result."""
     common = ("trainer.device=cuda", DROPOUT_NET, "data.augment.rotate=10", *STEPS_100, *overrides)
     common += ("trainer.precision=fp32", "trainer.deterministic=true")
     eager, eager_weights = trained(tiny_cfg(*common, "trainer.cuda_graph=false"))
@@ -59,6 +73,7 @@ def test_the_captured_step_computes_what_the_eager_step_computes(tiny_cfg, monke
         assert g["train_acc"] == pytest.approx(e["train_acc"], abs=0.01)  # 5 of the 500 images
     for key, weights in eager_weights.items():
         torch.testing.assert_close(graph_weights[key], weights, rtol=1e-3, atol=1e-5, msg=key)
+    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32  # what 1e-4 assumes
 
 
 @pytest.mark.parametrize(
@@ -102,6 +117,33 @@ def test_a_run_on_the_gpu_resumes_to_the_uninterrupted_result_bit_for_bit(tiny_c
     )
     assert cut.data.tags["weights_sha256"] == full.data.tags["weights_sha256"]
     assert history(store_uri, cut.info.run_id) == history(store_uri, full.info.run_id)
+
+
+@pytest.mark.slow
+def test_a_run_resumed_in_a_fresh_process_computes_as_the_uninterrupted_one(tiny_cfg, store_uri, tmp_path):
+    """The process that resumes never chooses a precision (the checkpoint holds it), yet its fp32
+    matmuls use TF32 as the first process's did: the same weights, bit for bit. In one process the
+    setting would persist from the first run and hide a resume that never sets it."""
+    common = (*ON_GPU, *FAST, "trainer.deterministic=true", "trainer.precision=fp32")
+    train.run(tiny_cfg(*common, "tracking.run_name=full"), tmp_path / "full")
+    with pytest.raises(KeyboardInterrupt):
+        train.run(tiny_cfg(*common, "tracking.run_name=cut"), tmp_path / "cut", **ctrl_c_in_epoch(2))
+    cut = runs_by_name(store_uri)["cut"].info.run_id
+    out = processes.run([*processes.TRAIN, f"resume={cut}", f"tracking.uri={store_uri}"], tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    runs = runs_by_name(store_uri)
+    assert runs["cut"].info.status == "FINISHED" and runs["cut"].data.tags["resumed_at_epoch"] == "2"
+    assert runs["cut"].data.tags["weights_sha256"] == runs["full"].data.tags["weights_sha256"]
+
+
+def test_system_metrics_read_the_gpus_utilisation_and_memory():
+    """What tracking.system_metrics=true logs on a GPU, through nvidia-ml-py (a dependency)."""
+    from mlflow.system_metrics.metrics.gpu_monitor import GPUMonitor
+
+    monitor = GPUMonitor()
+    monitor.collect_metrics()
+    figures = monitor.aggregate_metrics()
+    assert {"gpu_0_utilization_percentage", "gpu_0_memory_usage_megabytes"} <= set(figures), figures
 
 
 @pytest.mark.slow

@@ -1,7 +1,11 @@
 """trainer.cuda_graph on any machine: which runs capture their step, what the config refuses, the
-optimizer settings a capture needs and their undoing, and the CPU epoch left as the plain PyTorch
-loop, bit for bit. The capture itself runs on a GPU, in tests/test_gpu.py."""
+optimizer settings a capture needs and their undoing, the CPU epoch left as the plain PyTorch
+loop, bit for bit, and, with torch.cuda's streams and graphs stood in for on the CPU, one capture a
+run and a failed capture that the run survives. The capture itself runs on a GPU, in tests/test_gpu.py."""
 
+import contextlib
+import dataclasses
+import logging
 import re
 
 import pytest
@@ -15,9 +19,9 @@ from mnist_cnn.engine import graphs, loop, repro
 from mnist_cnn.engine.optim import build_optimizer, build_scheduler
 from mnist_cnn.engine.precision import autocast
 from mnist_cnn.errors import ConfigError
-from mnist_cnn.runner import train
+from mnist_cnn.runner import setup, train
 from tests.helpers.config import make_cfg
-from tests.helpers.mlflow_store import all_runs
+from tests.helpers.mlflow_store import all_runs, only_run
 from tests.helpers.state import fresh_state
 
 CUDA, CPU = torch.device("cuda", 0), torch.device("cpu")
@@ -50,7 +54,7 @@ def test_true_on_a_device_that_resolved_to_the_cpu_is_refused():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="trainer.device=auto resolves to the GPU here")
 def test_true_where_auto_found_no_gpu_fails_before_a_run_opens(tiny_cfg, store_uri, tmp_path):
     with pytest.raises(ConfigError, match="trainer.cuda_graph=true needs a CUDA GPU but the run is on cpu"):
-        train.run(tiny_cfg("trainer.cuda_graph=true"), tmp_path / "out")
+        train.run(tiny_cfg("trainer.device=auto", "trainer.cuda_graph=true"), tmp_path / "out")
     assert all_runs(store_uri) == []
 
 
@@ -62,11 +66,11 @@ def test_true_where_auto_found_no_gpu_fails_before_a_run_opens(tiny_cfg, store_u
             "trainer.cuda_graph=true needs a GPU but trainer.device=cpu; set trainer.cuda_graph to null",
         ),
         (
-            ["trainer.strategy=ddp"],
+            ["trainer.device=auto", "trainer.strategy=ddp"],
             "trainer.cuda_graph=true does not work with trainer.strategy=ddp (its all-reduce hooks); set",
         ),
         (
-            ["trainer.compile=true"],
+            ["trainer.device=auto", "trainer.compile=true"],
             "trainer.cuda_graph=true with trainer.compile=true: compile has CUDA graphs of its own; set",
         ),
     ],
@@ -166,3 +170,132 @@ def test_on_the_cpu_an_epoch_is_the_plain_pytorch_loop_bit_for_bit(tiny_cfg, ove
             )
         results.append((metrics, repro.weights_sha256(state.model), state.optimizer.param_groups[0]["lr"]))
     assert results[0] == results[1]
+
+
+class CudaOnTheCpu:
+    """torch.cuda's streams and graphs as the CPU can stand in for them: the current stream is a
+    stack the `torch.cuda.stream` context pushes and pops, a stream or graph made is counted, a
+    capture runs its step on the CPU (a real one records it without running it, so a capture that
+    fails here must fail before anything changed, as `fail_in_capture` makes the model's forward do)
+    and the allocator calls that clean up after a failed capture are recorded."""
+
+    CAUSE = "CUDA error: operation not permitted when stream is capturing"
+
+    def __init__(self, monkeypatch, fail_in_capture: bool):
+        self.streams, self.graphs, self.allocator = [], [], []
+        self.capturing, self.fail_in_capture = False, fail_in_capture
+        cuda = self
+
+        class Stream:
+            def __init__(self, device=None):
+                self.device = device
+                cuda.streams.append(self)
+
+            def wait_stream(self, other):
+                pass
+
+        class Graph:
+            def __init__(self):
+                self.replays, self.was_reset = 0, False
+                cuda.graphs.append(self)
+
+            def capture_begin(self, pool=None, **options):
+                cuda.capturing = True
+
+            def capture_end(self):
+                failed, cuda.capturing = cuda.capturing and cuda.fail_in_capture, False
+                if failed:  # what cudaStreamEndCapture says about a capture an operation invalidated
+                    raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
+
+            def replay(self):
+                self.replays += 1
+
+            def reset(self):
+                self.was_reset = True
+
+        self.main = Stream()
+        self.streams.clear()  # the device's own stream is no stream a run made
+        self.current = [self.main]
+
+        @contextlib.contextmanager
+        def stream(s):
+            self.current.append(s)
+            try:
+                yield
+            finally:
+                self.current.pop()
+
+        for name, value in {
+            "Stream": Stream,
+            "CUDAGraph": Graph,
+            "stream": stream,
+            "current_stream": lambda device=None: self.current[-1],
+            "synchronize": lambda device=None: None,
+            "graph_pool_handle": lambda: (0, 7),
+            "current_device": lambda: 0,
+        }.items():
+            monkeypatch.setattr(torch.cuda, name, value)
+        for name in ("_cuda_endAllocateToPool", "_cuda_releasePool"):
+            monkeypatch.setattr(torch._C, name, lambda index, pool, name=name: self.allocator.append((name, pool)))
+
+    def check_forward(self, module, inputs):
+        """A forward pre-hook: what a step that cannot be captured does when it is."""
+        if self.capturing and self.fail_in_capture:
+            raise RuntimeError(self.CAUSE)
+
+
+def captured_on_the_cpu(cfg, cuda: CudaOnTheCpu):
+    """fresh_state for `cfg`, its step loop set to capture (engine.graphs.captures said yes)."""
+    state, settings = fresh_state(cfg)
+    state.model.register_forward_pre_hook(cuda.check_forward)
+    return state, dataclasses.replace(settings, cuda_graph=True)
+
+
+# onecycle keeps Adam's step out of the graph: capturable Adam runs on CUDA only
+GRAPHED = ("trainer.device=cpu", "trainer.precision=fp32", "data.batch_size=48", "optimizer=adam", "scheduler=onecycle")
+
+
+def test_a_run_makes_one_stream_and_captures_its_step_once(tiny_cfg, monkeypatch):
+    """Not a new stream and capture every epoch (cuBLAS keeps a workspace per stream): after its
+    warm-up the run replays one graph, epoch after epoch; the partial batch stays eager."""
+    cuda = CudaOnTheCpu(monkeypatch, fail_in_capture=False)
+    state, settings = captured_on_the_cpu(tiny_cfg(*GRAPHED, "trainer.epochs=3"), cuda)
+    for epoch in (1, 2, 3):
+        loop.train_epoch(state, settings, epoch)
+    full_batches = 3 * (len(state.splits["train"]) // 48)
+    assert len(cuda.streams) == 1 and len(cuda.graphs) == 1
+    assert cuda.graphs[0].replays == full_batches - graphs.WARMUP and cuda.current == [cuda.main]
+
+
+def test_a_failed_capture_trains_that_batch_and_the_rest_eagerly(tiny_cfg, monkeypatch, caplog):
+    """The capture's own error, once; the main stream current again; the allocator no longer routing
+    to the graph's pool, which is released; and the epochs those of trainer.cuda_graph=false, bit for bit."""
+    cfg = tiny_cfg(*GRAPHED, "trainer.epochs=2")
+    eager, settings = fresh_state(cfg)
+    expected = [loop.train_epoch(eager, settings, epoch) for epoch in (1, 2)]
+    cuda = CudaOnTheCpu(monkeypatch, fail_in_capture=True)
+    state, settings = captured_on_the_cpu(cfg, cuda)
+    with caplog.at_level(logging.WARNING, logger=graphs.__name__):
+        got = [loop.train_epoch(state, settings, epoch) for epoch in (1, 2)]
+    assert got == expected and repro.weights_sha256(state.model) == repro.weights_sha256(eager.model)
+    assert state.step.failure == CudaOnTheCpu.CAUSE and cuda.current == [cuda.main]
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert f"CUDA graph failed ({CudaOnTheCpu.CAUSE})" in warning and "trainer.cuda_graph=false" in warning
+    assert cuda.allocator == [("_cuda_endAllocateToPool", (0, 7)), ("_cuda_releasePool", (0, 7))]
+    assert len(cuda.graphs) == 1 and cuda.graphs[0].was_reset and cuda.graphs[0].replays == 0
+
+
+def test_a_run_whose_capture_failed_finishes_tagged_with_the_cause(tiny_cfg, store_uri, tmp_path, monkeypatch):
+    cuda = CudaOnTheCpu(monkeypatch, fail_in_capture=True)
+    monkeypatch.setattr(graphs, "captures", lambda trainer, device: True)
+    built = setup.build_model
+
+    def build_model(*args):  # the run's own model, failing as a step that cannot be captured fails
+        model = built(*args)
+        model.register_forward_pre_hook(cuda.check_forward)
+        return model
+
+    monkeypatch.setattr(setup, "build_model", build_model)
+    train.run(tiny_cfg(*GRAPHED, "trainer.epochs=2"), tmp_path / "out")
+    run = only_run(store_uri)
+    assert run.info.status == "FINISHED" and run.data.tags["cuda_graph"] == f"failed: {CudaOnTheCpu.CAUSE}"

@@ -1,8 +1,9 @@
 """A regular (non-editable) install carries its whole config tree, presets and search spaces
-included, and runs from any folder."""
+included, and runs from any folder; its dependencies include what GPU system metrics need."""
 
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,16 @@ def test_installed_package_finds_configs_and_presets_from_any_folder(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.startswith(str(site))  # the installed copy ran, not the checkout
     assert "seed: 777" in out.stdout and "name: seed_cnn" in out.stdout
+
+
+def test_system_metrics_reach_a_gpu_where_there_is_one():
+    """tracking.system_metrics=true: MLflow's GPU monitor needs nvidia-ml-py and, without it, logs no
+    GPU figure and says so only at DEBUG. It is a dependency (what `pip install` and the offline bundle
+    read), so the monitor skips GPUs only where NVML finds none; test_gpu reads the figures on one."""
+    assert "nvidia-ml-py" in tomllib.loads(REPO.joinpath("pyproject.toml").read_text())["project"]["dependencies"]
+    from mlflow.system_metrics.metrics.gpu_monitor import GPUMonitor  # imports pynvml: ImportError without it
+
+    try:
+        GPUMonitor()
+    except RuntimeError as e:  # no NVIDIA driver here: NVML's answer, not a missing package
+        assert "Failed to initialize NVML" in str(e)

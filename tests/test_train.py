@@ -2,6 +2,7 @@
 back what MLflow holds: metrics, tags, artifacts, the model, and a final status for every ending."""
 
 import json
+import logging
 import math
 import os
 import re
@@ -20,15 +21,18 @@ from omegaconf import OmegaConf
 
 from mnist_cnn.config.job import JobContext
 from mnist_cnn.config.keys import config_sha256
-from mnist_cnn.engine import loop, precision
+from mnist_cnn.config.schema import DEVICE_ENV
+from mnist_cnn.engine import loop, precision, repro
+from mnist_cnn.engine.distributed import World
 from mnist_cnn.errors import ConfigError, DivergedError
 from mnist_cnn.model.network import Network
 from mnist_cnn.names import HEARTBEAT
-from mnist_cnn.runner import record, train
+from mnist_cnn.runner import record, setup, train
 from mnist_cnn.tracking.tracker import Tracker
 from tests.helpers.config import make_cfg
-from tests.helpers.interrupted import resume
+from tests.helpers.interrupted import FAST, killed_in_epoch_2, resume
 from tests.helpers.mlflow_store import all_runs, only_run
+from tests.helpers.state import fresh_state
 
 
 def test_one_epoch_lands_everything_in_mlflow(tiny_cfg, store_uri, tmp_path):
@@ -39,14 +43,15 @@ def test_one_epoch_lands_everything_in_mlflow(tiny_cfg, store_uri, tmp_path):
     assert run.info.status == "FINISHED"
     params = run.data.params
     assert params["model.layers.0.out_channels"] == "8" and params["optimizer.name"] == "adam"
-    assert params["trainer.device"] == "auto" and params["data.download"] == "never"  # enums logged by name
+    # enums logged by name; the suite's device is cpu (conftest)
+    assert params["trainer.device"] == "cpu" and params["data.download"] == "never"
     assert params["n_params"] == str(8 * 9 + 8 + 64 * 8 * 9 + 64 + 3136 * 10 + 10)
     client = MlflowClient(store_uri)
     for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s", "samples_per_s"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1], key
     assert run.data.metrics["test_acc"] == pytest.approx(final["test_acc"])
     tags = run.data.tags  # git_commit, seed and the versions: by value in test_resume
-    assert (tags["device"], tags["mnist_cnn.pid"]) == (str(loop.resolve_device("auto")), str(os.getpid()))
+    assert (tags["device"], tags["mnist_cnn.pid"]) == ("cpu", str(os.getpid()))
     assert HEARTBEAT in tags  # a clock time, written while the run trains
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {
         "config.yaml",
@@ -229,6 +234,75 @@ def test_bf16_is_not_tried_where_torch_runs_avx2_kernels(monkeypatch):
     assert precision.candidates(None, torch.device("cpu")) == ("fp32",)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     assert precision.candidates(None, torch.device("cpu")) == ("fp32", "bf16")
+
+
+def test_fp32_matmuls_use_tensor_cores_on_cuda_and_nothing_changes_on_a_cpu():
+    """cuBLAS's own flag: set_float32_matmul_precision("high") would also turn oneDNN's CPU matmuls to TF32."""
+    matmul = torch.backends.cuda.matmul
+    before, matmul.allow_tf32 = matmul.allow_tf32, False  # a property of torch's: monkeypatch cannot put it back
+    try:
+        precision.use_tensor_cores(torch.device("cpu"))
+        assert matmul.allow_tf32 is False and torch.backends.mkldnn.matmul.fp32_precision != "tf32"
+        precision.use_tensor_cores(torch.device("cuda", 0))  # a flag: set without a GPU
+        assert matmul.allow_tf32 is True and torch.backends.mkldnn.matmul.fp32_precision != "tf32"
+    finally:
+        matmul.allow_tf32 = before
+
+
+def test_a_resumed_run_and_every_rank_set_the_matmul_precision_for_their_device(tiny_cfg, store_uri, monkeypatch):
+    """Not only where trainer.precision=null measures: a resumed run takes its precision from the
+    checkpoint and ranks other than 0 never measure, yet each computes as the run that measured."""
+    prepared = []
+    monkeypatch.setattr(precision, "use_tensor_cores", prepared.append)
+    cfg = tiny_cfg("trainer.device=cpu", *FAST)
+    run_id = killed_in_epoch_2(cfg, store_uri, Path.cwd() / "cut")
+    prepared.clear()
+    resume(tiny_cfg(), run_id)
+    assert prepared == [torch.device("cpu")]
+    prepared.clear()
+    setup.prepare(cfg, JobContext(), World(rank=1, size=2))  # what rank 1 of two does before its first step
+    assert prepared == [torch.device("cpu")]
+
+
+def test_the_test_suites_runs_train_on_the_cpu_where_a_gpu_is_visible(tiny_cfg, monkeypatch):
+    """`make test` on a GPU machine: trainer.device=auto would send the suite's runs, and their
+    bit-for-bit assertions, to CUDA; conftest makes cpu the default, for processes started here too."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cfg = tiny_cfg()
+    assert cfg.trainer.device.name == "cpu" and os.environ[DEVICE_ENV] == "cpu"
+    state, _ = fresh_state(cfg)
+    assert state.device == torch.device("cpu") and next(state.model.parameters()).device == torch.device("cpu")
+
+
+@pytest.mark.parametrize(
+    "inherited, deterministic, kept",
+    [
+        (":0:0", True, ":4096:8"),  # torch's check would raise at the first matmul: replaced, with a warning
+        (":16:8", True, ":16:8"),  # a deterministic value of the user's own
+        (None, True, ":4096:8"),
+        (None, False, ":4096:8"),  # set for every run: a deterministic job may follow in the same process
+        (":0:0", False, ":0:0"),  # a user's value, for a run that is not deterministic
+    ],
+)
+def test_the_cublas_workspace_is_one_deterministic_matmuls_accept(monkeypatch, caplog, inherited, deterministic, kept):
+    if inherited is None:
+        monkeypatch.delenv(repro.CUBLAS_WORKSPACE, raising=False)
+    else:
+        monkeypatch.setenv(repro.CUBLAS_WORKSPACE, inherited)
+    repro.cublas_workspace(deterministic)
+    assert os.environ[repro.CUBLAS_WORKSPACE] == kept
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    replaced = inherited is not None and inherited != kept
+    message = (
+        "CUBLAS_WORKSPACE_CONFIG=':0:0' is not a workspace cuBLAS is deterministic with; trainer.deterministic=true"
+    )
+    assert warned == ([f"{message} sets it to ':4096:8'."] if replaced else [])
+
+
+def test_a_deterministic_run_replaces_an_inherited_cublas_workspace_that_is_not(monkeypatch):
+    monkeypatch.setenv(repro.CUBLAS_WORKSPACE, ":0:0")
+    repro.set_deterministic(True)  # what every run on the CPU sets anyway (trainer.deterministic=null)
+    assert os.environ[repro.CUBLAS_WORKSPACE] == ":4096:8"
 
 
 def test_resolve_device_refuses_cuda_without_a_gpu():

@@ -8,15 +8,17 @@ Each error names the key and how to fix it.
 
 import dataclasses
 import difflib
+import os
 import posixpath
 import shlex
 from typing import Iterator, List, Optional, Tuple
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import InterpolationValidationError
 
 from mnist_cnn.config.job import JobContext
 from mnist_cnn.config.keys import override_key
-from mnist_cnn.config.schema import OPTIONS, first_objective
+from mnist_cnn.config.schema import DEVICE_ENV, OPTIONS, first_objective
 from mnist_cnn.data.datasets import IMAGE_SHAPE, dataset_info
 from mnist_cnn.errors import ConfigError
 from mnist_cnn.model import onnx_file
@@ -28,6 +30,7 @@ def check_config(cfg: DictConfig, ctx: Optional[JobContext] = None) -> Network:
     """Raise ConfigError for the first thing wrong with `cfg`, the config of job `ctx` (None: a job
     alone); returns the network it trains (its model's layers, for its dataset's images and classes,
     normalised as it says)."""
+    _check_device_env(cfg)
     _check_missing(cfg, ctx or JobContext())
     for path, node in _typed_nodes(cfg):
         _check_keys(path, node)
@@ -68,6 +71,18 @@ def _check_missing(cfg: DictConfig, ctx: JobContext) -> None:
         group, _, key = missing[0].partition(".")
         where = ctx.files.get(group) or f"the {group} file"
         raise ConfigError(f"{missing[0]} has no value: {where} must set `{key}:` (or give {missing[0]}=...).")
+
+
+def _check_device_env(cfg: DictConfig) -> None:
+    """$MNIST_CNN_DEVICE sets trainer.device's default: a value that is none of its options is one
+    line naming the variable, not OmegaConf's traceback at the first read."""
+    try:
+        cfg.trainer.device  # noqa: B018 - reading it resolves the variable
+    except InterpolationValidationError:
+        raise ConfigError(
+            f"{DEVICE_ENV}={os.environ.get(DEVICE_ENV)!r} (trainer.device's default) is not a device: set it to "
+            f"auto, cpu or cuda, or unset it."
+        ) from None
 
 
 def _check_names(cfg: DictConfig) -> None:

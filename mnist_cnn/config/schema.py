@@ -194,10 +194,14 @@ class EarlyStoppingConfig:
     min_delta: float = ranged(0.0, NON_NEGATIVE)  # a smaller change than this is no improvement
 
 
+# trainer.device's default when set (else auto): the CPU test suite pins its runs, subprocesses included, to the CPU
+DEVICE_ENV = "MNIST_CNN_DEVICE"
+
+
 @dataclass
 class TrainerConfig:
     epochs: int = ranged(3, AT_LEAST_ONE)
-    device: Device = Device.auto
+    device: Device = f"${{oc.env:{DEVICE_ENV},auto}}"  # type: ignore[assignment]  # resolves to a Device
     limit_batches: Optional[int] = ranged(None, AT_LEAST_ONE)
     progress: bool = True
     deterministic: Optional[bool] = None  # null: on for cpu, off for cuda

@@ -14,6 +14,8 @@ DDP run the same experiment as a one-process run:
   default, and keep rank 0's running statistics.)
 - Every rank holds identical state (weights, optimizer, scheduler, every RNG), so the checkpoint
   rank 0 writes resumes all of them exactly; dropout draws the same masks on every rank's shard.
+  Each rank's dropout draws from the generator of its own GPU, so the checkpoint holds the state
+  of rank 0's own GPU and each rank restores it on its own (engine.repro.rng_state).
 - Train loss and accuracy are sums all-reduced once an epoch: every rank checks for divergence on
   the same whole-epoch numbers, which rank 0 logs.
 - Rank 0 alone has side effects: it resolves where a run starts (MLflow, checkpoint files) and sends

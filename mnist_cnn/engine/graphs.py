@@ -23,25 +23,38 @@ step's lr. OneCycleLR also cycles momentum: every step it sets Adam's beta1 (or 
 a new Python float, which a graph would keep at its value when captured, and torch's Adam reads
 tensor betas with `.item()`, which cannot be captured either. With a scheduler that cycles
 momentum the optimizer therefore steps eagerly after each replay (forward, backward and the sums
-stay in the graph), as it would without graphs. Each epoch sets the optimizer for the step it will
-take, so a checkpoint continues on either device: a run captured on a GPU and resumed on a CPU gets
-build_optimizer's settings back.
+stay in the graph), as it would without graphs. Each process sets the optimizer for the step it
+will take when it makes its step, so a checkpoint continues on either device: a run captured on a
+GPU and resumed on a CPU gets build_optimizer's settings back.
 
-Each epoch captures its own graph: its first WARMUP full batches run eagerly on a side stream, as
-PyTorch's whole-network example does, so that lazy set-up (cuDNN and cuBLAS handles, cuDNN's
-autotuning, gradients, optimizer state) happens before the capture. That costs a few eager steps
-and one device synchronisation (`torch.cuda.graph` frees cached memory before capturing) an epoch,
-and keeps nothing between epochs: evaluation, checkpoints and resumes need no care. Dropout works
-inside the graph: `torch.cuda.graph` registers the default CUDA generator, and each replay advances
-its Philox offset as the eager step would, drawing new masks every step.
+A run captures its step once and replays it every epoch, on one side stream: its first WARMUP
+full batches run eagerly on that stream, as PyTorch's whole-network example does, so that lazy
+set-up (cuDNN and cuBLAS handles, cuDNN's autotuning, gradients, optimizer state) happens before the
+capture. cuBLAS keeps a workspace per (handle, stream), so a new stream every epoch would grow the
+memory epoch by epoch; the graph reads and writes the same parameter, gradient, optimizer-state and
+batchnorm tensors throughout (evaluation, checkpoints and early stopping's restore copy into them in
+place), and the epoch's sums are zeroed in place when an epoch starts. A resumed run is a new
+process and captures anew. Dropout works inside the graph: the capture registers the default CUDA
+generator, and each replay advances its Philox offset as the eager step would.
+
+A capture that fails (an operation that cannot be captured, out of memory while capturing) does not
+end the run: a capture records kernels without running them, so nothing was computed, and the run
+trains that batch and the rest eagerly, as with trainer.cuda_graph=false. The failure is warned once
+with its own cause (torch.cuda.graph's exit would report "capture invalidated" instead, leave the
+side stream current and the caching allocator routing to the graph's pool) and kept in
+`CapturedStep.failure`, which the runner tags as `cuda_graph: failed: <cause>`.
 """
 
-from typing import Callable, Tuple
+import contextlib
+import logging
+from typing import Callable, Optional, Tuple
 
 import torch
 from omegaconf import DictConfig
 
 from mnist_cnn.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 WARMUP = 3  # eager steps before the capture, as in PyTorch's whole-network capture example
 
@@ -71,8 +84,8 @@ def optimizer_in_graph(optimizer: torch.optim.Optimizer, scheduler) -> bool:
 def training_step(
     forward: Forward, optimizer: torch.optim.Optimizer, scheduler, captured: bool, device: torch.device
 ) -> "EagerStep":
-    """The step train_epoch runs on each batch: `captured` (what `captures` decided for the run), else
-    eager; the optimizer set for the step it will take."""
+    """The step train_epoch runs on each batch of the run: `captured` (what `captures` decided for
+    the run), else eager; the optimizer set for the step it will take."""
     in_graph = captured and optimizer_in_graph(optimizer, scheduler)
     if in_graph:
         _graph_settings(optimizer, device)
@@ -83,14 +96,21 @@ def training_step(
 
 class EagerStep:
     """A training step run op by op: forward, loss, gradients, the optimizer step, and the batch
-    added to the epoch's sums on the device (read once, when the epoch ends)."""
+    added to the epoch's sums on the device (read once, when the epoch ends). One step serves a
+    whole run (TrainingState.step)."""
 
     set_to_none = True  # eager PyTorch's default: backward makes each gradient anew
+    failure: Optional[str] = None  # why a capture failed (CapturedStep); an eager step never tried one
 
     def __init__(self, forward: Forward, optimizer: torch.optim.Optimizer, device: torch.device):
         self.forward, self.optimizer = forward, optimizer
         self.loss_sum = torch.zeros((), device=device)
         self.correct = torch.zeros((), dtype=torch.long, device=device)
+
+    def new_epoch(self) -> None:
+        """Zero the epoch's sums in place (a captured graph adds to these very tensors)."""
+        self.loss_sum.zero_()
+        self.correct.zero_()
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         self.backward(images, labels)
@@ -105,8 +125,9 @@ class EagerStep:
 
 
 class CapturedStep(EagerStep):
-    """The step captured once an epoch and replayed for every batch of the first batch's shape; the
-    optimizer steps inside the graph when `in_graph`, else eagerly after each replay."""
+    """The step captured once a run and replayed for every batch of the first batch's shape; the
+    optimizer steps inside the graph when `in_graph`, else eagerly after each replay. A failed
+    capture leaves it eager for the rest of the run (`failure` says why)."""
 
     set_to_none = False  # the graph reads and writes the gradient tensors that exist when it is captured
 
@@ -118,7 +139,7 @@ class CapturedStep(EagerStep):
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         if self.static is None:  # the graph's inputs, at addresses it will read on every replay
             self.static = (torch.empty_like(images), torch.empty_like(labels))
-        if images.shape != self.static[0].shape:  # the last partial batch: the same step, eagerly
+        if images.shape != self.static[0].shape or self.failure is not None:  # a partial batch, or no graph
             super().__call__(images, labels)
             return
         self.static[0].copy_(images)
@@ -128,6 +149,9 @@ class CapturedStep(EagerStep):
             return
         if self.graph is None:
             self.graph = self._capture()
+            if self.graph is None:  # nothing ran: this batch too trains eagerly
+                super().__call__(images, labels)
+                return
         self.graph.replay()
         if not self.in_graph:
             self.optimizer.step()
@@ -141,17 +165,55 @@ class CapturedStep(EagerStep):
         main.wait_stream(self.stream)
         self.warmed += 1
 
-    def _capture(self) -> torch.cuda.CUDAGraph:
-        graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(graph, stream=self.stream):
+    def _capture(self) -> Optional["torch.cuda.CUDAGraph"]:
+        """The step recorded as a graph, or None (warned once, `failure` set) when the capture failed.
+        What torch.cuda.graph does, with the failure handled: the device synchronised (the static
+        inputs copied, nothing in flight), the capture on the side stream in a pool of its own, the
+        main stream current again whatever happens."""
+        graph, pool = torch.cuda.CUDAGraph(), torch.cuda.graph_pool_handle()
+        torch.cuda.synchronize(self.stream.device)
+        with torch.cuda.stream(self.stream):
+            graph.capture_begin(pool=pool)
+            try:
                 self.backward(*self.static)
                 if self.in_graph:
                     self.optimizer.step()
-        except RuntimeError as e:
-            advice = "trainer.cuda_graph=false trains without one"
-            raise RuntimeError(f"capturing the training step as a CUDA graph failed ({e}); {advice}.") from e
+                graph.capture_end()  # also instantiates the graph, which can fail too (out of memory)
+            except Exception as e:  # noqa: BLE001 - any failure: the capture must end before the GPU is used again
+                _abandon(graph, pool, self.stream.device)
+                self._failed(e)
+                return None
         return graph
+
+    def _failed(self, error: Exception) -> None:
+        """Warn once with the capture's own error and go on as trainer.cuda_graph=false would: the
+        optimizer back to build_optimizer's settings."""
+        text = str(error).strip()
+        self.failure = text.splitlines()[0] if text else type(error).__name__
+        log.warning(
+            "capturing the training step as a CUDA graph failed (%s); the run trains on without one, step by "
+            "step (trainer.cuda_graph=false does so from the start).",
+            self.failure,
+        )
+        _eager_settings(self.optimizer)
+
+
+def _abandon(graph: "torch.cuda.CUDAGraph", pool, device: torch.device) -> None:
+    """End a capture that raised, so that the process goes on as before it: the stream leaves capture
+    mode (capture_end's own error, "capture invalidated", is ignored: the cause is known); where
+    capture_end failed before telling the caching allocator, the allocator stops routing allocations
+    to the graph's pool (while it does, every free waits for the capture to end) and the pool is
+    released; reset drops the generator's capture state."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    with contextlib.suppress(RuntimeError):
+        graph.capture_end()
+    try:
+        torch._C._cuda_endAllocateToPool(index, pool)
+    except RuntimeError:  # capture_end told the allocator already: reset releases the pool
+        pass
+    else:  # the pool is this function's to release
+        torch._C._cuda_releasePool(index, pool)
+    graph.reset()
 
 
 def _capture_flag(optimizer: torch.optim.Optimizer):

@@ -49,16 +49,12 @@ class StepSettings:
 def train_epoch(state: TrainingState, settings: StepSettings, epoch: int, world: World = SINGLE) -> Dict[str, float]:
     """One pass over the shuffled training split (under DDP, this rank's share of each batch); stops
     before a step once a stop was requested. Returns the whole epoch's train_loss and train_acc."""
-    model = state.forward
-    model.train()
-    device, precision, smoothing = state.device, state.precision, settings.label_smoothing
-
-    def forward(images, labels):  # the logits and the training loss, under the run's precision
-        with autocast(device, precision):
-            logits = model(images)
-            return logits, F.cross_entropy(logits, labels, label_smoothing=smoothing)
-
-    step = graphs.training_step(forward, state.optimizer, state.scheduler, settings.cuda_graph, device)
+    state.forward.train()
+    if state.step is None:  # one step a run: a captured one keeps its stream and graph (engine.graphs)
+        forward = _training_forward(state.forward, state.device, state.precision, settings.label_smoothing)
+        state.step = graphs.training_step(forward, state.optimizer, state.scheduler, settings.cuda_graph, state.device)
+    step = state.step
+    step.new_epoch()
     s = settings
     loader = batches(
         state.splits["train"],
@@ -82,6 +78,15 @@ def train_epoch(state: TrainingState, settings: StepSettings, epoch: int, world:
     # every rank gets the global epoch's
     loss_sum, correct, seen = distributed.all_sum(world, step.loss_sum, step.correct, seen)
     return {names.TRAIN_LOSS: loss_sum / seen, names.TRAIN_ACC: correct / seen}
+
+
+def _training_forward(model: nn.Module, device: torch.device, precision: str, smoothing: float) -> graphs.Forward:
+    def forward(images, labels):  # the logits and the training loss, under the run's precision
+        with autocast(device, precision):
+            logits = model(images)
+            return logits, F.cross_entropy(logits, labels, label_smoothing=smoothing)
+
+    return forward
 
 
 def check_divergence(metrics: Dict[str, float], num_classes: int, epoch: int) -> None:

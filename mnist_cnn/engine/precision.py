@@ -12,8 +12,10 @@ and a run records it, so a resumed run keeps its precision. Jobs of a sweep that
 one machine (joblib, Slurm) each measure while the others run, and may pick differently: give such
 sweeps trainer.precision explicitly.
 
-On a GPU, fp32 matmuls use TF32 tensor cores (`torch.set_float32_matmul_precision("high")`);
-convolutions already do by default (cudnn.allow_tf32).
+On a GPU, fp32 matmuls use TF32 tensor cores (`use_tensor_cores`); convolutions already do by
+default (cudnn.allow_tf32). Every process that trains sets it when it prepares its device
+(runner.setup.prepare): a resumed run, which takes its precision from the checkpoint and measures
+nothing, and every DDP rank, where rank 0 alone measures, compute as the run that measured.
 """
 
 import copy
@@ -46,6 +48,14 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
+def use_tensor_cores(device: torch.device) -> None:
+    """fp32 matmuls on `device` as every run computes them: on CUDA, TF32 tensor cores (cuBLAS's
+    flag; `torch.set_float32_matmul_precision("high")` would also switch oneDNN's CPU matmuls to
+    TF32); on a CPU nothing changes."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+
+
 def candidates(name: Optional[str], device: torch.device) -> Tuple[str, ...]:
     """The precisions `name` may resolve to on `device`: itself, or for null fp32 and, where the
     device has fast bf16 kernels, bf16."""
@@ -65,9 +75,8 @@ def bf16_kernels(device: torch.device) -> bool:
 
 
 def choose(name: Optional[str], model: nn.Module, batch_size: int, device: torch.device) -> Choice:
-    """The run's precision: `name` if set, else the faster of fp32 and bf16 for `model` on `device`."""
-    if device.type == "cuda":
-        torch.set_float32_matmul_precision("high")  # fp32 matmuls on TF32 tensor cores
+    """The run's precision: `name` if set, else the faster of fp32 and bf16 for `model` on `device`
+    (whose fp32 matmuls `use_tensor_cores` has set already)."""
     options = candidates(name, device)
     if name is not None:
         return Choice(options[0], "configured (trainer.precision)")

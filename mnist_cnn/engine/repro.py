@@ -2,12 +2,15 @@
 and the fingerprint of a run's final weights (its config's is config.keys.config_sha256)."""
 
 import hashlib
+import logging
 import os
 import random
 from typing import Any, Dict
 
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 
 def seed_everything(seed: int) -> None:
@@ -17,10 +20,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+CUBLAS_WORKSPACE = "CUBLAS_WORKSPACE_CONFIG"
+CUBLAS_DETERMINISTIC = (":4096:8", ":16:8")  # the only values torch's deterministic check accepts (at::Context)
+
+
 def set_deterministic(enabled: bool, compiled: bool = False) -> None:
     """Deterministic kernels (and cuDNN without autotuning), or PyTorch's fastest ones."""
-    if enabled:  # cuBLAS needs a fixed workspace to be deterministic; read when CUDA starts
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    cublas_workspace(enabled)
     if compiled:
         torch.use_deterministic_algorithms(enabled)  # also sets the inductor's own flag
     else:  # the same switch without importing torch._inductor for its flag: a second of every start-up
@@ -32,8 +38,31 @@ def set_deterministic(enabled: bool, compiled: bool = False) -> None:
     torch.backends.cudnn.benchmark = not enabled
 
 
-def rng_state(generator: torch.Generator) -> Dict[str, Any]:
-    """Every RNG state a run depends on, as tensors and plain values (loadable with weights_only)."""
+def cublas_workspace(deterministic: bool) -> None:
+    """A cuBLAS workspace that deterministic matmuls accept, set before this process's first one.
+    torch reads CUBLAS_WORKSPACE_CONFIG once a process (its check, like cuBLAS's workspace size, is
+    kept from the first matmul), so an inherited value that is not deterministic made a deterministic
+    run raise at its first matmul: it is replaced, with a warning. Unset, it is set for every run,
+    deterministic or not, so that a deterministic job after a fast one in the same process (a sweep
+    on the basic launcher) still passes; a value a user set is left to a run that is not deterministic."""
+    current = os.environ.get(CUBLAS_WORKSPACE)
+    if current in CUBLAS_DETERMINISTIC or (current is not None and not deterministic):
+        return
+    if current is not None:
+        log.warning(
+            "%s=%r is not a workspace cuBLAS is deterministic with; trainer.deterministic=true sets it to %r.",
+            CUBLAS_WORKSPACE,
+            current,
+            CUBLAS_DETERMINISTIC[0],
+        )
+    os.environ[CUBLAS_WORKSPACE] = CUBLAS_DETERMINISTIC[0]
+
+
+def rng_state(generator: torch.Generator, device: torch.device) -> Dict[str, Any]:
+    """Every RNG state a run depends on, as tensors and plain values (loadable with weights_only).
+    Of the CUDA generators, the one of the device the run trains on (dropout's masks): under DDP
+    rank r trains on cuda:r, and every rank's draws are alike (engine.distributed), so the state rank
+    0 saves of its own device is each rank's own."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     return {
         "python": random.getstate(),
@@ -45,19 +74,24 @@ def rng_state(generator: torch.Generator) -> Dict[str, Any]:
             "gauss": gauss,
         },
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
         "data": generator.get_state(),
     }
 
 
-def restore_rng_state(state: Dict[str, Any], generator: torch.Generator) -> None:
+def restore_rng_state(state: Dict[str, Any], generator: torch.Generator, device: torch.device) -> None:
+    """Put back what rng_state saved; the CUDA state goes to `device`, the one this process trains on."""
     version_, internal, gauss = state["python"]
     random.setstate((version_, tuple(internal), gauss))
     n = state["numpy"]
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state["cuda"]
+    if isinstance(cuda, list):  # a checkpoint from before: every visible device's state, in device order
+        if cuda and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(cuda)
+    elif cuda is not None and device.type == "cuda":  # a run on a GPU resumed on a CPU has no use for it
+        torch.cuda.set_rng_state(cuda, device)
     generator.set_state(state["data"])
 
 

@@ -33,6 +33,7 @@ class TrainingState:
     stops: Stops  # the job's stop requests (Ctrl-C, SIGTERM): checked before each step
     history: List[Dict[str, float]] = field(default_factory=list)  # each completed epoch's metrics
     best: Optional[Dict[str, Any]] = None  # early stopping: the best epoch so far, {"epoch", "model"} (its weights)
+    step: Any = None  # the training step, made by the first epoch and kept for the run (engine.graphs); not saved
 
     @property
     def device(self) -> torch.device:
@@ -52,7 +53,7 @@ class TrainingState:
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "epoch": self.epoch,
             "global_step": self.epoch * self.steps_per_epoch,
-            "rng": repro.rng_state(self.generator),
+            "rng": repro.rng_state(self.generator, self.device),
             "history": self.history,
             "precision": self.precision,
             "timing": self.clock.state(),
@@ -71,7 +72,7 @@ class TrainingState:
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         if self.scheduler is not None:
             self.scheduler.load_state_dict(checkpoint["scheduler"])
-        repro.restore_rng_state(checkpoint["rng"], self.generator)
+        repro.restore_rng_state(checkpoint["rng"], self.generator, self.device)
         self.history = list(checkpoint["history"])
         self.best = checkpoint.get("best")
 

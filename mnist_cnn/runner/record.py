@@ -35,6 +35,8 @@ def save_and_log_epoch(cfg: DictConfig, tracker: Tracker, state: TrainingState, 
         weights = repro.weights_sha256(state.model)
         model_id = tracker.log_epoch_model(state.model, network, epoch, weights)
     tracker.log_epoch(state.history[-1], epoch, path, model_id)
+    if state.step.failure is not None:  # the capture failed in this epoch or before: the run says so
+        tracker.set_tags({names.CUDA_GRAPH: f"failed: {state.step.failure}"[:500]})
     if keep:
         tracker.keep_best(keep, BestEpoch.of(cfg).ranked(state.history))
     log.info("epoch %d/%d  %s", epoch, cfg.trainer.epochs, fmt(state.history[-1]))

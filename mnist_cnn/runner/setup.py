@@ -59,6 +59,7 @@ def prepare(cfg: DictConfig, ctx: JobContext, world: World) -> Prepared:
         torch.set_num_threads(ctx.torch_threads)
     device = distributed.device_for(world, job_device(cfg.trainer.device, ctx))
     captured = graphs.captures(cfg.trainer, device)  # cuda_graph=true without a GPU fails here, before a run opens
+    precision.use_tensor_cores(device)  # in every process: a resumed run and every rank compute alike
     deterministic = cfg.trainer.deterministic if cfg.trainer.deterministic is not None else device.type == "cpu"
     repro.set_deterministic(deterministic, compiled=cfg.trainer.compile)
     info, plan = dataset_info(cfg.data.name), network.plan()
