@@ -8,7 +8,9 @@ The commands print a UserError as one paragraph, without a traceback, and exit w
 EXIT_OK = 0
 EXIT_CRASH = 1  # an unexpected error: a bug, printed with its traceback
 EXIT_BAD_INPUT = 2  # a config, data file, checkpoint, tracking URI or flag is wrong; the message says which
-EXIT_UNAVAILABLE = 3  # the store stopped answering (or refused a champion); the message says how to continue later
+# the store stopped answering (or refused a champion), or a sweep's joblib worker died (sweep.workers: a
+# machine's resource gone, not bad input, nor a bug); the message says how to continue later
+EXIT_UNAVAILABLE = 3
 EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM; the run was recorded as KILLED with its resume command
 
 

@@ -12,8 +12,9 @@ import logging
 import os
 import sys
 import threading
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
-from typing import Iterator, List, NoReturn, Union
+from typing import Callable, Iterator, List, NoReturn, Union
 
 import hydra
 import yaml
@@ -30,6 +31,7 @@ from mnist_cnn.config.paths import make_paths_absolute
 from mnist_cnn.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, ConfigError, UserError
 from mnist_cnn.interrupts import Signals
 from mnist_cnn.runner.outcome import Outcome
+from mnist_cnn.sweep import workers
 from mnist_cnn.sweep.relaunch import MULTIRUN_FLAGS, sweep_arguments
 from mnist_cnn.timing import JobClock
 from mnist_cnn.tracking.redact import move_credentials, redact
@@ -135,12 +137,21 @@ def command() -> None:
     try:
         with hydra_raises():
             # Ctrl-C between a sweep's jobs: exit 130, every job so far recorded, the parent STOPPED
-            run_command("mnist-cnn-train", main)
+            run_command("mnist-cnn-train", lambda: launched(main))
     except (HydraException, OmegaConfBaseException, yaml.YAMLError) as e:
         if process.started:  # not the config: a job's own error, a bug
             raise
         print(f"mnist-cnn-train: {tree.composition_error(e, tree.config_dirs(sys.argv[1:]))}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
+
+
+def launched(main: Callable[[], None]) -> None:
+    """Hydra's `main`; a sweep whose joblib worker died (joblib raises TerminatedWorkerError, a
+    BrokenProcessPool, out of the launcher) ends with one line saying which job's, and exit 3."""
+    try:
+        main()
+    except BrokenProcessPool as e:
+        raise workers.lost(e) from None
 
 
 @contextmanager

@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
 from mnist_cnn import interrupts, names
@@ -32,6 +33,7 @@ from mnist_cnn.config.job import JobContext, Study, SweepFile
 from mnist_cnn.config.keys import override_key
 from mnist_cnn.config.search import is_optuna, sampler_problem, study_of
 from mnist_cnn.errors import EXIT_BAD_INPUT, EXIT_UNAVAILABLE, ConfigError
+from mnist_cnn.sweep import workers
 from mnist_cnn.sweep.slurm import slurm_problem
 from mnist_cnn.timing import collector_paused, process_age
 from mnist_cnn.tracking.links import resume_command
@@ -139,6 +141,12 @@ class MlflowSweepCallback(Callback):
             text = path.read_text() if path.is_file() else ""
             if redact(text) != text:
                 path.write_text(redact(text))
+        if config.hydra.mode == RunMode.MULTIRUN and workers.in_pool(config):
+            workers.job_started(config)  # the launching process can say which job a dead worker ran
+
+    def on_job_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.hydra.mode == RunMode.MULTIRUN and workers.in_pool(config):
+            workers.job_ended(config)
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         refuse(folder_problem("hydra.run.dir", config.hydra.run.dir))  # Hydra would print a traceback making it
@@ -152,6 +160,8 @@ class MlflowSweepCallback(Callback):
         if config.tracking.enabled:
             with collector_paused():  # MLflow's import and store: the sweep's jobs wait for its parent run
                 self._open(config)
+        if workers.in_pool(config):  # which job a worker that dies ran, and its run (cli.train)
+            workers.watch(Path(config.hydra.sweep.dir), config.tracking.uri, self.run_id, self.swept)
 
     @staticmethod
     def _search_problem(config: DictConfig) -> Optional[str]:
@@ -216,6 +226,7 @@ class MlflowSweepCallback(Callback):
 
     def _close(self, config: DictConfig, state: RunState) -> Dict[str, Any]:
         """End the parent run with the sweep's report; returns its summary (empty if none is open)."""
+        workers.unwatch()
         if self.run_id is None:
             return {}
         from mnist_cnn.sweep.parent import close_parent_run  # MLflow: see on_multirun_start
