@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mnist_cnn.config.tree import CONF_DIR
+from mnist_cnn.config.tree import CONF_DIR, EXPERIMENTS_DIR
 from tests.helpers import processes
 from tests.helpers.mlflow_store import all_runs
 
@@ -158,7 +158,11 @@ def test_a_malformed_yaml_file_is_one_line_with_file_and_line(tiny_root, store_u
     ]
 
 
-@pytest.mark.parametrize("path", sorted(CONF_DIR.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONF_DIR)))
+@pytest.mark.parametrize(
+    "path",
+    sorted([*CONF_DIR.rglob("*.yaml"), *EXPERIMENTS_DIR.glob("*.yaml")]),
+    ids=lambda p: str(p.relative_to(CONF_DIR.parent)),
+)
 def test_every_shipped_yaml_file_parses(path):
     assert yaml.safe_load(path.read_text(encoding="utf-8")) is not None
 

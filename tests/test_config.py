@@ -12,7 +12,7 @@ from omegaconf.errors import OmegaConfBaseException
 from mnist_cnn.config import tree
 from mnist_cnn.config.checks import check_config, registrable
 from mnist_cnn.config.keys import RUN_SETTINGS, config_sha256, is_run_setting, override_key
-from mnist_cnn.config.paths import make_paths_absolute
+from mnist_cnn.config.paths import ConfigFolder, make_paths_absolute
 from mnist_cnn.config.schema import (
     DEVICE_ENV,
     OPTIONS,
@@ -22,7 +22,7 @@ from mnist_cnn.config.schema import (
     TrainerConfig,
     typed_config,
 )
-from mnist_cnn.config.tree import CONF_DIR
+from mnist_cnn.config.tree import CONF_DIR, EXPERIMENTS_DIR
 from mnist_cnn.errors import UserError
 from mnist_cnn.tracking.run_names import run_name
 from tests.helpers.config import make_cfg
@@ -200,8 +200,10 @@ def test_a_device_variable_that_names_no_device_is_one_line_naming_it(monkeypatc
 
 
 def test_every_shipped_model_and_experiment_passes_the_checks():
-    for group in ("model", "experiment"):
-        for path in (CONF_DIR / group).glob("*.yaml"):
+    presets = sorted(EXPERIMENTS_DIR.glob("*.yaml"))
+    assert "fast99" in [p.stem for p in presets]
+    for group, paths in (("model", (CONF_DIR / "model").glob("*.yaml")), ("experiment", presets)):
+        for path in paths:
             check_config(make_cfg([f"{group}={path.stem}"]))
 
 
@@ -300,14 +302,25 @@ def test_users_add_their_own_experiments_from_any_folder_through_the_searchpath(
     cfg = tree.compose([f"hydra.searchpath=[file://{tmp_path}]", "experiment=mine"])
     assert cfg.trainer.epochs == 7 and cfg.optimizer.name == "sgd" and cfg.optimizer.momentum == 0.9
     assert tree.compose([f"hydra.searchpath=[file://{tmp_path}]", "experiment=fast99"]).trainer.epochs == 1
-    assert tree.config_dirs([f"hydra.searchpath=[file://{tmp_path}]", "-cd", "/x"]) == [CONF_DIR, tmp_path, Path("/x")]
+    assert tree.config_dirs([f"hydra.searchpath=[file://{tmp_path}]", "-cd", "/x"]) == [
+        ConfigFolder(CONF_DIR),
+        ConfigFolder(EXPERIMENTS_DIR, "experiment"),
+        ConfigFolder(tmp_path),
+        ConfigFolder(Path("/x")),
+    ]
 
 
-def test_the_config_tree_is_real_files_in_the_package_and_the_repository_has_no_symlink():
-    """Every group, experiment/ and hparams_search/ included, lives in mnist_cnn/conf: one path per
-    file, and a checkout on a filesystem without symlinks works as any other."""
-    assert {p.name for p in CONF_DIR.iterdir() if p.is_dir()} >= {"model", "optimizer", "experiment", "hparams_search"}
-    listed = subprocess.run(["git", "ls-files", "-s"], capture_output=True, text=True, cwd=CONF_DIR, check=True).stdout
+def test_the_config_tree_is_real_files_at_the_top_of_the_repository_and_none_is_in_the_package():
+    """conf/ (every group, hparams_search/ and hydra/ included) and experiments/ (the presets) at the
+    top, one path per file, so that a checkout on a filesystem without symlinks works as any other;
+    no YAML inside mnist_cnn/ (the wheel gets its copy from pyproject.toml's package-dir)."""
+    top = Path(__file__).parents[1]
+    assert (CONF_DIR, EXPERIMENTS_DIR) == (top / "conf", top / "experiments")
+    groups = {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
+    assert groups == {"data", "hparams_search", "hydra", "model", "optimizer", "scheduler", "tracking", "trainer"}
+    assert (CONF_DIR / "config.yaml").is_file() and (EXPERIMENTS_DIR / "fast99.yaml").is_file()
+    assert sorted((top / "mnist_cnn").rglob("*.yaml")) + sorted((top / "mnist_cnn").rglob("*.yml")) == []
+    listed = subprocess.run(["git", "ls-files", "-s"], capture_output=True, text=True, cwd=top, check=True).stdout
     assert [line for line in listed.splitlines() if line.startswith("120000")] == []  # git's mode for a symlink
 
 

@@ -1,49 +1,97 @@
-"""A regular (non-editable) install carries its whole config tree, presets and search spaces
-included, and runs from any folder; its dependencies include what GPU system metrics need."""
+"""A built wheel carries the whole config tree (conf/ and experiments/, from the top of the
+repository) and runs from any folder; pyproject.toml lists every package; its dependencies include
+what GPU system metrics need."""
 
+import shutil
 import subprocess
 import sys
+import sysconfig
 import tomllib
 from pathlib import Path
+from typing import List
 
 import pytest
 
 REPO = Path(__file__).parents[1]
+PYPROJECT = tomllib.loads(REPO.joinpath("pyproject.toml").read_text())
+
+
+def tree_files(conf: Path, experiments: Path) -> List[str]:
+    """The config tree's files, named as in the repository."""
+    return sorted(f"conf/{p.relative_to(conf).as_posix()}" for p in conf.rglob("*.yaml")) + sorted(
+        f"experiments/{p.name}" for p in experiments.glob("*.yaml")
+    )
+
+
+def test_pyproject_lists_every_package_and_maps_the_tree_into_the_package():
+    """The packages are listed, not found (the tree's folders sit outside mnist_cnn/): a new
+    subpackage or config group missing from the list would be missing from the wheel."""
+    inits = [*(REPO / "mnist_cnn").rglob("__init__.py"), *(REPO / "hydra_plugins").rglob("__init__.py")]
+    code = [".".join(p.parent.relative_to(REPO).parts) for p in inits]
+    groups = [".".join(p.relative_to(REPO).parts) for p in (REPO / "conf").rglob("*") if p.is_dir()]
+    tree = ["mnist_cnn.conf", "mnist_cnn.experiments"] + [f"mnist_cnn.{group}" for group in groups]
+    setuptools = PYPROJECT["tool"]["setuptools"]
+    assert sorted(setuptools["packages"]) == sorted(code + tree)
+    assert setuptools["package-dir"] == {"mnist_cnn.conf": "conf", "mnist_cnn.experiments": "experiments"}
 
 
 @pytest.mark.slow
-def test_installed_package_finds_configs_and_presets_from_any_folder(tmp_path):
-    site = tmp_path / "site"
-    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(REPO)]
-    built = subprocess.run(pip, capture_output=True, text=True, timeout=600)
+def test_a_wheel_installed_in_a_fresh_environment_composes_presets_and_searches_from_any_folder(tmp_path):
+    """`pip wheel .`, installed with pip in a new virtual environment outside the checkout (which
+    reuses this environment's packages through a .pth file), then run from another folder without
+    PYTHONPATH: `experiment=fast99` and `hparams_search=lr_batch` come from the wheel's own tree."""
+    source, wheels, venv, elsewhere = (tmp_path / name for name in ("source", "wheels", "venv", "elsewhere"))
+    elsewhere.mkdir()
+    listed = ["git", "ls-files", "--cached", "--others", "--exclude-standard"]  # a copy: the build writes beside it
+    for name in subprocess.run(listed, capture_output=True, text=True, cwd=REPO, check=True).stdout.splitlines():
+        if (REPO / name).is_file():  # not a file deleted but not yet committed
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, source / name)
+    build = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), "."]
+    built = subprocess.run(build, capture_output=True, text=True, cwd=source, timeout=600)
     assert built.returncode == 0, built.stderr[-2000:]
-    shipped = sorted(
-        p.relative_to(REPO / "mnist_cnn").as_posix() for p in (REPO / "mnist_cnn" / "conf").rglob("*.yaml")
-    )
-    installed = sorted(
-        p.relative_to(site / "mnist_cnn").as_posix() for p in (site / "mnist_cnn" / "conf").rglob("*.yaml")
-    )
-    assert installed == shipped and "conf/experiment/seed_tutorial.yaml" in installed  # every group, presets included
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    python = venv / "bin" / "python"
+    site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], capture_output=True, text=True
+    ).stdout.strip()
+    Path(site, "heavy_packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")  # torch, Hydra, MLflow...
+    (wheel,) = wheels.glob("*.whl")
+    install = [python, "-m", "pip", "install", "-q", "--no-deps", "--ignore-installed", str(wheel)]
+    installed = subprocess.run(install, capture_output=True, text=True, timeout=600)
+    assert installed.returncode == 0, installed.stderr[-2000:]
+    package = Path(site) / "mnist_cnn"
+    assert tree_files(package / "conf", package / "experiments") == tree_files(REPO / "conf", REPO / "experiments")
 
-    code = (
-        "import mnist_cnn, sys; print(mnist_cnn.__file__); sys.argv[1:] = ['--cfg', 'job', "
-        "'experiment=seed_tutorial']; "
-        "from mnist_cnn.cli.train import main; main()"
+    env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path)}  # no PYTHONPATH: the wheel's copy runs
+
+    def train(*args: str) -> str:
+        out = subprocess.run(
+            ["mnist-cnn-train", *args], capture_output=True, text=True, cwd=elsewhere, env=env, timeout=300
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout
+
+    where = subprocess.run(
+        [python, "-c", "from mnist_cnn.config import tree; print(tree.CONF_DIR)"],
+        capture_output=True,
+        text=True,
+        cwd=elsewhere,
+        env=env,
     )
-    env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.startswith(str(site))  # the installed copy ran, not the checkout
-    assert "seed: 777" in out.stdout and "name: seed_cnn" in out.stdout
+    assert where.stdout.strip() == str(package / "conf")  # the installed tree, not the checkout's
+    job = train("experiment=fast99", "--cfg", "job")
+    assert "name: fast99" in job and "run_name: fast99" in job and "label_smoothing: 0.1" in job
+    search = train("hparams_search=lr_batch", "--cfg", "hydra")
+    assert "n_trials: 12" in search and "optimizer.lr: tag(log, interval(1e-4, 1e-2))" in search
+    assert "mnist-cnn-experiments://" + str(package / "experiments") in train("--info", "searchpath")
 
 
 def test_system_metrics_reach_a_gpu_where_there_is_one():
     """tracking.system_metrics=true: MLflow's GPU monitor needs nvidia-ml-py and, without it, logs no
     GPU figure and says so only at DEBUG. It is a dependency (what `pip install` and the offline bundle
     read), so the monitor skips GPUs only where NVML finds none; test_gpu reads the figures on one."""
-    assert "nvidia-ml-py" in tomllib.loads(REPO.joinpath("pyproject.toml").read_text())["project"]["dependencies"]
+    assert "nvidia-ml-py" in PYPROJECT["project"]["dependencies"]
     from mlflow.system_metrics.metrics.gpu_monitor import GPUMonitor  # imports pynvml: ImportError without it
 
     try:

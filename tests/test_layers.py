@@ -28,7 +28,8 @@ from tests.helpers import processes
 from tests.helpers.config import TINY
 
 ROOT = Path(__file__).parents[1]
-PACKAGES = ("mnist_cnn", "hydra_plugins/mnist_cnn_sweeper")  # our code: the package and the Optuna sweeper Hydra loads
+# our code: the package and the plugins Hydra loads (the Optuna sweeper, experiments/ as the group `experiment`)
+PACKAGES = ("mnist_cnn", "hydra_plugins/mnist_cnn_sweeper", "hydra_plugins/mnist_cnn_experiments")
 
 # Lowest first: (name, units, what they are). A unit is a subpackage of mnist_cnn or a top-level module.
 LAYERS: Tuple[Tuple[str, Tuple[str, ...], str], ...] = (
@@ -48,7 +49,11 @@ LAYERS: Tuple[Tuple[str, Tuple[str, ...], str], ...] = (
         ("sweep",),
         "a multirun as one experiment: its parent run, the Optuna search, pruning, the champion",
     ),
-    ("entry points", ("cli", "hydra_plugins"), "the console commands; the Optuna sweeper Hydra loads"),
+    (
+        "entry points",
+        ("cli", "hydra_plugins"),
+        "the console commands; the Optuna sweeper and experiments/ that Hydra loads",
+    ),
     ("python -m", ("__main__",), "`python -m mnist_cnn` is mnist-cnn-train"),
 )
 BASE = 2  # the layers below this one are used from everywhere: the diagram leaves out the arrows into them
@@ -109,7 +114,7 @@ def _targets(node: ast.AST) -> List[str]:
 
 
 def ours(module: str) -> bool:
-    return module.split(".")[0] in ("mnist_cnn",) or module.startswith("hydra_plugins.mnist_cnn_sweeper")
+    return any(module == p or module.startswith(p + ".") for p in (p.replace("/", ".") for p in PACKAGES))
 
 
 def layer_of(name: str) -> int:

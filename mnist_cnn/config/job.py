@@ -23,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from mnist_cnn.config.paths import find_config
+from mnist_cnn.config.paths import EXPERIMENT, EXPERIMENTS_SCHEME, ConfigFolder, find_config
 from mnist_cnn.interrupts import Stops
 from mnist_cnn.timing import JobClock
 
@@ -153,8 +153,10 @@ class JobContext:
 
 def _option_files(hydra: DictConfig) -> Dict[str, Path]:
     """The file of each option Hydra chose (`model` -> .../model/mine.yaml), in its search path's order."""
-    dirs = [Path(source.path) for source in hydra.runtime.config_sources if source.schema == "file"]
-    chosen = {g: find_config(dirs, f"{g}/{o}") for g, o in hydra.runtime.choices.items() if o and "hydra" not in g}
+    groups = {"file": "", EXPERIMENTS_SCHEME: EXPERIMENT}  # the sources that read files, and the group each holds
+    sources = hydra.runtime.config_sources
+    folders = [ConfigFolder(Path(s.path), groups[s.schema]) for s in sources if s.schema in groups]
+    chosen = {g: find_config(folders, f"{g}/{o}") for g, o in hydra.runtime.choices.items() if o and "hydra" not in g}
     return {group: path for group, path in chosen.items() if path is not None}
 
 

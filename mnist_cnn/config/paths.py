@@ -1,4 +1,5 @@
-"""Where a run reads and records: the default data folder and tracking store, and relative paths made absolute.
+"""Where a run reads and records: the default data folder and tracking store, relative paths made
+absolute, and which file of a folder on Hydra's search path a config name is.
 
 Relative paths in a config mean the folder the command was started from, wherever a job runs.
 Hydra records that folder as `hydra.runtime.cwd`, also for jobs that a launcher (joblib, submitit,
@@ -8,7 +9,7 @@ against it before anything reads them, so the logged config names the real folde
 
 import os
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, NamedTuple, Optional
 
 from omegaconf import DictConfig
 
@@ -47,7 +48,35 @@ def make_paths_absolute(cfg: DictConfig, base: Path) -> None:
         cfg.tracking.uri = SQLITE + str(base / path)
 
 
-def find_config(dirs: Iterable[Path], name: str) -> Optional[Path]:
-    """The file of config `name` (`experiment/mine`) in the first of the config folders `dirs` that
-    has it, as Hydra's search path finds it; None if none has."""
-    return next((d / f"{name}.yaml" for d in dirs if (d / f"{name}.yaml").is_file()), None)
+EXPERIMENT = "experiment"  # the group of whole-experiment presets, whose shipped folder is experiments/
+EXPERIMENTS_SCHEME = "mnist-cnn-experiments"  # Hydra's config source for that folder (hydra_plugins)
+
+
+class ConfigFolder(NamedTuple):
+    """A folder of YAML configs on Hydra's search path: a whole tree (`model/x` is path/model/x.yaml)
+    or, with `group`, that group's options alone (experiments/: `experiment/fast99` is path/fast99.yaml)."""
+
+    path: Path
+    group: str = ""
+
+    def within(self, config_path: str) -> Optional[str]:
+        """The path inside this folder that Hydra's `config_path` (`experiment/fast99`, `experiment`,
+        `model`) names; None for a path outside the folder's group."""
+        if not self.group:
+            return config_path
+        if config_path == self.group:
+            return ""
+        head, _, rest = config_path.partition("/")
+        return rest if head == self.group else None
+
+    def file(self, name: str) -> Optional[Path]:
+        """The YAML file config `name` (`experiment/mine`) would be in this folder; None outside its group."""
+        inside = self.within(name)
+        return None if inside is None else self.path / f"{inside}.yaml"
+
+
+def find_config(folders: Iterable[ConfigFolder], name: str) -> Optional[Path]:
+    """The file of config `name` (`experiment/mine`) in the first of the config folders that has
+    it, as Hydra's search path finds it; None if none has."""
+    files = (folder.file(name) for folder in folders)
+    return next((f for f in files if f is not None and f.is_file()), None)

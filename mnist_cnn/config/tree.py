@@ -1,11 +1,14 @@
 """The config tree: where its YAML files are, the schemas Hydra composes them into, and the extra
 folders a command line adds to it.
 
-Every group lives in `mnist_cnn/conf/` (real files, shipped in the wheel): `config.yaml`, one
-folder per group, `experiment/` for whole-experiment presets and `hparams_search/` for Optuna
-search spaces. Users add their own groups or presets from any folder with Hydra's own
-`--config-dir DIR` (`-cd DIR`) or `hydra.searchpath=[file://DIR]`: a file `DIR/experiment/mine.yaml`
-is then `experiment=mine`.
+The tree is two folders at the top of the repository: `conf/` (`config.yaml`, one folder per
+group, `hparams_search/` for Optuna search spaces, `hydra/`) and `experiments/`, whose files are
+the options of the group `experiment` (`experiment=fast99`; hydra_plugins.mnist_cnn_experiments
+puts the folder on Hydra's search path under that name). A wheel ships both inside the package
+(mnist_cnn/conf, mnist_cnn/experiments: pyproject.toml's package-dir); a checkout (an editable
+install, PYTHONPATH) reads them where they are. Users add their own groups or presets from any
+folder with Hydra's own `--config-dir DIR` (`-cd DIR`) or `hydra.searchpath=[file://DIR]`: a
+file `DIR/experiment/mine.yaml` is then `experiment=mine`.
 """
 
 import dataclasses
@@ -22,10 +25,14 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from mnist_cnn.config import search
 from mnist_cnn.config.checks import unknown_key
-from mnist_cnn.config.paths import find_config
+from mnist_cnn.config.paths import EXPERIMENT, ConfigFolder, find_config
 from mnist_cnn.config.schema import OPTIONS, Config
 
-CONF_DIR = Path(__file__).parents[1] / "conf"
+_PACKAGE = Path(__file__).parents[1]
+# An installed wheel has the tree inside the package; a checkout has it beside the package.
+TREE_ROOT = _PACKAGE if (_PACKAGE / "conf" / "config.yaml").is_file() else _PACKAGE.parent
+CONF_DIR = TREE_ROOT / "conf"
+EXPERIMENTS_DIR = TREE_ROOT / "experiments"
 CONFIG_NAME = "config"
 
 
@@ -55,10 +62,15 @@ def compose(overrides: List[str]) -> DictConfig:
         return hydra_compose(config_name=CONFIG_NAME, overrides=list(overrides))
 
 
-def config_dirs(args: List[str]) -> List[Path]:
-    """The package's config tree plus the folders a command line adds: `--config-dir DIR` (`-cd DIR`)
+def shipped_folders() -> List[ConfigFolder]:
+    """The project's config tree as Hydra searches it: conf/, then experiments/ as the group `experiment`."""
+    return [ConfigFolder(CONF_DIR), ConfigFolder(EXPERIMENTS_DIR, EXPERIMENT)]
+
+
+def config_dirs(args: List[str]) -> List[ConfigFolder]:
+    """The project's config tree plus the folders a command line adds: `--config-dir DIR` (`-cd DIR`)
     and the `file://` entries of `hydra.searchpath=[...]`."""
-    dirs = [CONF_DIR]
+    dirs = []
     for i, arg in enumerate(args):
         if arg in ("--config-dir", "-cd") and i + 1 < len(args):
             dirs.append(Path(args[i + 1]))
@@ -71,10 +83,10 @@ def config_dirs(args: List[str]) -> List[Path]:
                 for e in entries
                 if e.strip().strip("'\"").startswith("file://")
             ]
-    return dirs
+    return shipped_folders() + [ConfigFolder(d) for d in dirs]
 
 
-def composition_error(error: Exception, dirs: List[Path]) -> str:
+def composition_error(error: Exception, dirs: List[ConfigFolder]) -> str:
     """One line for an error Hydra met while composing the config: a YAML file that does not parse
     (`FILE line L, column C: ...`), or a key no schema has, in a file or on the command line (with
     the key it is closest to); any other error as Hydra itself prints it."""

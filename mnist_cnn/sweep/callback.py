@@ -1,6 +1,6 @@
 """Hydra multirun -> one MLflow parent run with every job as its child.
 
-`MlflowSweepCallback` (registered in mnist_cnn/conf/config.yaml under hydra.callbacks) runs in the
+`MlflowSweepCallback` (registered in conf/config.yaml under hydra.callbacks) runs in the
 launching process. Before any job starts it opens the tracking store once and the parent run (or,
 with `resume_sweep=ID`, continues that one), and writes the sweep file (config.job.SweepFile: the
 parent's id, the swept keys, an Optuna search's study) into the sweep folder, once, where every job
