@@ -1,4 +1,4 @@
-"""The benchmark scripts run as the README shows them and print the figures it quotes."""
+"""The benchmark scripts run as docs/speed.md shows them and print the figures it quotes."""
 
 import re
 import sys

@@ -147,12 +147,12 @@ def test_a_block_pool_that_does_not_fit_names_pool_size():
 
 
 def test_one_registry_of_layer_kinds_drives_schema_planner_builder_and_docs():
-    """LayerSpec is generated from PARAMS, the README documents every kind, and a new kind is one
-    registered function: planning and building need no other change."""
+    """LayerSpec is generated from PARAMS, docs/networks.md documents every kind, and a new kind is
+    one registered function: planning and building need no other change."""
     assert [f.name for f in dataclasses.fields(LayerSpec)] == ["type", *PARAMS]
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    page = (Path(__file__).parents[1] / "docs" / "networks.md").read_text()
     for name in KINDS:
-        assert f"`{name}`" in readme, name
+        assert f"`{name}`" in page, name
 
     @kind("gelu")
     def gelu(spec, shape, where):

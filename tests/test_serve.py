@@ -67,7 +67,7 @@ def test_mlflow_models_serve_answers_real_digits(real_root, store_uri, tmp_path)
                 assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
                 time.sleep(0.5)
         test = load_split(str(real_root), "mnist", "test")
-        images = (test.images[:20].float() / 255).unsqueeze(1)  # (20, 1, 28, 28) in [0, 1], as the README's curl sends
+        images = (test.images[:20].float() / 255).unsqueeze(1)  # (20, 1, 28, 28) in [0, 1], as the docs' curl sends
         answer = requests.post(f"{url}/invocations", json={"inputs": images.tolist()}, timeout=60)
         assert answer.ok, answer.text[:2000]
         logits = answer.json()["predictions"]

@@ -1,7 +1,7 @@
 """`trainer.precision`: fp32 or bf16 as configured, or (null) whichever trains this network faster on
 this device, measured on it rather than assumed.
 
-Whether bf16 pays depends on the device and the net: the README's Speed section has machines where
+Whether bf16 pays depends on the device and the net: docs/speed.md (Precision) has machines where
 these nets ran slower in bf16 and one where they ran faster. CPUs without AVX-512 bf16 kernels (AVX2
 only, or ATEN_CPU_CAPABILITY=avx2) run bf16 several times slower, so there only fp32 is considered.
 Otherwise a few training steps of the run's own model and batch are timed in each precision, taking

@@ -33,7 +33,7 @@ from mnist_cnn.errors import ModelError
 from mnist_cnn.model.network import Network
 from mnist_cnn.names import EPOCH, NETWORK_FILE, STATE_DICT_FILE
 
-# mlflow warns about pickle on every save; the module docstring and the README say it once.
+# mlflow warns about pickle on every save; the module docstring and docs/after-training.md say it once.
 PICKLE_ADVICE_LOGGER = "mlflow.pytorch"
 
 
