@@ -1,5 +1,6 @@
 """A regular (non-editable) install carries its whole config tree, presets and search spaces
-included, and runs from any folder; its dependencies include what GPU system metrics need."""
+included, and runs from any folder; its dependencies include what GPU system metrics need; the
+packages installed are requirements.lock's, which agrees with pyproject.toml."""
 
 import subprocess
 import sys
@@ -7,8 +8,13 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+
+from mnist_cnn.tracking.environment import canonical, differing_packages, installed_packages, parse_environment
 
 REPO = Path(__file__).parents[1]
+LOCK = REPO / "requirements.lock"
+NOT_LOCKED = {"mnist-cnn", "pip", "setuptools", "wheel"}  # the project itself and what pip freeze leaves out
 
 
 @pytest.mark.slow
@@ -50,3 +56,26 @@ def test_system_metrics_reach_a_gpu_where_there_is_one():
         GPUMonitor()
     except RuntimeError as e:  # no NVIDIA driver here: NVML's answer, not a missing package
         assert "Failed to initialize NVML" in str(e)
+
+
+def test_the_installed_packages_are_the_locks_versions_nothing_more_nothing_less():
+    """`make install` (and so CI) installs from requirements.lock: the suite runs with exactly the
+    versions it names, as `pip freeze` (the project itself aside) would list them."""
+    here = {name: v for name, v in installed_packages().items() if name not in NOT_LOCKED}
+    differ = differing_packages(parse_environment(LOCK.read_text()), here, whose="lock")
+    assert not differ, (
+        f"installed packages differ from requirements.lock (make install; make lock to refresh): {differ}"
+    )
+
+
+def test_the_lock_pins_every_dependency_pyproject_names_at_a_version_it_allows():
+    project = tomllib.loads(REPO.joinpath("pyproject.toml").read_text())["project"]
+    locked = parse_environment(LOCK.read_text())
+    wanted = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]]
+    missing = [r.name for r in wanted if canonical(r.name) not in locked]
+    outside = [
+        f"{r} (lock: {locked[canonical(r.name)]})"
+        for r in wanted
+        if r.name not in missing and not r.specifier.contains(locked[canonical(r.name)], prereleases=True)
+    ]
+    assert (missing, outside) == ([], []), "requirements.lock disagrees with pyproject.toml: run make lock"
