@@ -16,12 +16,13 @@ install: $(VENV)/.installed
 LOCK := requirements.lock
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	PIP_CONSTRAINT=$(LOCK) $(PY) -m pip install -q --upgrade pip
 	PIP_CONSTRAINT=$(LOCK) $(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
 # Refreshes requirements.lock: pyproject.toml's dependencies and the dev extra, resolved afresh (no constraint) in a
-# new virtual environment outside the checkout, written as `pip freeze` writes them; run the whole suite on the result.
+# new virtual environment outside the checkout, written as `pip freeze --all` writes them (pip and setuptools, which
+# torch requires, pinned too); run the whole suite on the result.
 lock:
 	set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	python3 -m venv "$$tmp/venv"; \
@@ -29,7 +30,7 @@ lock:
 	PIP_CONSTRAINT=/dev/null "$$tmp/venv/bin/python" -m pip install -q -e ".[dev]"; \
 	{ echo "# Every package the test suite passed with. Written by \`make lock\`; \`make install\` installs from it."; \
 	  echo "# A pip constraints file: PIP_CONSTRAINT=requirements.lock pip install -e '.[dev]' (docs/installing.md)."; \
-	  "$$tmp/venv/bin/python" -m pip freeze --exclude-editable | grep -v '^#'; } > "$$tmp/lock"; \
+	  "$$tmp/venv/bin/python" -m pip freeze --all --exclude-editable | grep -v '^#'; } > "$$tmp/lock"; \
 	mv "$$tmp/lock" $(LOCK)
 
 train: install

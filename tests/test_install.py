@@ -14,7 +14,6 @@ from mnist_cnn.tracking.environment import canonical, differing_packages, instal
 
 REPO = Path(__file__).parents[1]
 LOCK = REPO / "requirements.lock"
-NOT_LOCKED = {"mnist-cnn", "pip", "setuptools", "wheel"}  # the project itself and what pip freeze leaves out
 
 
 @pytest.mark.slow
@@ -60,8 +59,9 @@ def test_system_metrics_reach_a_gpu_where_there_is_one():
 
 def test_the_installed_packages_are_the_locks_versions_nothing_more_nothing_less():
     """`make install` (and so CI) installs from requirements.lock: the suite runs with exactly the
-    versions it names, as `pip freeze` (the project itself aside) would list them."""
-    here = {name: v for name, v in installed_packages().items() if name not in NOT_LOCKED}
+    versions it names, pip and setuptools included, as `pip freeze --all` (the project itself aside)
+    would list them."""
+    here = {name: v for name, v in installed_packages().items() if name != "mnist-cnn"}  # the project itself
     differ = differing_packages(parse_environment(LOCK.read_text()), here, whose="lock")
     assert not differ, (
         f"installed packages differ from requirements.lock (make install; make lock to refresh): {differ}"
