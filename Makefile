@@ -5,16 +5,33 @@ PY := $(VENV)/bin/python
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install train test test-all test-gpu test-cluster lint format ui mlflow-server clean
+.PHONY: install lock train test test-all test-gpu test-cluster lint format ui mlflow-server clean
 
 install: $(VENV)/.installed
 
-# torch/torchvision are pinned in pyproject.toml to the builds pip finds on local disk here.
-$(VENV)/.installed: pyproject.toml
+# requirements.lock pins every package the test suite passed with; pip installs them as constraints (docs/installing.md
+# says why a constraints file). PIP_CONSTRAINT, not -c, so that the lock replaces a constraint pip.conf may set (this
+# machine caps torch and torchvision at the builds on its disk; the lock pins those builds exactly, torchvision 0.29.2
+# above the cap). torch/torchvision are pinned in pyproject.toml to the builds pip finds on local disk here.
+LOCK := requirements.lock
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev]"
+	PIP_CONSTRAINT=$(LOCK) $(PY) -m pip install -q --upgrade pip
+	PIP_CONSTRAINT=$(LOCK) $(PY) -m pip install -q -e ".[dev]"
 	touch $@
+
+# Refreshes requirements.lock: pyproject.toml's dependencies and the dev extra, resolved afresh (no constraint) in a
+# new virtual environment outside the checkout, written as `pip freeze --all` writes them (pip and setuptools, which
+# torch requires, pinned too); run the whole suite on the result.
+lock:
+	set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	python3 -m venv "$$tmp/venv"; \
+	"$$tmp/venv/bin/python" -m pip install -q --upgrade pip; \
+	PIP_CONSTRAINT=/dev/null "$$tmp/venv/bin/python" -m pip install -q -e ".[dev]"; \
+	{ echo "# Every package the test suite passed with. Written by \`make lock\`; \`make install\` installs from it."; \
+	  echo "# A pip constraints file: PIP_CONSTRAINT=requirements.lock pip install -e '.[dev]' (docs/installing.md)."; \
+	  "$$tmp/venv/bin/python" -m pip freeze --all --exclude-editable | grep -v '^#'; } > "$$tmp/lock"; \
+	mv "$$tmp/lock" $(LOCK)
 
 train: install
 	$(VENV)/bin/mnist-cnn-train $(ARGS)

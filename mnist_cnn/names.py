@@ -113,6 +113,7 @@ def time_metric(phase: str) -> str:
 
 # Artifacts.
 CONFIG_FILE = "config.yaml"  # the resolved config, credentials masked
+ENVIRONMENT_FILE = "environment.txt"  # `name==version` of every installed package, as the run started
 ONNX_FILE = "model.onnx"  # the final model as ONNX, with tracking.log_onnx=true
 # Beside each logged model's MLmodel: what rebuilds it without unpickling (model.network, tracking.model).
 NETWORK_FILE, STATE_DICT_FILE = "network.json", "state_dict.pt"

@@ -1,6 +1,7 @@
 """A built wheel carries the whole config tree (conf/ and experiments/, from the top of the
 repository) and runs from any folder; pyproject.toml lists every package; its dependencies include
-what GPU system metrics need."""
+what GPU system metrics need; the packages installed are requirements.lock's, which agrees with
+pyproject.toml."""
 
 import shutil
 import subprocess
@@ -11,8 +12,12 @@ from pathlib import Path
 from typing import List
 
 import pytest
+from packaging.requirements import Requirement
+
+from mnist_cnn.tracking.environment import canonical, differing_packages, installed_packages, parse_environment
 
 REPO = Path(__file__).parents[1]
+LOCK = REPO / "requirements.lock"
 PYPROJECT = tomllib.loads(REPO.joinpath("pyproject.toml").read_text())
 
 
@@ -98,3 +103,27 @@ def test_system_metrics_reach_a_gpu_where_there_is_one():
         GPUMonitor()
     except RuntimeError as e:  # no NVIDIA driver here: NVML's answer, not a missing package
         assert "Failed to initialize NVML" in str(e)
+
+
+def test_the_installed_packages_are_the_locks_versions_nothing_more_nothing_less():
+    """`make install` (and so CI) installs from requirements.lock: the suite runs with exactly the
+    versions it names, pip and setuptools included, as `pip freeze --all` (the project itself aside)
+    would list them."""
+    here = {name: v for name, v in installed_packages().items() if name != "mnist-cnn"}  # the project itself
+    differ = differing_packages(parse_environment(LOCK.read_text()), here, whose="lock")
+    assert not differ, (
+        f"installed packages differ from requirements.lock (make install; make lock to refresh): {differ}"
+    )
+
+
+def test_the_lock_pins_every_dependency_pyproject_names_at_a_version_it_allows():
+    project = PYPROJECT["project"]
+    locked = parse_environment(LOCK.read_text())
+    wanted = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]]
+    missing = [r.name for r in wanted if canonical(r.name) not in locked]
+    outside = [
+        f"{r} (lock: {locked[canonical(r.name)]})"
+        for r in wanted
+        if r.name not in missing and not r.specifier.contains(locked[canonical(r.name)], prereleases=True)
+    ]
+    assert (missing, outside) == ([], []), "requirements.lock disagrees with pyproject.toml: run make lock"

@@ -81,6 +81,17 @@ def test_a_resumed_run_keeps_its_precision_and_the_reason_it_was_chosen(tiny_cfg
     assert after.tags["precision_reason"] == before.tags["precision_reason"] != "configured (trainer.precision)"
 
 
+def test_a_resumed_run_keeps_the_environment_txt_its_start_logged(tiny_cfg, store_uri, tmp_path):
+    """mnist-cnn-verify retrains from the start: the packages the start had are the ones to compare."""
+    run_id = killed_in_epoch_2(tiny_cfg(*FAST), store_uri, tmp_path / "out")
+    client = MlflowClient(store_uri)
+    client.log_text(run_id, "torch==0.0.1\n", names.ENVIRONMENT_FILE)  # as if the start had another torch
+    resume(tiny_cfg(), run_id)
+    assert only_run(store_uri).info.status == "FINISHED"
+    kept = Path(client.download_artifacts(run_id, names.ENVIRONMENT_FILE, str(tmp_path))).read_text()
+    assert kept == "torch==0.0.1\n"
+
+
 def test_an_untracked_run_resumes_from_its_checkpoint_file(tiny_cfg, store_uri, tmp_path):
     common = ("model=bn_cnn", *FAST, "tracking.enabled=false")
     full = train.run(tiny_cfg(*common), tmp_path / "full").metrics

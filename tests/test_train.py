@@ -1,6 +1,7 @@
 """Training end to end, in process, on tiny IDX files (and briefly on the real MNIST), then reading
 back what MLflow holds: metrics, tags, artifacts, the model, and a final status for every ending."""
 
+import importlib.metadata
 import json
 import logging
 import math
@@ -28,6 +29,7 @@ from mnist_cnn.errors import ConfigError, DivergedError
 from mnist_cnn.model.network import Network
 from mnist_cnn.names import HEARTBEAT
 from mnist_cnn.runner import record, setup, train
+from mnist_cnn.tracking.environment import canonical
 from mnist_cnn.tracking.tracker import Tracker
 from tests.helpers.config import make_cfg
 from tests.helpers.interrupted import FAST, killed_in_epoch_2, resume
@@ -55,6 +57,7 @@ def test_one_epoch_lands_everything_in_mlflow(tiny_cfg, store_uri, tmp_path):
     assert HEARTBEAT in tags  # a clock time, written while the run trains
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {
         "config.yaml",
+        "environment.txt",
         "checkpoints",
         "plots",
         "classification_report.json",
@@ -72,6 +75,18 @@ def test_one_epoch_lands_everything_in_mlflow(tiny_cfg, store_uri, tmp_path):
     assert [c["recall"] for c in report["classes"]] == pytest.approx(per_class)
     assert sum(c["support"] for c in report["classes"]) == 200
     assert (tmp_path / "out" / "checkpoints" / "last.pt").is_file()
+
+
+def test_a_run_logs_the_version_of_every_installed_package_as_environment_txt(tiny_cfg, store_uri, tmp_path):
+    train.run(tiny_cfg("tracking.log_model=false"), tmp_path / "out")
+    run_id = only_run(store_uri).info.run_id
+    text = Path(MlflowClient(store_uri).download_artifacts(run_id, "environment.txt", str(tmp_path))).read_text()
+    lines = text.splitlines()
+    installed = {canonical(d.metadata["Name"]) for d in importlib.metadata.distributions()}
+    listed = [line.partition("==")[0] for line in lines]
+    assert listed == sorted(installed)  # every one, by its PEP 503 name, in order
+    for package in ("torch", "torchvision", "mlflow", "numpy", "hydra-core"):
+        assert f"{package}=={importlib.metadata.version(package)}" in lines, package
 
 
 def test_a_run_names_its_dataset_and_links_to_the_model_training_view(

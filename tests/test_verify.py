@@ -1,15 +1,19 @@
 """`mnist-cnn-verify RUN`: a finished run trained again from its logged config gives the same
 epochs and weights; an altered fingerprint, another environment and bad input are named."""
 
+import importlib.metadata
 import signal
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
 from mnist_cnn.cli import verify
 from mnist_cnn.runner import train
+from mnist_cnn.tracking import lookup
+from mnist_cnn.tracking.environment import installed_packages
 from tests.helpers import processes
 from tests.helpers.mlflow_store import all_runs, only_run
 
@@ -35,6 +39,7 @@ def finished(tiny_cfg, store_uri, tmp_path) -> str:
 def test_a_fresh_run_verifies_epoch_by_epoch_and_its_weights_and_nothing_is_recorded(finished, store_uri, capsys):
     code, out, _ = verified(capsys, store_uri, finished)
     assert code == 0, out
+    assert "packages: the same" in out and "versions as the run's" in out
     assert "epoch 1: the same train_loss, train_acc, lr, val_loss, val_acc" in out and "epoch 2: the same" in out
     weights = MlflowClient(store_uri).get_run(finished).data.tags["weights_sha256"]
     assert f"weights_sha256: the same ({weights})" in out
@@ -57,6 +62,39 @@ def test_a_run_from_another_torch_version_is_compared_within_the_tolerance(finis
     assert code == 0, out
     assert "RUN was trained with another version.torch '1.13.0'" in out and "equality is not expected" in out
     assert "weights_sha256: not compared (another environment)" in out
+
+
+@pytest.mark.slow
+def test_a_package_whose_version_differs_from_the_runs_environment_txt_is_named(finished, store_uri, tmp_path, capsys):
+    numpy = importlib.metadata.version("numpy")
+    logged = MlflowClient(store_uri).download_artifacts(finished, "environment.txt", str(tmp_path))
+    faked = Path(logged).read_text().replace(f"numpy=={numpy}\n", "numpy==0.0.1\n")
+    MlflowClient(store_uri).log_text(finished, faked, "environment.txt")
+    code, out, _ = verified(capsys, store_uri, finished)
+    assert code == 0, out  # named, not a verdict: only torch, the host and the device change what is expected
+    assert f"packages that differ from the run's: numpy {numpy} (run: 0.0.1)\n" in out
+
+
+def test_the_package_line_names_each_difference_or_says_none_differ_or_that_the_run_logged_none():
+    here = installed_packages()
+    run = {**here, "numpy": "0.0.1", "gone": "1.0"}
+    del run["torch"]
+    assert verify.package_differences(run, "abc") == (
+        "packages that differ from the run's: gone not installed (run: 1.0), "
+        f"numpy {here['numpy']} (run: 0.0.1), torch {here['torch']} (run: not installed)"
+    )
+    assert verify.package_differences(dict(here), "abc") == f"packages: the same {len(here)} versions as the run's"
+    assert verify.package_differences(None, "abc") == (
+        "run abc has no environment.txt (it predates them): package versions not compared"
+    )
+
+
+def test_a_run_that_logged_no_environment_txt_has_none_to_compare(store_uri, tmp_path):
+    client = MlflowClient(store_uri)
+    run_id = client.create_run("0").info.run_id
+    assert lookup.run_environment(client, run_id, str(tmp_path)) is None
+    client.log_text(run_id, "numpy==2.0.0\nnot a line\n", "environment.txt")
+    assert lookup.run_environment(client, run_id, str(tmp_path)) == {"numpy": "2.0.0"}
 
 
 @pytest.mark.slow

@@ -7,7 +7,9 @@ timings, which always differ) and the final `weights_sha256` are compared with w
 exit 0 when all are equal, 1 at the first difference, which is named. The rerun keeps the
 precision RUN resolved. Training is bit for bit repeatable on one host, with one torch version and
 device; when RUN's fingerprints name another, equality is not expected, and the metrics are
-compared within `--tolerance` (relative) instead, the weights not at all. `--epochs K` checks only
+compared within `--tolerance` (relative) instead, the weights not at all. Before it trains, verify
+names the installed packages whose versions differ from those RUN logged in its environment.txt
+(or says RUN has none). `--epochs K` checks only
 the first K epochs (the config unchanged, so the learning-rate schedule is too); a sweep's job that
 its pruner stopped is checked up to the epoch it was pruned at. Ctrl-C or SIGTERM stops the rerun
 and deletes its scratch folder (exit 130).
@@ -30,7 +32,7 @@ from mnist_cnn.config.job import JobContext
 from mnist_cnn.config.schema import typed_config
 from mnist_cnn.errors import ConfigError
 from mnist_cnn.interrupts import Signals
-from mnist_cnn.tracking.environment import VERSION, package_versions
+from mnist_cnn.tracking.environment import VERSION, differing_packages, installed_packages, package_versions
 from mnist_cnn.tracking.states import RunState, state_of
 
 EXIT_DIFFERENT = 1
@@ -80,7 +82,7 @@ def verify(args: argparse.Namespace) -> int:
     from mnist_cnn.engine.checkpoint import load_checkpoint  # torch: seconds to import, after the arguments
     from mnist_cnn.runner.train import run as train  # torch and MLflow, as above
     from mnist_cnn.tracking import store  # MLflow, as above
-    from mnist_cnn.tracking.lookup import find_run, require_trained  # MLflow, as above
+    from mnist_cnn.tracking.lookup import find_run, require_trained, run_environment  # MLflow, as above
 
     client = store.connect(args.tracking_uri, read_only=not args.record)
     logged = find_run(client, args.run, "RUN")
@@ -89,6 +91,7 @@ def verify(args: argparse.Namespace) -> int:
     ctx = JobContext(precision=logged.data.params.get("trainer.precision"), scratch=True, stops=signals.job_started())
     with tempfile.TemporaryDirectory(prefix="mnist-cnn-verify-") as scratch:
         cfg = rerun_config(client, logged, scratch, args)
+        print(package_differences(run_environment(client, args.run, scratch), args.run), flush=True)
         epochs = min(until or cfg.trainer.epochs, cfg.trainer.epochs)
         kept = "recorded" if args.record else "not recorded (--record keeps it as a run)"
         print(
@@ -172,6 +175,17 @@ def compare(
         return EXIT_DIFFERENT
     print(f"weights_sha256: the same ({weights})")
     return 0
+
+
+def package_differences(theirs: Optional[Dict[str, str]], run_id: str) -> str:
+    """The line naming the installed packages whose versions differ from those run `run_id` logged
+    in its environment.txt (None: it logged none)."""
+    if theirs is None:
+        return f"run {run_id} has no {names.ENVIRONMENT_FILE} (it predates them): package versions not compared"
+    differ = differing_packages(theirs, installed_packages())
+    if not differ:
+        return f"packages: the same {len(theirs)} versions as the run's"
+    return "packages that differ from the run's: " + ", ".join(differ)
 
 
 def other_environment(logged: Any, cfg: DictConfig) -> Optional[str]:

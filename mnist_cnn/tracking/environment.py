@@ -1,10 +1,12 @@
-"""The environment a run records as tags: the checkout it ran from and the versions of what it used."""
+"""The environment a run records: as tags, the checkout it ran from and the versions of what it used
+most; as its `environment.txt` artifact, the version of every installed package."""
 
 import platform
+import re
 import subprocess
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import PackageNotFoundError, distributions, version
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
 from mnist_cnn import names
 
@@ -39,3 +41,42 @@ def package_versions() -> Dict[str, str]:
         except PackageNotFoundError:
             versions[name] = "not installed"
     return versions
+
+
+def installed_packages() -> Dict[str, str]:
+    """{name: version} of every distribution this interpreter can import, names normalized as pip
+    writes them (PEP 503: `hydra-core`, `pyyaml`)."""
+    found: Dict[str, str] = {}
+    for dist in distributions():
+        name = dist.metadata["Name"]
+        if name:  # a leftover folder of a half-removed install has no metadata
+            found.setdefault(canonical(name), dist.version)  # the first on sys.path wins, as import does
+    return found
+
+
+def canonical(name: str) -> str:
+    """A package's name as PEP 503 compares them: `PyYAML` and `pyyaml`, `typing_extensions` and `typing-extensions`."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def environment_text(packages: Dict[str, str]) -> str:
+    """The lines of environment.txt: `name==version`, sorted (the format of `pip freeze` and of requirements.lock)."""
+    return "".join(f"{name}=={packages[name]}\n" for name in sorted(packages))
+
+
+def parse_environment(text: str) -> Dict[str, str]:
+    """environment.txt's lines (or requirements.lock's, or `pip freeze`'s) back into {canonical name:
+    version}; comments and lines that are not `name==version` are skipped."""
+    pairs = (line.strip().partition("==") for line in text.splitlines())
+    return {canonical(name): ver for name, sep, ver in pairs if sep and name and ver and not name.startswith("#")}
+
+
+def differing_packages(theirs: Dict[str, str], here: Dict[str, str], whose: str = "run") -> List[str]:
+    """The packages whose versions here differ from `theirs`, sorted: `numpy 2.3.1 (run: 2.2.0)`,
+    with `not installed` on the side that lacks one."""
+    missing = "not installed"
+    return [
+        f"{name} {here.get(name, missing)} ({whose}: {theirs.get(name, missing)})"
+        for name in sorted(theirs.keys() | here.keys())
+        if theirs.get(name) != here.get(name)
+    ]

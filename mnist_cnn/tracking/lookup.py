@@ -22,6 +22,7 @@ from mnist_cnn import names
 from mnist_cnn.data.datasets import dataset_info
 from mnist_cnn.errors import DataError, ModelError
 from mnist_cnn.names import MODEL_FORMS
+from mnist_cnn.tracking.environment import parse_environment
 from mnist_cnn.tracking.redact import redact
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -52,6 +53,14 @@ def run_config(client: MlflowClient, run_id: str, folder: str, where: str) -> Di
             f"{where}: run {run_id} has no {names.CONFIG_FILE} artifact; it was not made by mnist-cnn-train."
         ) from e
     return yaml.safe_load(Path(path).read_text())
+
+
+def run_environment(client: MlflowClient, run_id: str, folder: str) -> Optional[Dict[str, str]]:
+    """{package: version} from the environment.txt run `run_id` logged as it started, or None for a
+    run that logged none (one from before runs logged it)."""
+    if names.ENVIRONMENT_FILE not in {f.path for f in client.list_artifacts(run_id)}:
+        return None
+    return parse_environment(Path(client.download_artifacts(run_id, names.ENVIRONMENT_FILE, folder)).read_text())
 
 
 def require_trained(run: Run, where: str) -> None:

@@ -31,7 +31,7 @@ from mnist_cnn.errors import Pruned, TrackingError, TrackingLostError
 from mnist_cnn.tracking import store
 from mnist_cnn.tracking.claim import claim
 from mnist_cnn.tracking.ending import as_tags, end_run, error_tag, failed_state
-from mnist_cnn.tracking.environment import environment_tags
+from mnist_cnn.tracking.environment import environment_tags, environment_text, installed_packages
 from mnist_cnn.tracking.heartbeat import Heartbeat, alive_tags
 from mnist_cnn.tracking.inputs import dataset_input
 from mnist_cnn.tracking.links import resume_command, run_url, ui_hint
@@ -156,6 +156,8 @@ def _record_start(
         for start in range(0, len(params_batch), 100):  # MLflow takes at most 100 params a request
             client.log_batch(run_id, params=params_batch[start : start + 100])
         client.log_text(run_id, redact(OmegaConf.to_yaml(cfg, resolve=True)), names.CONFIG_FILE)
+        # Once, as the run starts: a resumed run keeps it (mnist-cnn-verify retrains from the start's packages).
+        client.log_text(run_id, environment_text(installed_packages()), names.ENVIRONMENT_FILE)
         _log_dataset(client, run_id, dataset_input(**opening.dataset))
         tags = {**opening.tags, names.HYDRA_OVERRIDES: shlex.join(ctx.overrides)}
     else:
