@@ -36,9 +36,10 @@ lock:
 train: install
 	$(VENV)/bin/mnist-cnn-train $(ARGS)
 
-# The quick tier, for every edit: everything not marked slow (minutes); the cluster tier runs in test-cluster.
+# The quick tier, for every edit: everything not marked slow or cluster, spread over one pytest-xdist worker per
+# core (-n auto; PYTEST_ARGS="-n 0" runs it in one process); the cluster tier runs in test-cluster.
 test: install
-	$(PY) -m pytest -m "not slow and not cluster" $(PYTEST_ARGS)
+	$(PY) -m pytest -n auto -m "not slow and not cluster" $(PYTEST_ARGS)
 
 # Everything that needs no cluster: sweeps across launchers, real servers that die, processes killed mid-run, install.
 test-all: install

@@ -19,6 +19,10 @@ from tests.helpers.data import REAL_DATA, write_tiny_mnist
 from tests.helpers.digits import train_and_register
 from tests.helpers.mlflow_store import copy_store, migrated_store
 
+# pytest-xdist's workers (`make test` runs -n auto) share the machine's cores: each trains with its share, as a
+# sweep's jobs side by side do (JobContext.torch_threads); all of them each would fight over every core.
+TORCH_THREADS = max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+
 # The suite's runs train on the CPU, where its bit-for-bit assertions hold, on a GPU machine too: trainer.device's
 # default is cpu for every config composed here and every process started from here. The tests marked gpu say cuda.
 os.environ[DEVICE_ENV] = "cpu"
@@ -32,6 +36,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("gpu"):
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def torch_threads():
+    """Every test starts with the worker's share of the cores: an in-process sweep sets torch's threads
+    for its jobs (runner.setup.prepare), and that must not carry over to the tests after it."""
+    torch.set_num_threads(TORCH_THREADS)
 
 
 @pytest.fixture(scope="session")

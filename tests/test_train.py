@@ -129,6 +129,8 @@ def test_a_local_runs_link_comes_with_the_mlflow_ui_command_that_serves_its_stor
     assert f"  {link}  (serve this store's UI with: {command})\n" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # a second Python importing torch and MLflow; docs/reliability.md lists it slow. The quick tier loads
+# logged models in process (test_logging_the_model_leaves_the_callers_model_where_it_was, test_untrusted_models)
 def test_logged_model_loads_without_this_package_and_behaves_like_a_module(tiny_cfg, tiny_root, store_uri, tmp_path):
     """It takes [0, 1] floats and normalises inside; `.eval()`/`.train()` work; no mnist_cnn code needed."""
     cfg = tiny_cfg()
@@ -414,6 +416,7 @@ def test_a_stop_requested_after_the_last_epoch_is_not_ignored_and_resume_finishe
     assert run.data.metrics["test_acc"] == final["test_acc"]
 
 
+@pytest.mark.slow  # the quick tier's slowest test; it keeps the real files' checksums (test_data) and tiny runs
 def test_real_mnist_end_to_end(real_root, store_uri, tmp_path):
     cfg = make_cfg(
         [
