@@ -135,8 +135,10 @@ def test_a_closed_port_fails_fast_with_exit_2(tiny_root, tmp_path, command):
 
 
 @pytest.mark.slow
-def test_runs_against_a_server_that_never_answers_fails_within_15_s(tmp_path):
-    """A socket that accepts connections but never replies: what a hung or stopped server looks like."""
+def test_runs_against_a_server_that_never_answers_gives_up_after_its_10_s_not_mlflows_minutes(tmp_path):
+    """A socket that accepts connections but never replies: what a hung or stopped server looks like.
+    The command gives up after 10 s of silence (its start and imports come on top: seconds, more on a
+    loaded machine), where MLflow's own retries would wait minutes."""
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)
@@ -146,7 +148,7 @@ def test_runs_against_a_server_that_never_answers_fails_within_15_s(tmp_path):
         )
         seconds = time.perf_counter() - start
     assert out.returncode == 2 and "cannot open the MLflow store (no answer within 10 s)" in out.stderr
-    assert seconds < 15
+    assert seconds < 45, seconds
 
 
 @pytest.mark.slow
