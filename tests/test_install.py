@@ -35,6 +35,7 @@ def test_pyproject_lists_every_package_and_maps_the_tree_into_the_package():
     code = [".".join(p.parent.relative_to(REPO).parts) for p in inits]
     groups = [".".join(p.relative_to(REPO).parts) for p in (REPO / "conf").rglob("*") if p.is_dir()]
     tree = ["mnist_cnn.conf", "mnist_cnn.experiments"] + [f"mnist_cnn.{group}" for group in groups]
+    code.append("hydra_plugins")  # the namespace, no __init__.py: an editable install maps it to this folder
     setuptools = PYPROJECT["tool"]["setuptools"]
     assert sorted(setuptools["packages"]) == sorted(code + tree)
     assert setuptools["package-dir"] == {"mnist_cnn.conf": "conf", "mnist_cnn.experiments": "experiments"}

@@ -42,10 +42,9 @@ SWEEPS = {  # 4 jobs on 2 joblib workers, each long enough to be killed while it
 
 JOB = """
 import sys, time
-from omegaconf import OmegaConf
+from pathlib import Path
 from mnist_cnn.sweep import workers
-hydra = {"sweep": {"dir": sys.argv[1]}, "job": {"num": sys.argv[2]}, "overrides": {"task": sys.argv[3:]}}
-workers.job_started(OmegaConf.create({"hydra": hydra}))
+workers.job_started(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:])
 print("started", flush=True)
 time.sleep(60)
 """

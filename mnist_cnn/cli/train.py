@@ -103,6 +103,8 @@ class Command:
         try:
             # a stop asked for since the sweep's last job ended stops here, not in Hydra's code
             ctx = JobContext.read(clock, self.signals.job_started())
+            if ctx.in_pool:  # the launching process can say which job a worker that dies ran
+                workers.job_started(ctx.sweep_dir, ctx.number, ctx.overrides)
             make_paths_absolute(cfg, ctx.cwd)
             if not ctx.multirun:  # plain Python: a bad config fails in about a second, before torch loads
                 check_config(cfg, ctx)  # (a sweep's job is checked by the runner, which records its failure)
@@ -121,6 +123,8 @@ class Command:
             sys.exit(e.exit_code)
         finally:
             clock.startup_done()  # a job that failed before its first step leaves the collector on for the next
+            if ctx is not None and ctx.in_pool:
+                workers.job_ended(ctx.sweep_dir)
             shares, worker = (ctx.shares_process, ctx.multirun) if ctx is not None else (False, False)
             self.signals.job_ended(sweeping=shares, worker=worker)
 

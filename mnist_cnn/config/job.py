@@ -94,6 +94,7 @@ class JobContext:
     shares_process: bool = False  # run in its sweep's own process, between its siblings (Hydra's basic launcher)
     in_pool: bool = False  # run by one of a pool's workers beside its siblings' (joblib's): an exception ends them all
     sweep: Optional[SweepFile] = None  # the tracked sweep it belongs to
+    sweep_dir: Optional[Path] = None  # Hydra's folder of its sweep (hydra.sweep.dir)
     trial: Optional[Trial] = None  # its Optuna trial, when its study can be opened from here
     slurm: Optional[SlurmJob] = None
     torchrun: Optional[Torchrun] = None
@@ -124,6 +125,7 @@ class JobContext:
             shares_process=launcher == "BasicLauncher",
             in_pool=launcher == "JoblibLauncher",
             sweep=sweep,
+            sweep_dir=Path(hydra.sweep.dir) if multirun else None,
             trial=Trial(sweep.study, int(number)) if sweep and sweep.study and number is not None else None,
             slurm=_slurm_job(),
             torchrun=_torchrun(),

@@ -24,7 +24,6 @@ from typing import Any, Dict, List, Optional
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
 from mnist_cnn import interrupts, names
@@ -141,12 +140,6 @@ class MlflowSweepCallback(Callback):
             text = path.read_text() if path.is_file() else ""
             if redact(text) != text:
                 path.write_text(redact(text))
-        if config.hydra.mode == RunMode.MULTIRUN and workers.in_pool(config):
-            workers.job_started(config)  # the launching process can say which job a dead worker ran
-
-    def on_job_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if config.hydra.mode == RunMode.MULTIRUN and workers.in_pool(config):
-            workers.job_ended(config)
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         refuse(folder_problem("hydra.run.dir", config.hydra.run.dir))  # Hydra would print a traceback making it

@@ -7,7 +7,7 @@ worker died, and leave no run RUNNING without a process:
 
 - each job in a worker writes a record as it starts (its process id, Hydra's job number and its
   overrides) into the sweep folder, and removes it as it ends (`job_started`, `job_ended`, called
-  by the sweep callback in the worker);
+  by mnist-cnn-train's task in the worker);
 - the launching process watches the processes of those records (`Watch`: a thread waiting on their
   pidfds), and notes the first that dies with its record still there: the others died because it did;
 - when the launch fails so, `lost` marks the runs of the jobs in flight STOPPED (tagged with why,
@@ -75,16 +75,16 @@ def in_pool(config: DictConfig) -> bool:
     return str(config.hydra.launcher._target_).rsplit(".", 1)[-1] == JOBLIB
 
 
-def job_started(config: DictConfig) -> None:
-    """In a worker: record the job Hydra starts now in this process."""
-    folder = Path(config.hydra.sweep.dir) / RECORDS
+def job_started(sweep_dir: Path, number: int, overrides: Sequence[str]) -> None:
+    """In a worker: record the job that starts now in this process (Hydra's job `number` of the
+    sweep in `sweep_dir`, with its `overrides`)."""
+    folder = sweep_dir / RECORDS
     folder.mkdir(exist_ok=True)
-    record = {"number": int(config.hydra.job.num), "overrides": list(config.hydra.overrides.task)}
-    (folder / str(os.getpid())).write_text(json.dumps(record))
+    (folder / str(os.getpid())).write_text(json.dumps({"number": number, "overrides": list(overrides)}))
 
 
-def job_ended(config: DictConfig) -> None:
-    (Path(config.hydra.sweep.dir) / RECORDS / str(os.getpid())).unlink(missing_ok=True)
+def job_ended(sweep_dir: Path) -> None:
+    (sweep_dir / RECORDS / str(os.getpid())).unlink(missing_ok=True)
 
 
 def in_flight(sweep_dir: Path) -> Dict[int, InFlight]:
