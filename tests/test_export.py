@@ -26,19 +26,9 @@ from mnist_cnn.errors import ConfigError
 from mnist_cnn.model import onnx_file
 from mnist_cnn.runner import train
 from tests.helpers.mlflow_store import only_run
+from tests.helpers.processes import run_main
 
 INSTALL = "pip install 'mnist_cnn[export]'"
-
-
-def run_main(main, argv, capsys):
-    """(exit code, stdout, stderr) of a command's main."""
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.mark.parametrize("package", onnx_file.EXPORT_PACKAGES)

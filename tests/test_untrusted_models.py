@@ -9,7 +9,6 @@ pickle that writes a marker file when it is loaded."""
 import contextlib
 import tempfile
 from pathlib import Path
-from typing import Callable, List
 
 import mlflow.pytorch
 import pytest
@@ -28,6 +27,7 @@ from mnist_cnn.runner import train
 from mnist_cnn.tracking import model as logged
 from tests.helpers.config import make_cfg
 from tests.helpers.mlflow_store import only_run
+from tests.helpers.processes import run_main
 
 PICKLE = Path("data") / "model.pth"  # where mlflow.pytorch keeps the pickled module in a model's folder
 REFUSED = (
@@ -67,26 +67,15 @@ def trained(tiny_cfg, store_uri, tmp_path) -> dict:
     return {"run_id": run.info.run_id, "client": client, "folder": folder, "image": image, "uri": store_uri}
 
 
-def command(main: Callable, argv: List[str], capsys) -> tuple:
-    """(exit code, stdout, stderr) of a console command's main, run in this process."""
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def the_four(trained: dict, tmp_path: Path, capsys) -> dict:
     """Each command on the planted model, each naming it in another of the forms a model is named:
     {command: (exit code, stdout, stderr)}."""
     run_id, uri = trained["run_id"], ["--tracking-uri", trained["uri"]]
     return {
-        "eval": command(eval_cli.main, [run_id, *uri], capsys),
-        "predict": command(predict.main, ["--model", "models:/tiny@champion", *uri, str(trained["image"])], capsys),
-        "export": command(export.main, ["models:/tiny/1", "--onnx", str(tmp_path / "m.onnx"), *uri], capsys),
-        "verify": command(verify.main, [run_id, *uri], capsys),
+        "eval": run_main(eval_cli.main, [run_id, *uri], capsys),
+        "predict": run_main(predict.main, ["--model", "models:/tiny@champion", *uri, str(trained["image"])], capsys),
+        "export": run_main(export.main, ["models:/tiny/1", "--onnx", str(tmp_path / "m.onnx"), *uri], capsys),
+        "verify": run_main(verify.main, [run_id, *uri], capsys),
     }
 
 
@@ -108,7 +97,7 @@ def test_a_pickle_planted_beside_the_rebuild_files_is_never_run(trained, tmp_pat
     assert not marker.exists()
     assert "test_acc" in results["eval"][1] and (tmp_path / "m.onnx").is_file()
     assert (
-        command(
+        run_main(
             predict.main,
             ["--model", f"runs:/{trained['run_id']}/model", str(trained["image"]), "--tracking-uri", trained["uri"]],
             capsys,
@@ -143,7 +132,7 @@ def test_weights_that_are_not_plain_tensors_are_refused_and_never_run(trained, t
     marker = tmp_path / "pickle-ran"
     plant(trained["folder"] / names.STATE_DICT_FILE, marker)
     image, uri = str(trained["image"]), trained["uri"]
-    code, out, err = command(predict.main, ["--model", "models:/tiny/1", "--tracking-uri", uri, image], capsys)
+    code, out, err = run_main(predict.main, ["--model", "models:/tiny/1", "--tracking-uri", uri, image], capsys)
     assert code == 2 and out == ""
     assert err == (
         "mnist-cnn-predict: --model models:/tiny/1: its state_dict.pt holds objects other than tensors, which are "
@@ -157,11 +146,11 @@ def test_with_pickle_deserialization_disallowed_eval_and_predict_still_work(trai
     with pytest.raises(MlflowException, match="Deserializing model using pickle is disallowed"):
         mlflow.pytorch.load_model(str(trained["folder"]))  # MLflow's own loader now refuses the pickle
     run_id, uri = trained["run_id"], trained["uri"]
-    code, out, err = command(eval_cli.main, [f"runs:/{run_id}/model", "--tracking-uri", uri], capsys)
+    code, out, err = run_main(eval_cli.main, [f"runs:/{run_id}/model", "--tracking-uri", uri], capsys)
     assert code == 0, err
     metrics = trained["client"].get_run(run_id).data.metrics
     assert metrics["eval_test_acc"] == metrics["test_acc"]  # the rebuilt model is the one that was trained
-    code, out, err = command(predict.main, ["--model", run_id, "--tracking-uri", uri, str(trained["image"])], capsys)
+    code, out, err = run_main(predict.main, ["--model", run_id, "--tracking-uri", uri, str(trained["image"])], capsys)
     assert code == 0 and out.startswith(str(trained["image"])), err
 
 

@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Callable, Iterable, List, Optional
 
 from tests.helpers.config import TINY
 from tests.helpers.mlflow_store import free_port
@@ -49,3 +49,14 @@ def start(command: Iterable[str], cwd: Path, env: Optional[dict] = None) -> subp
 
 def _env(extra: Optional[dict]) -> dict:
     return {**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_DISABLE_TELEMETRY": "true", **(extra or {})}
+
+
+def run_main(main: Callable, argv: List[str], capsys) -> tuple:
+    """(exit code, stdout, stderr) of a console command's main, run in this process."""
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
