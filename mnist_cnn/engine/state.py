@@ -14,6 +14,7 @@ from torch import nn
 
 from mnist_cnn.data.splits import Split
 from mnist_cnn.engine import repro
+from mnist_cnn.engine.graphs import EagerStep
 from mnist_cnn.errors import CheckpointError
 from mnist_cnn.interrupts import Stops
 from mnist_cnn.timing import Stopwatch
@@ -33,7 +34,7 @@ class TrainingState:
     stops: Stops  # the job's stop requests (Ctrl-C, SIGTERM): checked before each step
     history: List[Dict[str, float]] = field(default_factory=list)  # each completed epoch's metrics
     best: Optional[Dict[str, Any]] = None  # early stopping: the best epoch so far, {"epoch", "model"} (its weights)
-    step: Any = None  # the training step, made by the first epoch and kept for the run (engine.graphs); not saved
+    step: Optional[EagerStep] = None  # made by the first epoch, kept for the run (engine.graphs); not saved
 
     @property
     def device(self) -> torch.device:
