@@ -86,7 +86,7 @@ def test_resume_sweep_names_a_run_that_is_no_sweep_or_still_running(store_uri):
 def test_a_sweep_stopped_by_sigterm_finishes_with_each_job_once(tiny_root, store_uri, tmp_path):
     """4 seeds; SIGTERM once two jobs finished; resume_sweep finishes the rest in the same parent,
     continuing the stopped job's own run and leaving the finished ones untouched."""
-    grid = ("seed=1,2,3,4", "trainer.epochs=4", "tracking.log_model=false")
+    grid = ("seed=1,2,3,4", "trainer.epochs=30", "tracking.log_model=false")  # jobs long enough to stop
     output = stop_with_sigterm(
         processes.train_command(tiny_root, store_uri, *grid, multirun=True), tmp_path, store_uri, 2
     )
@@ -188,7 +188,7 @@ def test_an_optuna_search_stopped_by_sigterm_finishes_its_study_with_each_trial_
     """6 TPE trials (random start, seeded); SIGTERM once 3 finished; resume_sweep= continues the same
     study in its journal beside the store: 6 trials, one MLflow child each, the stopped one continued
     in its own run, and no trial's values asked twice (the sampler continues its random sequence)."""
-    search = ("hparams_search=lr_batch", "hydra.sweeper.n_trials=6", "trainer.epochs=3", "tracking.log_model=false")
+    search = ("hparams_search=lr_batch", "hydra.sweeper.n_trials=6", "trainer.epochs=12", "tracking.log_model=false")
     stop_with_sigterm(processes.train_command(tiny_root, store_uri, *search, multirun=True), tmp_path, store_uri, 3)
     parent, before = children(store_uri)
     study = parent.data.tags["optuna_study"]
@@ -234,7 +234,7 @@ def test_a_two_objective_search_stopped_by_sigterm_ends_with_its_pareto_front_an
         "hydra.sweeper.n_trials=6",
         "objective.metrics=[val_loss,train_time_s]",
         "objective.directions=[minimize,minimize]",
-        "trainer.epochs=3",
+        "trainer.epochs=12",
         "tracking.register_as=digits",
     )
     stop_with_sigterm(processes.train_command(tiny_root, store_uri, *search, multirun=True), tmp_path, store_uri, 3)

@@ -57,6 +57,7 @@ def stop_with_sigterm(command: list, folder, uri: str, finished: int) -> str:
     deadline = time.time() + 300
     while time.time() < deadline and sum(r.info.status == "FINISHED" for r in runs_in(uri)) < finished:
         time.sleep(0.2)
+    assert job.poll() is None, "the sweep ended before the signal: give its jobs more epochs"
     job.send_signal(signal.SIGTERM)
     output = job.communicate(timeout=120)[0]
     assert job.returncode == 130, output[-3000:]
