@@ -46,19 +46,20 @@ def learning_curves(history: List[Dict[str, float]]) -> Figure:
 
 
 def confusion_matrix(report: Report) -> Figure:
-    """The test set's confusion matrix: counts (left) and each true class's row normalised (right)."""
+    """The test set's confusion matrix in one panel: each cell's count, coloured by its share of the
+    true class (its row), so a class with few images shows its mistakes as clearly as a large one.
+    One panel, not counts and shares side by side: the second hundred numbers doubled the drawing
+    time every run pays (docs/speed.md); each class's recall is in classification_report.json."""
     counts = report.confusion.numpy()
     rows = counts / np.maximum(counts.sum(1, keepdims=True), 1)
-    fig = Figure(figsize=(15, 6.5), dpi=100)
-    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.17, top=0.88, wspace=0.25)
-    for ax, matrix, title, fmt in zip(
-        fig.subplots(1, 2), (counts, rows), ("counts", "share of each true class"), ("d", ".2f")
-    ):
-        image = ax.imshow(matrix, cmap="Blues")
-        _annotate(ax, matrix, fmt)
-        _class_ticks(ax, report.classes)
-        ax.set(xlabel="predicted", ylabel="true", title=title)
-        fig.colorbar(image, ax=ax, shrink=0.8)
+    fig = Figure(figsize=(8, 6.5), dpi=100)
+    fig.subplots_adjust(left=0.14, right=0.97, bottom=0.17, top=0.9)
+    ax = fig.subplots()
+    image = ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    _annotate(ax, counts, rows)
+    _class_ticks(ax, report.classes)
+    ax.set(xlabel="predicted", ylabel="true")
+    fig.colorbar(image, ax=ax, shrink=0.8, label="share of the true class")
     fig.suptitle(f"confusion matrix on the test set (accuracy {report.accuracy:.4f})")
     return fig
 
@@ -93,21 +94,13 @@ def misclassified(report: Report, columns: int = 4) -> Figure:
     return fig
 
 
-def _annotate(ax, matrix: np.ndarray, fmt: str) -> None:
-    """Each cell's value; empty cells stay blank so the mistakes stand out."""
-    threshold = matrix.max() / 2 if matrix.size else 0
-    for (i, j), value in np.ndenumerate(matrix):
-        if format(value, fmt) in ("0", "0.00"):
-            continue
-        ax.text(
-            j,
-            i,
-            format(value, fmt),
-            ha="center",
-            va="center",
-            fontsize=7,
-            color="white" if value > threshold else "black",
-        )
+def _annotate(ax, counts: np.ndarray, shares: np.ndarray) -> None:
+    """Each cell's count, white on the dark cells; empty cells stay blank so the mistakes stand out."""
+    for (i, j), count in np.ndenumerate(counts):
+        if count:
+            ax.text(
+                j, i, str(count), ha="center", va="center", fontsize=8, color="white" if shares[i, j] > 0.5 else "black"
+            )
 
 
 def _class_ticks(ax, classes: Sequence[str]) -> None:

@@ -1,6 +1,7 @@
 """The environment a run records: as tags, the checkout it ran from and the versions of what it used
 most; as its `environment.txt` artifact, the version of every installed package."""
 
+import functools
 import platform
 import re
 import subprocess
@@ -46,12 +47,19 @@ def package_versions() -> Dict[str, str]:
 def installed_packages() -> Dict[str, str]:
     """{name: version} of every distribution this interpreter can import, names normalized as pip
     writes them (PEP 503: `hydra-core`, `pyyaml`)."""
+    return dict(_scanned_packages())
+
+
+@functools.lru_cache(maxsize=1)
+def _scanned_packages() -> Tuple[Tuple[str, str], ...]:
+    """The scan behind installed_packages, once per process (a tenth of a second, paid by each job of
+    a sweep otherwise): what a process imported stays what it runs, whatever pip changes meanwhile."""
     found: Dict[str, str] = {}
     for dist in distributions():
         name = dist.metadata["Name"]
         if name:  # a leftover folder of a half-removed install has no metadata
             found.setdefault(canonical(name), dist.version)  # the first on sys.path wins, as import does
-    return found
+    return tuple(found.items())
 
 
 def canonical(name: str) -> str:

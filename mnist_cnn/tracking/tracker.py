@@ -30,6 +30,9 @@ from mnist_cnn.tracking.redact import redact
 
 log = logging.getLogger(__name__)
 
+# zlib's fastest level: a fifth of the encoding time of PIL's default for PNGs a sixth larger
+FAST_PNG = {"pil_kwargs": {"compress_level": 1}}
+
 
 def _when_tracking(method: Callable) -> Callable:
     """A Tracker method that does nothing when tracking is disabled."""
@@ -83,7 +86,7 @@ class Tracker:
         matplotlib Figure) under `plots/`, both inside `folder`."""
         self.call(self.client.log_dict, self.run_id, report, f"{folder}classification_report.json")
         for name, figure in figures.items():
-            self.call(self.client.log_figure, self.run_id, figure, f"{folder}plots/{name}")
+            self.call(self.client.log_figure, self.run_id, figure, f"{folder}plots/{name}", save_kwargs=FAST_PNG)
 
     @_when_tracking
     def set_tags(self, tags: Dict[str, str]) -> None:
