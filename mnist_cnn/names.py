@@ -75,6 +75,7 @@ SWEEP_OVERRIDES, SWEEP_DIR, RESUMED_IN = "sweep_overrides", "sweep_dir", "resume
 PARENT_RUN = "mlflow.parentRunId"  # MLflow's own: a sweep's jobs are its parent's children
 
 # How the commands name a model (a run's, or the registry's).
+CONFIDENT = 0.5  # a model's answer is named only above this probability: more likely than all the others together
 MODEL_FORMS = "a run id, runs:/ID/model, models:/NAME/VERSION or models:/NAME@ALIAS"
 
 # An evaluation of a registered model (mnist-cnn-eval), logged as a run of its own.

@@ -135,3 +135,15 @@ def test_sweep_throughput_prints_both_searches_the_fixed_costs_and_the_per_job_c
     assert re.search(r"each extra job -?[\d.]+ s, of which its own training and test pass [\d.]+ s", result.stdout)
     gpu = "GPU: trials a minute of experiment=fast99_gpu"
     assert gpu in result.stdout and ("needs a CUDA GPU" in result.stdout or "against" in result.stdout)
+
+
+@pytest.mark.slow
+def test_demo_latency_prints_the_client_and_server_times_of_a_drawing(digits_model, tmp_path):
+    command = [sys.executable, str(ROOT / "benchmarks" / "demo_latency.py"), "models:/digits@champion"]
+    result = processes.run(
+        [*command, digits_model["run_id"], "--tracking-uri", digits_model["uri"], "--repeats", "5"], tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    for line in ("whole request \\(client\\)", "server: picture read, models run"):
+        assert re.search(line + r": median [\d.]+ ms, 95th percentile [\d.]+ ms\n", result.stdout), result.stdout
+    assert "2 models, 5 answers of a 280x280 drawing" in result.stdout

@@ -45,7 +45,8 @@ def test_pyproject_lists_every_package_and_maps_the_tree_into_the_package():
 def test_a_wheel_installed_in_a_fresh_environment_composes_presets_and_searches_from_any_folder(tmp_path):
     """`pip wheel .`, installed with pip in a new virtual environment outside the checkout (which
     reuses this environment's packages through a .pth file), then run from another folder without
-    PYTHONPATH: `experiment=fast99` and `hparams_search=lr_batch` come from the wheel's own tree."""
+    PYTHONPATH: `experiment=fast99` and `hparams_search=lr_batch` come from the wheel's own tree (and
+    mnist-cnn-demo's page is in it)."""
     source, wheels, venv, elsewhere = (tmp_path / name for name in ("source", "wheels", "venv", "elsewhere"))
     elsewhere.mkdir()
     listed = ["git", "ls-files", "--cached", "--others", "--exclude-standard"]  # a copy: the build writes beside it
@@ -68,6 +69,8 @@ def test_a_wheel_installed_in_a_fresh_environment_composes_presets_and_searches_
     assert installed.returncode == 0, installed.stderr[-2000:]
     package = Path(site) / "mnist_cnn"
     assert tree_files(package / "conf", package / "experiments") == tree_files(REPO / "conf", REPO / "experiments")
+    page = Path("mnist_cnn", "demo", "page.html")  # mnist-cnn-demo's page ships too
+    assert (package.parent / page).read_bytes() == (REPO / page).read_bytes()
 
     env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path)}  # no PYTHONPATH: the wheel's copy runs
 

@@ -43,6 +43,7 @@ LAYERS: Tuple[Tuple[str, Tuple[str, ...], str], ...] = (
     ("config", ("config",), "the config tree, its typed schema, the checks that run before torch loads"),
     ("engine", ("engine",), "the training state, step loop, optimizers, checkpoints, precision, CUDA graphs, DDP"),
     ("results", ("report", "tracking"), "scoring a model class by class with figures; everything MLflow sees"),
+    ("try by hand", ("demo",), "the page mnist-cnn-demo serves: a drawing pad read by several models"),
     ("story", ("runner",), "one run: where it starts (or restarts), its set-up, its epochs and hooks, what it records"),
     (
         "sweeps",

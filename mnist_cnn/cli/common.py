@@ -1,6 +1,6 @@
 """What the console commands share: their common arguments (`--tracking-uri`, `--data-root` and
-its one check), one loader of a trained model (eval, predict, export), and one way to end on bad
-input or Ctrl-C (all six commands).
+its one check), one loader of a trained model (eval, predict, export, demo) and one of an ONNX file
+(predict, demo), and one way to end on bad input or Ctrl-C (all seven commands).
 
 Nothing heavy is imported at the top: a command parses its arguments, and refuses bad ones, in a
 fraction of a second; torch and MLflow load inside the functions that need them.
@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional, Tuple
 from mnist_cnn.config.paths import DEFAULT_TRACKING_URI, TRACKING_URI_ENV, default_tracking_uri
 from mnist_cnn.data.datasets import IMAGE_SHAPE, dataset_info
 from mnist_cnn.errors import EXIT_INTERRUPTED, DataError, ModelError, UserError
+from mnist_cnn.model import onnx_file
 from mnist_cnn.names import MODEL_FORMS
 from mnist_cnn.tracking.redact import redact
 
@@ -146,6 +147,18 @@ def load_model(client: Any, spec: str, scored: bool = False) -> TrainedModel:
             f"{str(e)[:200]})."
         ) from e
     return TrainedModel(spec, ref, run, config, module, class_names(config, outputs[-1]))
+
+
+def load_onnx(path: str, flag: str = "") -> Tuple[Any, Tuple[str, ...]]:
+    """An ONNX file (mnist-cnn-export), run by onnxruntime (no PyTorch module computes), and the
+    class names it holds; ModelError, its message starting with `flag` (predict's --model) and the path."""
+    prefix = f"{flag} " if flag else ""
+    onnx_file.require(f"{prefix}{path}", onnx_file.RUN_PACKAGES)
+    try:
+        net = onnx_file.OnnxModel(path, IMAGE_SHAPE)
+    except ModelError as e:
+        raise ModelError(f"{prefix}{e}") from e
+    return net, net.classes()
 
 
 def test_split(trained: TrainedModel, given_root: Optional[str]) -> Any:

@@ -29,12 +29,10 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from mnist_cnn.cli import common
-from mnist_cnn.data.datasets import IMAGE_SHAPE
 from mnist_cnn.errors import EXIT_BAD_INPUT, EXIT_OK, DataError, ModelError, UserError
-from mnist_cnn.model import onnx_file
+from mnist_cnn.names import CONFIDENT
 
 TOP = 3  # probabilities shown per file without --json
-CONFIDENT = 0.5  # a class is named only above this probability: more likely than all the others together
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
@@ -54,7 +52,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 def load_model(model: str, tracking_uri: str):
     """The module MODEL names, ready for inference, and its class names; UserError if unusable."""
     if model.lower().endswith(".onnx"):  # M.ONNX too: never a run id or model URI
-        return load_onnx(model)
+        return common.load_onnx(model, "--model")
     from mnist_cnn.tracking import store  # MLflow takes seconds to import: only after the arguments are parsed
 
     client = store.connect(tracking_uri, read_only=True)  # only reads: a new store would hold no model
@@ -63,16 +61,6 @@ def load_model(model: str, tracking_uri: str):
     except ModelError as e:
         raise ModelError(f"--model {e}") from e
     return trained.module, trained.classes
-
-
-def load_onnx(path: str):
-    """An ONNX file, run by onnxruntime (no PyTorch module computes), and the class names it holds."""
-    onnx_file.require(f"--model {path}", onnx_file.RUN_PACKAGES)
-    try:
-        net = onnx_file.OnnxModel(path, IMAGE_SHAPE)
-    except ModelError as e:
-        raise ModelError(f"--model {e}") from e
-    return net, net.classes()
 
 
 def input_folder(folder: str) -> Path:

@@ -13,7 +13,7 @@ import errno
 import stat
 import warnings
 from pathlib import Path
-from typing import Union
+from typing import BinaryIO, Union
 
 import numpy as np
 import torch
@@ -36,41 +36,48 @@ def load_image(path: Union[str, Path]) -> torch.Tensor:
     """The file at `path` as a float32 tensor (1, 28, 28) in [0, 1]; DataError naming the file if it
     cannot be read or shows no character, or several. Only regular files are opened: a FIFO would block forever."""
     _check_regular_file(Path(path))
+    return read_picture(path, str(path))
+
+
+def read_picture(source: Union[str, Path, BinaryIO], name: str) -> torch.Tensor:
+    """`source` (a path, or an open binary file such as a picture sent to mnist-cnn-demo) as a float32
+    tensor (1, 28, 28) in [0, 1]; DataError, its message starting with `name`, if it cannot be read
+    or shows no character, or several."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked below
-            image = Image.open(path)  # reads the header only
+            image = Image.open(source)  # reads the header only
         with image:
             image.draft(None, (READ_SIDE, READ_SIDE))  # a JPEG decodes shrunk, still at least READ_SIDE a side
-            _check_size(path, image)
+            _check_size(name, image)
             image.load()  # Pillow reads lazily: a truncated file fails here, not later
     except PermissionError as e:
-        raise DataError(f"{path}: permission denied; make the file readable.") from e
+        raise DataError(f"{name}: permission denied; make the file readable.") from e
     except UnidentifiedImageError as e:
-        raise DataError(f"{path}: not an image Pillow can read; pass a PNG or JPEG file.") from e
+        raise DataError(f"{name}: not an image Pillow can read; pass a PNG or JPEG file.") from e
     except Image.DecompressionBombError as e:
-        raise DataError(f"{path}: larger than Pillow reads ({e}); pass a smaller picture of the character.") from e
+        raise DataError(f"{name}: larger than Pillow reads ({e}); pass a smaller picture of the character.") from e
     except DataError:
         raise
     except (OSError, SyntaxError, ValueError) as e:  # Pillow's ways of saying "corrupt"
-        raise DataError(f"{path}: cannot be read ({e}); the file is truncated or corrupt.") from e
+        raise DataError(f"{name}: cannot be read ({e}); the file is truncated or corrupt.") from e
     try:
         return to_mnist(image)
     except DataError as e:
-        raise DataError(f"{path}: {e}") from e
+        raise DataError(f"{name}: {e}") from e
 
 
-def _check_size(path: Union[str, Path], image: Image.Image) -> None:
+def _check_size(name: str, image: Image.Image) -> None:
     """DataError when `image` (as it will be decoded) has more than MAX_PIXELS pixels."""
     width, height = image.size
     if width * height > MAX_PIXELS:
         raise DataError(
-            f"{path}: {width}x{height} pixels, more than the {MAX_PIXELS // 1_000_000} megapixels a picture may have; "
+            f"{name}: {width}x{height} pixels, more than the {MAX_PIXELS // 1_000_000} megapixels a picture may have; "
             f"pass a smaller picture of the character (it is shrunk to {READ_SIDE} pixels a side anyway)."
         )
 
 
-def save_image(image: torch.Tensor, path: Union[str, Path]) -> None:
+def save_image(image: torch.Tensor, path: Union[str, Path, BinaryIO]) -> None:
     """A prepared image (a tensor (1, 28, 28) in [0, 1]) as the 8-bit grey PNG a user can look at."""
     Image.fromarray((image[0].numpy() * 255).round().astype(np.uint8)).save(path, format="PNG")
 

@@ -133,6 +133,25 @@ def resolve_model(client: MlflowClient, spec: str) -> ModelRef:
     return ModelRef(uri, run_id, registered=True)
 
 
+def newest_model(client: MlflowClient) -> Optional[str]:
+    """What a command that takes models shows when given none: the newest version of the newest
+    registered model (`models:/NAME/N`), else the newest finished run that logged a model (its id);
+    None in a store with neither."""
+    registered = client.search_registered_models(max_results=1000)  # stores order them by update, not creation
+    for newest in sorted(registered, key=lambda m: m.creation_timestamp, reverse=True)[:1]:
+        versions = client.search_model_versions(f"name = '{newest.name}'", order_by=["version_number DESC"])
+        if versions:
+            return f"models:/{newest.name}/{versions[0].version}"
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(
+        experiments,
+        f"attributes.status = 'FINISHED' and tags.{names.MODEL_URI} LIKE '%'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
 def model_files(client: MlflowClient, ref: ModelRef) -> str:
     """Where the files of model `ref` are (an artifact location MLflow downloads from), found through
     `client`: MLflow's own download of a runs:/ or models:/ URI looks the model up in the process's
