@@ -3,6 +3,7 @@ the runs table."""
 
 import json
 import os
+import pickle
 import shlex
 import sqlite3
 import time
@@ -10,11 +11,13 @@ import time
 import optuna
 import pytest
 from mlflow import MlflowClient
+from omegaconf import OmegaConf
 
 from mnist_cnn.cli import runs
 from mnist_cnn.config import tree
 from mnist_cnn.runner import train
 from mnist_cnn.sweep.callback import shared_config_error
+from mnist_cnn.sweep.compose import ComposedOnce
 from mnist_cnn.sweep.study import open_storage
 from mnist_cnn.tracking.run_names import run_name
 from tests.helpers import processes
@@ -336,3 +339,48 @@ def test_two_sweeps_started_at_once_from_one_folder_keep_their_own_sweep_folders
     (day,) = (tmp_path / "multirun").iterdir()
     folders = sorted(day.iterdir())
     assert len(folders) == 2 and all(sorted(p.name for p in f.glob("[0-9]")) == ["0", "1"] for f in folders)
+
+
+class CountingLoader:
+    """A stand-in for Hydra's config loader: each job's config is its overrides; counts compositions."""
+
+    def __init__(self):
+        self.composed = []
+
+    def load_sweep_config(self, master_config, sweep_overrides):
+        self.composed.append(tuple(sweep_overrides))
+        return OmegaConf.create({"overrides": list(sweep_overrides)})
+
+
+def test_the_basic_sweeper_hands_the_launcher_each_config_it_composed_to_check_it():
+    """Hydra's basic sweeper composes each job to check it, then its basic launcher composed it
+    again; the launcher now gets the sweeper's, and a worker process (joblib, submitit) none."""
+    loader = CountingLoader()
+    once = ComposedOnce(loader)
+    for job in (["seed=1"], ["seed=2"]):
+        once.compose(OmegaConf.create(), job)
+    assert once.load_sweep_config(OmegaConf.create(), ["seed=2"]).overrides == ["seed=2"]
+    assert once.load_sweep_config(OmegaConf.create(), ["seed=1"]).overrides == ["seed=1"]
+    assert loader.composed == [("seed=1",), ("seed=2",)]  # each once
+    once.load_sweep_config(OmegaConf.create(), ["seed=1"])  # asked again: composed again, not kept forever
+    assert loader.composed[-1] == ("seed=1",) and not once.composed
+    once.compose(OmegaConf.create(), ["seed=3"])
+    assert pickle.loads(pickle.dumps(once)).composed == {}  # what a launcher sends its workers
+
+
+def test_the_default_sweeper_is_the_basic_one_that_composes_once_and_hydra_basic_names_it():
+    for overrides in ((), ("hydra/sweeper=basic",)):
+        assert sweep_config(None, *overrides).hydra.sweeper == {
+            "_target_": "hydra_plugins.mnist_cnn_sweeper.BasicSweeper",
+            "max_batch_size": None,
+            "params": None,
+        }
+
+
+def test_a_job_of_a_grid_that_cannot_compose_still_fails_the_sweep_before_its_first_job(tiny_root, store_uri, tmp_path):
+    """The third job's value is not an int: Hydra's message, exit 2, and no job ran (the parent, opened
+    as the sweep started, ends KILLED with n_jobs 0)."""
+    out = processes.run(processes.train_command(tiny_root, store_uri, *FAST, "seed=1,2,abc", multirun=True), tmp_path)
+    assert out.returncode == 2 and "Value 'abc' of type 'str' could not be converted to Integer" in out.stderr
+    (parent,) = runs_in(store_uri)
+    assert parent.info.status == "KILLED" and parent.data.metrics["n_jobs"] == 0

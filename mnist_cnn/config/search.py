@@ -1,14 +1,17 @@
-"""The Optuna sweeper's options, typed: `hydra/sweeper=optuna` and one schema per sampler in
+"""The sweepers' options, typed: `hydra/sweeper=optuna` and one schema per sampler in
 `hydra/sweeper/sampler` (tpe, random, grid, cmaes, gp, nsgaii), each with the options of its Optuna
-class, so an option a sampler does not have is refused while composing, before anything runs.
-The sweeper itself is hydra_plugins/mnist_cnn_sweeper (it runs mnist_cnn.sweep.search).
+class, so an option a sampler does not have is refused while composing, before anything runs; and
+`hydra/sweeper=basic`, the default, made mnist_cnn's copy of Hydra's basic sweeper. The sweepers
+themselves are hydra_plugins/mnist_cnn_sweeper (the Optuna one runs mnist_cnn.sweep.search).
 """
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeperConf
 from hydra.core.config_store import ConfigStore
+from hydra.core.plugins import Plugins
 from omegaconf import MISSING, DictConfig
 
 from mnist_cnn.config.job import Study
@@ -143,8 +146,21 @@ def is_optuna(sweeper: DictConfig) -> bool:
     return sweeper.get("_target_") == OptunaSweeperConfig._target_
 
 
+@dataclass
+class BasicSweeperConfig(BasicSweeperConf):
+    """Hydra's basic sweeper and its keys (every combination of the values given to -m), as the
+    subclass that composes each job's config once (hydra_plugins/mnist_cnn_sweeper says why)."""
+
+    _target_: str = "hydra_plugins.mnist_cnn_sweeper.BasicSweeper"
+
+
 def register(store: ConfigStore) -> None:
-    """Put the sweeper and its samplers into Hydra's config store (`hydra/sweeper=optuna`)."""
+    """Put the sweepers and the samplers into Hydra's config store: `hydra/sweeper=optuna`, and
+    `hydra/sweeper=basic` (Hydra's default) in place of Hydra's own entry. Hydra stores its entry
+    each time it scans its plugins (running their modules again), which it does once per process:
+    made to scan first, it cannot store its entry after this one."""
+    Plugins.instance()
+    store.store(group="hydra/sweeper", name="basic", node=BasicSweeperConfig, provider="mnist_cnn")
     store.store(group="hydra/sweeper", name="optuna", node=OptunaSweeperConfig, provider="mnist_cnn")
     for name, schema in SAMPLERS.items():
         store.store(group="hydra/sweeper/sampler", name=name, node=schema, provider="mnist_cnn")
