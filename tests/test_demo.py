@@ -62,7 +62,8 @@ def page():
         ],
         test,
     )
-    httpd = server.server(demo, 0)
+    httpd = server.DemoServer(0)
+    httpd.demo = demo
     thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)  # quick to shut down
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}", demo
@@ -182,6 +183,18 @@ def test_a_model_that_cannot_be_had_is_one_line_and_exit_2_before_serving(
 ):
     code, out, err = run_main(demo_cli.main, [*argv, "--tracking-uri", store_uri, "--port", "0"], capsys)
     assert (code, out, err) == (2, "", says.format(store=store_uri) + "\n")
+
+
+def test_a_taken_port_is_one_line_and_exit_2_before_any_model_loads(store_uri, capsys, signals_restored):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out, err = run_main(demo_cli.main, ["0" * 32, "--tracking-uri", store_uri, "--port", str(port)], capsys)
+    assert (code, out) == (2, "") and err == (
+        f"mnist-cnn-demo: --port {port}: already in use by another program; pick another with --port N (0: any free "
+        "port).\n"
+    )  # not the unknown run: the port is checked first
 
 
 def test_a_port_that_is_not_one_is_refused_by_the_parser(capsys):

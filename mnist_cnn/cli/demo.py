@@ -110,15 +110,20 @@ def test_images(trained: List[common.TrainedModel], data_root: Optional[str]) ->
 
 def start(args: argparse.Namespace) -> Tuple[ThreadingHTTPServer, int]:
     """The page's server, bound but not serving yet, and how many models it shows; UserError when
-    a model cannot be used or the port cannot be had."""
+    the port cannot be had (known first, in a fraction of a second) or a model cannot be used."""
     from mnist_cnn.demo import server  # torch, as in load
 
-    demo = load(args)
     try:
-        return server.server(demo, args.port), len(demo.models)
+        page = server.DemoServer(args.port)
     except OSError as e:
         taken = "already in use by another program" if e.errno == errno.EADDRINUSE else f"cannot serve there ({e})"
         raise UserError(f"--port {args.port}: {taken}; pick another with --port N (0: any free port).") from e
+    try:
+        page.demo = load(args)
+    except BaseException:
+        page.server_close()
+        raise
+    return page, len(page.demo.models)
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -107,25 +107,29 @@ def _data_url(image: torch.Tensor) -> str:
     return "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()
 
 
-def server(demo: Demo, port: int) -> ThreadingHTTPServer:
-    """A server for `demo` bound to 127.0.0.1:`port` (0: a free port), not serving yet; OSError if
-    the port cannot be had."""
-    handler = type("DemoHandler", (Handler,), {"demo": demo})
-    return ThreadingHTTPServer((HOST, port), handler)
+class DemoServer(ThreadingHTTPServer):
+    """The page's server: bound to 127.0.0.1 as it is made (OSError if the port cannot be had), so a
+    taken port is known before the models load; it answers once `demo` is set."""
+
+    daemon_threads = True  # a request still being answered does not hold up Ctrl-C
+    demo: Demo
+
+    def __init__(self, port: int):
+        super().__init__((HOST, port), Handler)
 
 
 class Handler(BaseHTTPRequestHandler):
-    """The page's four requests; any other path is 404."""
+    """The page's four requests, answered from its server's Demo; any other path is 404."""
 
-    demo: Demo
+    server: DemoServer
 
     def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
         if self.path == "/":
             self._send(HTTPStatus.OK, PAGE, "text/html; charset=utf-8")
         elif self.path == "/models":
-            self._json(HTTPStatus.OK, self.demo.describe())
+            self._json(HTTPStatus.OK, self.server.demo.describe())
         elif self.path == "/random":
-            self._answer(self.demo.random)
+            self._answer(self.server.demo.random)
         else:
             self._json(HTTPStatus.NOT_FOUND, {"error": f"{self.path}: no such page here; open /"})
 
@@ -146,7 +150,7 @@ class Handler(BaseHTTPRequestHandler):
             )
             return
         picture = self.rfile.read(length)
-        self._answer(lambda: self.demo.predict(picture, name))
+        self._answer(lambda: self.server.demo.predict(picture, name))
 
     def _answer(self, compute: Callable[[], Dict[str, Any]]) -> None:
         """`compute()`'s answers, or the one line that says why there are none; the server lives on."""
