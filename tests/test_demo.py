@@ -19,8 +19,10 @@ from PIL import Image, ImageDraw
 
 from mnist_cnn.cli import demo as demo_cli
 from mnist_cnn.demo import server
+from mnist_cnn.errors import DataError
 from mnist_cnn.names import MODEL_URI
 from mnist_cnn.tracking.lookup import newest_model
+from tests.helpers.onnx_models import scores_onnx
 from tests.helpers.processes import run_main
 
 CLASSES = tuple(str(i) for i in range(10))
@@ -225,3 +227,17 @@ def test_the_default_model_is_the_newest_registered_version_else_the_newest_fini
             client.create_model_version(name, f"runs:/{older}/model", run_id=older)
     client.create_model_version("first", f"runs:/{older}/model", run_id=older)  # updates "first", which stays older
     assert newest_model(client) == "models:/second/2"
+
+
+def test_an_onnx_file_is_a_panel_of_its_own_without_a_store_or_a_run_link(tmp_path):
+    """An .onnx file (mnist-cnn-export) needs no tracking store: its panel has no run link, its class
+    names are the file's, and the random button says why there are no test images."""
+    onnx_path = tmp_path / "digits.onnx"
+    scores_onnx(onnx_path, [0.3, 0.2, 0.1, 5.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])  # always a 3, at 93.9%
+    args = demo_cli.parse_args([str(onnx_path), "--tracking-uri", f"sqlite:///{tmp_path}/none.db"])
+    page = demo_cli.load(args)  # the store does not exist: never opened
+    assert [(m.label, m.link, m.classes) for m in page.models] == [(str(onnx_path), "", CLASSES)]
+    (answer,) = page.predict(png(stroke(140)), "the drawing")["models"]
+    assert answer["class"] == "3" and answer["confident"] and round(answer["probabilities"][3], 3) == 0.939
+    with pytest.raises(DataError, match="no test images to pick from: no model here was logged by a run"):
+        page.random()

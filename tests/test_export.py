@@ -26,6 +26,7 @@ from mnist_cnn.errors import ConfigError
 from mnist_cnn.model import onnx_file
 from mnist_cnn.runner import train
 from tests.helpers.mlflow_store import only_run
+from tests.helpers.onnx_models import scores_onnx
 from tests.helpers.processes import run_main
 
 INSTALL = "pip install 'mnist_cnn[export]'"
@@ -154,31 +155,6 @@ def test_predict_names_an_onnx_file_it_cannot_use_in_one_line_exit_2(tmp_path, c
     assert re.match("mnist-cnn-predict: " + message.format(path=re.escape(str(path))), err), err
 
 
-def _scores_onnx(path: Path, bias: list, batch="n", output: str = "rows") -> None:
-    """A valid ONNX model that takes (batch, 1, 28, 28) images and gives each the logits `bias`:
-    as (batch, classes) rows, one row squeezed to (classes,) (`output="squeezed"`, for a batch of 1),
-    or their sum, one number per image (`output="sum"`)."""
-    h = onnx.helper
-    x = h.make_tensor_value_info("images", onnx.TensorProto.FLOAT, [batch, 1, 28, 28])
-    weights = h.make_tensor("w", onnx.TensorProto.FLOAT, [784, len(bias)], [0.0] * 784 * len(bias))
-    offsets = h.make_tensor("b", onnx.TensorProto.FLOAT, [len(bias)], bias)
-    nodes = [
-        h.make_node("Flatten", ["images"], ["flat"], axis=1),
-        h.make_node("Gemm", ["flat", "w", "b"], ["rows"]),
-    ]
-    shape = {"rows": [batch, len(bias)], "squeezed": [len(bias)], "sum": [batch]}[output]
-    if output == "squeezed":
-        nodes.append(h.make_node("Squeeze", ["rows", "axis"], ["squeezed"]))
-    elif output == "sum":
-        nodes.append(h.make_node("ReduceSum", ["rows", "axis"], ["sum"], keepdims=0))
-    constants = [weights, offsets]
-    if output != "rows":
-        constants.append(h.make_tensor("axis", onnx.TensorProto.INT64, [1], [0 if output == "squeezed" else 1]))
-    y = h.make_tensor_value_info(output, onnx.TensorProto.FLOAT, shape)
-    graph = h.make_graph(nodes, "scores", [x], [y], initializer=constants)
-    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 18)]), path)
-
-
 def _pictures(folder: Path, count: int) -> list:
     """`count` pictures of a "1": a white bar on black, as MNIST draws it."""
     paths = []
@@ -195,7 +171,7 @@ CONFIDENT_3 = [0.3, 0.2, 0.1, 5.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]  # class 3 at 9
 
 def test_predict_takes_an_onnx_file_whatever_the_case_of_its_suffix(tmp_path, capsys):
     path = tmp_path / "DIGITS.ONNX"
-    _scores_onnx(path, CONFIDENT_3)
+    scores_onnx(path, CONFIDENT_3)
     (picture,) = _pictures(tmp_path, 1)
     code, out, err = run_main(predict.main, ["--model", str(path), str(picture)], capsys)
     assert (code, err) == (0, "") and out == f"{picture}: 3  (3 93.9%, 0 0.9%, 1 0.8%)\n"
@@ -204,7 +180,7 @@ def test_predict_takes_an_onnx_file_whatever_the_case_of_its_suffix(tmp_path, ca
 @pytest.mark.parametrize("output", ["rows", "squeezed"])
 def test_predict_gives_an_onnx_file_with_a_fixed_batch_of_1_one_picture_at_a_time(tmp_path, capsys, output):
     path = tmp_path / "one.onnx"
-    _scores_onnx(path, CONFIDENT_3, batch=1, output=output)
+    scores_onnx(path, CONFIDENT_3, batch=1, output=output)
     pictures = _pictures(tmp_path, 3)
     code, out, err = run_main(predict.main, ["--model", str(path), *map(str, pictures)], capsys)
     assert (code, err) == (0, "")
@@ -213,7 +189,7 @@ def test_predict_gives_an_onnx_file_with_a_fixed_batch_of_1_one_picture_at_a_tim
 
 def test_an_onnx_file_that_gives_one_number_per_image_is_one_line_exit_2(tmp_path, capsys):
     path = tmp_path / "sum.onnx"
-    _scores_onnx(path, CONFIDENT_3, output="sum")
+    scores_onnx(path, CONFIDENT_3, output="sum")
     code, out, err = run_main(predict.main, ["--model", str(path), str(_pictures(tmp_path, 1)[0])], capsys)
     assert code == 2 and out == ""
     assert err == (
@@ -229,7 +205,7 @@ def _strict_json(text: str):
 
 def test_nan_logits_are_no_usable_answer_exit_2_and_null_in_valid_json(tmp_path, capsys):
     path = tmp_path / "nan.onnx"
-    _scores_onnx(path, [float("nan")] + CONFIDENT_3[1:])
+    scores_onnx(path, [float("nan")] + CONFIDENT_3[1:])
     (picture,) = _pictures(tmp_path, 1)
     code, out, err = run_main(predict.main, ["--model", str(path), str(picture)], capsys)
     assert (code, out, err) == (2, f"{picture}: no usable answer (the model gave NaN)\n", "")
@@ -242,7 +218,7 @@ def test_nan_logits_are_no_usable_answer_exit_2_and_null_in_valid_json(tmp_path,
 def test_a_picture_no_class_is_confident_about_says_so(tmp_path, capsys):
     """The rule: a class is named when the model gives it more than half of the probability."""
     path = tmp_path / "unsure.onnx"
-    _scores_onnx(path, [0.3, 0.2, 0.1, 1.0, 0.9, 0.0, 0.0, 0.0, 0.0, 0.0])  # 3 at 19.6%, 4 at 17.8%
+    scores_onnx(path, [0.3, 0.2, 0.1, 1.0, 0.9, 0.0, 0.0, 0.0, 0.0, 0.0])  # 3 at 19.6%, 4 at 17.8%
     (picture,) = _pictures(tmp_path, 1)
     code, out, err = run_main(predict.main, ["--model", str(path), str(picture)], capsys)
     assert (code, err) == (0, "")
