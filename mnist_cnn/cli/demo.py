@@ -1,6 +1,8 @@
-"""`mnist-cnn-demo`: try models by hand. A page on this machine where you draw a character (with a
-mouse, a finger or a pen), upload a picture or pick a random test image, and see each model's answer,
-its probability for every class and the 28x28 image it was given, side by side.
+"""`mnist-cnn-demo`: try models by hand, on a page where you draw a digit and each model reads it.
+
+In a browser on this machine you draw a character (with a mouse, a finger or a pen), upload a picture
+or pick a random test image, and see each model's answer, its probability for every class and the
+28x28 image it was given, side by side.
 
     mnist-cnn-demo [MODEL ...] [--port N] [--tracking-uri URI] [--data-root DIR]
 
