@@ -11,6 +11,7 @@ import time
 from concurrent.futures.process import BrokenProcessPool
 
 import pytest
+from joblib.externals.loky.backend.utils import _format_exitcodes
 
 from mnist_cnn.errors import EXIT_UNAVAILABLE
 from mnist_cnn.sweep import workers
@@ -81,6 +82,19 @@ def test_the_worker_that_died_first_is_named_and_the_one_ended_after_it_too(tmp_
     ), error
     assert not (tmp_path / workers.RECORDS).exists()
     assert workers.lost(error) is error  # no sweep watched any more: the error as it was
+
+
+@pytest.mark.parametrize(
+    "exit_codes, named", [([-9], "SIGKILL"), ([-11], "SIGSEGV"), ([-9, -15], None), ([1], None)], ids=str
+)
+def test_loky_s_own_message_names_the_signal_when_the_watch_could_not_read_it(exit_codes, named):
+    """loky may reap a dead worker before the watch reads how it ended (CI saw "ended by a signal or a
+    crash" for a SIGKILLed worker); its error then names the exit codes, as loky formats them."""
+    error = BrokenProcessPool(
+        "A worker process managed by the executor was unexpectedly terminated. ...\n"
+        f"The exit codes of the workers are {_format_exitcodes(exit_codes)}\n"
+    )
+    assert workers._signal_named_by_loky(error) == named
 
 
 def kill_a_training_worker(job, uri: str):

@@ -20,6 +20,7 @@ One sweep per process: the launching process's watch is this module's `_watch`.
 import json
 import logging
 import os
+import re
 import select
 import shlex
 import shutil
@@ -156,6 +157,13 @@ def _killed_by(pidfd: int) -> Optional[str]:
     return signal.Signals(info.si_status).name
 
 
+def _signal_named_by_loky(error: BaseException) -> Optional[str]:
+    """The signal in loky's own message (`The exit codes of the workers are {SIGKILL(-9)}`), when it
+    names one: where loky reaped the worker before the watch could read how it ended."""
+    named = set(re.findall(r"\b(SIG[A-Z0-9]+)\(-\d+\)", str(error)))
+    return named.pop() if len(named) == 1 else None
+
+
 _watch: Optional[Watch] = None
 
 
@@ -188,8 +196,9 @@ def lost(error: BaseException) -> BaseException:
         time.sleep(POLL_S)
     unwatch()
     first = [pid for pid in watching.first if pid in jobs]
-    why = f"killed by {watching.signal}" if watching.signal else "ended by a signal or a crash"
-    if watching.signal == "SIGKILL":
+    killer = watching.signal or _signal_named_by_loky(error)
+    why = f"killed by {killer}" if killer else "ended by a signal or a crash"
+    if killer == "SIGKILL":
         why += " (as the out-of-memory killer does when memory runs out)"
     runs = _stop_runs(watching, jobs, first, why)
     died = " and ".join(jobs[pid].describe(runs.get(pid), watching.swept) for pid in first)
