@@ -111,8 +111,7 @@ class DemoServer(ThreadingHTTPServer):
     """The page's server: bound to 127.0.0.1 as it is made (OSError if the port cannot be had), so a
     taken port is known before the models load; it answers once `demo` is set."""
 
-    daemon_threads = True  # a request still being answered does not hold up Ctrl-C
-    demo: Demo
+    demo: Demo  # daemon threads, as ThreadingHTTPServer's: a request being answered does not hold up Ctrl-C
 
     def __init__(self, port: int):
         super().__init__((HOST, port), Handler)
