@@ -377,6 +377,7 @@ def test_the_default_sweeper_is_the_basic_one_that_composes_once_and_hydra_basic
         }
 
 
+@pytest.mark.slow
 def test_a_job_of_a_grid_that_cannot_compose_still_fails_the_sweep_before_its_first_job(tiny_root, store_uri, tmp_path):
     """The third job's value is not an int: Hydra's message, exit 2, and no job ran (the parent, opened
     as the sweep started, ends KILLED with n_jobs 0)."""
