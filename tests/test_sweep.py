@@ -366,6 +366,9 @@ def test_the_basic_sweeper_hands_the_launcher_each_config_it_composed_to_check_i
     assert loader.composed[-1] == ("seed=1",) and not once.composed
     once.compose(OmegaConf.create(), ["seed=3"])
     assert pickle.loads(pickle.dumps(once)).composed == {}  # what a launcher sends its workers
+    once.keeping = False  # a launcher that composes in its workers (joblib, submitit): nothing kept for it
+    once.compose(OmegaConf.create(), ["seed=4"])
+    assert ("seed=4",) not in once.composed and loader.composed[-1] == ("seed=4",)
 
 
 def test_the_default_sweeper_is_the_basic_one_that_composes_once_and_hydra_basic_names_it():

@@ -1,7 +1,7 @@
 """mnist_cnn's sweepers: Optuna's ask and tell over Hydra's launcher, with a study that persists and
 a search that `resume_sweep=` continues (`hydra/sweeper=optuna`); and Hydra's basic sweeper with
-each job's config composed once (`hydra/sweeper=basic`, the default: conf/hydra/sweeper/basic.yaml
-takes the place of Hydra's own).
+each job's config composed once (`hydra/sweeper=basic`, the default, whose config-store entry
+mnist_cnn.config.search puts in place of Hydra's own).
 
 Hydra instantiates sweepers only from the `hydra_plugins` namespace, so the class lives here; the
 search is mnist_cnn.sweep.search and the typed options mnist_cnn.config.search.
@@ -10,6 +10,7 @@ search is mnist_cnn.sweep.search and the typed options mnist_cnn.config.search.
 from pathlib import Path
 from typing import Any, List, Sequence
 
+from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper as HydrasBasicSweeper
 from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
@@ -46,7 +47,7 @@ class BasicSweeper(HydrasBasicSweeper):
     each job's config as the sweeper composed it. Hydra's composes every job of a batch before
     launching it, to fail before the first job runs, and the basic launcher then composes each again
     as it starts it: 0.15 s a job on 2 cores, paid twice. Launchers that compose in their workers
-    (joblib, submitit) are handed nothing: the cache stays in this process."""
+    (joblib, submitit) compose there as before, and nothing is kept for them."""
 
     def setup(self, *, hydra_context: HydraContext, task_function: Any, config: DictConfig) -> None:
         once = ComposedOnce(hydra_context.config_loader)
@@ -55,6 +56,7 @@ class BasicSweeper(HydrasBasicSweeper):
             task_function=task_function,
             config=config,
         )
+        once.keeping = isinstance(self.launcher, BasicLauncher)  # the one that composes in this process
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         for overrides in batch:

@@ -8,18 +8,19 @@ from omegaconf import DictConfig
 
 
 class ComposedOnce:
-    """Hydra's config loader, which keeps the job configs the sweeper composed (at most KEEP) until the
-    launcher asks for them; anything else goes to the loader itself."""
+    """Hydra's config loader, which keeps the job configs the sweeper composed (at most KEEP, and only
+    while `keeping`) until the launcher asks for them; anything else goes to the loader itself."""
 
     KEEP = 64  # a composed config is a few hundred KB: a grid of thousands of jobs composes the rest again
 
     def __init__(self, loader: Any) -> None:
         self.loader = loader
+        self.keeping = True
         self.composed: Dict[Tuple[str, ...], DictConfig] = {}
 
     def compose(self, master: DictConfig, overrides: Sequence[str]) -> None:
         config = self.loader.load_sweep_config(master_config=master, sweep_overrides=list(overrides))
-        if len(self.composed) < self.KEEP:
+        if self.keeping and len(self.composed) < self.KEEP:
             self.composed[tuple(overrides)] = config
 
     def load_sweep_config(self, master_config: DictConfig, sweep_overrides: List[str]) -> DictConfig:
@@ -30,7 +31,7 @@ class ComposedOnce:
         return getattr(self.loader, name)
 
     def __getstate__(self) -> Dict[str, Any]:
-        return {"loader": self.loader, "composed": {}}  # a launcher's worker composes its own job
+        return {"loader": self.loader, "keeping": False, "composed": {}}  # a launcher's worker composes its own job
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         self.__dict__.update(state)
