@@ -68,6 +68,20 @@ def _with_config_dir(folder: Path, command: list) -> list:
     return [*command[: len(processes.TRAIN)], "--config-dir", str(folder), *command[len(processes.TRAIN) :]]
 
 
+def _user_configs(tmp_path: Path, files: dict) -> Path:
+    """A user's folder of configs, tmp_path/conf, holding `files` ({path in it: text})."""
+    configs = tmp_path / "conf"
+    for name, text in files.items():
+        (configs / name).parent.mkdir(parents=True, exist_ok=True)
+        (configs / name).write_text(text)
+    return configs
+
+
+def _train_with(configs: Path, tiny_root: Path, store_uri: str, override: str, tmp_path: Path):
+    """`mnist-cnn-train --config-dir CONFIGS OVERRIDE` on tiny data, as it ended."""
+    return processes.run(_with_config_dir(configs, processes.train_command(tiny_root, store_uri, override)), tmp_path)
+
+
 EPOCH_TYPO = (
     "trainer.epoch: not a key of TrainerConfig (did you mean epochs? its keys: epochs, device, limit_batches, "
     "progress, deterministic, precision, channels_last, compile, label_smoothing, keep_best, strategy, "
@@ -77,12 +91,8 @@ EPOCH_TYPO = (
 
 def test_a_misspelt_key_in_a_preset_is_one_line_naming_the_file_and_the_closest_key(tiny_root, store_uri, tmp_path):
     """The same line as for the typo on the command line, with the file it is in."""
-    configs = tmp_path / "conf"
-    (configs / "experiment").mkdir(parents=True)
-    (configs / "experiment" / "typo.yaml").write_text("# @package _global_\ntrainer:\n  epoch: 2\n")
-    out = processes.run(
-        _with_config_dir(configs, processes.train_command(tiny_root, store_uri, "experiment=typo")), tmp_path
-    )
+    configs = _user_configs(tmp_path, {"experiment/typo.yaml": "# @package _global_\ntrainer:\n  epoch: 2\n"})
+    out = _train_with(configs, tiny_root, store_uri, "experiment=typo", tmp_path)
     assert out.returncode == 2
     assert out.stderr.splitlines() == [f"mnist-cnn-train: {configs}/experiment/typo.yaml: {EPOCH_TYPO}; fix it there."]
     out = processes.run(processes.train_command(tiny_root, store_uri, "trainer.epoch=2"), tmp_path)
@@ -91,10 +101,13 @@ def test_a_misspelt_key_in_a_preset_is_one_line_naming_the_file_and_the_closest_
 
 
 def test_a_broken_yaml_file_stops_only_the_commands_that_use_it(tmp_path):
-    configs = tmp_path / "conf"
-    (configs / "experiment").mkdir(parents=True)
-    (configs / "experiment" / "broken.yaml").write_text("# @package _global_\ntrainer:\n  epochs: 2\n   seed: 3\n")
-    (configs / "experiment" / "fine.yaml").write_text("# @package _global_\ntrainer:\n  epochs: 7\n")
+    configs = _user_configs(
+        tmp_path,
+        {
+            "experiment/broken.yaml": "# @package _global_\ntrainer:\n  epochs: 2\n   seed: 3\n",
+            "experiment/fine.yaml": "# @package _global_\ntrainer:\n  epochs: 7\n",
+        },
+    )
     fine = processes.run([*processes.TRAIN, "--config-dir", str(configs), "experiment=fine", "--cfg", "job"], tmp_path)
     assert fine.returncode == 0 and "epochs: 7" in fine.stdout, fine.stderr
     broken = processes.run([*processes.TRAIN, "--config-dir", str(configs), "experiment=broken"], tmp_path)
@@ -105,12 +118,10 @@ def test_a_broken_yaml_file_stops_only_the_commands_that_use_it(tmp_path):
 
 
 def test_a_model_file_without_a_name_is_one_line_naming_the_file_exit_2(tiny_root, store_uri, tmp_path):
-    configs = tmp_path / "conf"
-    (configs / "model").mkdir(parents=True)
-    (configs / "model" / "mine.yaml").write_text("layers:\n  - {type: flatten}\n  - {type: linear, out_features: 10}\n")
-    out = processes.run(
-        _with_config_dir(configs, processes.train_command(tiny_root, store_uri, "model=mine")), tmp_path
+    configs = _user_configs(
+        tmp_path, {"model/mine.yaml": "layers:\n  - {type: flatten}\n  - {type: linear, out_features: 10}\n"}
     )
+    out = _train_with(configs, tiny_root, store_uri, "model=mine", tmp_path)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     message = f"model.name has no value: {configs}/model/mine.yaml must set `name:` (or give model.name=...)."
     assert message in out.stderr + out.stdout and all_runs(store_uri) == []
@@ -145,12 +156,10 @@ def test_missing_data_is_named_before_any_run(store_uri, tmp_path):
 
 
 def test_a_malformed_yaml_file_is_one_line_with_file_and_line(tiny_root, store_uri, tmp_path):
-    configs = tmp_path / "conf"
-    (configs / "experiment").mkdir(parents=True)
-    (configs / "experiment" / "broken.yaml").write_text("# @package _global_\ntrainer:\n  epochs: 2\n   seed: 3\n")
-    out = processes.run(
-        _with_config_dir(configs, processes.train_command(tiny_root, store_uri, "experiment=broken")), tmp_path
+    configs = _user_configs(
+        tmp_path, {"experiment/broken.yaml": "# @package _global_\ntrainer:\n  epochs: 2\n   seed: 3\n"}
     )
+    out = _train_with(configs, tiny_root, store_uri, "experiment=broken", tmp_path)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
         f"mnist-cnn-train: {configs}/experiment/broken.yaml line 4, column 8: mapping values are not allowed here; "
