@@ -24,6 +24,7 @@ from mnist_cnn.errors import DataError, ModelError
 from mnist_cnn.names import MODEL_FORMS
 from mnist_cnn.tracking.environment import parse_environment
 from mnist_cnn.tracking.redact import redact
+from mnist_cnn.tracking.states import RunState, mlflow_status
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -145,7 +146,7 @@ def newest_model(client: MlflowClient) -> Optional[str]:
     experiments = [e.experiment_id for e in client.search_experiments()]
     runs = client.search_runs(
         experiments,
-        f"attributes.status = 'FINISHED' and tags.{names.MODEL_URI} LIKE '%'",
+        f"attributes.status = '{mlflow_status(RunState.FINISHED)}' and tags.{names.MODEL_URI} LIKE '%'",
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
