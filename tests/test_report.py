@@ -57,7 +57,7 @@ def test_figures_use_the_datasets_class_names():
     matrix = figures.confusion_matrix(report)
     assert "Sneaker" in [t.get_text() for t in matrix.axes[0].get_xticklabels()]
     mistakes = figures.misclassified(report)
-    assert [t.get_text() for t in mistakes.axes[0].texts] == ["true: Sneaker\npredicted: Sandal (0.11)"]  # one mosaic
+    assert [t.get_text() for t in mistakes.axes[0].texts] == ["Sneaker → Sandal (0.11)"]  # one mosaic
     curves = figures.learning_curves(
         [{"train_loss": 1.0, "val_loss": 0.9, "train_acc": 0.5, "val_acc": 0.6}, {"train_loss": 0.5}]
     )

@@ -52,7 +52,7 @@ def confusion_matrix(report: Report) -> Figure:
     time every run pays (docs/speed.md); each class's recall is in classification_report.json."""
     counts = report.confusion.numpy()
     rows = counts / np.maximum(counts.sum(1, keepdims=True), 1)
-    fig = Figure(figsize=(8, 6.5), dpi=100)
+    fig = Figure(figsize=(7, 5.7), dpi=100)
     fig.subplots_adjust(left=0.14, right=0.97, bottom=0.17, top=0.9)
     ax = fig.subplots()
     image = ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
@@ -65,32 +65,29 @@ def confusion_matrix(report: Report) -> Figure:
 
 
 def misclassified(report: Report, columns: int = 4) -> Figure:
-    """The test images the model got wrong with the highest confidence, with true and predicted
-    class. One mosaic in one axes (a grid of axes cost a quarter of a second more to draw)."""
+    """The test images the model got wrong with the highest confidence, each captioned "true ->
+    predicted (probability)". One mosaic in one axes (a grid of axes cost a quarter of a second more
+    to draw), and one line a caption: matplotlib draws text glyph by glyph, and the two-line
+    captions were half of this figure's time (docs/speed.md)."""
     mistakes = report.mistakes
     rows = max(1, -(-len(mistakes) // columns))
-    size, gap, caption = 28, 4, 14  # pixels of an image, between images, and above each for its caption
+    size, gap, caption = 28, 4, 10  # pixels of an image, between images, and above each for its caption
     cell_w, cell_h = size + 2 * gap, size + caption + gap
     mosaic = np.zeros((rows * cell_h, columns * cell_w))
-    fig = Figure(figsize=(2.6 * columns, 2.9 * rows + 0.4), dpi=100)
-    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 1.0 / (2.9 * rows + 0.4))
+    height = 2.3 * rows + 0.4  # inches: 2 wide a column, 0.4 for the title
+    fig = Figure(figsize=(2.0 * columns, height), dpi=100)
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.4 / height)
     ax = fig.subplots()
     ax.axis("off")
     for k, m in enumerate(mistakes):
         top, left = (k // columns) * cell_h + caption, (k % columns) * cell_w + gap
         mosaic[top : top + size, left : left + size] = m.image.numpy()
-        ax.text(
-            left + size / 2,
-            top - 1,
-            f"true: {report.classes[m.true]}\npredicted: {report.classes[m.predicted]} ({m.probability:.2f})",
-            ha="center",
-            va="bottom",
-            fontsize=9,
-        )
+        label = f"{report.classes[m.true]} → {report.classes[m.predicted]} ({m.probability:.2f})"
+        ax.text(left + size / 2, top - 1, label, ha="center", va="bottom", fontsize=9)
     ax.imshow(mosaic, cmap="gray_r", vmin=0, vmax=255, interpolation="nearest")
     if not mistakes:
         ax.text(mosaic.shape[1] / 2, mosaic.shape[0] / 2, "no test image was misclassified", ha="center", va="center")
-    fig.suptitle("most confident mistakes on the test set")
+    fig.suptitle("most confident mistakes on the test set: true → predicted (probability)")
     return fig
 
 
