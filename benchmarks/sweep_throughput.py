@@ -7,9 +7,10 @@ its jobs. Measured side by side, in one run, on this machine:
 1. An Optuna search of 2 x --seeds trials (a grid over trainer.limit_batches and seed, one epoch
    each) on 2 joblib workers, `hydra.sweeper.asynchronous=false` (batches of 2, as every search ran
    before) against the default (a trial starts as soon as a worker frees): the wall time, the
-   jobs' summed wall time (from each job's hand-over to its run's end), the occupancy (that sum over
-   2 x the wall time), and the sweep's two fixed costs its parent logged (`time_sweep_startup_s`,
-   `time_sweep_report_s`).
+   jobs' summed wall time (each from its start to its run's end: a worker's first job starts with
+   the worker, whose imports it pays, as its time_total_s counts; JobContext.began), the occupancy
+   (that sum over 2 x the wall time), and the sweep's two fixed costs its parent logged
+   (`time_sweep_startup_s`, `time_sweep_report_s`).
 2. The cost of each extra job of a basic-launcher sweep of --jobs 1-batch jobs beyond its own
    training and test pass (benchmarks/run_overhead.py measures it).
 3. 4 seeds of `experiment=fast99` with the basic launcher (one job at a time, on all the cores)
@@ -91,7 +92,7 @@ def cpu_name() -> str:
 
 
 def busy(jobs: List) -> float:
-    """The jobs' summed wall seconds: each from its hand-over to its run's end."""
+    """The jobs' summed wall seconds: each from its start (its job_started tag) to its run's end."""
     return sum(job.info.end_time / 1000 - float(job.data.tags[JOB_STARTED]) for job in jobs)
 
 

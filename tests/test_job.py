@@ -88,6 +88,17 @@ def test_a_single_run_has_no_sweep_and_a_grid_job_no_trial(tmp_path, monkeypatch
     assert JobContext.read(JobClock(), Stops()).trial is None
 
 
+def test_a_job_in_a_process_started_for_it_begins_with_that_process_and_one_in_the_sweeps_own_when_handed_over():
+    """The sweep's accounting (job_started, time_sweep_startup_s) counts a worker's imports as its
+    first job's, as that job's time_total_s does; the basic launcher's jobs share the sweep's process,
+    whose start is the command's."""
+    clock = JobClock(handed=1000.0, began=990.0)  # a process's first job: its clock began with the process
+    assert JobContext(multirun=True, in_pool=True, clock=clock).began == 990.0
+    assert JobContext(multirun=True, clock=clock).began == 990.0  # a submitit or Slurm job's own process
+    assert JobContext(multirun=True, shares_process=True, clock=clock).began == 1000.0
+    assert JobContext(multirun=True, in_pool=True, clock=JobClock(handed=1000.0)).began == 1000.0  # a later job
+
+
 def run_like(status: str, **tags) -> SimpleNamespace:
     return SimpleNamespace(
         info=SimpleNamespace(status=status, start_time=int(time.time() * 1000)), data=SimpleNamespace(tags=tags)

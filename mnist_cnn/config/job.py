@@ -139,6 +139,15 @@ class JobContext:
         )
 
     @property
+    def began(self) -> float:
+        """When this job began, in Unix seconds, as its sweep counts it (its `job_started` tag, from
+        which the parent's time_sweep_startup_s and a benchmark's busy seconds are measured): in a
+        process started for it (a joblib worker's first job, a submitit or Slurm job) with that
+        process, which imports what the job runs, as its time_total_s counts; in the sweep's own
+        process (the basic launcher) or a worker's later job, when Hydra handed it over."""
+        return self.clock.handed if self.shares_process else self.clock.began
+
+    @property
     def torch_threads(self) -> int:
         """The threads a sweep's job trains with: what its launcher gave it (OMP_NUM_THREADS), else
         its share of the CPUs it may run on (Slurm's allocation, taskset), split between the jobs

@@ -165,11 +165,7 @@ def _record_start(
         client.update_run(run_id, status=mlflow_status(RunState.RUNNING))
         tags = {**opening.tags, names.RESUME_OVERRIDES: shlex.join(ctx.overrides)}  # the run's own overrides stay
     slurm = {names.SLURM_JOB: ctx.slurm.job_id} if ctx.slurm else {}  # a requeued job finds its run by it
-    # A job in a process started for it (a joblib worker's first, a submitit or Slurm job) began with
-    # that process, which imports what it runs, as its time_total_s counts; one in the sweep's own
-    # process (the basic launcher) when Hydra handed it over.
-    began = ctx.clock.handed if ctx.shares_process else ctx.clock.began
-    started = {names.JOB_STARTED: f"{began:.3f}"}
+    started = {names.JOB_STARTED: f"{ctx.began:.3f}"}
     all_tags = {**tags, **slurm, **started, **environment_tags(), **alive_tags(cfg.tracking.heartbeat_s)}
     client.log_batch(run_id, tags=as_tags(all_tags))
     return run_id
