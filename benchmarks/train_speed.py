@@ -58,6 +58,7 @@ from mnist_cnn.config.paths import default_data_root
 from mnist_cnn.engine import loop
 from mnist_cnn.engine import precision as precision_choice
 from mnist_cnn.engine.distributed import SINGLE
+from mnist_cnn.engine.state import TrainingState
 from mnist_cnn.names import PRECISION
 from mnist_cnn.runner import setup, train
 
@@ -165,6 +166,11 @@ def mnist_cnn_loop(data_root: Path, precision: str, compiled: bool = False) -> C
     cfg.trainer.compile = compiled
     job = JobContext()
     state, settings, _ = setup.build_state(cfg, job, setup.prepare(cfg, job, SINGLE), None, SINGLE)
+    return loop_steps(state, settings)
+
+
+def loop_steps(state: TrainingState, settings: loop.StepSettings) -> Callable[[int], None]:
+    """`steps(n)`: n more batches of train_epoch on `state`, each call an epoch of n batches."""
 
     def steps(n: int) -> None:
         loop.train_epoch(state, dataclasses.replace(settings, limit_batches=n), 1)

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from mnist_cnn.engine import graphs
 from tests.helpers import processes
 from tests.helpers.config import make_cfg
+from tests.helpers.cuda import GRAPHED, CudaOnTheCpu, captured_on_the_cpu
 
 ROOT = Path(__file__).parents[1]
 SPEED = [sys.executable, str(ROOT / "benchmarks" / "train_speed.py")]
@@ -147,3 +149,24 @@ def test_demo_latency_prints_the_client_and_server_times_of_a_drawing(digits_mod
     for line in ("whole request \\(client\\)", "server: picture read, models run"):
         assert re.search(line + r": median [\d.]+ ms, 95th percentile [\d.]+ ms\n", result.stdout), result.stdout
     assert "2 models, 5 answers of a 280x280 drawing" in result.stdout
+
+
+def test_train_speed_times_replays_only_its_warm_up_holds_the_capture(tiny_cfg, monkeypatch):
+    """side_by_side's warm-up runs engine.graphs' eager warm-up steps and the capture (torch.cuda
+    stood in for on the CPU): each step of the timed rounds is a replay of the one captured graph,
+    with no eager step and no capture among them."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import train_speed
+
+    cuda = CudaOnTheCpu(monkeypatch)
+    state, settings = captured_on_the_cpu(tiny_cfg(*GRAPHED, "data.batch_size=25"), cuda)
+    steps, calls = train_speed.loop_steps(state, settings), []
+
+    def counted(n: int) -> None:  # each call's steps, with the replays and the graphs it added
+        replays, made = sum(g.replays for g in cuda.graphs), len(cuda.graphs)
+        steps(n)
+        calls.append((n, sum(g.replays for g in cuda.graphs) - replays, len(cuda.graphs) - made))
+
+    train_speed.side_by_side({"mnist_cnn": counted}, steps=4, rounds=2)
+    assert calls[0] == (train_speed.WARMUP, train_speed.WARMUP - graphs.WARMUP, 1)  # the capture's batch replays too
+    assert calls[1:] == [(4, 4, 0), (4, 4, 0)]

@@ -61,21 +61,48 @@ def test_round_trip_restores_model_optimizer_scheduler_epoch_and_the_config(tmp_
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temporary file left behind
 
 
-def test_under_ddp_each_rank_restores_dropouts_rng_on_its_own_gpu(monkeypatch):
-    """Rank r trains on cuda:r, and every rank's draws are alike. Saving every device's state
-    (get_rng_state_all) on rank 0 had rank 1 restore rank 0's untouched cuda:1; now rank 0 saves its
-    own device's state and each rank puts it on its own device. Two GPUs stood in for on the CPU:
-    cuda:0 drew (its state 5), cuda:1 did not (its state 0)."""
+@pytest.fixture
+def two_gpus(monkeypatch) -> dict:
+    """The CUDA generators of two GPUs stood in for on the CPU, {index: state}, as rank 0's process
+    sees them when it saves: cuda:0 drew (its state 5), cuda:1 did not (its state 0)."""
     gpus = {0: torch.tensor([5], dtype=torch.uint8), 1: torch.tensor([0], dtype=torch.uint8)}
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": gpus[torch.device(device).index].clone())
     monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [gpus[0].clone(), gpus[1].clone()])
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": gpus.update({device.index: state}))
     monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: gpus.update(enumerate(states)))
+    return gpus
+
+
+def drew_on(gpus: dict) -> None:
+    """Both GPUs drew after the checkpoint (state 9), so that a restore shows where it went."""
+    gpus.update({0: torch.tensor([9], dtype=torch.uint8), 1: torch.tensor([9], dtype=torch.uint8)})
+
+
+def test_under_ddp_each_rank_restores_dropouts_rng_on_its_own_gpu(two_gpus):
+    """Rank r trains on cuda:r, and every rank's draws are alike. Saving every device's state
+    (get_rng_state_all) on rank 0 had rank 1 restore rank 0's untouched cuda:1; now rank 0 saves its
+    own device's state and each rank puts it on its own device."""
     saved = repro.rng_state(torch.Generator(), torch.device("cuda", 0))  # rank 0's checkpoint
-    gpus.update({0: torch.tensor([9], dtype=torch.uint8), 1: torch.tensor([9], dtype=torch.uint8)})  # drew on
+    drew_on(two_gpus)
     repro.restore_rng_state(saved, torch.Generator(), torch.device("cuda", 1))  # rank 1 resumes
-    assert gpus[1].item() == 5 and gpus[0].item() == 9  # its own GPU, as rank 0's was: no other device touched
+    assert two_gpus[1].item() == 5 and two_gpus[0].item() == 9  # its own GPU, as rank 0's was: no other touched
+
+
+def test_a_checkpoint_from_before_with_every_devices_rng_loads_and_each_rank_restores_rank_0s_on_its_own_gpu(
+    tmp_path, two_gpus
+):
+    """Checkpoints written before held get_rng_state_all() of rank 0's process, whose cuda:1 entry it
+    never drew from: rank 1 takes the cuda:0 entry onto cuda:1 (it took the cuda:1 entry, and set
+    every GPU), and a run resumed on a CPU touches no GPU."""
+    before = repro.rng_state(torch.Generator(), CPU) | {"cuda": torch.cuda.get_rng_state_all()}
+    path = save_checkpoint(tmp_path / "last.pt", state(*small_state(), 1, before))
+    saved = load_checkpoint(path)["rng"]  # read weights_only, as every checkpoint is
+    drew_on(two_gpus)
+    repro.restore_rng_state(saved, torch.Generator(), torch.device("cuda", 1))  # rank 1 resumes
+    assert two_gpus[1].item() == 5 and two_gpus[0].item() == 9
+    drew_on(two_gpus)
+    repro.restore_rng_state(saved, torch.Generator(), CPU)
+    assert two_gpus[0].item() == two_gpus[1].item() == 9
 
 
 def test_every_rng_continues_where_it_was_saved(tmp_path):

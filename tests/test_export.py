@@ -360,22 +360,25 @@ def test_predict_with_the_exported_file_gives_the_pytorch_models_classes_on_clea
 
 def test_export_of_a_sweeps_parent_or_of_a_run_without_a_model_says_so_exit_2(store_uri, tmp_path, capsys):
     """Not MLflow's download error: a sweep's parent names what to give instead; a run that logged no
-    model (tracking.log_model=false, or stopped before its end: KILLED) says so."""
+    model (FINISHED with tracking.log_model=false: no model_uri tag, or stopped before its end: KILLED)
+    says so."""
     client = MlflowClient(store_uri)
     parent = client.create_run("0", tags={"sweep_argv": "[]"}).info.run_id
-    killed = client.create_run("0").info.run_id
+    killed, unlogged = client.create_run("0").info.run_id, client.create_run("0").info.run_id
     client.set_terminated(killed, "KILLED")
+    client.set_terminated(unlogged, "FINISHED")
+    no_model = (
+        "this run logged no model (it was stopped before its end, or trained with tracking.log_model=false); give a "
+        "FINISHED run that logged one."
+    )
     for run_id, message in [
         (
             parent,
             f"{parent}: run {parent} is a sweep's parent run, which trains no model itself; give the id of one of its "
             f"jobs (its child runs: mnist-cnn-runs --sweep {parent}).",
         ),
-        (
-            killed,
-            f"{killed}: this run logged no model (it was stopped before its end, or trained with "
-            "tracking.log_model=false); give a FINISHED run that logged one.",
-        ),
+        (killed, f"{killed}: {no_model}"),
+        (unlogged, f"{unlogged}: {no_model}"),
     ]:
         argv = [run_id, "--onnx", str(tmp_path / "m.onnx"), "--tracking-uri", store_uri]
         code, out, err = run_main(export.main, argv, capsys)

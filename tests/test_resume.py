@@ -15,6 +15,7 @@ from mlflow import MlflowClient
 from mlflow.entities import RunTag
 
 from mnist_cnn import names
+from mnist_cnn.config.paths import TRACKING_URI_ENV
 from mnist_cnn.errors import CheckpointError, ConfigError, UserError
 from mnist_cnn.names import HEARTBEAT, PID
 from mnist_cnn.runner import train
@@ -138,6 +139,23 @@ def test_resume_from_a_folder_without_the_store_names_where_it_looked_and_create
         f"tracking.uri={elsewhere!r}: there is no MLflow store at {tmp_path}/elsewhere/mlflow.db."
     )
     assert list((tmp_path / "elsewhere").iterdir()) == []  # no empty store, no lock file
+
+
+@pytest.mark.slow  # a process of its own: the command makes the default store's path absolute
+def test_resume_from_a_folder_without_the_default_store_names_it_and_creates_none(tmp_path, monkeypatch):
+    """`mnist-cnn-train resume=RUN` in an empty folder, with neither tracking.uri nor $MLFLOW_TRACKING_URI:
+    the message names the default store of that folder, and no mlflow.db is made there (it was)."""
+    monkeypatch.delenv(TRACKING_URI_ENV, raising=False)
+    run_id, folder = "0123456789abcdef0123456789abcdef", tmp_path / "empty"
+    folder.mkdir()
+    out = processes.run([*processes.TRAIN, f"resume={run_id}"], folder)
+    (line,) = out.stdout.splitlines()
+    assert out.returncode == 2 and out.stderr == "", out.stderr
+    assert (
+        f"[mnist_cnn][ERROR] - resume={run_id}: run {run_id} was looked for in tracking.uri='sqlite:///{folder}/"
+        f"mlflow.db': there is no MLflow store at {folder}/mlflow.db. "
+    ) in line
+    assert [p.name for p in folder.iterdir()] == ["outputs"]  # Hydra's folder of the command's log, nothing else
 
 
 def test_a_truncated_checkpoint_in_a_run_is_named_as_its_artifact(tiny_cfg, store_uri, tmp_path):

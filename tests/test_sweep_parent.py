@@ -11,6 +11,7 @@ from mlflow import MlflowClient
 from mnist_cnn.interrupts import SIGNALS, Signals
 from mnist_cnn.sweep import parent
 from mnist_cnn.sweep.callback import MlflowSweepCallback
+from mnist_cnn.tracking.links import run_url
 from mnist_cnn.tracking.states import RunState
 from tests.helpers import processes
 from tests.helpers.mlflow_store import runs as runs_in
@@ -115,3 +116,14 @@ def test_a_signal_as_the_sweep_opens_its_parent_waits_until_the_exit_handler_can
     close(*arguments)
     (run,) = runs_in(store_uri)
     assert run.info.status == "KILLED"
+
+
+def test_a_sweeps_parent_link_comes_with_the_mlflow_ui_command_that_serves_its_store(tiny_cfg, store_uri):
+    """The parent's link, which the sweep prints as it ends, has the same command beside it as a run's."""
+    cfg = tiny_cfg()
+    run_id, heartbeat = parent.open_parent_run(cfg, "sweep", {})
+    heartbeat.stop()
+    _, link = parent.close_parent_run(cfg, run_id, RunState.FINISHED, [], time.time())
+    experiment = MlflowClient(store_uri).get_run(run_id).info.experiment_id
+    command = f"mlflow ui --backend-store-uri {store_uri} --host 127.0.0.1 --port 5000"
+    assert link == f"{run_url(store_uri, experiment, run_id)}  (serve this store's UI with: {command})"

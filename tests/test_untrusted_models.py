@@ -141,7 +141,9 @@ def test_weights_that_are_not_plain_tensors_are_refused_and_never_run(trained, t
     assert not marker.exists()
 
 
-def test_with_pickle_deserialization_disallowed_eval_and_predict_still_work(trained, monkeypatch, capsys):
+def test_with_pickle_deserialization_disallowed_eval_predict_and_export_still_work(
+    trained, monkeypatch, capsys, tmp_path
+):
     monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")  # what a team's clients should set
     with pytest.raises(MlflowException, match="Deserializing model using pickle is disallowed"):
         mlflow.pytorch.load_model(str(trained["folder"]))  # MLflow's own loader now refuses the pickle
@@ -152,6 +154,12 @@ def test_with_pickle_deserialization_disallowed_eval_and_predict_still_work(trai
     assert metrics["eval_test_acc"] == metrics["test_acc"]  # the rebuilt model is the one that was trained
     code, out, err = run_main(predict.main, ["--model", run_id, "--tracking-uri", uri, str(trained["image"])], capsys)
     assert code == 0 and out.startswith(str(trained["image"])), err
+    onnx = tmp_path / "m.onnx"
+    code, out, err = run_main(
+        export.main, ["models:/tiny@champion", "--onnx", str(onnx), "--tracking-uri", uri], capsys
+    )
+    assert code == 0 and f"-> {onnx}: ONNX opset" in out and "onnx.checker: valid" in out, err
+    assert onnx.is_file()
 
 
 @pytest.mark.parametrize("model", ["seed_cnn", "bn_cnn", "seed_cnn_flat"])

@@ -80,17 +80,25 @@ def rng_state(generator: torch.Generator, device: torch.device) -> Dict[str, Any
 
 
 def restore_rng_state(state: Dict[str, Any], generator: torch.Generator, device: torch.device) -> None:
-    """Put back what rng_state saved; the CUDA state goes to `device`, the one this process trains on."""
+    """Put back what rng_state saved; the CUDA state goes to `device`, the one this process trains on,
+    and no other device is touched.
+
+    A checkpoint written before holds get_rng_state_all() of the process that saved it, every
+    visible device's state in device order. Of these only cuda:0 was drawn from (rank 0's GPU under
+    DDP, and a one-process run's; the others kept their seeded start), so its entry is the run's
+    state, restored as a state saved now is: rank r taking the list's cuda:r entry, as
+    set_rng_state_all had it do, gave it a state rank 0 never drew from. (A sweep's job that a
+    machine with several GPUs placed on cuda:k > 0 drew from entry k: resumed from such a checkpoint,
+    its dropout masks are not the uninterrupted run's.)"""
     version_, internal, gauss = state["python"]
     random.setstate((version_, tuple(internal), gauss))
     n = state["numpy"]
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     torch.set_rng_state(state["torch"])
     cuda = state["cuda"]
-    if isinstance(cuda, list):  # a checkpoint from before: every visible device's state, in device order
-        if cuda and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(cuda)
-    elif cuda is not None and device.type == "cuda":  # a run on a GPU resumed on a CPU has no use for it
+    if isinstance(cuda, list):  # a checkpoint from before (empty where it was saved without a GPU)
+        cuda = cuda[0] if cuda else None
+    if cuda is not None and device.type == "cuda":  # a run on a GPU resumed on a CPU has no use for it
         torch.cuda.set_rng_state(cuda, device)
     generator.set_state(state["data"])
 
