@@ -50,9 +50,7 @@ STOPPED = (
 # Alive: a RUNNING run's heartbeat (tracking.heartbeat), and where its process runs.
 HEARTBEAT, HEARTBEAT_INTERVAL = "mnist_cnn.heartbeat", "mnist_cnn.heartbeat_s"
 HOST, PID = "mnist_cnn.host", "mnist_cnn.pid"
-JOB_STARTED = (
-    "mnist_cnn.job_started"  # when its job (this process's part of it) began, in Unix seconds (JobContext.began)
-)
+JOB_STARTED = "mnist_cnn.job_started"  # when its job (this process's part of it) began: JobContext.began
 CLAIM = "mnist_cnn.continued_by."  # params N = 1, 2, ...: "HOST PID TIME" of each process that continued the run
 
 # Its models.
