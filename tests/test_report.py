@@ -1,9 +1,13 @@
 """After training: per-class metrics and figures in every run, a registered model, and
 `mnist-cnn-eval` reproducing a run's test accuracy from its run id or registry name."""
 
+import io
+
+import numpy as np
 import pytest
 import torch
 from mlflow import MlflowClient
+from PIL import Image
 from sklearn.metrics import classification_report, confusion_matrix
 
 from mnist_cnn.cli import eval as eval_cli
@@ -54,14 +58,31 @@ def test_per_class_metrics_match_scikit_learns_report():
 def test_figures_use_the_datasets_class_names():
     classes = DATASETS["fashion_mnist"].classes
     report = score(Echo(), echo_split([7, 5, 5], [7, 7, 5]), classes, batch_size=10)
-    matrix = figures.confusion_matrix(report)
-    assert "Sneaker" in [t.get_text() for t in matrix.axes[0].get_xticklabels()]
+    matrix = figures.confusion_frame(classes)
+    assert "Sneaker" in [t.get_text() for t in matrix.ax.get_xticklabels()]
     mistakes = figures.misclassified(report)
     assert [t.get_text() for t in mistakes.axes[0].texts] == ["Sneaker → Sandal (0.11)"]  # one mosaic
     curves = figures.learning_curves(
         [{"train_loss": 1.0, "val_loss": 0.9, "train_acc": 0.5, "val_acc": 0.6}, {"train_loss": 0.5}]
     )
     assert [line.get_label() for line in curves.axes[0].get_lines()] == ["train", "val"]
+
+
+def test_a_confusion_matrix_drawn_over_a_used_frame_is_the_figure_drawn_whole_afresh():
+    """The blitted PNG shows everything a whole draw does, and nothing of the report drawn before it
+    (here a cell the first report fills is empty in the second)."""
+    classes = DATASETS["fashion_mnist"].classes
+    first = score(Echo(), echo_split([7, 5, 5], [7, 7, 5]), classes, batch_size=10)
+    second = score(Echo(), echo_split([1, 2, 3, 3], [1, 3, 3, 2]), classes, batch_size=10)
+    used = figures.ConfusionFrame(classes)
+    used.png(first)
+    blitted = np.asarray(Image.open(io.BytesIO(used.png(second))))
+    fresh = figures.ConfusionFrame(classes)
+    fresh.show(second)
+    fresh.canvas.draw()
+    whole = np.asarray(fresh.canvas.buffer_rgba())
+    assert blitted.shape == whole.shape == (570, 700, 4)
+    assert np.array_equal(blitted, whole)
 
 
 def eval_cli_run(argv, capsys):
