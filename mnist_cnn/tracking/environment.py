@@ -16,9 +16,17 @@ VERSION = "version."  # + a package (or python): the tag of the version a run us
 
 
 def environment_tags() -> Dict[str, str]:
+    return dict(_environment())
+
+
+@functools.lru_cache(maxsize=1)
+def _environment() -> Tuple[Tuple[str, str], ...]:
+    """environment_tags, read once per process (two git commands and the versions, a hundredth of a
+    second each job of a sweep would pay): a process runs the code it imported, whatever changes in
+    the checkout or in pip meanwhile, so its first reading is the truer one."""
     commit, dirty = git_state()
     versions = {VERSION + k: v for k, v in package_versions().items()}
-    return {**versions, names.GIT_COMMIT: commit, names.GIT_DIRTY: str(dirty)}
+    return tuple({**versions, names.GIT_COMMIT: commit, names.GIT_DIRTY: str(dirty)}.items())
 
 
 def git_state() -> Tuple[str, bool]:
