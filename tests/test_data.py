@@ -200,6 +200,22 @@ def test_validation_split_is_deterministic_and_disjoint(tmp_path):
         split_validation(full, 100, seed=3)
 
 
+def test_a_held_out_part_shares_its_splits_images_and_batches_as_a_copy_of_them_would():
+    """Images whose first pixel is their row and labels that are row + 100: a part of a part draws
+    the same batches, image paired with label, as a split holding copies of its images."""
+    full = Split(torch.arange(50, dtype=torch.uint8).view(50, 1, 1).expand(50, 28, 28).clone(), torch.arange(50) + 100)
+    train, val = split_validation(full, 10, seed=1)
+    part = train.subset(torch.tensor([7, 3, 30, 12, 0]))
+    assert part.stored.data_ptr() == val.stored.data_ptr() == full.stored.data_ptr()  # no image copied
+    copy = Split(part.images.clone(), part.labels.clone())
+    assert part.labels.tolist() == [int(p) + 100 for p in part.images[:, 0, 0]]
+    for (a, y), (b, z) in zip(
+        batches(part, 2, torch.Generator().manual_seed(0)), batches(copy, 2, torch.Generator().manual_seed(0))
+    ):
+        assert torch.equal(a, b) and torch.equal(y, z)
+    assert int(part.image(2)[0, 0]) == int(part.labels[2]) - 100
+
+
 def test_batches_cover_the_split_once_in_seeded_order():
     split = Split(torch.arange(10, dtype=torch.uint8).view(10, 1, 1).expand(10, 28, 28).clone(), torch.arange(10))
     seen = [y for _, y in batches(split, 4, torch.Generator().manual_seed(0))]

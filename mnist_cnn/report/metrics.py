@@ -121,6 +121,6 @@ def _most_confident_mistakes(split: Split, probs: torch.Tensor, predicted: torch
     confidence = probs[wrong, predicted[wrong]]
     chosen = wrong[confidence.argsort(descending=True)[:n]]
     return [
-        Mistake(split.images[i].cpu(), int(split.labels[i]), int(predicted[i]), float(probs[i, predicted[i]]))
+        Mistake(split.image(i).cpu(), int(split.labels[i]), int(predicted[i]), float(probs[i, predicted[i]]))
         for i in chosen.tolist()
     ]

@@ -67,10 +67,10 @@ def prepare(cfg: DictConfig, ctx: JobContext, world: World) -> Prepared:
     log.info("model %s on %s:\n%s", cfg.model.name, device, summary(model, plan, network.in_shape))
     load = dict(root=cfg.data.root, name=cfg.data.name, download=cfg.data.download, verify=cfg.data.verify_checksums)
     full_train, test = load_split(split="train", **load), load_split(split="test", **load)
-    train, val = split_validation(full_train, cfg.data.val_size, cfg.seed)
+    train, val = split_validation(full_train.to(device), cfg.data.val_size, cfg.seed)  # both share its images
     steps = num_batches(len(train), cfg.data.batch_size, cfg.data.drop_last, cfg.trainer.limit_batches, world.size)
     log.info("data %s: %d train, %d val, %d test images", cfg.data.name, len(train), len(val or []), len(test))
-    splits = {"train": train.to(device), "val": val.to(device) if val else None, "test": test.to(device)}
+    splits = {"train": train, "val": val, "test": test.to(device)}
     data_sha256 = hashlib.sha256((full_train.sha256 + test.sha256).encode()).hexdigest()
     tags = {
         names.DEVICE: str(device),
