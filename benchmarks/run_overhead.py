@@ -7,10 +7,13 @@ seconds each run logged for its phases (`time_<phase>_s`, mnist_cnn.timing).
 1. A 1-batch run (`trainer.limit_batches=1 trainer.epochs=1`) tracked in a sqlite store: the first
    one creates the store, then the median wall time of --repeats more processes into it, and where
    the last one's time went. Then the same run with tracking.enabled=false.
-2. A basic-launcher sweep of --jobs such runs (`-m seed=1,...,N`) against a sweep of one job, each
-   in a fresh store: the cost of each extra job is (wall(N) - wall(1)) / (N - 1), printed beside
-   what each job spent training, validating and testing (train_time_s + time_test_s), and the
-   difference: the overhead a job adds beyond its own work.
+2. A basic-launcher sweep of --jobs such runs (`-m seed=1,...,N`) against a sweep of one job,
+   --repeats times each, in turns, each into a copy of a store created beforehand: the cost of each
+   extra job is (wall(N) - wall(1)) / (N - 1) from the median walls, printed beside what each job
+   spent training, validating and testing (train_time_s + time_test_s), and the difference: the
+   overhead a job adds beyond its own work. (On a shared machine a process's start-up varies by
+   seconds: two identical 10-job sweeps started their first job 5.5 and 7.7 s after the command,
+   which alone moves an estimate from one sweep of each by a quarter of a second a job.)
 
 DIR holds MNIST/raw; by default data.root's own default, $MNIST_CNN_DATA_DIR, else ./data.
 
@@ -20,6 +23,7 @@ Everything runs in a temporary folder; nothing is left behind.
 """
 
 import argparse
+import shutil
 import statistics
 import subprocess
 import sys
@@ -33,6 +37,7 @@ from mlflow import MlflowClient
 from mnist_cnn.config.paths import default_data_root
 from mnist_cnn.names import time_metric
 from mnist_cnn.timing import PHASES
+from mnist_cnn.tracking import store
 
 ONE_BATCH = ["trainer.limit_batches=1", "trainer.epochs=1", "trainer.progress=false"]
 
@@ -73,13 +78,35 @@ def single_runs(common: List[str], repeats: int, tmp: Path) -> Tuple[List[float]
     return walls, finished_runs(uri)[0]  # newest first
 
 
-def sweep(common: List[str], jobs: int, tmp: Path) -> Tuple[float, List[Dict[str, float]]]:
-    folder = tmp / f"sweep{jobs}"
+def sweep(common: List[str], jobs: int, folder: Path, template: Path) -> Tuple[float, List[Dict[str, float]]]:
+    """A basic-launcher sweep of `jobs` seeds in `folder`, into a copy of the store `template`: its
+    wall seconds and its jobs' metrics."""
     folder.mkdir()
+    shutil.copy(template, folder / "mlflow.db")
     uri = f"sqlite:///{folder}/mlflow.db"
     seeds = ",".join(str(s) for s in range(1, jobs + 1))
     wall = train(["-m", *common, f"seed={seeds}", f"tracking.uri={uri}", f"hydra.sweep.dir={folder}/multirun"], folder)
     return wall, finished_runs(uri)
+
+
+def per_job(common: List[str], jobs: int, repeats: int, tmp: Path) -> Tuple[float, float, List[float], List[float]]:
+    """Each extra job's wall seconds in a basic sweep and its own work (see 2. above), with the walls
+    of the `repeats` sweeps of 1 and of `jobs` jobs they come from."""
+    template = tmp / "template.db"
+    store.connect(f"sqlite:///{template}")  # the schema, migrated once: no sweep pays it
+    ones, manys, runs = [], [], []
+    for r in range(repeats):
+        ones.append(sweep(common, 1, tmp / f"sweep1-{r}", template)[0])
+        wall, logged = sweep(common, jobs, tmp / f"sweep{jobs}-{r}", template)
+        manys.append(wall)
+        runs += logged
+    extra = (statistics.median(manys) - statistics.median(ones)) / (jobs - 1)
+    return extra, statistics.mean(work(m) for m in runs), ones, manys
+
+
+def walls(seconds: List[float]) -> str:
+    """`7.41 s (median of 7.41, 7.79, 7.19)`"""
+    return f"{statistics.median(seconds):.2f} s (median of {', '.join(f'{w:.2f}' for w in seconds)})"
 
 
 def work(metrics: Dict[str, float]) -> float:
@@ -101,12 +128,8 @@ def main() -> None:
     what = f"mnist-cnn-train {' '.join(args.overrides)}" if args.whole else "1-batch run"
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
-        (first, *walls), logged = single_runs(common, args.repeats, tmp)
-        print(
-            f"{what}, tracked: wall {statistics.median(walls):.2f} s (median of "
-            f"{', '.join(f'{w:.2f}' for w in walls)}; "
-            f"the first, which created the store, {first:.2f} s)"
-        )
+        (first, *runs), logged = single_runs(common, args.repeats, tmp)
+        print(f"{what}, tracked: wall {walls(runs)[:-1]}; the first, which created the store, {first:.2f} s)")
         print("  where the last one's time went: " + "  ".join(f"{p} {logged[time_metric(p)]:.2f}" for p in PHASES))
         print(f"  train_time_s {logged['train_time_s']:.2f}, test_acc {logged['test_acc']:.4f}")
         if args.whole:
@@ -116,11 +139,8 @@ def main() -> None:
             for r in range(args.repeats)
         ]
         print(f"1-batch run, tracking.enabled=false: wall {statistics.median(untracked):.2f} s")
-        one, _ = sweep(common, 1, tmp)
-        many, jobs = sweep(common, args.jobs, tmp)
-        extra = (many - one) / (args.jobs - 1)
-        own = statistics.mean(work(m) for m in jobs)
-        print(f"sweep of {args.jobs} 1-batch jobs: wall {many:.2f} s; of 1 job: {one:.2f} s")
+        extra, own, ones, manys = per_job(common, args.jobs, args.repeats, tmp)
+        print(f"sweep of {args.jobs} 1-batch jobs: wall {walls(manys)}; of 1 job: {walls(ones)}")
         print(
             f"  each extra job: {extra:.2f} s, of which its own work (train_time_s + time_test_s) {own:.2f} s: "
             f"{extra - own:.2f} s beyond it"

@@ -1,7 +1,7 @@
 """A sweep's worth is trials finished per hour: how busy its workers are, and what it pays outside
 its jobs. Measured side by side, in one run, on this machine:
 
-    python benchmarks/sweep_throughput.py [--data-root DIR] [--batches 30,600] [--seeds 3] [--jobs 10]
+    python benchmarks/sweep_throughput.py [--data-root DIR] [--batches 30,600] [--seeds 3] [--jobs 10] [--repeats 3]
     python benchmarks/sweep_throughput.py --gpu          # part 4 alone (benchmarks/gpu_check.sh)
 
 1. An Optuna search of 2 x --seeds trials (a grid over trainer.limit_batches and seed, one epoch
@@ -12,7 +12,7 @@ its jobs. Measured side by side, in one run, on this machine:
    (that sum over 2 x the wall time), and the sweep's two fixed costs its parent logged
    (`time_sweep_startup_s`, `time_sweep_report_s`).
 2. The cost of each extra job of a basic-launcher sweep of --jobs 1-batch jobs beyond its own
-   training and test pass (benchmarks/run_overhead.py measures it).
+   training and test pass (benchmarks/run_overhead.py measures it, from --repeats sweeps of each).
 3. 4 seeds of `experiment=fast99` with the basic launcher (one job at a time, on all the cores)
    against 2 joblib workers (half the cores each: the `torch_threads` each run logged).
 4. On a GPU, trials a minute of `experiment=fast99_gpu`, 4 seeds one at a time against 4 side by
@@ -138,14 +138,12 @@ def searches(common: List[str], batches: str, seeds: int, tmp: Path, template: P
     )
 
 
-def per_job(common: List[str], jobs: int, tmp: Path) -> None:
-    one, _ = run_overhead.sweep([*common, *run_overhead.ONE_BATCH], 1, tmp)
-    many, runs = run_overhead.sweep([*common, *run_overhead.ONE_BATCH], jobs, tmp)
-    extra = (many - one) / (jobs - 1)
-    own = sum(run_overhead.work(m) for m in runs) / len(runs)
+def per_job(common: List[str], jobs: int, repeats: int, tmp: Path) -> None:
+    extra, own, ones, manys = run_overhead.per_job([*common, *run_overhead.ONE_BATCH], jobs, repeats, tmp)
     print(
-        f"basic-launcher sweep of {jobs} 1-batch jobs: each extra job {extra:.2f} s, of which its own training and "
-        f"test pass {own:.2f} s: {extra - own:.2f} s beyond them"
+        f"basic-launcher sweep of {jobs} 1-batch jobs (median walls of {repeats} against {repeats} sweeps of 1): "
+        f"each extra job {extra:.2f} s, of which its own training and test pass {own:.2f} s: "
+        f"{extra - own:.2f} s beyond them"
     )
 
 
@@ -206,6 +204,7 @@ def main() -> None:
     parser.add_argument("--batches", default="30,600", help="the search's trainer.limit_batches choices")
     parser.add_argument("--seeds", type=int, default=3, help="the search's seeds (2 x SEEDS trials)")
     parser.add_argument("--jobs", type=int, default=10, help="jobs of the basic-launcher sweep")
+    parser.add_argument("--repeats", type=int, default=3, help="sweeps of --jobs and of 1 job, medians taken")
     parser.add_argument("--skip-cores", action="store_true", help="leave out the fast99 comparison (minutes)")
     parser.add_argument("--gpu", action="store_true", help="only the GPU's trials a minute (benchmarks/gpu_check.sh)")
     parser.add_argument("overrides", nargs="*", help="ARG=VALUE for every run (tiny data: data.val_size=100 ...)")
@@ -218,7 +217,7 @@ def main() -> None:
         if args.gpu:
             return gpu(common, tmp, template)
         searches(common, args.batches, args.seeds, tmp, template)
-        per_job(common, args.jobs, tmp)
+        per_job(common, args.jobs, args.repeats, tmp)
         if not args.skip_cores:
             found = cores(common, "fast99", tmp, template)
             (slow, fast) = sorted(found, key=lambda label: found[label][0], reverse=True)

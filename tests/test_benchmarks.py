@@ -105,6 +105,8 @@ def test_run_overhead_prints_the_wall_times_beside_the_logged_phases(tiny_root, 
         result.stdout,
     )
     assert re.search(r"where the last one's time went: startup [\d.]+ .* total [\d.]+", result.stdout)
+    walls = r"sweep of 2 1-batch jobs: wall [\d.]+ s \(median of [\d.]+\); of 1 job: [\d.]+ s \(median of [\d.]+\)"
+    assert re.search(walls, result.stdout), result.stdout
     assert re.search(r"each extra job: -?[\d.]+ s, of which its own work .* -?[\d.]+ s beyond it", result.stdout), (
         result.stdout
     )
@@ -123,6 +125,8 @@ def test_sweep_throughput_prints_both_searches_the_fixed_costs_and_the_per_job_c
         "1",
         "--jobs",
         "2",
+        "--repeats",
+        "1",
         "--skip-cores",
         "data.verify_checksums=false",
         "data.val_size=100",
