@@ -144,6 +144,20 @@ def test_sweep_throughput_prints_both_searches_the_fixed_costs_and_the_per_job_c
 
 
 @pytest.mark.slow
+def test_figure_times_prints_each_figure_and_the_used_frames_ratio(tmp_path):
+    result = processes.run([sys.executable, str(ROOT / "benchmarks" / "figure_times.py"), "--repeats", "2"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"frame used before \(each later run\) +[\d.]+ ms +ratio [\d.]+\n", result.stdout), result.stdout
+    for figure in (
+        "new frame \\(a process's first run\\)",
+        "most confident mistakes",
+        "learning curves",
+        "all three, as a later run draws them",
+    ):
+        assert re.search(figure + r" +[\d.]+ ms", result.stdout), result.stdout
+
+
+@pytest.mark.slow
 def test_demo_latency_prints_the_client_and_server_times_of_a_drawing(digits_model, tmp_path):
     command = [sys.executable, str(ROOT / "benchmarks" / "demo_latency.py"), "models:/digits@champion"]
     result = processes.run(
