@@ -11,9 +11,9 @@ seconds each run logged for its phases (`time_<phase>_s`, mnist_cnn.timing).
    --repeats times each, in turns, each into a copy of a store created beforehand: the cost of each
    extra job is (wall(N) - wall(1)) / (N - 1) from the median walls, printed beside what each job
    spent training, validating and testing (train_time_s + time_test_s), and the difference: the
-   overhead a job adds beyond its own work. (On a shared machine a process's start-up varies by
-   seconds: two identical 10-job sweeps started their first job 5.5 and 7.7 s after the command,
-   which alone moves an estimate from one sweep of each by a quarter of a second a job.)
+   overhead a job adds beyond its own work. (On a shared machine identical sweeps differ by
+   seconds: three of 10 jobs took 24.4, 20.8 and 21.3 s in one run, so one sweep of each could move
+   the estimate by a quarter of a second a job.)
 
 DIR holds MNIST/raw; by default data.root's own default, $MNIST_CNN_DATA_DIR, else ./data.
 
