@@ -21,9 +21,9 @@ def environment_tags() -> Dict[str, str]:
 
 @functools.lru_cache(maxsize=1)
 def _environment() -> Tuple[Tuple[str, str], ...]:
-    """environment_tags, read once per process (two git commands and the versions, a hundredth of a
-    second each job of a sweep would pay): a process runs the code it imported, whatever changes in
-    the checkout or in pip meanwhile, so its first reading is the truer one."""
+    """environment_tags, read once per process (two git commands and the versions: 7 ms each job of
+    a sweep would pay, docs/speed.md): a process runs the code it imported, whatever changes in the
+    checkout or in pip meanwhile, so its first reading is the truer one."""
     commit, dirty = git_state()
     versions = {VERSION + k: v for k, v in package_versions().items()}
     return tuple({**versions, names.GIT_COMMIT: commit, names.GIT_DIRTY: str(dirty)}.items())
